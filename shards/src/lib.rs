@@ -1,0 +1,27 @@
+//! What one stanza core owns, with no sockets: channel ownership today; channels, stores and
+//! subscription state machines as the streaming layer lands (DESIGN.md §1-2).
+
+/// The shard that owns a channel: `fxhash(channel) % shards` (DESIGN.md §2). Stable across
+/// restarts with the same shard count, which is all stores rely on.
+pub fn shard_for(channel: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    (fxhash::hash64(channel.as_bytes()) % shards as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_and_is_stable() {
+        assert_eq!(shard_for("foo", 1), 0);
+        assert_eq!(shard_for("foo", 4), shard_for("foo", 4));
+        let mut seen = [0; 4];
+        for i in 0..1000 {
+            seen[shard_for(&format!("channel.{i}"), 4)] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 150), "{seen:?}");
+    }
+}

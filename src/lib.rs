@@ -1,0 +1,8 @@
+//! stanza: a NATS Streaming server, thread-per-core on glommio. See DESIGN.md in the shared
+//! project notes for the architecture; each module's comment says what it owns.
+
+pub mod config;
+pub mod mesh;
+pub mod nats;
+pub mod server;
+pub mod util;

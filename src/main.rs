@@ -1,0 +1,38 @@
+//! The `stanza` command: parse flags and the config file, start the cores, handle signals.
+
+use stanza::config::cli::Cli;
+use stanza::server;
+use stanza::util::logging;
+
+fn main() {
+    let cli = match Cli::parse_from_env() {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let (options, warnings) = match cli.into_options() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("stanza: configuration error: {e}");
+            std::process::exit(1);
+        }
+    };
+    logging::init(options.debug, options.trace);
+    for w in warnings {
+        log::warn!("{w}");
+    }
+    let signals = server::block_signals();
+    if let Err(e) = server::start(options) {
+        log::error!("{e}");
+        std::process::exit(1);
+    }
+    loop {
+        match server::wait_signal(&signals) {
+            libc::SIGINT | libc::SIGTERM => {
+                log::info!("Server Exiting..");
+                std::process::exit(0);
+            }
+            libc::SIGHUP => log::warn!("Reloading the configuration is not supported yet"),
+            _ => {}
+        }
+    }
+}

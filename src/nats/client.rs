@@ -1,0 +1,436 @@
+//! One client connection on the core that accepted it: a reader task that parses and handles
+//! operations, a writer task that flushes the output buffer (filled by this and by other
+//! connections' deliveries) with a write deadline, and timers for server PINGs and the
+//! authentication timeout.
+
+use crate::nats::auth;
+use crate::nats::core::{ClientConn, CloseReason, ConnectOptions, Core, LocalSub, MsgRef};
+use crate::nats::parser::{ClientOp, Parser, ParserLimits, ProtocolError, Publish};
+use crate::nats::subject;
+use crate::nats::wire::{self, errors};
+use bytes::{Bytes, BytesMut};
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The socket shared by the reader and the writer task. Each borrow lasts one poll, and the
+/// two tasks run on one thread, so the borrows never overlap.
+#[derive(Clone)]
+struct SharedStream(Rc<RefCell<TcpStream>>);
+
+impl AsyncRead for SharedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut s = self.0.borrow_mut();
+        Pin::new(&mut *s).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SharedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut s = self.0.borrow_mut();
+        Pin::new(&mut *s).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut s = self.0.borrow_mut();
+        Pin::new(&mut *s).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut s = self.0.borrow_mut();
+        Pin::new(&mut *s).poll_close(cx)
+    }
+}
+
+/// Shuts the socket down so that a pending read returns at once.
+fn shutdown(fd: RawFd, how: libc::c_int) {
+    // SAFETY: plain syscall on a descriptor this connection owns; it stays open until the
+    // TcpStream is dropped, after both tasks end.
+    unsafe {
+        libc::shutdown(fd, how);
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let stream = SharedStream(Rc::new(RefCell::new(stream)));
+    let cid = core.next_cid();
+    let conn = Rc::new(ClientConn::new(cid, core.opts.max_pending));
+    core.stats
+        .total_connections
+        .set(core.stats.total_connections.get() + 1);
+    let info = server_info(
+        &core,
+        cid,
+        peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+    );
+    wire::push_info(&mut conn.out.borrow_mut(), &info);
+
+    let writer = glommio::spawn_local(write_loop(core.clone(), conn.clone(), stream.clone(), fd));
+    if !core.global.try_open(core.opts.max_connections) {
+        conn.send_err(errors::MAX_CONNECTIONS);
+        conn.close(CloseReason::MaxConnectionsExceeded);
+        writer.await;
+        return;
+    }
+    log::debug!(
+        "{} - cid:{cid} - Client connection created",
+        peer_text(&peer)
+    );
+    core.conns.borrow_mut().insert(cid, conn.clone());
+    let pinger = glommio::spawn_local(ping_loop(core.clone(), conn.clone(), fd));
+    let auth_timer = core
+        .opts
+        .auth
+        .required()
+        .then(|| glommio::spawn_local(auth_timeout(core.clone(), conn.clone(), fd)));
+
+    let reason = read_loop(&core, &conn, stream).await;
+    conn.close(reason);
+    log::debug!(
+        "{} - cid:{cid} - Client connection closed: {:?}",
+        peer_text(&peer),
+        conn.closed.get().unwrap_or(reason)
+    );
+    let subs: Vec<Rc<LocalSub>> = conn.subs.borrow_mut().drain().map(|(_, s)| s).collect();
+    for sub in &subs {
+        core.remove_subscription(sub);
+    }
+    core.conns.borrow_mut().remove(&cid);
+    core.global.close();
+    drop(pinger);
+    drop(auth_timer);
+    writer.await;
+}
+
+fn peer_text(peer: &Option<std::net::SocketAddr>) -> String {
+    peer.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+}
+
+fn server_info(core: &Core, cid: u64, client_ip: String) -> wire::ServerInfo {
+    let opts = &core.opts;
+    wire::ServerInfo {
+        server_id: core.server_id.to_string(),
+        server_name: opts
+            .server_name
+            .clone()
+            .unwrap_or_else(|| core.server_id.to_string()),
+        version: wire::NATS_PROTOCOL_VERSION,
+        proto: 1,
+        go: "stanza",
+        host: opts.host.clone(),
+        port: opts.port,
+        headers: true,
+        max_payload: opts.max_payload,
+        client_id: cid,
+        client_ip,
+        auth_required: opts.auth.required(),
+        tls_required: false,
+        connect_urls: Vec::new(),
+        stanza_version: env!("CARGO_PKG_VERSION"),
+        stanza_core: core.id,
+    }
+}
+
+enum Next {
+    Continue,
+    /// Answer PONG once every core sees this connection's subscriptions.
+    PongAfterSync(u64),
+    Close(CloseReason),
+}
+
+async fn read_loop(
+    core: &Rc<Core>,
+    conn: &Rc<ClientConn>,
+    mut stream: SharedStream,
+) -> CloseReason {
+    let mut parser = Parser::new(ParserLimits {
+        max_control_line: core.opts.max_control_line,
+        max_payload: core.opts.max_payload,
+    });
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        loop {
+            if conn.is_closed() {
+                return conn.closed.get().unwrap_or(CloseReason::ClientClosed);
+            }
+            match parser.parse(&mut buf) {
+                Ok(Some(op)) => match handle(core, conn, op) {
+                    Next::Continue => {}
+                    Next::PongAfterSync(epoch) => {
+                        core.sync.wait_synced(epoch).await;
+                        conn.send(wire::PONG);
+                    }
+                    Next::Close(reason) => return reason,
+                },
+                Ok(None) => break,
+                Err(e) => return protocol_error(conn, &e),
+            }
+        }
+        core.outbox.until_uncongested().await;
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) => return CloseReason::ClientClosed,
+            Ok(n) => n,
+            Err(_) => return CloseReason::ReadError,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn protocol_error(conn: &ClientConn, e: &ProtocolError) -> CloseReason {
+    log::debug!("cid:{} - protocol error: {e}", conn.cid);
+    match e {
+        ProtocolError::UnknownOperation => {
+            conn.send_err(errors::UNKNOWN_OP);
+            CloseReason::ProtocolViolation
+        }
+        ProtocolError::ControlLineTooLong => {
+            conn.send_err(errors::MAX_CONTROL_LINE);
+            CloseReason::MaxControlLineExceeded
+        }
+        ProtocolError::PayloadTooLarge { .. } => {
+            conn.send_err(errors::MAX_PAYLOAD);
+            CloseReason::MaxPayloadExceeded
+        }
+        ProtocolError::BadArguments { .. } => CloseReason::ProtocolViolation,
+    }
+}
+
+fn handle(core: &Core, conn: &ClientConn, op: ClientOp) -> Next {
+    if !conn.connected.get() && core.opts.auth.required() && !matches!(op, ClientOp::Connect(_)) {
+        conn.send_err(errors::AUTH_VIOLATION);
+        return Next::Close(CloseReason::AuthenticationViolation);
+    }
+    match op {
+        ClientOp::Connect(json) => return handle_connect(core, conn, &json),
+        ClientOp::Pub(p) => {
+            if !handle_pub(core, conn, p) {
+                conn.send_err(errors::UNKNOWN_OP);
+                return Next::Close(CloseReason::ProtocolViolation);
+            }
+        }
+        ClientOp::Sub {
+            subject,
+            queue,
+            sid,
+        } => handle_sub(core, conn, subject, queue, sid),
+        ClientOp::Unsub { sid, max } => {
+            handle_unsub(core, conn, &sid, max);
+            send_ok(conn);
+        }
+        ClientOp::Ping => {
+            let epoch = core.sync.current();
+            return Next::PongAfterSync(epoch);
+        }
+        ClientOp::Pong => conn.pings_out.set(0),
+        ClientOp::Ignored => {}
+    }
+    Next::Continue
+}
+
+fn send_ok(conn: &ClientConn) {
+    if conn.opts.borrow().verbose {
+        conn.send(wire::OK);
+    }
+}
+
+fn handle_connect(core: &Core, conn: &ClientConn, json: &Bytes) -> Next {
+    let opts: ConnectOptions = match serde_json::from_slice(json) {
+        Ok(o) => o,
+        Err(e) => {
+            log::debug!("cid:{} - invalid CONNECT: {e}", conn.cid);
+            conn.send_err(errors::UNKNOWN_OP);
+            return Next::Close(CloseReason::ProtocolViolation);
+        }
+    };
+    if !auth::check(&core.opts.auth, &opts) {
+        log::error!(
+            "cid:{} - authentication error{}",
+            conn.cid,
+            opts.user
+                .as_deref()
+                .map(|u| format!(" - User \"{u}\""))
+                .unwrap_or_default()
+        );
+        conn.send_err(errors::AUTH_VIOLATION);
+        return Next::Close(CloseReason::AuthenticationViolation);
+    }
+    *conn.opts.borrow_mut() = opts;
+    conn.connected.set(true);
+    send_ok(conn);
+    Next::Continue
+}
+
+/// Returns false for an HPUB from a client that did not announce headers (a protocol error).
+fn handle_pub(core: &Core, conn: &ClientConn, p: Publish) -> bool {
+    let (pedantic, headers, no_responders) = {
+        let o = conn.opts.borrow();
+        (o.pedantic, o.headers, o.no_responders)
+    };
+    if p.is_hpub && !headers {
+        return false;
+    }
+    if pedantic && !subject::is_valid_literal_subject(&p.subject) {
+        conn.send_err(errors::INVALID_PUBLISH_SUBJECT);
+        return true;
+    }
+    conn.in_msgs.set(conn.in_msgs.get() + 1);
+    let msg = MsgRef {
+        subject: &p.subject,
+        reply: p.reply.as_ref(),
+        header_len: p.header_len,
+        payload: &p.payload,
+        payload_bytes: &p.payload,
+    };
+    let found = core.publish(Some(conn), &msg, &p.subject);
+    if !found && headers && no_responders {
+        if let Some(reply) = &p.reply {
+            core.send_no_responders(conn, reply);
+        }
+    }
+    send_ok(conn);
+    true
+}
+
+fn handle_sub(core: &Core, conn: &ClientConn, subject: Bytes, queue: Option<Bytes>, sid: Bytes) {
+    let valid_queue = queue.as_deref().is_none_or(subject::is_valid_queue);
+    if !subject::is_valid_subject(&subject) || !valid_queue {
+        conn.send_err(errors::INVALID_SUBJECT);
+        return;
+    }
+    if conn.subs.borrow().contains_key(&sid) {
+        send_ok(conn);
+        return;
+    }
+    let max = core.opts.max_subscriptions;
+    if max > 0 && conn.subs.borrow().len() >= max {
+        log::error!("cid:{} - {}", conn.cid, errors::MAX_SUBSCRIPTIONS);
+        conn.send_err(errors::MAX_SUBSCRIPTIONS);
+        return;
+    }
+    let Some(me) = core.conns.borrow().get(&conn.cid).map(Rc::downgrade) else {
+        return;
+    };
+    let sub = Rc::new(LocalSub {
+        conn: me,
+        cid: conn.cid,
+        sid: sid.clone(),
+        subject,
+        queue,
+        max: Cell::new(0),
+        delivered: Cell::new(0),
+    });
+    conn.subs.borrow_mut().insert(sid, sub.clone());
+    core.add_subscription(sub);
+    send_ok(conn);
+}
+
+fn handle_unsub(core: &Core, conn: &ClientConn, sid: &Bytes, max: Option<u64>) {
+    let sub = conn.subs.borrow().get(sid).cloned();
+    let Some(sub) = sub else {
+        return;
+    };
+    match max {
+        Some(max) if max > 0 && sub.delivered.get() < max => sub.max.set(max),
+        _ => core.unsubscribe(conn, sid),
+    }
+}
+
+async fn write_loop(core: Rc<Core>, conn: Rc<ClientConn>, mut stream: SharedStream, fd: RawFd) {
+    let deadline = core.opts.write_deadline;
+    let mut spare: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        if conn.out.borrow().is_empty() {
+            if conn.is_closed() {
+                break;
+            }
+            conn.wake_writer.notified().await;
+            continue;
+        }
+        if matches!(
+            conn.closed.get(),
+            Some(CloseReason::SlowConsumerPendingBytes)
+        ) {
+            break;
+        }
+        std::mem::swap(&mut *conn.out.borrow_mut(), &mut spare);
+        let write = async { Some(stream.write_all(&spare).await) };
+        let timeout = async {
+            Timer::new(deadline).await;
+            None
+        };
+        match futures_lite::future::or(write, timeout).await {
+            Some(Ok(())) => {}
+            Some(Err(_)) => {
+                conn.close(CloseReason::WriteError);
+                break;
+            }
+            None => {
+                core.stats
+                    .slow_consumers
+                    .set(core.stats.slow_consumers.get() + 1);
+                log::warn!(
+                    "cid:{} - Slow Consumer Detected: WriteDeadline of {:?} exceeded",
+                    conn.cid,
+                    deadline
+                );
+                conn.close(CloseReason::SlowConsumerWriteDeadline);
+                break;
+            }
+        }
+        spare.clear();
+        if spare.capacity() > 4 * 1024 * 1024 {
+            spare = Vec::with_capacity(4096);
+        }
+    }
+    shutdown(fd, libc::SHUT_RDWR);
+}
+
+async fn ping_loop(core: Rc<Core>, conn: Rc<ClientConn>, fd: RawFd) {
+    loop {
+        Timer::new(core.opts.ping_interval).await;
+        if conn.is_closed() {
+            return;
+        }
+        let out = conn.pings_out.get() + 1;
+        if out > core.opts.ping_max {
+            log::debug!("cid:{} - Stale Client Connection - Closing", conn.cid);
+            conn.send_err(errors::STALE_CONNECTION);
+            conn.close(CloseReason::StaleConnection);
+            shutdown(fd, libc::SHUT_RD);
+            return;
+        }
+        conn.pings_out.set(out);
+        conn.send(wire::PING);
+    }
+}
+
+async fn auth_timeout(core: Rc<Core>, conn: Rc<ClientConn>, fd: RawFd) {
+    Timer::new(core.opts.auth_timeout).await;
+    if !conn.connected.get() && !conn.is_closed() {
+        conn.send_err(errors::AUTH_TIMEOUT);
+        conn.close(CloseReason::AuthenticationTimeout);
+        shutdown(fd, libc::SHUT_RD);
+    }
+}

@@ -1,0 +1,542 @@
+//! What one core owns of the core NATS server: its connections, the sublist of their
+//! subscriptions, its replica of the cross-core interest map, and its counters.
+//!
+//! How a message travels (DESIGN.md §3): the publishing connection's core matches the subject
+//! against its own sublist (local subscribers) and against the interest map (which cores have
+//! subscribers). It writes MSG frames for local subscribers straight into their output buffers
+//! and queues one `Routed` per interested core in the mesh outbox. Each queue group gets the
+//! message exactly once: the publishing core picks the local members or one interested core,
+//! and that core picks one of its members.
+
+use crate::config::Options;
+use crate::mesh::{InterestSync, MeshMsg, Outbox, Routed};
+use crate::nats::sublist::{MatchResult, Sublist};
+use crate::nats::{subject, wire};
+use crate::util::notify::Notify;
+use crate::util::rng::Rng;
+use bytes::Bytes;
+use fxhash::FxHashMap;
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Counters shared by all cores; touched only when connections open and close.
+#[derive(Default)]
+pub struct GlobalCounters {
+    pub connections: AtomicUsize,
+}
+
+impl GlobalCounters {
+    /// Takes a connection slot under `max`; false when the server is full.
+    pub fn try_open(&self, max: usize) -> bool {
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn close(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Default)]
+pub struct CoreStats {
+    pub in_msgs: Cell<u64>,
+    pub in_bytes: Cell<u64>,
+    pub out_msgs: Cell<u64>,
+    pub out_bytes: Cell<u64>,
+    pub slow_consumers: Cell<u64>,
+    pub total_connections: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>, by: u64) {
+    c.set(c.get().wrapping_add(by));
+}
+
+/// Why a connection ended (logged, and later shown by `/connz?state=closed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClosed,
+    ReadError,
+    WriteError,
+    SlowConsumerPendingBytes,
+    SlowConsumerWriteDeadline,
+    StaleConnection,
+    ProtocolViolation,
+    AuthenticationTimeout,
+    AuthenticationViolation,
+    MaxPayloadExceeded,
+    MaxControlLineExceeded,
+    MaxConnectionsExceeded,
+    ServerShutdown,
+}
+
+/// Options a client sent in CONNECT (nats-server's defaults before it does).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default)]
+pub struct ConnectOptions {
+    pub verbose: bool,
+    pub pedantic: bool,
+    pub echo: bool,
+    pub headers: bool,
+    pub no_responders: bool,
+    pub name: String,
+    pub lang: String,
+    pub version: String,
+    pub protocol: i64,
+    pub user: Option<String>,
+    pub pass: Option<String>,
+    pub auth_token: Option<String>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            verbose: true,
+            pedantic: true,
+            echo: true,
+            headers: false,
+            no_responders: false,
+            name: String::new(),
+            lang: String::new(),
+            version: String::new(),
+            protocol: 0,
+            user: None,
+            pass: None,
+            auth_token: None,
+        }
+    }
+}
+
+/// A client connection as the rest of its core sees it: an output buffer and flags.
+pub struct ClientConn {
+    pub cid: u64,
+    pub out: RefCell<Vec<u8>>,
+    pub wake_writer: Notify,
+    pub closed: Cell<Option<CloseReason>>,
+    pub opts: RefCell<ConnectOptions>,
+    pub subs: RefCell<FxHashMap<Bytes, Rc<LocalSub>>>,
+    pub in_msgs: Cell<u64>,
+    pub out_msgs: Cell<u64>,
+    /// Server PINGs not answered yet.
+    pub pings_out: Cell<u32>,
+    /// A valid CONNECT was received.
+    pub connected: Cell<bool>,
+    max_pending: usize,
+}
+
+impl ClientConn {
+    pub fn new(cid: u64, max_pending: usize) -> Self {
+        ClientConn {
+            cid,
+            out: RefCell::new(Vec::with_capacity(4096)),
+            wake_writer: Notify::new(),
+            closed: Cell::new(None),
+            opts: RefCell::new(ConnectOptions::default()),
+            subs: RefCell::new(FxHashMap::default()),
+            in_msgs: Cell::new(0),
+            out_msgs: Cell::new(0),
+            pings_out: Cell::new(0),
+            connected: Cell::new(false),
+            max_pending,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get().is_some()
+    }
+
+    /// Marks the connection closed (the first reason wins) and wakes its writer to finish.
+    pub fn close(&self, reason: CloseReason) {
+        if self.closed.get().is_none() {
+            self.closed.set(Some(reason));
+        }
+        self.wake_writer.notify();
+    }
+
+    /// Queues protocol bytes for the writer.
+    pub fn send(&self, bytes: &[u8]) {
+        self.out.borrow_mut().extend_from_slice(bytes);
+        self.wake_writer.notify();
+    }
+
+    pub fn send_err(&self, text: &str) {
+        wire::push_err(&mut self.out.borrow_mut(), text);
+        self.wake_writer.notify();
+    }
+}
+
+/// One subscription of a local connection.
+pub struct LocalSub {
+    pub conn: Weak<ClientConn>,
+    pub cid: u64,
+    pub sid: Bytes,
+    pub subject: Bytes,
+    pub queue: Option<Bytes>,
+    /// Auto-unsubscribe after this many deliveries (0: never).
+    pub max: Cell<u64>,
+    pub delivered: Cell<u64>,
+}
+
+/// A sublist entry: compares by identity.
+#[derive(Clone)]
+pub struct SubRef(pub Rc<LocalSub>);
+
+impl PartialEq for SubRef {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+pub struct Core {
+    pub id: usize,
+    pub ncores: usize,
+    pub opts: Rc<Options>,
+    pub server_id: Rc<str>,
+    pub global: Arc<GlobalCounters>,
+    pub conns: RefCell<FxHashMap<u64, Rc<ClientConn>>>,
+    pub sublist: RefCell<Sublist<SubRef>>,
+    pub interest: RefCell<Sublist<usize>>,
+    local_interest: RefCell<FxHashMap<(Bytes, Option<Bytes>), usize>>,
+    pub outbox: Rc<Outbox>,
+    pub sync: InterestSync,
+    pub rng: Rng,
+    pub stats: CoreStats,
+    next_conn: Cell<u64>,
+}
+
+impl Core {
+    pub fn new(
+        id: usize,
+        ncores: usize,
+        opts: Rc<Options>,
+        server_id: Rc<str>,
+        global: Arc<GlobalCounters>,
+    ) -> Self {
+        Core {
+            id,
+            ncores,
+            opts,
+            server_id,
+            global,
+            conns: RefCell::new(FxHashMap::default()),
+            sublist: RefCell::new(Sublist::new()),
+            interest: RefCell::new(Sublist::new()),
+            local_interest: RefCell::new(FxHashMap::default()),
+            outbox: Rc::new(Outbox::new(id, ncores)),
+            sync: InterestSync::new(id, ncores),
+            rng: Rng::new(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1) ^ std::process::id() as u64),
+            stats: CoreStats::default(),
+            next_conn: Cell::new(0),
+        }
+    }
+
+    /// Client IDs are unique across cores: `(cid - 1) % ncores` is the owning core.
+    pub fn next_cid(&self) -> u64 {
+        let n = self.next_conn.get();
+        self.next_conn.set(n + 1);
+        n * self.ncores as u64 + self.id as u64 + 1
+    }
+
+    pub fn add_subscription(&self, sub: Rc<LocalSub>) {
+        self.sublist
+            .borrow_mut()
+            .insert(&sub.subject, sub.queue.as_ref(), SubRef(sub.clone()));
+        let key = (sub.subject.clone(), sub.queue.clone());
+        let first = {
+            let mut li = self.local_interest.borrow_mut();
+            let n = li.entry(key).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if first && self.ncores > 1 {
+            let epoch = self.sync.next_epoch();
+            for peer in self.outbox.peers() {
+                self.outbox.push(
+                    peer,
+                    MeshMsg::InterestAdd {
+                        subject: sub.subject.clone(),
+                        queue: sub.queue.clone(),
+                        epoch,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn remove_subscription(&self, sub: &Rc<LocalSub>) {
+        let removed = self.sublist.borrow_mut().remove(
+            &sub.subject,
+            sub.queue.as_ref(),
+            &SubRef(sub.clone()),
+        );
+        if !removed {
+            return;
+        }
+        let key = (sub.subject.clone(), sub.queue.clone());
+        let last = {
+            let mut li = self.local_interest.borrow_mut();
+            match li.get_mut(&key) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    li.remove(&key);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last && self.ncores > 1 {
+            let epoch = self.sync.next_epoch();
+            for peer in self.outbox.peers() {
+                self.outbox.push(
+                    peer,
+                    MeshMsg::InterestRemove {
+                        subject: sub.subject.clone(),
+                        queue: sub.queue.clone(),
+                        epoch,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Removes a subscription from its connection and the sublist.
+    pub fn unsubscribe(&self, conn: &ClientConn, sid: &Bytes) {
+        let sub = conn.subs.borrow_mut().remove(sid);
+        if let Some(sub) = sub {
+            self.remove_subscription(&sub);
+        }
+    }
+
+    /// Writes one message to a local subscriber; false if it could not take it.
+    fn deliver(&self, sub: &Rc<LocalSub>, msg: &MsgRef<'_>) -> bool {
+        let Some(conn) = sub.conn.upgrade() else {
+            return false;
+        };
+        if conn.is_closed() {
+            return false;
+        }
+        let max = sub.max.get();
+        let delivered = sub.delivered.get() + 1;
+        if max > 0 && delivered > max {
+            return false;
+        }
+        sub.delivered.set(delivered);
+        let headers = conn.opts.borrow().headers;
+        let pending = {
+            let mut out = conn.out.borrow_mut();
+            wire::push_msg(
+                &mut out,
+                msg.subject,
+                &sub.sid,
+                msg.reply.map(|r| &r[..]),
+                msg.header_len,
+                msg.payload,
+                headers,
+            );
+            out.len()
+        };
+        bump(&conn.out_msgs, 1);
+        bump(&self.stats.out_msgs, 1);
+        bump(&self.stats.out_bytes, msg.payload.len() as u64);
+        if max > 0 && delivered == max {
+            self.unsubscribe(&conn, &sub.sid);
+        }
+        if pending > conn.max_pending {
+            bump(&self.stats.slow_consumers, 1);
+            log::warn!(
+                "cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
+                conn.cid,
+                conn.max_pending
+            );
+            conn.out.borrow_mut().clear();
+            conn.close(CloseReason::SlowConsumerPendingBytes);
+        }
+        conn.wake_writer.notify();
+        true
+    }
+
+    /// Delivers to one member of a queue group, trying others if the first cannot take it.
+    fn deliver_to_one(&self, members: &[SubRef], msg: &MsgRef<'_>, skip_cid: Option<u64>) -> bool {
+        if members.is_empty() {
+            return false;
+        }
+        let start = self.rng.below(members.len());
+        (0..members.len()).any(|i| {
+            let sub = &members[(start + i) % members.len()].0;
+            Some(sub.cid) != skip_cid && self.deliver(sub, msg)
+        })
+    }
+
+    /// Routes a message published by a local connection (or by the server itself when
+    /// `origin` is `None`). Returns whether any subscriber, here or on another core, was
+    /// found.
+    pub fn publish(
+        &self,
+        origin: Option<&ClientConn>,
+        msg: &MsgRef<'_>,
+        subject_bytes: &Bytes,
+    ) -> bool {
+        bump(&self.stats.in_msgs, 1);
+        bump(&self.stats.in_bytes, msg.payload.len() as u64);
+        let skip_cid = origin.filter(|c| !c.opts.borrow().echo).map(|c| c.cid);
+        let local = self.sublist.borrow_mut().matches(subject_bytes);
+        let remote: Rc<MatchResult<usize>> = if self.ncores > 1 {
+            self.interest.borrow_mut().matches(subject_bytes)
+        } else {
+            Rc::new(MatchResult::default())
+        };
+        let mut found = false;
+        for sub in &local.plain {
+            if Some(sub.0.cid) != skip_cid {
+                found |= self.deliver(&sub.0, msg);
+            }
+        }
+        // Per remote core: (deliver to plain subscribers, queue groups it must serve).
+        let mut targets: Vec<(usize, bool, Vec<Bytes>)> = Vec::new();
+        for &core in &remote.plain {
+            match targets.iter_mut().find(|t| t.0 == core) {
+                Some(t) => t.1 = true,
+                None => targets.push((core, true, Vec::new())),
+            }
+        }
+        let mut groups: Vec<&Bytes> = local.queues.iter().map(|(q, _)| q).collect();
+        for (q, _) in &remote.queues {
+            if !groups.contains(&q) {
+                groups.push(q);
+            }
+        }
+        for group in groups {
+            let local_members: &[SubRef] = local
+                .queues
+                .iter()
+                .find(|(q, _)| q == group)
+                .map(|(_, m)| m.as_slice())
+                .unwrap_or(&[]);
+            let mut cores: Vec<usize> = remote
+                .queues
+                .iter()
+                .find(|(q, _)| q == group)
+                .map(|(_, c)| c.clone())
+                .unwrap_or_default();
+            cores.sort_unstable();
+            cores.dedup();
+            let local_slot = usize::from(!local_members.is_empty());
+            let pick = self.rng.below(local_slot + cores.len());
+            if pick < local_slot && self.deliver_to_one(local_members, msg, skip_cid) {
+                found = true;
+                continue;
+            }
+            if cores.is_empty() {
+                continue;
+            }
+            let core = cores[pick.saturating_sub(local_slot) % cores.len()];
+            found = true;
+            match targets.iter_mut().find(|t| t.0 == core) {
+                Some(t) => t.2.push(group.clone()),
+                None => targets.push((core, false, vec![group.clone()])),
+            }
+        }
+        for (core, plain, queues) in targets {
+            found = true;
+            self.outbox.push(
+                core,
+                MeshMsg::Deliver(Routed {
+                    subject: subject_bytes.clone(),
+                    reply: msg.reply.cloned(),
+                    header_len: msg.header_len,
+                    payload: msg.payload_bytes.clone(),
+                    plain,
+                    queues,
+                }),
+            );
+        }
+        found
+    }
+
+    /// Handles what another core sent.
+    pub fn on_mesh(&self, from: usize, msg: MeshMsg) {
+        match msg {
+            MeshMsg::Deliver(r) => {
+                let m = MsgRef {
+                    subject: &r.subject,
+                    reply: r.reply.as_ref(),
+                    header_len: r.header_len,
+                    payload: &r.payload,
+                    payload_bytes: &r.payload,
+                };
+                let local = self.sublist.borrow_mut().matches(&r.subject);
+                if r.plain {
+                    for sub in &local.plain {
+                        self.deliver(&sub.0, &m);
+                    }
+                }
+                for group in &r.queues {
+                    if let Some((_, members)) = local.queues.iter().find(|(q, _)| q == group) {
+                        self.deliver_to_one(members, &m, None);
+                    }
+                }
+            }
+            MeshMsg::InterestAdd {
+                subject,
+                queue,
+                epoch,
+            } => {
+                self.interest
+                    .borrow_mut()
+                    .insert(&subject, queue.as_ref(), from);
+                self.outbox.push(from, MeshMsg::InterestAck { epoch });
+            }
+            MeshMsg::InterestRemove {
+                subject,
+                queue,
+                epoch,
+            } => {
+                self.interest
+                    .borrow_mut()
+                    .remove(&subject, queue.as_ref(), &from);
+                self.outbox.push(from, MeshMsg::InterestAck { epoch });
+            }
+            MeshMsg::InterestAck { epoch } => self.sync.record_ack(from, epoch),
+        }
+    }
+
+    /// nats-server's "no responders": a request nobody received gets a 503 status message
+    /// on the requester's own subscription that matches the reply subject.
+    pub fn send_no_responders(&self, conn: &ClientConn, reply: &Bytes) {
+        let sid = conn
+            .subs
+            .borrow()
+            .values()
+            .find(|s| subject::matches(&s.subject, reply))
+            .map(|s| s.sid.clone());
+        if let Some(sid) = sid {
+            let header = wire::NO_RESPONDERS_HEADER;
+            wire::push_msg(
+                &mut conn.out.borrow_mut(),
+                reply,
+                &sid,
+                None,
+                header.len(),
+                header,
+                true,
+            );
+            conn.wake_writer.notify();
+        }
+    }
+}
+
+/// A message being routed, borrowed from the parsed publish.
+pub struct MsgRef<'a> {
+    pub subject: &'a [u8],
+    pub reply: Option<&'a Bytes>,
+    pub header_len: usize,
+    pub payload: &'a [u8],
+    pub payload_bytes: &'a Bytes,
+}

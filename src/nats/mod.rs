@@ -1,0 +1,9 @@
+//! Core NATS: the client protocol, connections, subjects, the sublist, authentication.
+
+pub mod auth;
+pub mod client;
+pub mod core;
+pub mod parser;
+pub mod subject;
+pub mod sublist;
+pub mod wire;

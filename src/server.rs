@@ -1,0 +1,228 @@
+//! Process start-up: one pinned glommio executor per core, each joined to the channel mesh,
+//! each accepting on the client port (SO_REUSEPORT); the main thread waits for signals.
+
+use crate::config::Options;
+use crate::mesh::Batch;
+use crate::nats::client;
+use crate::nats::core::{Core, GlobalCounters};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Batches in flight per ring of the mesh.
+const MESH_RING_BATCHES: usize = 1024;
+/// glommio's default per-executor registered I/O memory.
+const MAX_IO_MEMORY: usize = 10 << 20;
+const MIN_IO_MEMORY: usize = 512 << 10;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("Error listening on port: {addr}, {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start a glommio executor (stanza needs io_uring: Linux 5.8 or newer, not blocked by seccomp or kernel.io_uring_disabled): {0}")]
+    Executor(String),
+    #[error("core {core}: {msg}")]
+    Core { core: usize, msg: String },
+    #[error("the server did not become ready within {0:?}")]
+    StartTimeout(Duration),
+}
+
+/// Per-executor registered memory: glommio locks it, so all executors together must fit in
+/// RLIMIT_MEMLOCK (8 MiB by default for non-root users) with room for the rings.
+fn io_memory_per_executor(cores: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct we pass.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
+    if !ok || limit.rlim_cur == libc::RLIM_INFINITY {
+        return MAX_IO_MEMORY;
+    }
+    let budget = (limit.rlim_cur as usize) / 2 / cores.max(1);
+    budget.clamp(MIN_IO_MEMORY, MAX_IO_MEMORY)
+}
+
+pub fn online_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn new_server_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut rng = rand::rng();
+    let mut id = String::from("N");
+    for _ in 0..55 {
+        id.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
+    }
+    id
+}
+
+/// A plain bind (no SO_REUSEPORT) fails if anyone, including another stanza, holds the port;
+/// the executors' shared binds would not notice.
+fn check_port_free(host: &str, port: u16) -> Result<(), ServerError> {
+    std::net::TcpListener::bind((host, port))
+        .map(drop)
+        .map_err(|source| ServerError::Listen {
+            addr: format!("{host}:{port}"),
+            source,
+        })
+}
+
+/// A running server: its cores are up and accepting.
+pub struct Running {
+    pub cores: usize,
+}
+
+/// Starts all cores and returns once every one of them accepts connections.
+pub fn start(opts: Options) -> Result<Running, ServerError> {
+    let ncores = opts.cores.unwrap_or_else(online_cpus).max(1);
+    let online = online_cpus();
+    let io_memory = io_memory_per_executor(ncores);
+    check_port_free(&opts.host, opts.port)?;
+    let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(ncores, MESH_RING_BATCHES);
+    let server_id: Arc<str> = new_server_id().into();
+    let global = Arc::new(GlobalCounters::default());
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, ServerError>>();
+    log::info!("Starting stanza version {}", env!("CARGO_PKG_VERSION"));
+    log::info!(
+        "Running on {ncores} core(s) ({online} online), {} KiB of io_uring memory each",
+        io_memory >> 10
+    );
+    for i in 0..ncores {
+        let opts = opts.clone();
+        let mesh = mesh.clone();
+        let server_id = server_id.clone();
+        let global = global.clone();
+        let ready_tx = ready_tx.clone();
+        let placement = if i < online {
+            Placement::Fixed(i)
+        } else {
+            Placement::Unbound
+        };
+        std::thread::Builder::new()
+            .name(format!("stanza-core-{i}"))
+            .spawn(move || {
+                let executor = match LocalExecutorBuilder::new(placement)
+                    .name(&format!("stanza-core-{i}"))
+                    .io_memory(io_memory)
+                    .make()
+                {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ServerError::Executor(e.to_string())));
+                        return;
+                    }
+                };
+                executor.run(async move {
+                    if let Err(e) = run_core(opts, mesh, ncores, server_id, global, &ready_tx).await
+                    {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                });
+            })
+            .map_err(|e| ServerError::Executor(e.to_string()))?;
+    }
+    drop(ready_tx);
+    let timeout = Duration::from_secs(30);
+    for _ in 0..ncores {
+        match ready_rx.recv_timeout(timeout) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(ServerError::StartTimeout(timeout)),
+        }
+    }
+    log::info!(
+        "Listening for client connections on {}:{}",
+        opts.host,
+        opts.port
+    );
+    log::info!("Server is ready");
+    Ok(Running { cores: ncores })
+}
+
+async fn run_core(
+    opts: Options,
+    mesh: MeshBuilder<Batch, glommio::channels::channel_mesh::Full>,
+    ncores: usize,
+    server_id: Arc<str>,
+    global: Arc<GlobalCounters>,
+    ready: &mpsc::Sender<Result<usize, ServerError>>,
+) -> Result<(), ServerError> {
+    let (senders, mut receivers) = mesh.join().await.map_err(|_| ServerError::Core {
+        core: usize::MAX,
+        msg: "cannot join the channel mesh".into(),
+    })?;
+    let id = senders.peer_id();
+    let core = Rc::new(Core::new(
+        id,
+        ncores,
+        Rc::new(opts.clone()),
+        Rc::from(&*server_id),
+        global,
+    ));
+    core.outbox.start_flushers(Rc::new(senders));
+    for (peer, stream) in receivers.streams() {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            while let Some(batch) = stream.recv().await {
+                for msg in batch {
+                    core.on_mesh(peer, msg);
+                }
+            }
+        })
+        .detach();
+    }
+    let listener =
+        TcpListener::bind((opts.host.as_str(), opts.port)).map_err(|e| ServerError::Listen {
+            addr: format!("{}:{}", opts.host, opts.port),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let _ = ready.send(Ok(id));
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                glommio::spawn_local(client::serve(core.clone(), stream)).detach();
+            }
+            Err(e) => {
+                log::error!("core {id}: error accepting client connection: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Blocks the signals the main thread handles, so that executor threads (created after this)
+/// never receive them.
+pub fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set, then pthread_sigmask for this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for the next blocked signal.
+pub fn wait_signal(set: &libc::sigset_t) -> libc::c_int {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: sigwait reads the set and writes the signal number.
+    unsafe {
+        libc::sigwait(set, &mut sig);
+    }
+    sig
+}
