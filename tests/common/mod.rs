@@ -1,0 +1,277 @@
+//! Test support: start the real `stanza` binary on a free loopback port, talk raw NATS to it,
+//! and run third-party client programs against it, all bounded in time.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A running server, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: Mutex<u32> = Mutex::new(0);
+        let n = {
+            let mut c = COUNTER.lock().unwrap_or_else(|e| e.into_inner());
+            *c += 1;
+            *c
+        };
+        let dir =
+            std::env::temp_dir().join(format!("stanza-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Server {
+    /// Starts with extra flags (the address and port are chosen here).
+    pub fn start(args: &[&str]) -> Server {
+        Self::start_with_config(None, args)
+    }
+
+    /// Starts with a NATS-format config file holding `config`.
+    pub fn start_with_config(config: Option<&str>, args: &[&str]) -> Server {
+        let dir = TempDir::new("srv");
+        let port = free_port();
+        let log = dir.0.join("server.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stanza"));
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some(text) = config {
+            let path = dir.0.join("server.conf");
+            std::fs::write(&path, text).expect("write config");
+            cmd.arg("-c").arg(&path);
+        }
+        cmd.args(args);
+        let log_file = std::fs::File::create(&log).expect("log file");
+        cmd.stdout(Stdio::null()).stderr(log_file);
+        let child = cmd.spawn().expect("spawn stanza");
+        let server = Server {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(text) = std::fs::read_to_string(&self.log) {
+                if text.contains("Server is ready") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server not ready in time; log:\n{}", self.log_text());
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn raw(&self) -> RawClient {
+        RawClient::connect(self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A NATS connection driven byte by byte, for what client libraries cannot express.
+pub struct RawClient {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+    pub info: serde_json::Value,
+}
+
+impl RawClient {
+    pub fn connect(port: u16) -> RawClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut c = RawClient {
+            stream,
+            reader,
+            info: serde_json::Value::Null,
+        };
+        let line = c.line();
+        let json = line.strip_prefix("INFO ").expect("INFO first");
+        c.info = serde_json::from_str(json).expect("INFO json");
+        c
+    }
+
+    pub fn core(&self) -> u64 {
+        self.info["stanza_core"].as_u64().expect("stanza_core")
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// The next protocol line without its CRLF.
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => panic!("connection closed while waiting for a line"),
+            Ok(_) => line.trim_end_matches(['\r', '\n']).to_string(),
+            Err(e) => panic!("no line: {e}"),
+        }
+    }
+
+    /// Reads lines until one equals `want`; panics on anything else that is not PING/+OK.
+    pub fn expect(&mut self, want: &str) {
+        loop {
+            let line = self.line();
+            if line == want {
+                return;
+            }
+            assert!(
+                line == "PING" || line == "+OK" || line == "PONG",
+                "expected {want:?}, got {line:?}"
+            );
+        }
+    }
+
+    /// A MSG frame: returns (control line, payload).
+    pub fn msg(&mut self) -> (String, Vec<u8>) {
+        loop {
+            let line = self.line();
+            if line.starts_with("MSG ") || line.starts_with("HMSG ") {
+                let size: usize = line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("size");
+                let mut payload = vec![0; size + 2];
+                self.reader.read_exact(&mut payload).expect("payload");
+                payload.truncate(size);
+                return (line, payload);
+            }
+            assert!(
+                line == "PING" || line == "+OK" || line == "PONG",
+                "got {line:?}"
+            );
+        }
+    }
+
+    pub fn ping_pong(&mut self) {
+        self.send(b"PING\r\n");
+        self.expect("PONG");
+    }
+
+    /// Whether the server closed the connection within `within` (reads and drops data).
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut buf = [0u8; 65536];
+        let _ = self
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(200)));
+        while Instant::now() < deadline {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+}
+
+/// Runs a client program, killing it after `timeout`; panics with its output on failure.
+pub fn run_client(mut cmd: Command, timeout: Duration) -> Output {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let out = child.wait_with_output().expect("client output");
+    let text = format!(
+        "{shown}\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "client failed ({:?}):\n{text}",
+        out.status
+    );
+    println!("{text}");
+    out
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Whether a command runs; prints why a test is skipped when it does not.
+pub fn available(what: &str, program: &str, args: &[&str]) -> bool {
+    let ok = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        println!("SKIPPED: {what} is not available ({program} {args:?} failed); run .ci/run to install it");
+        eprintln!("SKIPPED: {what} is not available ({program} {args:?} failed); run .ci/run to install it");
+    }
+    ok
+}
