@@ -5,6 +5,10 @@ use stanza::server;
 use stanza::util::logging;
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("nats-bench") {
+        std::process::exit(stanza::bench::nats_load::main(argv[1..].to_vec()));
+    }
     let cli = match Cli::parse_from_env() {
         Ok(cli) => cli,
         Err(e) => e.exit(),

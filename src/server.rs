@@ -179,6 +179,7 @@ async fn run_core(
                 for msg in batch {
                     core.on_mesh(peer, msg);
                 }
+                core.wait_stalled(None).await;
             }
         })
         .detach();

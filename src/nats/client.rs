@@ -188,6 +188,7 @@ async fn read_loop(
                 Err(e) => return protocol_error(conn, &e),
             }
         }
+        core.wait_stalled(Some(conn.cid)).await;
         core.outbox.until_uncongested().await;
         let n = match stream.read(&mut chunk).await {
             Ok(0) => return CloseReason::ClientClosed,
@@ -400,11 +401,13 @@ async fn write_loop(core: Rc<Core>, conn: Rc<ClientConn>, mut stream: SharedStre
             }
         }
         spare.clear();
-        if spare.capacity() > 4 * 1024 * 1024 {
+        if spare.capacity() > 8 * 1024 * 1024 {
             spare = Vec::with_capacity(4096);
         }
+        conn.drained.notify();
     }
     shutdown(fd, libc::SHUT_RDWR);
+    conn.drained.notify();
 }
 
 async fn ping_loop(core: Rc<Core>, conn: Rc<ClientConn>, fd: RawFd) {

@@ -20,6 +20,10 @@ use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
+
+/// Upper bound of the per-subscriber output that makes a producer wait.
+const MAX_STALL_THRESHOLD: usize = 4 << 20;
 
 /// Counters shared by all cores; touched only when connections open and close.
 #[derive(Default)]
@@ -116,6 +120,8 @@ pub struct ClientConn {
     pub cid: u64,
     pub out: RefCell<Vec<u8>>,
     pub wake_writer: Notify,
+    /// Notified by the writer after each completed write and when the connection ends.
+    pub drained: Notify,
     pub closed: Cell<Option<CloseReason>>,
     pub opts: RefCell<ConnectOptions>,
     pub subs: RefCell<FxHashMap<Bytes, Rc<LocalSub>>>,
@@ -134,6 +140,7 @@ impl ClientConn {
             cid,
             out: RefCell::new(Vec::with_capacity(4096)),
             wake_writer: Notify::new(),
+            drained: Notify::new(),
             closed: Cell::new(None),
             opts: RefCell::new(ConnectOptions::default()),
             subs: RefCell::new(FxHashMap::default()),
@@ -143,6 +150,10 @@ impl ClientConn {
             connected: Cell::new(false),
             max_pending,
         }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.out.borrow().len()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -206,6 +217,9 @@ pub struct Core {
     pub rng: Rng,
     pub stats: CoreStats,
     next_conn: Cell<u64>,
+    /// Subscribers whose output passed the stall threshold during the current turn.
+    stalled: RefCell<Vec<Rc<ClientConn>>>,
+    stall_threshold: usize,
 }
 
 impl Core {
@@ -216,6 +230,7 @@ impl Core {
         server_id: Rc<str>,
         global: Arc<GlobalCounters>,
     ) -> Self {
+        let opts_max_pending = opts.max_pending;
         Core {
             id,
             ncores,
@@ -231,6 +246,8 @@ impl Core {
             rng: Rng::new(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1) ^ std::process::id() as u64),
             stats: CoreStats::default(),
             next_conn: Cell::new(0),
+            stalled: RefCell::new(Vec::new()),
+            stall_threshold: (opts_max_pending / 2).clamp(1, MAX_STALL_THRESHOLD),
         }
     }
 
@@ -348,6 +365,12 @@ impl Core {
         if max > 0 && delivered == max {
             self.unsubscribe(&conn, &sub.sid);
         }
+        if pending > self.stall_threshold && pending <= conn.max_pending {
+            let mut stalled = self.stalled.borrow_mut();
+            if !stalled.iter().any(|c| c.cid == conn.cid) {
+                stalled.push(conn.clone());
+            }
+        }
         if pending > conn.max_pending {
             bump(&self.stats.slow_consumers, 1);
             log::warn!(
@@ -360,6 +383,39 @@ impl Core {
         }
         conn.wake_writer.notify();
         true
+    }
+
+    /// Flow control, as nats-server stalls fast producers: the task that filled a subscriber's
+    /// buffer past the stall threshold waits (before reading more input) until that subscriber's
+    /// writer drains it, it closes, or the write deadline passes.
+    pub async fn wait_stalled(&self, own_cid: Option<u64>) {
+        loop {
+            let next = self.stalled.borrow_mut().pop();
+            let Some(conn) = next else {
+                return;
+            };
+            if Some(conn.cid) == own_cid {
+                continue;
+            }
+            let give_up = Instant::now() + self.opts.write_deadline;
+            while !conn.is_closed() && conn.pending() > self.stall_threshold {
+                let left = give_up.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let drained = async {
+                    conn.drained.notified().await;
+                    true
+                };
+                let timeout = async {
+                    glommio::timer::Timer::new(left).await;
+                    false
+                };
+                if !futures_lite::future::or(drained, timeout).await {
+                    break;
+                }
+            }
+        }
     }
 
     /// Delivers to one member of a queue group, trying others if the first cannot take it.

@@ -97,7 +97,7 @@ impl Parser {
         if let Some(pending) = self.pending.take() {
             return self.take_payload(buf, pending);
         }
-        let Some(newline) = buf.iter().position(|b| *b == b'\n') else {
+        let Some(newline) = memchr::memchr(b'\n', buf) else {
             if buf.len() > self.limits.max_control_line {
                 return Err(ProtocolError::ControlLineTooLong);
             }
@@ -139,7 +139,16 @@ impl Parser {
     ) -> Result<PendingPayload, ProtocolError> {
         let op = if with_headers { "HPUB" } else { "PUB" };
         let bad = |reason| ProtocolError::BadArguments { op, reason };
-        let fields: Vec<&[u8]> = split_args(args).collect();
+        let mut fields: [&[u8]; 4] = [&[]; 4];
+        let mut count = 0;
+        for field in split_args(args) {
+            if count == fields.len() {
+                return Err(bad("wrong number of arguments"));
+            }
+            fields[count] = field;
+            count += 1;
+        }
+        let fields = &fields[..count];
         let sizes = if with_headers { 2 } else { 1 };
         if fields.len() < 1 + sizes || fields.len() > 2 + sizes {
             return Err(bad("wrong number of arguments"));

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Core NATS side by side: stanza against Debian's nats-server (the Go core NATS server).
+
+One load generator (`stanza nats-bench`, plain threads and blocking sockets) drives both
+servers on loopback. Each scenario runs REPEAT times per server, interleaved, each run on a
+freshly started server; the table shows medians, the ratio, and each server's CPU seconds
+per million published messages (from /proc/PID/stat before and after the run).
+
+    python3 benches/compare-nats.py [--repeat 3] [--msgs 1000000] [--cores 2]
+
+Not a test: figures depend on the machine; nothing is asserted.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STANZA = os.path.join(ROOT, "target", "release", "stanza")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+SCENARIOS = [
+    # (name, publishers, subscribers, size)
+    ("pub only, 16 B, 1 pub", 1, 0, 16),
+    ("pub only, 128 B, 1 pub", 1, 0, 128),
+    ("pub only, 16 B, 4 pubs", 4, 0, 16),
+    ("pub only, 128 B, 4 pubs", 4, 0, 128),
+    ("pub+sub, 16 B, 1 pub", 1, 1, 16),
+    ("pub+sub, 128 B, 1 pub", 1, 1, 128),
+    ("pub+sub, 16 B, 4 pubs", 4, 1, 16),
+    ("pub+sub, 128 B, 4 pubs", 4, 1, 128),
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def wait_port(port, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on {port} did not start")
+
+
+def start(kind, port, cores):
+    if kind == "stanza":
+        cmd = [STANZA, "-a", "127.0.0.1", "-p", str(port), "--cores", str(cores)]
+        env = None
+    else:
+        cmd = [shutil.which("nats-server"), "-a", "127.0.0.1", "-p", str(port)]
+        env = dict(os.environ, GOMAXPROCS=str(cores))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    wait_port(port)
+    return proc
+
+
+def run_once(kind, scenario, msgs, cores):
+    _, pubs, subs, size = scenario
+    port = free_port()
+    proc = start(kind, port, cores)
+    try:
+        before = cpu_seconds(proc.pid)
+        out = subprocess.run(
+            [STANZA, "nats-bench", "--server", f"127.0.0.1:{port}", "--np", str(pubs),
+             "--ns", str(subs), "--n", str(msgs // pubs), "--ms", str(size), "--json",
+             "--timeout", "120"],
+            capture_output=True, text=True, timeout=180)
+        after = cpu_seconds(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} {scenario[0]}: {out.stderr or out.stdout}")
+    report = json.loads(out.stdout)
+    report["cpu_per_million"] = (after - before) / (report["published"] / 1e6)
+    return report
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--msgs", type=int, default=1_000_000, help="messages per run (all publishers)")
+    ap.add_argument("--cores", type=int, default=os.cpu_count())
+    ap.add_argument("--only", help="run scenarios whose name contains this text")
+    args = ap.parse_args()
+
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    if not shutil.which("nats-server"):
+        print("nats-server not found; installing Debian's package (needs root)", file=sys.stderr)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nats-server"], check=True)
+    version = subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip()
+
+    rows = []
+    for scenario in SCENARIOS:
+        if args.only and args.only not in scenario[0]:
+            continue
+        results = {"stanza": [], "nats-server": []}
+        for _ in range(args.repeat):
+            for kind in ("stanza", "nats-server"):
+                results[kind].append(run_once(kind, scenario, args.msgs, args.cores))
+        med = {k: statistics.median(r["pub_msgs_per_sec"] for r in v) for k, v in results.items()}
+        cpu = {k: statistics.median(r["cpu_per_million"] for r in v) for k, v in results.items()}
+        rows.append((scenario[0], med["stanza"], med["nats-server"], cpu["stanza"], cpu["nats-server"]))
+        print(f"done: {scenario[0]}", file=sys.stderr)
+
+    print(f"\nstanza vs {version}; {args.cores} cores each; {args.msgs} msgs per run; "
+          f"median of {args.repeat}, interleaved; load generator: stanza nats-bench\n")
+    print("| scenario | stanza msgs/s | nats-server msgs/s | ratio | stanza CPU s/M msgs | nats-server CPU s/M msgs |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, s, n, cs, cn in rows:
+        print(f"| {name} | {s:,.0f} | {n:,.0f} | {s / n:.2f}x | {cs:.3f} | {cn:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

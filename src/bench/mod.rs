@@ -1,0 +1,4 @@
+//! Load generators built into the `stanza` binary.
+
+pub mod frame_counter;
+pub mod nats_load;
