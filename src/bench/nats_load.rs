@@ -65,7 +65,9 @@ pub enum LoadError {
 fn connect(server: &str) -> Result<TcpStream, LoadError> {
     let mut s = TcpStream::connect(server).map_err(|e| LoadError::Connect(server.into(), e))?;
     s.set_nodelay(true)?;
-    s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"stanza-nats-bench\"}\r\n")?;
+    s.write_all(
+        b"CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"stanza-nats-bench\"}\r\n",
+    )?;
     Ok(s)
 }
 
@@ -82,7 +84,9 @@ fn flush(s: &mut TcpStream, deadline: Instant) -> Result<(), LoadError> {
         match s.read(&mut buf) {
             Ok(0) => return Err(LoadError::Server("connection closed".into())),
             Ok(n) => counter.feed(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(e) => return Err(e.into()),
         }
         if let Some(err) = counter.errors.first() {
@@ -120,7 +124,9 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
                 match s.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => counter.feed(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut => {}
                     Err(_) => break,
                 }
                 if counter.pings > 0 {
@@ -174,14 +180,18 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     };
     let mut published = 0;
     for p in pubs {
-        published += p.join().map_err(|_| LoadError::Server("publisher panicked".into()))??;
+        published += p
+            .join()
+            .map_err(|_| LoadError::Server("publisher panicked".into()))??;
     }
     let pub_done = began.elapsed();
     let mut received = 0;
     let mut last = None::<Instant>;
     let mut timed_out = false;
     for s in subs {
-        let (n, done) = s.join().map_err(|_| LoadError::Server("subscriber panicked".into()))?;
+        let (n, done) = s
+            .join()
+            .map_err(|_| LoadError::Server("subscriber panicked".into()))?;
         received += n;
         match done {
             Some(t) => last = Some(last.map_or(t, |l| l.max(t))),
