@@ -45,6 +45,14 @@ pub enum MeshMsg {
     InterestAck {
         epoch: u64,
     },
+    /// Asks for a `BarrierAck`: since rings are FIFO, once it arrives the asking core has
+    /// applied every interest change the peer made before answering.
+    Barrier {
+        id: u64,
+    },
+    BarrierAck {
+        id: u64,
+    },
 }
 
 pub type Batch = Vec<MeshMsg>;

@@ -21,6 +21,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 const READ_CHUNK: usize = 64 * 1024;
+/// How long a PONG to a client that sends PING ahead of its SUBs waits for those SUBs.
+const EARLY_PING_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The socket shared by the reader and the writer task. Each borrow lasts one poll, and the
 /// two tasks run on one thread, so the borrows never overlap.
@@ -155,7 +157,9 @@ fn server_info(core: &Core, cid: u64, client_ip: String) -> wire::ServerInfo {
 enum Next {
     Continue,
     /// Answer PONG once every core sees this connection's subscriptions.
-    PongAfterSync(u64),
+    Pong,
+    /// A request found no subscriber: confirm with the other cores before answering 503.
+    ConfirmNoResponders(Publish),
     Close(CloseReason),
 }
 
@@ -170,6 +174,7 @@ async fn read_loop(
     });
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut chunk = vec![0u8; READ_CHUNK];
+    let mut pongs_owed = 0usize;
     loop {
         loop {
             if conn.is_closed() {
@@ -178,15 +183,48 @@ async fn read_loop(
             match parser.parse(&mut buf) {
                 Ok(Some(op)) => match handle(core, conn, op) {
                     Next::Continue => {}
-                    Next::PongAfterSync(epoch) => {
-                        core.sync.wait_synced(epoch).await;
+                    Next::Pong if conn.opts.borrow().verbose => {
+                        // Verbose clients match +OK and PONG in order: answer in place.
+                        core.sync.wait_synced(core.sync.current()).await;
                         conn.send(wire::PONG);
+                    }
+                    Next::Pong => pongs_owed += 1,
+                    Next::ConfirmNoResponders(p) => {
+                        glommio::spawn_local(confirm_no_responders(core.clone(), conn.clone(), p))
+                            .detach();
                     }
                     Next::Close(reason) => return reason,
                 },
                 Ok(None) => break,
                 Err(e) => return protocol_error(conn, &e),
             }
+        }
+        if pongs_owed > 0 {
+            // nats-py writes a flush PING straight to its socket and the SUBs still in its
+            // buffer right after; with nats-server's shared sublist that race is invisible,
+            // here the SUB must also reach the other cores. So for that client the PONG waits
+            // briefly for bytes that trail the PING, then for every core to see them.
+            if conn.writes_ping_early() {
+                let more = async { Some(stream.read(&mut chunk).await) };
+                let grace = async {
+                    Timer::new(EARLY_PING_GRACE).await;
+                    None
+                };
+                match futures_lite::future::or(more, grace).await {
+                    Some(Ok(0)) => return CloseReason::ClientClosed,
+                    Some(Ok(n)) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        continue;
+                    }
+                    Some(Err(_)) => return CloseReason::ReadError,
+                    None => {}
+                }
+            }
+            core.sync.wait_synced(core.sync.current()).await;
+            for _ in 0..pongs_owed {
+                conn.send(wire::PONG);
+            }
+            pongs_owed = 0;
         }
         core.wait_stalled(Some(conn.cid)).await;
         core.outbox.until_uncongested().await;
@@ -225,12 +263,7 @@ fn handle(core: &Core, conn: &ClientConn, op: ClientOp) -> Next {
     }
     match op {
         ClientOp::Connect(json) => return handle_connect(core, conn, &json),
-        ClientOp::Pub(p) => {
-            if !handle_pub(core, conn, p) {
-                conn.send_err(errors::UNKNOWN_OP);
-                return Next::Close(CloseReason::ProtocolViolation);
-            }
-        }
+        ClientOp::Pub(p) => return handle_pub(core, conn, p),
         ClientOp::Sub {
             subject,
             queue,
@@ -240,10 +273,7 @@ fn handle(core: &Core, conn: &ClientConn, op: ClientOp) -> Next {
             handle_unsub(core, conn, &sid, max);
             send_ok(conn);
         }
-        ClientOp::Ping => {
-            let epoch = core.sync.current();
-            return Next::PongAfterSync(epoch);
-        }
+        ClientOp::Ping => return Next::Pong,
         ClientOp::Pong => conn.pings_out.set(0),
         ClientOp::Ignored => {}
     }
@@ -283,18 +313,18 @@ fn handle_connect(core: &Core, conn: &ClientConn, json: &Bytes) -> Next {
     Next::Continue
 }
 
-/// Returns false for an HPUB from a client that did not announce headers (a protocol error).
-fn handle_pub(core: &Core, conn: &ClientConn, p: Publish) -> bool {
+fn handle_pub(core: &Core, conn: &ClientConn, p: Publish) -> Next {
     let (pedantic, headers, no_responders) = {
         let o = conn.opts.borrow();
         (o.pedantic, o.headers, o.no_responders)
     };
     if p.is_hpub && !headers {
-        return false;
+        conn.send_err(errors::UNKNOWN_OP);
+        return Next::Close(CloseReason::ProtocolViolation);
     }
     if pedantic && !subject::is_valid_literal_subject(&p.subject) {
         conn.send_err(errors::INVALID_PUBLISH_SUBJECT);
-        return true;
+        return Next::Continue;
     }
     conn.in_msgs.set(conn.in_msgs.get() + 1);
     let msg = MsgRef {
@@ -305,13 +335,33 @@ fn handle_pub(core: &Core, conn: &ClientConn, p: Publish) -> bool {
         payload_bytes: &p.payload,
     };
     let found = core.publish(Some(conn), &msg, &p.subject);
-    if !found && headers && no_responders {
+    send_ok(conn);
+    if !found && headers && no_responders && p.reply.is_some() {
+        return Next::ConfirmNoResponders(p);
+    }
+    Next::Continue
+}
+
+/// A subscriber may have appeared on another core whose interest has not reached this one
+/// yet (clients such as nats-py send SUB after the PING of their flush). After a barrier this
+/// core knows what the others had; the request is routed again, and 503 only if still unheard.
+async fn confirm_no_responders(core: Rc<Core>, conn: Rc<ClientConn>, p: Publish) {
+    core.barrier().await;
+    if conn.is_closed() {
+        return;
+    }
+    let msg = MsgRef {
+        subject: &p.subject,
+        reply: p.reply.as_ref(),
+        header_len: p.header_len,
+        payload: &p.payload,
+        payload_bytes: &p.payload,
+    };
+    if !core.route(Some(&conn), &msg, &p.subject) {
         if let Some(reply) = &p.reply {
-            core.send_no_responders(conn, reply);
+            core.send_no_responders(&conn, reply);
         }
     }
-    send_ok(conn);
-    true
 }
 
 fn handle_sub(core: &Core, conn: &ClientConn, subject: Bytes, queue: Option<Bytes>, sid: Bytes) {

@@ -152,6 +152,11 @@ impl ClientConn {
         }
     }
 
+    /// Clients known to write their flush PING ahead of buffered protocol (nats-py).
+    pub fn writes_ping_early(&self) -> bool {
+        self.opts.borrow().lang.starts_with("python")
+    }
+
     pub fn pending(&self) -> usize {
         self.out.borrow().len()
     }
@@ -220,6 +225,10 @@ pub struct Core {
     /// Subscribers whose output passed the stall threshold during the current turn.
     stalled: RefCell<Vec<Rc<ClientConn>>>,
     stall_threshold: usize,
+    /// Barriers in progress: id -> peers that have not answered yet.
+    barriers: RefCell<FxHashMap<u64, usize>>,
+    barrier_done: Notify,
+    next_barrier: Cell<u64>,
 }
 
 impl Core {
@@ -248,6 +257,9 @@ impl Core {
             next_conn: Cell::new(0),
             stalled: RefCell::new(Vec::new()),
             stall_threshold: (opts_max_pending / 2).clamp(1, MAX_STALL_THRESHOLD),
+            barriers: RefCell::new(FxHashMap::default()),
+            barrier_done: Notify::new(),
+            next_barrier: Cell::new(0),
         }
     }
 
@@ -441,6 +453,16 @@ impl Core {
     ) -> bool {
         bump(&self.stats.in_msgs, 1);
         bump(&self.stats.in_bytes, msg.payload.len() as u64);
+        self.route(origin, msg, subject_bytes)
+    }
+
+    /// Routes a message (already counted as received) to local and remote subscribers.
+    pub fn route(
+        &self,
+        origin: Option<&ClientConn>,
+        msg: &MsgRef<'_>,
+        subject_bytes: &Bytes,
+    ) -> bool {
         let skip_cid = origin.filter(|c| !c.opts.borrow().echo).map(|c| c.cid);
         let local = self.sublist.borrow_mut().matches(subject_bytes);
         let remote: Rc<MatchResult<usize>> = if self.ncores > 1 {
@@ -560,6 +582,34 @@ impl Core {
                 self.outbox.push(from, MeshMsg::InterestAck { epoch });
             }
             MeshMsg::InterestAck { epoch } => self.sync.record_ack(from, epoch),
+            MeshMsg::Barrier { id } => self.outbox.push(from, MeshMsg::BarrierAck { id }),
+            MeshMsg::BarrierAck { id } => {
+                let mut barriers = self.barriers.borrow_mut();
+                if let Some(left) = barriers.get_mut(&id) {
+                    *left -= 1;
+                    if *left == 0 {
+                        barriers.remove(&id);
+                        self.barrier_done.notify();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns once every other core has answered a barrier: this core then knows all interest
+    /// those cores had when they answered.
+    pub async fn barrier(&self) {
+        if self.ncores < 2 {
+            return;
+        }
+        let id = self.next_barrier.get();
+        self.next_barrier.set(id + 1);
+        self.barriers.borrow_mut().insert(id, self.ncores - 1);
+        for peer in self.outbox.peers() {
+            self.outbox.push(peer, MeshMsg::Barrier { id });
+        }
+        while self.barriers.borrow().contains_key(&id) {
+            self.barrier_done.notified().await;
         }
     }
 

@@ -1,0 +1,102 @@
+//! Process start-up: running as an ordinary user under the default 8 MiB RLIMIT_MEMLOCK, and
+//! clear errors (never a panic) when the server cannot start.
+
+mod common;
+
+use common::{free_port, TempDir};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Four executors under an 8 MiB memlock limit, as user `nobody`: glommio's locked io_uring
+/// memory must be sized to fit.
+#[test]
+fn starts_as_non_root_under_default_memlock_limit() {
+    if !is_root() {
+        println!("SKIPPED: needs root to switch to an unprivileged user");
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        println!("SKIPPED: setpriv (util-linux) is not installed");
+        return;
+    }
+    let dir = TempDir::new("memlock");
+    let bin = dir.0.join("stanza");
+    std::fs::copy(env!("CARGO_BIN_EXE_stanza"), &bin).expect("copy binary");
+    let _ = Command::new("chmod")
+        .args(["755", dir.0.to_str().unwrap_or(".")])
+        .status();
+    let port = free_port();
+    let mut child = Command::new("prlimit")
+        .args(["--memlock=8388608:8388608", "--"])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(&bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "--cores", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut connected = false;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "server exited ({status}):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            connected = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    assert!(
+        connected,
+        "never accepted a connection:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn port_in_use_is_a_clear_error() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = holder.local_addr().expect("addr").port();
+    let out = Command::new(env!("CARGO_BIN_EXE_stanza"))
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Error listening on port: 127.0.0.1:"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_config_is_a_clear_error_with_position() {
+    let dir = TempDir::new("badconf");
+    let path = dir.0.join("bad.conf");
+    std::fs::write(&path, "port: 4222\nauthorization {\n  user: a\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_stanza"))
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.conf:4:1"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
