@@ -79,6 +79,26 @@ fn check_port_free(host: &str, port: u16) -> Result<(), ServerError> {
         })
 }
 
+/// Checks that this process may create an io_uring (glommio panics when it cannot): the
+/// kernel may be too old, or io_uring blocked by seccomp or `kernel.io_uring_disabled`.
+fn probe_io_uring() -> Result<(), ServerError> {
+    // io_uring_params is 120 bytes; zeroed means "defaults".
+    let mut params = [0u64; 15];
+    // SAFETY: io_uring_setup reads and writes only the params buffer we pass; the returned
+    // descriptor is closed right away.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(ServerError::Executor(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    // SAFETY: fd is a descriptor this function just created.
+    unsafe {
+        libc::close(fd as libc::c_int);
+    }
+    Ok(())
+}
+
 /// A running server: its cores are up and accepting.
 pub struct Running {
     pub cores: usize,
@@ -89,6 +109,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     let ncores = opts.cores.unwrap_or_else(online_cpus).max(1);
     let online = online_cpus();
     let io_memory = io_memory_per_executor(ncores);
+    probe_io_uring()?;
     check_port_free(&opts.host, opts.port)?;
     let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(ncores, MESH_RING_BATCHES);
     let server_id: Arc<str> = new_server_id().into();
@@ -139,7 +160,12 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         match ready_rx.recv_timeout(timeout) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(ServerError::StartTimeout(timeout)),
+            Err(mpsc::RecvTimeoutError::Timeout) => return Err(ServerError::StartTimeout(timeout)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(ServerError::Executor(
+                    "a core stopped while starting".into(),
+                ))
+            }
         }
     }
     log::info!(
