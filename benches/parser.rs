@@ -24,7 +24,7 @@ fn parse_pubs(c: &mut Criterion) {
                 let mut n = 0;
                 while let Ok(Some(op)) = parser.parse(&mut buf) {
                     if let ClientOp::Pub(p) = op {
-                        n += p.payload.len();
+                        n += p.payload().len();
                     }
                 }
                 n

@@ -292,3 +292,22 @@ fn sub_written_after_a_python_flush_ping_is_visible_across_cores() {
         );
     }
 }
+
+/// Routing remembers the last subject's match; a subscription added or removed in between
+/// must be seen by the very next publish to that subject.
+#[test]
+fn repeated_subject_sees_subscription_changes() {
+    let srv = Server::start(&["--cores", "2"]);
+    let mut publisher = srv.raw();
+    let mut sub = srv.raw();
+    publisher.send(b"CONNECT {\"verbose\":false}\r\nPUB memo 1\r\na\r\n");
+    publisher.ping_pong();
+    sub.send(b"CONNECT {\"verbose\":false}\r\nSUB memo 1\r\n");
+    sub.ping_pong();
+    publisher.send(b"PUB memo 1\r\nb\r\n");
+    assert_eq!(sub.msg(), ("MSG memo 1 1".to_string(), b"b".to_vec()));
+    sub.send(b"UNSUB 1\r\nSUB memo.other 2\r\n");
+    sub.ping_pong();
+    publisher.send(b"PUB memo 1\r\nc\r\nPUB memo.other 1\r\nd\r\n");
+    assert_eq!(sub.msg(), ("MSG memo.other 2 1".to_string(), b"d".to_vec()));
+}

@@ -4,7 +4,7 @@
 //! authentication timeout.
 
 use crate::nats::auth;
-use crate::nats::core::{ClientConn, CloseReason, ConnectOptions, Core, LocalSub, MsgRef};
+use crate::nats::core::{ClientConn, CloseReason, ConnectOptions, Core, LocalSub};
 use crate::nats::parser::{ClientOp, Parser, ParserLimits, ProtocolError, Publish};
 use crate::nats::subject;
 use crate::nats::wire::{self, errors};
@@ -322,21 +322,14 @@ fn handle_pub(core: &Core, conn: &ClientConn, p: Publish) -> Next {
         conn.send_err(errors::UNKNOWN_OP);
         return Next::Close(CloseReason::ProtocolViolation);
     }
-    if pedantic && !subject::is_valid_literal_subject(&p.subject) {
+    if pedantic && !subject::is_valid_literal_subject(p.subject()) {
         conn.send_err(errors::INVALID_PUBLISH_SUBJECT);
         return Next::Continue;
     }
     conn.in_msgs.set(conn.in_msgs.get() + 1);
-    let msg = MsgRef {
-        subject: &p.subject,
-        reply: p.reply.as_ref(),
-        header_len: p.header_len,
-        payload: &p.payload,
-        payload_bytes: &p.payload,
-    };
-    let found = core.publish(Some(conn), &msg, &p.subject);
+    let found = core.publish(Some(conn), &p.msg_ref());
     send_ok(conn);
-    if !found && headers && no_responders && p.reply.is_some() {
+    if !found && headers && no_responders && p.reply().is_some() {
         return Next::ConfirmNoResponders(p);
     }
     Next::Continue
@@ -350,15 +343,8 @@ async fn confirm_no_responders(core: Rc<Core>, conn: Rc<ClientConn>, p: Publish)
     if conn.is_closed() {
         return;
     }
-    let msg = MsgRef {
-        subject: &p.subject,
-        reply: p.reply.as_ref(),
-        header_len: p.header_len,
-        payload: &p.payload,
-        payload_bytes: &p.payload,
-    };
-    if !core.route(Some(&conn), &msg, &p.subject) {
-        if let Some(reply) = &p.reply {
+    if !core.route(Some(&conn), &p.msg_ref()) {
+        if let Some(reply) = p.reply() {
             core.send_no_responders(&conn, reply);
         }
     }

@@ -225,6 +225,8 @@ pub struct Core {
     /// Subscribers whose output passed the stall threshold during the current turn.
     stalled: RefCell<Vec<Rc<ClientConn>>>,
     stall_threshold: usize,
+    /// The last subject routed and what it matched: publishers mostly repeat one subject.
+    last_route: RefCell<Option<RouteMemo>>,
     /// Barriers in progress: id -> peers that have not answered yet.
     barriers: RefCell<FxHashMap<u64, usize>>,
     barrier_done: Notify,
@@ -257,6 +259,7 @@ impl Core {
             next_conn: Cell::new(0),
             stalled: RefCell::new(Vec::new()),
             stall_threshold: (opts_max_pending / 2).clamp(1, MAX_STALL_THRESHOLD),
+            last_route: RefCell::new(None),
             barriers: RefCell::new(FxHashMap::default()),
             barrier_done: Notify::new(),
             next_barrier: Cell::new(0),
@@ -364,7 +367,7 @@ impl Core {
                 &mut out,
                 msg.subject,
                 &sub.sid,
-                msg.reply.map(|r| &r[..]),
+                msg.reply,
                 msg.header_len,
                 msg.payload,
                 headers,
@@ -445,31 +448,16 @@ impl Core {
     /// Routes a message published by a local connection (or by the server itself when
     /// `origin` is `None`). Returns whether any subscriber, here or on another core, was
     /// found.
-    pub fn publish(
-        &self,
-        origin: Option<&ClientConn>,
-        msg: &MsgRef<'_>,
-        subject_bytes: &Bytes,
-    ) -> bool {
+    pub fn publish(&self, origin: Option<&ClientConn>, msg: &MsgRef<'_>) -> bool {
         bump(&self.stats.in_msgs, 1);
         bump(&self.stats.in_bytes, msg.payload.len() as u64);
-        self.route(origin, msg, subject_bytes)
+        self.route(origin, msg)
     }
 
     /// Routes a message (already counted as received) to local and remote subscribers.
-    pub fn route(
-        &self,
-        origin: Option<&ClientConn>,
-        msg: &MsgRef<'_>,
-        subject_bytes: &Bytes,
-    ) -> bool {
+    pub fn route(&self, origin: Option<&ClientConn>, msg: &MsgRef<'_>) -> bool {
         let skip_cid = origin.filter(|c| !c.opts.borrow().echo).map(|c| c.cid);
-        let local = self.sublist.borrow_mut().matches(subject_bytes);
-        let remote: Rc<MatchResult<usize>> = if self.ncores > 1 {
-            self.interest.borrow_mut().matches(subject_bytes)
-        } else {
-            Rc::new(MatchResult::default())
-        };
+        let (local, remote) = self.match_both(msg.subject);
         let mut found = false;
         for sub in &local.plain {
             if Some(sub.0.cid) != skip_cid {
@@ -521,21 +509,65 @@ impl Core {
                 None => targets.push((core, false, vec![group.clone()])),
             }
         }
+        if targets.is_empty() {
+            return found;
+        }
+        let subject = msg.share(msg.subject);
+        let reply = msg.reply.map(|r| msg.share(r));
+        let payload = msg.share(msg.payload);
         for (core, plain, queues) in targets {
-            found = true;
             self.outbox.push(
                 core,
                 MeshMsg::Deliver(Routed {
-                    subject: subject_bytes.clone(),
-                    reply: msg.reply.cloned(),
+                    subject: subject.clone(),
+                    reply: reply.clone(),
                     header_len: msg.header_len,
-                    payload: msg.payload_bytes.clone(),
+                    payload: payload.clone(),
                     plain,
                     queues,
                 }),
             );
         }
-        found
+        true
+    }
+
+    /// Local subscribers and interested cores for a subject, through the one-entry memo.
+    fn match_both(&self, subject: &[u8]) -> (Rc<MatchResult<SubRef>>, Rc<MatchResult<usize>>) {
+        let generations = (
+            self.sublist.borrow().generation(),
+            self.interest.borrow().generation(),
+        );
+        if let Some(memo) = self.last_route.borrow().as_ref() {
+            if memo.generations == generations && memo.subject == subject {
+                return (memo.local.clone(), memo.remote.clone());
+            }
+        }
+        let local = self.sublist.borrow_mut().matches(subject);
+        let remote = if self.ncores > 1 {
+            self.interest.borrow_mut().matches(subject)
+        } else {
+            Rc::new(MatchResult::default())
+        };
+        let mut memo = self.last_route.borrow_mut();
+        match memo.as_mut() {
+            // Reuse the subject buffer: publishers cycling through subjects do not allocate.
+            Some(m) => {
+                m.subject.clear();
+                m.subject.extend_from_slice(subject);
+                m.generations = generations;
+                m.local = local.clone();
+                m.remote = remote.clone();
+            }
+            None => {
+                *memo = Some(RouteMemo {
+                    subject: subject.to_vec(),
+                    generations,
+                    local: local.clone(),
+                    remote: remote.clone(),
+                })
+            }
+        }
+        (local, remote)
     }
 
     /// Handles what another core sent.
@@ -544,10 +576,10 @@ impl Core {
             MeshMsg::Deliver(r) => {
                 let m = MsgRef {
                     subject: &r.subject,
-                    reply: r.reply.as_ref(),
+                    reply: r.reply.as_deref(),
                     header_len: r.header_len,
                     payload: &r.payload,
-                    payload_bytes: &r.payload,
+                    backing: None,
                 };
                 let local = self.sublist.borrow_mut().matches(&r.subject);
                 if r.plain {
@@ -615,7 +647,7 @@ impl Core {
 
     /// nats-server's "no responders": a request nobody received gets a 503 status message
     /// on the requester's own subscription that matches the reply subject.
-    pub fn send_no_responders(&self, conn: &ClientConn, reply: &Bytes) {
+    pub fn send_no_responders(&self, conn: &ClientConn, reply: &[u8]) {
         let sid = conn
             .subs
             .borrow()
@@ -638,11 +670,47 @@ impl Core {
     }
 }
 
-/// A message being routed, borrowed from the parsed publish.
+struct RouteMemo {
+    subject: Vec<u8>,
+    generations: (u64, u64),
+    local: Rc<MatchResult<SubRef>>,
+    remote: Rc<MatchResult<usize>>,
+}
+
+/// A message being routed, borrowed from where it was parsed or received.
 pub struct MsgRef<'a> {
     pub subject: &'a [u8],
-    pub reply: Option<&'a Bytes>,
+    pub reply: Option<&'a [u8]>,
     pub header_len: usize,
     pub payload: &'a [u8],
-    pub payload_bytes: &'a Bytes,
+    /// The buffer the slices above live in: shared, not copied, when the message goes to
+    /// another core.
+    pub backing: Option<&'a Bytes>,
+}
+
+impl MsgRef<'_> {
+    fn share(&self, part: &[u8]) -> Bytes {
+        match self.backing {
+            Some(b) if contains(b, part) => b.slice_ref(part),
+            _ => Bytes::copy_from_slice(part),
+        }
+    }
+}
+
+fn contains(outer: &[u8], part: &[u8]) -> bool {
+    let start = outer.as_ptr() as usize;
+    let p = part.as_ptr() as usize;
+    p >= start && p + part.len() <= start + outer.len()
+}
+
+impl crate::nats::parser::Publish {
+    pub fn msg_ref(&self) -> MsgRef<'_> {
+        MsgRef {
+            subject: self.subject(),
+            reply: self.reply(),
+            header_len: self.header_len,
+            payload: self.payload(),
+            backing: Some(&self.frame),
+        }
+    }
 }

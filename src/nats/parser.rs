@@ -3,7 +3,8 @@
 //! cores and many subscribers. The parser keeps the parsed control line of a message whose
 //! payload is still arriving, so large payloads are not re-scanned on every read.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use std::ops::Range;
 use thiserror::Error;
 
 /// One operation sent by a client.
@@ -26,15 +27,33 @@ pub enum ClientOp {
     Ignored,
 }
 
-/// A PUB or HPUB. `payload` holds the headers (if any) followed by the body.
+/// A PUB or HPUB: the whole frame as read (control line, payload, CRLF) and where its parts
+/// lie in it. Nothing is copied or reference-counted until a part must leave the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
     /// Sent as HPUB (only clients that announced headers may).
     pub is_hpub: bool,
-    pub subject: Bytes,
-    pub reply: Option<Bytes>,
+    pub frame: Bytes,
+    subject: Range<usize>,
+    reply: Option<Range<usize>>,
+    /// Headers (if any) followed by the body.
+    payload: Range<usize>,
     pub header_len: usize,
-    pub payload: Bytes,
+}
+
+impl Publish {
+    pub fn subject(&self) -> &[u8] {
+        &self.frame[self.subject.clone()]
+    }
+
+    pub fn reply(&self) -> Option<&[u8]> {
+        self.reply.clone().map(|r| &self.frame[r])
+    }
+
+    /// Headers (if any) followed by the body.
+    pub fn payload(&self) -> &[u8] {
+        &self.frame[self.payload.clone()]
+    }
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -67,10 +86,13 @@ impl Default for ParserLimits {
     }
 }
 
+/// A PUB whose control line is parsed but whose payload has not fully arrived. The control
+/// line stays at the front of the buffer so the frame can be split off whole.
 struct PendingPayload {
     is_hpub: bool,
-    subject: Bytes,
-    reply: Option<Bytes>,
+    line_len: usize,
+    subject: Range<usize>,
+    reply: Option<Range<usize>>,
     header_len: usize,
     total_len: usize,
 }
@@ -106,18 +128,18 @@ impl Parser {
         if newline > self.limits.max_control_line {
             return Err(ProtocolError::ControlLineTooLong);
         }
+        let line_end = trimmed_end(&buf[..newline]);
+        let (op, args) = split_op(&buf[..line_end]);
+        let hpub = op.len() == 4 && op.eq_ignore_ascii_case(b"HPUB");
+        if hpub || (op.len() == 3 && op.eq_ignore_ascii_case(b"PUB")) {
+            let args_start = args.as_ptr() as usize - buf.as_ptr() as usize;
+            let pending = self.parse_pub(args, args_start, newline + 1, hpub)?;
+            return self.take_payload(buf, pending);
+        }
         let line = buf.split_to(newline + 1).freeze();
-        let line = trim_line_end(line);
+        let line = line.slice(..line_end);
         let (op, args) = split_op(&line);
         let op = match op.len() {
-            3 if op.eq_ignore_ascii_case(b"PUB") => {
-                let pending = self.parse_pub(&line, args, false)?;
-                return self.take_payload(buf, pending);
-            }
-            4 if op.eq_ignore_ascii_case(b"HPUB") => {
-                let pending = self.parse_pub(&line, args, true)?;
-                return self.take_payload(buf, pending);
-            }
             3 if op.eq_ignore_ascii_case(b"SUB") => parse_sub(&line, args)?,
             5 if op.eq_ignore_ascii_case(b"UNSUB") => parse_unsub(&line, args)?,
             4 if op.eq_ignore_ascii_case(b"PING") => ClientOp::Ping,
@@ -131,10 +153,12 @@ impl Parser {
         Ok(Some(op))
     }
 
+    /// `args` lies in the buffer at `args_start`; ranges are offsets into the frame.
     fn parse_pub(
         &self,
-        line: &Bytes,
         args: &[u8],
+        args_start: usize,
+        line_len: usize,
         with_headers: bool,
     ) -> Result<PendingPayload, ProtocolError> {
         let op = if with_headers { "HPUB" } else { "PUB" };
@@ -170,37 +194,44 @@ impl Parser {
                 max: self.limits.max_payload,
             });
         }
+        let range = |field: &[u8]| {
+            let start = args_start + (field.as_ptr() as usize - args.as_ptr() as usize);
+            start..start + field.len()
+        };
         Ok(PendingPayload {
             is_hpub: with_headers,
-            subject: slice_of(line, names[0]),
-            reply: names.get(1).map(|r| slice_of(line, r)),
+            line_len,
+            subject: range(names[0]),
+            reply: names.get(1).map(|r| range(r)),
             header_len,
             total_len,
         })
     }
 
+    /// Splits the whole frame off once its payload is in.
     fn take_payload(
         &mut self,
         buf: &mut BytesMut,
         pending: PendingPayload,
     ) -> Result<Option<ClientOp>, ProtocolError> {
-        let needed = pending.total_len + 2;
+        let payload_start = pending.line_len;
+        let needed = payload_start + pending.total_len + 2;
         if buf.len() < needed {
             buf.reserve(needed - buf.len());
             self.pending = Some(pending);
             return Ok(None);
         }
-        if &buf[pending.total_len..needed] != b"\r\n" {
+        if &buf[needed - 2..needed] != b"\r\n" {
             return Err(ProtocolError::UnknownOperation);
         }
-        let payload = buf.split_to(pending.total_len).freeze();
-        buf.advance(2);
+        let frame = buf.split_to(needed).freeze();
         Ok(Some(ClientOp::Pub(Publish {
             is_hpub: pending.is_hpub,
+            frame,
             subject: pending.subject,
             reply: pending.reply,
+            payload: payload_start..payload_start + pending.total_len,
             header_len: pending.header_len,
-            payload,
         })))
     }
 }
@@ -243,11 +274,13 @@ fn parse_unsub(line: &Bytes, args: &[u8]) -> Result<ClientOp, ProtocolError> {
     }
 }
 
-fn trim_line_end(mut line: Bytes) -> Bytes {
-    while matches!(line.last(), Some(b'\n' | b'\r')) {
-        line.truncate(line.len() - 1);
+/// The length of a control line without its trailing CR/LF characters.
+fn trimmed_end(line: &[u8]) -> usize {
+    let mut end = line.len();
+    while end > 0 && matches!(line[end - 1], b'\n' | b'\r') {
+        end -= 1;
     }
-    line
+    end
 }
 
 /// Splits a control line into the operation name and the rest (leading blanks removed).
@@ -307,41 +340,30 @@ mod tests {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
+    fn as_pub(op: &ClientOp) -> (&[u8], Option<&[u8]>, usize, &[u8]) {
+        match op {
+            ClientOp::Pub(p) => (p.subject(), p.reply(), p.header_len, p.payload()),
+            other => panic!("not a PUB: {other:?}"),
+        }
+    }
+
     #[test]
     fn pub_with_and_without_reply() {
         let ops = parse_all(b"PUB foo 5\r\nhello\r\npub foo.bar INBOX.1 0\r\n\r\n").unwrap();
+        assert_eq!(as_pub(&ops[0]), (&b"foo"[..], None, 0, &b"hello"[..]));
         assert_eq!(
-            ops,
-            vec![
-                ClientOp::Pub(Publish {
-                    is_hpub: false,
-                    subject: b("foo"),
-                    reply: None,
-                    header_len: 0,
-                    payload: b("hello")
-                }),
-                ClientOp::Pub(Publish {
-                    is_hpub: false,
-                    subject: b("foo.bar"),
-                    reply: Some(b("INBOX.1")),
-                    header_len: 0,
-                    payload: b("")
-                }),
-            ]
+            as_pub(&ops[1]),
+            (&b"foo.bar"[..], Some(&b"INBOX.1"[..]), 0, &b""[..])
         );
     }
 
     #[test]
     fn hpub() {
         let ops = parse_all(b"HPUB foo r 12 14\r\nNATS/1.0\r\n\r\nhi\r\n").unwrap();
-        match &ops[0] {
-            ClientOp::Pub(p) => {
-                assert_eq!(p.header_len, 12);
-                assert_eq!(&p.payload[..], b"NATS/1.0\r\n\r\nhi");
-                assert_eq!(p.reply, Some(b("r")));
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            as_pub(&ops[0]),
+            (&b"foo"[..], Some(&b"r"[..]), 12, &b"NATS/1.0\r\n\r\nhi"[..])
+        );
         assert!(matches!(
             parse_all(b"HPUB foo 20 14\r\n"),
             Err(ProtocolError::BadArguments { .. })
@@ -474,7 +496,11 @@ mod tests {
                 }
             };
             match op {
-                ClientOp::Pub(p) => prop_assert_eq!(&p.payload[..], &payload[..]),
+                ClientOp::Pub(p) => {
+                    prop_assert_eq!(p.payload(), &payload[..]);
+                    prop_assert_eq!(p.subject(), b"a.b");
+                    prop_assert_eq!(p.reply(), Some(&b"r"[..]));
+                }
                 other => prop_assert!(false, "unexpected {:?}", other),
             }
         }

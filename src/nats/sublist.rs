@@ -112,6 +112,12 @@ impl<T: Clone + PartialEq> Sublist<T> {
         self.stats
     }
 
+    /// Changes with every insert and remove: a match result taken at one generation is valid
+    /// while the generation stays the same.
+    pub fn generation(&self) -> u64 {
+        self.stats.inserts + self.stats.removes
+    }
+
     /// Adds an item for a (validated) subject pattern and optional queue group. The same item
     /// may be added more than once; each insert needs its own remove.
     pub fn insert(&mut self, subject: &[u8], queue: Option<&Bytes>, item: T) {
@@ -157,7 +163,7 @@ impl<T: Clone + PartialEq> Sublist<T> {
     }
 
     /// Everything that a literal subject matches.
-    pub fn matches(&mut self, subject: &Bytes) -> Rc<MatchResult<T>> {
+    pub fn matches(&mut self, subject: &[u8]) -> Rc<MatchResult<T>> {
         self.stats.matches += 1;
         if let Some(hit) = self.cache.get(subject) {
             self.stats.cache_hits += 1;
@@ -170,7 +176,8 @@ impl<T: Clone + PartialEq> Sublist<T> {
         if self.cache.len() >= MAX_CACHE_ENTRIES {
             self.cache.clear();
         }
-        self.cache.insert(subject.clone(), result.clone());
+        self.cache
+            .insert(Bytes::copy_from_slice(subject), result.clone());
         result
     }
 
