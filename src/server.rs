@@ -5,8 +5,8 @@ use crate::config::Options;
 use crate::mesh::Batch;
 use crate::nats::client;
 use crate::nats::core::{Core, GlobalCounters};
-use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::net::TcpListener;
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::net::{AcceptedTcpStream, TcpListener};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::rc::Rc;
 use std::sync::mpsc;
@@ -16,6 +16,8 @@ use thiserror::Error;
 
 /// Batches in flight per ring of the mesh.
 const MESH_RING_BATCHES: usize = 1024;
+/// Accepted connections in flight to another core.
+const HANDOFF_RING: usize = 256;
 /// glommio's default per-executor registered I/O memory.
 const MAX_IO_MEMORY: usize = 10 << 20;
 const MIN_IO_MEMORY: usize = 512 << 10;
@@ -113,7 +115,8 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     check_port_free(&opts.host, opts.port)?;
     let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(ncores, MESH_RING_BATCHES);
     let server_id: Arc<str> = new_server_id().into();
-    let global = Arc::new(GlobalCounters::default());
+    let global = Arc::new(GlobalCounters::new(ncores));
+    let handoff: MeshBuilder<AcceptedTcpStream, _> = MeshBuilder::full(ncores, HANDOFF_RING);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, ServerError>>();
     log::info!("Starting stanza version {}", env!("CARGO_PKG_VERSION"));
     log::info!(
@@ -123,6 +126,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     for i in 0..ncores {
         let opts = opts.clone();
         let mesh = mesh.clone();
+        let handoff = handoff.clone();
         let server_id = server_id.clone();
         let global = global.clone();
         let ready_tx = ready_tx.clone();
@@ -146,7 +150,8 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
                     }
                 };
                 executor.run(async move {
-                    if let Err(e) = run_core(opts, mesh, ncores, server_id, global, &ready_tx).await
+                    if let Err(e) =
+                        run_core(opts, mesh, handoff, ncores, server_id, global, &ready_tx).await
                     {
                         let _ = ready_tx.send(Err(e));
                     }
@@ -179,7 +184,8 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
 
 async fn run_core(
     opts: Options,
-    mesh: MeshBuilder<Batch, glommio::channels::channel_mesh::Full>,
+    mesh: MeshBuilder<Batch, Full>,
+    handoff: MeshBuilder<AcceptedTcpStream, Full>,
     ncores: usize,
     server_id: Arc<str>,
     global: Arc<GlobalCounters>,
@@ -210,6 +216,20 @@ async fn run_core(
         })
         .detach();
     }
+    let (handoff_tx, mut handoff_rx) = handoff.join().await.map_err(|_| ServerError::Core {
+        core: id,
+        msg: "cannot join the connection hand-off mesh".into(),
+    })?;
+    for (_, incoming) in handoff_rx.streams() {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            while let Some(accepted) = incoming.recv().await {
+                let stream = accepted.bind_to_executor();
+                glommio::spawn_local(client::serve(core.clone(), stream)).detach();
+            }
+        })
+        .detach();
+    }
     let listener =
         TcpListener::bind((opts.host.as_str(), opts.port)).map_err(|e| ServerError::Listen {
             addr: format!("{}:{}", opts.host, opts.port),
@@ -217,15 +237,50 @@ async fn run_core(
         })?;
     let _ = ready.send(Ok(id));
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                glommio::spawn_local(client::serve(core.clone(), stream)).detach();
+        match listener.shared_accept().await {
+            Ok(accepted) => {
+                // SO_REUSEPORT spreads connections by hash; a few busy connections can land
+                // on one core. A new connection goes to the core owning the fewest, once, at
+                // accept time; after that it lives there.
+                let target = core.global.place(id);
+                let keep = if target == id {
+                    Some(accepted)
+                } else {
+                    match handoff_tx.try_send_to(target, accepted) {
+                        Ok(()) => None,
+                        Err(e) => {
+                            core.global.release(target);
+                            let back = returned_connection(e);
+                            if back.is_some() {
+                                core.global.place_on(id);
+                            } else {
+                                log::error!("core {id}: a connection was lost in hand-off");
+                            }
+                            back
+                        }
+                    }
+                };
+                if let Some(accepted) = keep {
+                    let stream = accepted.bind_to_executor();
+                    glommio::spawn_local(client::serve(core.clone(), stream)).detach();
+                }
             }
             Err(e) => {
                 log::error!("core {id}: error accepting client connection: {e}");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+/// The connection a failed hand-off gives back (the mesh returns what it could not send).
+fn returned_connection(err: glommio::GlommioError<AcceptedTcpStream>) -> Option<AcceptedTcpStream> {
+    use glommio::{GlommioError, ResourceType};
+    match err {
+        GlommioError::Closed(ResourceType::Channel(a))
+        | GlommioError::WouldBlock(ResourceType::Channel(a))
+        | GlommioError::CanNotBeClosed(ResourceType::Channel(a), _) => Some(a),
+        _ => None,
     }
 }
 

@@ -311,3 +311,15 @@ fn repeated_subject_sees_subscription_changes() {
     publisher.send(b"PUB memo 1\r\nc\r\nPUB memo.other 1\r\nd\r\n");
     assert_eq!(sub.msg(), ("MSG memo.other 2 1".to_string(), b"d".to_vec()));
 }
+
+/// New connections go to the core that owns the fewest, whichever core accepted them.
+#[test]
+fn connections_are_spread_evenly_over_cores() {
+    let srv = Server::start(&["--cores", "2"]);
+    let clients: Vec<RawClient> = (0..10).map(|_| srv.raw()).collect();
+    let on_zero = clients.iter().filter(|c| c.core() == 0).count();
+    assert_eq!(on_zero, 5, "10 connections over 2 cores");
+    for mut c in clients {
+        c.ping_pong();
+    }
+}

@@ -70,7 +70,8 @@ fn shutdown(fd: RawFd, how: libc::c_int) {
     }
 }
 
-/// Serves one accepted connection until it closes.
+/// Serves one accepted connection until it closes. The caller has counted it on this core
+/// (`GlobalCounters::place`).
 pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
@@ -93,6 +94,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
         conn.send_err(errors::MAX_CONNECTIONS);
         conn.close(CloseReason::MaxConnectionsExceeded);
         writer.await;
+        core.global.release(core.id);
         return;
     }
     log::debug!(
@@ -120,6 +122,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     }
     core.conns.borrow_mut().remove(&cid);
     core.global.close();
+    core.global.release(core.id);
     drop(pinger);
     drop(auth_timer);
     writer.await;

@@ -26,12 +26,20 @@ use std::time::Instant;
 const MAX_STALL_THRESHOLD: usize = 4 << 20;
 
 /// Counters shared by all cores; touched only when connections open and close.
-#[derive(Default)]
 pub struct GlobalCounters {
     pub connections: AtomicUsize,
+    /// Connections owned by each core, for placing new connections.
+    pub per_core: Vec<AtomicUsize>,
 }
 
 impl GlobalCounters {
+    pub fn new(cores: usize) -> Self {
+        GlobalCounters {
+            connections: AtomicUsize::new(0),
+            per_core: (0..cores).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
     /// Takes a connection slot under `max`; false when the server is full.
     pub fn try_open(&self, max: usize) -> bool {
         self.connections
@@ -43,6 +51,39 @@ impl GlobalCounters {
 
     pub fn close(&self) {
         self.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The core that should own a connection accepted by `me`: `me` unless another core owns
+    /// fewer connections. The chosen core's count is taken now, so a burst of accepts spreads.
+    pub fn place(&self, me: usize) -> usize {
+        let count = |c: usize| {
+            self.per_core
+                .get(c)
+                .map_or(usize::MAX, |n| n.load(Ordering::Acquire))
+        };
+        let mine = count(me);
+        let (best, least) = (0..self.per_core.len())
+            .map(|c| (c, count(c)))
+            .min_by_key(|&(c, n)| (n, c != me))
+            .unwrap_or((me, mine));
+        let target = if least < mine { best } else { me };
+        if let Some(n) = self.per_core.get(target) {
+            n.fetch_add(1, Ordering::AcqRel);
+        }
+        target
+    }
+
+    /// Counts a connection on `core` without choosing.
+    pub fn place_on(&self, core: usize) {
+        if let Some(n) = self.per_core.get(core) {
+            n.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    pub fn release(&self, core: usize) {
+        if let Some(n) = self.per_core.get(core) {
+            n.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -712,5 +753,22 @@ impl crate::nats::parser::Publish {
             payload: self.payload(),
             backing: Some(&self.frame),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_fills_the_least_loaded_core() {
+        let g = GlobalCounters::new(3);
+        let placed: Vec<usize> = (0..6).map(|_| g.place(0)).collect();
+        assert_eq!(placed, vec![0, 1, 2, 0, 1, 2]);
+        g.release(1);
+        g.release(1);
+        assert_eq!(g.place(2), 1);
+        assert_eq!(g.place(2), 1);
+        assert_eq!(g.place(2), 2, "ties stay on the accepting core");
     }
 }
