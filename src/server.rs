@@ -1,5 +1,6 @@
 //! Process start-up: one pinned glommio executor per core, each joined to the channel mesh,
-//! each accepting on the client port (SO_REUSEPORT); the main thread waits for signals.
+//! each accepting on the client port (SO_REUSEPORT) and placing new connections on the core
+//! that owns the fewest; the main thread waits for signals.
 
 use crate::config::Options;
 use crate::mesh::Batch;
