@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 
 const READ_CHUNK: usize = 64 * 1024;
 /// How long a PONG to a client that sends PING ahead of its SUBs waits for those SUBs.
-const EARLY_PING_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
+const EARLY_PING_GRACE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The socket shared by the reader and the writer task. Each borrow lasts one poll, and the
 /// two tasks run on one thread, so the borrows never overlap.
