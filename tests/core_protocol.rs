@@ -291,3 +291,39 @@ fn connections_are_spread_evenly_over_cores() {
         c.ping_pong();
     }
 }
+
+/// A subscriber whose socket stops draining is cut after write_deadline even when max_pending
+/// is large, and the publisher it was holding back (flow control) resumes.
+#[test]
+fn write_deadline_closes_a_stuck_subscriber() {
+    let srv = Server::start_with_config(
+        Some("max_payload: 1KB\nmax_pending: 256MB\nwrite_deadline: \"500ms\"\n"),
+        &["--cores", "2"],
+    );
+    let mut stuck = srv.raw();
+    stuck.send(b"CONNECT {\"verbose\":false}\r\nSUB flood 1\r\n");
+    stuck.ping_pong();
+    let mut publisher = srv.raw();
+    publisher.send(b"CONNECT {\"verbose\":false}\r\n");
+    let mut frame = b"PUB flood 1000\r\n".to_vec();
+    frame.extend_from_slice(&[b'x'; 1000]);
+    frame.extend_from_slice(b"\r\n");
+    let batch: Vec<u8> = frame.repeat(1000);
+    for _ in 0..32 {
+        publisher.send(&batch);
+    }
+    publisher.ping_pong();
+    // Stay stuck (read nothing) well past the deadline before looking.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        stuck.closed_within(Duration::from_secs(10)),
+        "stuck subscriber not closed: {}",
+        srv.log_text()
+    );
+    publisher.ping_pong();
+    assert!(
+        srv.log_text().contains("WriteDeadline"),
+        "{}",
+        srv.log_text()
+    );
+}
