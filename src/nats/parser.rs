@@ -110,10 +110,6 @@ impl Parser {
         }
     }
 
-    pub fn set_limits(&mut self, limits: ParserLimits) {
-        self.limits = limits;
-    }
-
     /// Takes the next complete operation off `buf`, or `None` when more bytes are needed.
     pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<ClientOp>, ProtocolError> {
         if let Some(pending) = self.pending.take() {

@@ -16,13 +16,6 @@ pub fn is_valid_queue(queue: &[u8]) -> bool {
     !queue.is_empty() && !queue.iter().any(|b| b.is_ascii_whitespace())
 }
 
-/// Whether a subject contains a wildcard token.
-pub fn has_wildcard(subject: &[u8]) -> bool {
-    subject
-        .split(|b| *b == b'.')
-        .any(|t| t == b"*" || t == b">")
-}
-
 fn valid_tokens(subject: &[u8], wildcards_allowed: bool) -> bool {
     if subject.is_empty() {
         return false;

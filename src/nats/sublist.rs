@@ -180,10 +180,6 @@ impl<T: Clone + PartialEq> Sublist<T> {
             .insert(Bytes::copy_from_slice(subject), result.clone());
         result
     }
-
-    pub fn cache_len(&self) -> usize {
-        self.cache.len()
-    }
 }
 
 fn remove_from<T: PartialEq>(
