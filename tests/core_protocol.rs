@@ -327,3 +327,33 @@ fn write_deadline_closes_a_stuck_subscriber() {
         srv.log_text()
     );
 }
+
+/// Passwords may be bcrypt hashes in the config, as `nats server passwd` writes them; the
+/// slow comparison runs off the core, so other connections keep being served meanwhile.
+#[test]
+fn bcrypt_passwords_from_config() {
+    let hash = bcrypt::hash("pa55", 10).expect("hash");
+    let srv = Server::start_with_config(
+        Some(&format!(
+            "authorization {{ users: [ {{ user: ops, password: \"{hash}\" }} ] }}\n"
+        )),
+        &["--cores", "1"],
+    );
+    let mut good = srv.raw();
+    good.send(b"CONNECT {\"user\":\"ops\",\"pass\":\"pa55\",\"verbose\":false}\r\n");
+    good.ping_pong();
+    let mut wrong = srv.raw();
+    let mut other = srv.raw();
+    other.send(b"CONNECT {\"user\":\"ops\",\"pass\":\"pa55\",\"verbose\":false}\r\n");
+    other.ping_pong();
+    wrong.send(b"CONNECT {\"user\":\"ops\",\"pass\":\"nope\",\"verbose\":false}\r\n");
+    // While that hash is being checked, the single core still answers others.
+    good.ping_pong();
+    assert_eq!(wrong.line(), "-ERR 'Authorization Violation'");
+    let mut raw_hash = srv.raw();
+    raw_hash.send(
+        format!("CONNECT {{\"user\":\"ops\",\"pass\":\"{hash}\",\"verbose\":false}}\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(raw_hash.line(), "-ERR 'Authorization Violation'");
+}

@@ -161,6 +161,8 @@ enum Next {
     Continue,
     /// Answer PONG once every core sees this connection's subscriptions.
     Pong,
+    /// A CONNECT to authenticate (possibly slowly, off the core) before going on.
+    Connect(Box<ConnectOptions>),
     /// A request found no subscriber: confirm with the other cores before answering 503.
     ConfirmNoResponders(Publish),
     Close(CloseReason),
@@ -192,6 +194,11 @@ async fn read_loop(
                         conn.send(wire::PONG);
                     }
                     Next::Pong => pongs_owed += 1,
+                    Next::Connect(opts) => {
+                        if let Next::Close(reason) = finish_connect(core, conn, *opts).await {
+                            return reason;
+                        }
+                    }
                     Next::ConfirmNoResponders(p) => {
                         glommio::spawn_local(confirm_no_responders(core.clone(), conn.clone(), p))
                             .detach();
@@ -265,7 +272,7 @@ fn handle(core: &Core, conn: &ClientConn, op: ClientOp) -> Next {
         return Next::Close(CloseReason::AuthenticationViolation);
     }
     match op {
-        ClientOp::Connect(json) => return handle_connect(core, conn, &json),
+        ClientOp::Connect(json) => return handle_connect(conn, &json),
         ClientOp::Pub(p) => return handle_pub(core, conn, p),
         ClientOp::Sub {
             subject,
@@ -289,16 +296,19 @@ fn send_ok(conn: &ClientConn) {
     }
 }
 
-fn handle_connect(core: &Core, conn: &ClientConn, json: &Bytes) -> Next {
-    let opts: ConnectOptions = match serde_json::from_slice(json) {
-        Ok(o) => o,
+fn handle_connect(conn: &ClientConn, json: &Bytes) -> Next {
+    match serde_json::from_slice::<ConnectOptions>(json) {
+        Ok(o) => Next::Connect(Box::new(o)),
         Err(e) => {
             log::debug!("cid:{} - invalid CONNECT: {e}", conn.cid);
             conn.send_err(errors::UNKNOWN_OP);
-            return Next::Close(CloseReason::ProtocolViolation);
+            Next::Close(CloseReason::ProtocolViolation)
         }
-    };
-    if !auth::check(&core.opts.auth, &opts) {
+    }
+}
+
+async fn finish_connect(core: &Core, conn: &ClientConn, opts: ConnectOptions) -> Next {
+    if !auth::check_off_core(&core.opts.auth, &opts).await {
         log::error!(
             "cid:{} - authentication error{}",
             conn.cid,
