@@ -20,7 +20,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-const READ_CHUNK: usize = 64 * 1024;
+/// Read sizes adapt between these, as nats-server's do: idle connections stay small, busy
+/// ones read in large chunks.
+const MIN_READ_CHUNK: usize = 1024;
+const MAX_READ_CHUNK: usize = 64 * 1024;
+/// Consecutive small reads after which the chunk halves.
+const SHRINK_AFTER: u32 = 8;
 /// How long a PONG to a client that sends PING ahead of its SUBs waits for those SUBs.
 const EARLY_PING_GRACE: std::time::Duration = std::time::Duration::from_millis(5);
 
@@ -177,8 +182,9 @@ async fn read_loop(
         max_control_line: core.opts.max_control_line,
         max_payload: core.opts.max_payload,
     });
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut buf = BytesMut::new();
+    let mut chunk = vec![0u8; MIN_READ_CHUNK];
+    let mut small_reads = 0u32;
     let mut pongs_owed = 0usize;
     loop {
         loop {
@@ -244,6 +250,25 @@ async fn read_loop(
             Err(_) => return CloseReason::ReadError,
         };
         buf.extend_from_slice(&chunk[..n]);
+        adapt_read_chunk(&mut chunk, n, &mut small_reads);
+    }
+}
+
+/// Doubles the chunk when a read fills it; halves it after several reads under a quarter.
+fn adapt_read_chunk(chunk: &mut Vec<u8>, last_read: usize, small_reads: &mut u32) {
+    let len = chunk.len();
+    if last_read == len && len < MAX_READ_CHUNK {
+        chunk.resize(len * 2, 0);
+        *small_reads = 0;
+    } else if last_read < len / 4 && len > MIN_READ_CHUNK {
+        *small_reads += 1;
+        if *small_reads >= SHRINK_AFTER {
+            chunk.truncate(len / 2);
+            chunk.shrink_to_fit();
+            *small_reads = 0;
+        }
+    } else {
+        *small_reads = 0;
     }
 }
 
@@ -409,7 +434,7 @@ fn handle_unsub(core: &Core, conn: &ClientConn, sid: &Bytes, max: Option<u64>) {
 
 async fn write_loop(core: Rc<Core>, conn: Rc<ClientConn>, mut stream: SharedStream, fd: RawFd) {
     let deadline = core.opts.write_deadline;
-    let mut spare: Vec<u8> = Vec::with_capacity(4096);
+    let mut spare: Vec<u8> = Vec::new();
     loop {
         if conn.out.borrow().is_empty() {
             if conn.is_closed() {
@@ -451,7 +476,7 @@ async fn write_loop(core: Rc<Core>, conn: Rc<ClientConn>, mut stream: SharedStre
         }
         spare.clear();
         if spare.capacity() > 8 * 1024 * 1024 {
-            spare = Vec::with_capacity(4096);
+            spare = Vec::new();
         }
         conn.drained.notify();
     }
@@ -484,5 +509,31 @@ async fn auth_timeout(core: Rc<Core>, conn: Rc<ClientConn>, fd: RawFd) {
         conn.send_err(errors::AUTH_TIMEOUT);
         conn.close(CloseReason::AuthenticationTimeout);
         shutdown(fd, libc::SHUT_RD);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_chunk_grows_when_full_and_shrinks_when_idle() {
+        let mut chunk = vec![0u8; MIN_READ_CHUNK];
+        let mut small = 0;
+        while chunk.len() < MAX_READ_CHUNK {
+            let full = chunk.len();
+            adapt_read_chunk(&mut chunk, full, &mut small);
+        }
+        assert_eq!(chunk.len(), MAX_READ_CHUNK);
+        adapt_read_chunk(&mut chunk, MAX_READ_CHUNK, &mut small);
+        assert_eq!(chunk.len(), MAX_READ_CHUNK, "never above the maximum");
+        for _ in 0..SHRINK_AFTER {
+            adapt_read_chunk(&mut chunk, 10, &mut small);
+        }
+        assert_eq!(chunk.len(), MAX_READ_CHUNK / 2);
+        for _ in 0..1000 {
+            adapt_read_chunk(&mut chunk, 10, &mut small);
+        }
+        assert_eq!(chunk.len(), MIN_READ_CHUNK, "never below the minimum");
     }
 }

@@ -179,7 +179,7 @@ impl ClientConn {
     pub fn new(cid: u64, max_pending: usize) -> Self {
         ClientConn {
             cid,
-            out: RefCell::new(Vec::with_capacity(4096)),
+            out: RefCell::new(Vec::new()),
             wake_writer: Notify::new(),
             drained: Notify::new(),
             closed: Cell::new(None),
