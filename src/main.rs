@@ -4,6 +4,9 @@ use stanza::config::cli::Cli;
 use stanza::server;
 use stanza::util::logging;
 
+/// Longest a graceful stop may take before the process exits anyway.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("nats-bench") {
@@ -25,14 +28,22 @@ fn main() {
         log::warn!("{w}");
     }
     let signals = server::block_signals();
-    if let Err(e) = server::start(options) {
-        log::error!("{e}");
-        std::process::exit(1);
-    }
+    let running = match server::start(options) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("{e}");
+            std::process::exit(1);
+        }
+    };
     loop {
         match server::wait_signal(&signals) {
             libc::SIGINT | libc::SIGTERM => {
                 log::info!("Server Exiting..");
+                let cores = running.cores;
+                let stopped = running.shutdown(SHUTDOWN_TIMEOUT);
+                if stopped < cores {
+                    log::warn!("{} of {cores} cores did not stop in time", cores - stopped);
+                }
                 std::process::exit(0);
             }
             libc::SIGHUP => log::warn!("Reloading the configuration is not supported yet"),

@@ -5,11 +5,12 @@
 use crate::config::Options;
 use crate::mesh::Batch;
 use crate::nats::client;
-use crate::nats::core::{Core, GlobalCounters};
+use crate::nats::core::{CloseReason, Core, GlobalCounters};
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::{AcceptedTcpStream, TcpListener};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +106,31 @@ fn probe_io_uring() -> Result<(), ServerError> {
 /// A running server: its cores are up and accepting.
 pub struct Running {
     pub cores: usize,
+    stop: Arc<AtomicBool>,
+    stopped: mpsc::Receiver<usize>,
+}
+
+/// How often each core looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+/// How long a core waits for its connections to flush and close when stopping.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Running {
+    /// Graceful stop: every core stops accepting, closes its connections after flushing what
+    /// is queued for them, and reports; returns how many cores reported within `within`.
+    pub fn shutdown(self, within: Duration) -> usize {
+        self.stop.store(true, Ordering::Release);
+        let deadline = std::time::Instant::now() + within;
+        let mut done = 0;
+        while done < self.cores {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.stopped.recv_timeout(left) {
+                Ok(_) => done += 1,
+                Err(_) => break,
+            }
+        }
+        done
+    }
 }
 
 /// Starts all cores and returns once every one of them accepts connections.
@@ -119,6 +145,8 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     let global = Arc::new(GlobalCounters::new(ncores));
     let handoff: MeshBuilder<AcceptedTcpStream, _> = MeshBuilder::full(ncores, HANDOFF_RING);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, ServerError>>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stopped_tx, stopped_rx) = mpsc::channel::<usize>();
     log::info!("Starting stanza version {}", env!("CARGO_PKG_VERSION"));
     log::info!(
         "Running on {ncores} core(s) ({online} online), {} KiB of io_uring memory each",
@@ -131,6 +159,10 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         let server_id = server_id.clone();
         let global = global.clone();
         let ready_tx = ready_tx.clone();
+        let lifecycle = Lifecycle {
+            stop: stop.clone(),
+            stopped: stopped_tx.clone(),
+        };
         let placement = if i < online {
             Placement::Fixed(i)
         } else {
@@ -151,8 +183,10 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
                     }
                 };
                 executor.run(async move {
-                    if let Err(e) =
-                        run_core(opts, mesh, handoff, ncores, server_id, global, &ready_tx).await
+                    if let Err(e) = run_core(
+                        opts, mesh, handoff, ncores, server_id, global, &ready_tx, lifecycle,
+                    )
+                    .await
                     {
                         let _ = ready_tx.send(Err(e));
                     }
@@ -180,9 +214,20 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         opts.port
     );
     log::info!("Server is ready");
-    Ok(Running { cores: ncores })
+    Ok(Running {
+        cores: ncores,
+        stop,
+        stopped: stopped_rx,
+    })
 }
 
+/// How the main thread asks a core to stop, and hears that it has.
+struct Lifecycle {
+    stop: Arc<AtomicBool>,
+    stopped: mpsc::Sender<usize>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_core(
     opts: Options,
     mesh: MeshBuilder<Batch, Full>,
@@ -191,6 +236,7 @@ async fn run_core(
     server_id: Arc<str>,
     global: Arc<GlobalCounters>,
     ready: &mpsc::Sender<Result<usize, ServerError>>,
+    lifecycle: Lifecycle,
 ) -> Result<(), ServerError> {
     let (senders, mut receivers) = mesh.join().await.map_err(|_| ServerError::Core {
         core: usize::MAX,
@@ -237,6 +283,38 @@ async fn run_core(
             source: std::io::Error::other(e.to_string()),
         })?;
     let _ = ready.send(Ok(id));
+    let accepting = accept_loop(&core, &listener, &handoff_tx);
+    let stop_requested = async {
+        while !lifecycle.stop.load(Ordering::Acquire) {
+            glommio::timer::sleep(STOP_POLL).await;
+        }
+    };
+    futures_lite::future::or(accepting, stop_requested).await;
+    drop(listener);
+    drain(&core).await;
+    let _ = lifecycle.stopped.send(id);
+    Ok(())
+}
+
+/// Closes every connection of this core (each writer flushes what is queued first) and waits
+/// for them to finish, at most DRAIN_TIMEOUT.
+async fn drain(core: &Core) {
+    let conns: Vec<_> = core.conns.borrow().values().cloned().collect();
+    for conn in conns {
+        conn.close(CloseReason::ServerShutdown);
+    }
+    let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+    while !core.conns.borrow().is_empty() && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn accept_loop(
+    core: &Rc<Core>,
+    listener: &TcpListener,
+    handoff_tx: &glommio::channels::channel_mesh::Senders<AcceptedTcpStream>,
+) {
+    let id = core.id;
     loop {
         match listener.shared_accept().await {
             Ok(accepted) => {

@@ -100,3 +100,39 @@ fn bad_config_is_a_clear_error_with_position() {
     assert!(err.contains("bad.conf:4:1"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// SIGTERM: stop accepting, deliver what is already queued to clients, close, exit 0. The
+/// subscriber reads nothing until after the signal, so megabytes are still queued in the
+/// server when it arrives.
+#[test]
+fn sigterm_flushes_clients_and_exits_zero() {
+    const COUNT: usize = 200_000;
+    let mut srv = common::Server::start(&["--cores", "2"]);
+    let mut sub = srv.raw();
+    sub.send(b"CONNECT {\"verbose\":false}\r\nSUB drain 1\r\n");
+    sub.ping_pong();
+    let mut publisher = srv.raw();
+    publisher.send(b"CONNECT {\"verbose\":false}\r\n");
+    publisher.send(&b"PUB drain 3\r\nabc\r\n".repeat(COUNT));
+    publisher.ping_pong();
+    srv.signal(libc::SIGTERM);
+    for i in 0..COUNT {
+        let (line, _) = sub.msg();
+        assert_eq!(line, "MSG drain 1 3", "message {i}");
+    }
+    assert!(
+        sub.closed_within(Duration::from_secs(2)),
+        "closed after the flush"
+    );
+    let code = srv.wait_exit(Duration::from_secs(8));
+    assert_eq!(code, Some(0), "log:\n{}", srv.log_text());
+    assert!(srv.log_text().contains("Server Exiting"));
+}
+
+/// SIGINT behaves the same with no clients at all.
+#[test]
+fn sigint_exits_zero() {
+    let mut srv = common::Server::start(&[]);
+    let code = srv.signal_and_wait(libc::SIGINT, Duration::from_secs(8));
+    assert_eq!(code, Some(0), "log:\n{}", srv.log_text());
+}

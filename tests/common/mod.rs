@@ -275,3 +275,30 @@ pub fn available(what: &str, program: &str, args: &[&str]) -> bool {
     }
     ok
 }
+
+impl Server {
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill on the pid of a child this struct owns and has not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Sends a signal and waits (bounded) for the process to exit; returns its exit code.
+    pub fn signal_and_wait(&mut self, signal: i32, within: Duration) -> Option<i32> {
+        self.signal(signal);
+        self.wait_exit(within)
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
