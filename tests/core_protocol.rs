@@ -133,26 +133,33 @@ fn stale_connection_after_unanswered_pings() {
     alive.ping_pong();
 }
 
-#[test]
-fn slow_consumer_is_closed_and_publishers_keep_going() {
-    let srv = Server::start_with_config(
-        Some("max_payload: 1KB\nmax_pending: 64KB\nwrite_deadline: \"2s\"\n"),
-        &["--cores", "2"],
-    );
-    let mut slow = srv.raw();
-    slow.send(b"CONNECT {\"verbose\":false}\r\nSUB flood 1\r\n");
-    slow.ping_pong();
+/// A subscriber on `flood` that never reads, and a publisher that has sent it `megabytes` MB
+/// of 1000-byte messages (and seen its PONG). Returns (subscriber, publisher).
+fn flood_a_silent_subscriber(srv: &Server, megabytes: usize) -> (RawClient, RawClient) {
+    let mut silent = srv.raw();
+    silent.send(b"CONNECT {\"verbose\":false}\r\nSUB flood 1\r\n");
+    silent.ping_pong();
     let mut publisher = srv.raw();
     publisher.send(b"CONNECT {\"verbose\":false}\r\n");
     let mut frame = b"PUB flood 1000\r\n".to_vec();
     frame.extend_from_slice(&[b'x'; 1000]);
     frame.extend_from_slice(b"\r\n");
     let batch: Vec<u8> = frame.repeat(1000);
-    // 64 MB is far past the socket buffers plus max_pending.
-    for _ in 0..64 {
+    for _ in 0..megabytes {
         publisher.send(&batch);
     }
     publisher.ping_pong();
+    (silent, publisher)
+}
+
+#[test]
+fn slow_consumer_is_closed_and_publishers_keep_going() {
+    let srv = Server::start_with_config(
+        Some("max_payload: 1KB\nmax_pending: 64KB\nwrite_deadline: \"2s\"\n"),
+        &["--cores", "2"],
+    );
+    // 64 MB is far past the socket buffers plus max_pending.
+    let (mut slow, mut publisher) = flood_a_silent_subscriber(&srv, 64);
     let _ = slow
         .stream
         .set_read_timeout(Some(Duration::from_millis(200)));
@@ -300,19 +307,7 @@ fn write_deadline_closes_a_stuck_subscriber() {
         Some("max_payload: 1KB\nmax_pending: 256MB\nwrite_deadline: \"500ms\"\n"),
         &["--cores", "2"],
     );
-    let mut stuck = srv.raw();
-    stuck.send(b"CONNECT {\"verbose\":false}\r\nSUB flood 1\r\n");
-    stuck.ping_pong();
-    let mut publisher = srv.raw();
-    publisher.send(b"CONNECT {\"verbose\":false}\r\n");
-    let mut frame = b"PUB flood 1000\r\n".to_vec();
-    frame.extend_from_slice(&[b'x'; 1000]);
-    frame.extend_from_slice(b"\r\n");
-    let batch: Vec<u8> = frame.repeat(1000);
-    for _ in 0..32 {
-        publisher.send(&batch);
-    }
-    publisher.ping_pong();
+    let (mut stuck, mut publisher) = flood_a_silent_subscriber(&srv, 32);
     // Stay stuck (read nothing) well past the deadline before looking.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(

@@ -325,18 +325,34 @@ impl Core {
             *n += 1;
             *n == 1
         };
-        if first && self.ncores > 1 {
-            let epoch = self.sync.next_epoch();
-            for peer in self.outbox.peers() {
-                self.outbox.push(
-                    peer,
-                    MeshMsg::InterestAdd {
-                        subject: sub.subject.clone(),
-                        queue: sub.queue.clone(),
-                        epoch,
-                    },
-                );
-            }
+        if first {
+            self.broadcast_interest(&sub, true);
+        }
+    }
+
+    /// Tells every other core that this core gained (`added`) or lost its interest in the
+    /// subscription's (subject, queue).
+    fn broadcast_interest(&self, sub: &LocalSub, added: bool) {
+        if self.ncores < 2 {
+            return;
+        }
+        let epoch = self.sync.next_epoch();
+        for peer in self.outbox.peers() {
+            let (subject, queue) = (sub.subject.clone(), sub.queue.clone());
+            let msg = if added {
+                MeshMsg::InterestAdd {
+                    subject,
+                    queue,
+                    epoch,
+                }
+            } else {
+                MeshMsg::InterestRemove {
+                    subject,
+                    queue,
+                    epoch,
+                }
+            };
+            self.outbox.push(peer, msg);
         }
     }
 
@@ -364,18 +380,8 @@ impl Core {
                 None => false,
             }
         };
-        if last && self.ncores > 1 {
-            let epoch = self.sync.next_epoch();
-            for peer in self.outbox.peers() {
-                self.outbox.push(
-                    peer,
-                    MeshMsg::InterestRemove {
-                        subject: sub.subject.clone(),
-                        queue: sub.queue.clone(),
-                        epoch,
-                    },
-                );
-            }
+        if last {
+            self.broadcast_interest(sub, false);
         }
     }
 
