@@ -16,7 +16,7 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let (options, warnings) = match cli.into_options() {
+    let (options, warnings) = match cli.build_options() {
         Ok(v) => v,
         Err(e) => {
             eprintln!("stanza: configuration error: {e}");
@@ -28,6 +28,7 @@ fn main() {
         log::warn!("{w}");
     }
     let signals = server::block_signals();
+    let mut current = options.clone();
     let running = match server::start(options) {
         Ok(r) => r,
         Err(e) => {
@@ -46,8 +47,74 @@ fn main() {
                 }
                 std::process::exit(0);
             }
-            libc::SIGHUP => log::warn!("Reloading the configuration is not supported yet"),
+            libc::SIGHUP => reload(&cli, &mut current, &running),
             _ => {}
         }
     }
+}
+
+/// SIGHUP: read the configuration again. Authorization and logging levels take effect at
+/// once; other changes are reported as needing a restart. A bad file changes nothing.
+fn reload(cli: &Cli, current: &mut stanza::config::Options, running: &server::Running) {
+    log::info!("Reloading server configuration");
+    let (new, warnings) = match cli.build_options() {
+        Ok(v) => v,
+        Err(e) => {
+            log::error!("Failed to reload server configuration: {e}");
+            return;
+        }
+    };
+    for w in warnings {
+        log::warn!("{w}");
+    }
+    if new.auth != current.auth {
+        log::info!("Reloaded: authorization");
+        running.reload_authorization(new.auth.clone());
+    }
+    if new.debug != current.debug || new.trace != current.trace {
+        logging::set_level(new.debug, new.trace);
+        log::info!("Reloaded: debug = {}, trace = {}", new.debug, new.trace);
+    }
+    let needs_restart: Vec<&str> = [
+        ("host", new.host != current.host),
+        ("port", new.port != current.port),
+        ("cores", new.cores != current.cores),
+        ("max_payload", new.max_payload != current.max_payload),
+        (
+            "max_control_line",
+            new.max_control_line != current.max_control_line,
+        ),
+        (
+            "max_connections",
+            new.max_connections != current.max_connections,
+        ),
+        (
+            "max_subscriptions",
+            new.max_subscriptions != current.max_subscriptions,
+        ),
+        ("max_pending", new.max_pending != current.max_pending),
+        (
+            "write_deadline",
+            new.write_deadline != current.write_deadline,
+        ),
+        ("ping_interval", new.ping_interval != current.ping_interval),
+        ("ping_max", new.ping_max != current.ping_max),
+        (
+            "authorization timeout",
+            new.auth_timeout != current.auth_timeout,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect();
+    if !needs_restart.is_empty() {
+        log::warn!(
+            "Changed but not applied until a restart: {}",
+            needs_restart.join(", ")
+        );
+    }
+    // Only what was applied changes; the rest still describes the running server.
+    current.auth = new.auth;
+    current.debug = new.debug;
+    current.trace = new.trace;
 }

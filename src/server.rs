@@ -2,6 +2,7 @@
 //! each accepting on the client port (SO_REUSEPORT) and placing new connections on the core
 //! that owns the fewest; the main thread waits for signals.
 
+use crate::config::options::Authorization;
 use crate::config::Options;
 use crate::mesh::Batch;
 use crate::nats::client;
@@ -10,9 +11,9 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::{AcceptedTcpStream, TcpListener};
 use glommio::{LocalExecutorBuilder, Placement};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -108,6 +109,15 @@ pub struct Running {
     pub cores: usize,
     stop: Arc<AtomicBool>,
     stopped: mpsc::Receiver<usize>,
+    reload: Arc<ReloadSlot>,
+}
+
+/// Authorization handed from the main thread (SIGHUP) to the cores, which poll `generation`.
+/// The lock is taken once per core per reload, never on the data path.
+#[derive(Default)]
+struct ReloadSlot {
+    generation: AtomicU64,
+    auth: Mutex<Option<Authorization>>,
 }
 
 /// How often each core looks at the stop flag.
@@ -116,6 +126,16 @@ const STOP_POLL: Duration = Duration::from_millis(50);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Running {
+    /// Puts a reloaded authorization in force on every core (within one poll interval); each
+    /// core then closes connected clients whose credentials no longer pass.
+    pub fn reload_authorization(&self, auth: Authorization) {
+        match self.reload.auth.lock() {
+            Ok(mut slot) => *slot = Some(auth),
+            Err(poisoned) => *poisoned.into_inner() = Some(auth),
+        }
+        self.reload.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Graceful stop: every core stops accepting, closes its connections after flushing what
     /// is queued for them, and reports; returns how many cores reported within `within`.
     pub fn shutdown(self, within: Duration) -> usize {
@@ -147,6 +167,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, ServerError>>();
     let stop = Arc::new(AtomicBool::new(false));
     let (stopped_tx, stopped_rx) = mpsc::channel::<usize>();
+    let reload = Arc::new(ReloadSlot::default());
     log::info!("Starting stanza version {}", env!("CARGO_PKG_VERSION"));
     log::info!(
         "Running on {ncores} core(s) ({online} online), {} KiB of io_uring memory each",
@@ -162,6 +183,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         let lifecycle = Lifecycle {
             stop: stop.clone(),
             stopped: stopped_tx.clone(),
+            reload: reload.clone(),
         };
         let placement = if i < online {
             Placement::Fixed(i)
@@ -218,6 +240,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         cores: ncores,
         stop,
         stopped: stopped_rx,
+        reload,
     })
 }
 
@@ -225,6 +248,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
 struct Lifecycle {
     stop: Arc<AtomicBool>,
     stopped: mpsc::Sender<usize>,
+    reload: Arc<ReloadSlot>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -285,8 +309,14 @@ async fn run_core(
     let _ = ready.send(Ok(id));
     let accepting = accept_loop(&core, &listener, &handoff_tx);
     let stop_requested = async {
+        let mut seen_reload = 0;
         while !lifecycle.stop.load(Ordering::Acquire) {
             glommio::timer::sleep(STOP_POLL).await;
+            let generation = lifecycle.reload.generation.load(Ordering::Acquire);
+            if generation != seen_reload {
+                seen_reload = generation;
+                apply_reload(&core, &lifecycle.reload);
+            }
         }
     };
     futures_lite::future::or(accepting, stop_requested).await;
@@ -294,6 +324,17 @@ async fn run_core(
     drain(&core).await;
     let _ = lifecycle.stopped.send(id);
     Ok(())
+}
+
+fn apply_reload(core: &Rc<Core>, slot: &ReloadSlot) {
+    let auth = match slot.auth.lock() {
+        Ok(a) => a.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    if let Some(auth) = auth {
+        *core.auth.borrow_mut() = Rc::new(auth);
+        glommio::spawn_local(client::recheck_authorization(core.clone())).detach();
+    }
 }
 
 /// Closes every connection of this core (each writer flushes what is queued first) and waits

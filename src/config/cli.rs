@@ -110,7 +110,7 @@ impl Cli {
     }
 
     /// Builds options: defaults, then the config file, then flags. Returns warnings to log.
-    pub fn into_options(self) -> Result<(Options, Vec<String>), ConfigError> {
+    pub fn build_options(&self) -> Result<(Options, Vec<String>), ConfigError> {
         let mut options = Options::default();
         let mut warnings = Vec::new();
         if let Some(path) = &self.config {
@@ -187,7 +187,7 @@ mod tests {
             "6000",
         ]))
         .unwrap();
-        let (o, _) = cli.into_options().unwrap();
+        let (o, _) = cli.build_options().unwrap();
         assert_eq!(o.port, 6000);
         assert_eq!(o.max_payload, 1000);
         let _ = std::fs::remove_dir_all(&dir);

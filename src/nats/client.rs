@@ -109,8 +109,8 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     core.conns.borrow_mut().insert(cid, conn.clone());
     let pinger = glommio::spawn_local(ping_loop(core.clone(), conn.clone(), fd));
     let auth_timer = core
-        .opts
         .auth
+        .borrow()
         .required()
         .then(|| glommio::spawn_local(auth_timeout(core.clone(), conn.clone(), fd)));
 
@@ -131,6 +131,27 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     drop(pinger);
     drop(auth_timer);
     writer.await;
+}
+
+/// After a configuration reload: a connected client whose credentials no longer pass is told
+/// 'Authorization Violation' and closed, as nats-server does; the others are not touched.
+pub async fn recheck_authorization(core: Rc<Core>) {
+    let policy = core.auth.borrow().clone();
+    let conns: Vec<Rc<ClientConn>> = core.conns.borrow().values().cloned().collect();
+    for conn in conns {
+        if !conn.connected.get() || conn.is_closed() {
+            continue;
+        }
+        let connect = conn.opts.borrow().clone();
+        if !auth::check_off_core(&policy, &connect).await {
+            log::info!(
+                "cid:{} - no longer authorized after reload, closing",
+                conn.cid
+            );
+            conn.send_err(errors::AUTH_VIOLATION);
+            conn.close(CloseReason::AuthenticationViolation);
+        }
+    }
 }
 
 fn peer_text(peer: &Option<std::net::SocketAddr>) -> String {
@@ -154,7 +175,7 @@ fn server_info(core: &Core, cid: u64, client_ip: String) -> wire::ServerInfo {
         max_payload: opts.max_payload,
         client_id: cid,
         client_ip,
-        auth_required: opts.auth.required(),
+        auth_required: core.auth.borrow().required(),
         tls_required: false,
         connect_urls: Vec::new(),
         stanza_version: env!("CARGO_PKG_VERSION"),
@@ -292,7 +313,8 @@ fn protocol_error(conn: &ClientConn, e: &ProtocolError) -> CloseReason {
 }
 
 fn handle(core: &Core, conn: &ClientConn, op: ClientOp) -> Next {
-    if !conn.connected.get() && core.opts.auth.required() && !matches!(op, ClientOp::Connect(_)) {
+    if !conn.connected.get() && core.auth.borrow().required() && !matches!(op, ClientOp::Connect(_))
+    {
         conn.send_err(errors::AUTH_VIOLATION);
         return Next::Close(CloseReason::AuthenticationViolation);
     }
@@ -333,7 +355,8 @@ fn handle_connect(conn: &ClientConn, json: &Bytes) -> Next {
 }
 
 async fn finish_connect(core: &Core, conn: &ClientConn, opts: ConnectOptions) -> Next {
-    if !auth::check_off_core(&core.opts.auth, &opts).await {
+    let policy = core.auth.borrow().clone();
+    if !auth::check_off_core(&policy, &opts).await {
         log::error!(
             "cid:{} - authentication error{}",
             conn.cid,

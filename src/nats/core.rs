@@ -8,6 +8,7 @@
 //! message exactly once: the publishing core picks the local members or one interested core,
 //! and that core picks one of its members.
 
+use crate::config::options::Authorization;
 use crate::config::Options;
 use crate::mesh::{InterestSync, MeshMsg, Outbox, Routed};
 use crate::nats::sublist::{MatchResult, Sublist};
@@ -252,6 +253,8 @@ pub struct Core {
     pub id: usize,
     pub ncores: usize,
     pub opts: Rc<Options>,
+    /// Authorization in force: `opts.auth` at start, replaced by a configuration reload.
+    pub auth: RefCell<Rc<Authorization>>,
     pub server_id: Rc<str>,
     pub global: Arc<GlobalCounters>,
     pub conns: RefCell<FxHashMap<u64, Rc<ClientConn>>>,
@@ -286,6 +289,7 @@ impl Core {
         Core {
             id,
             ncores,
+            auth: RefCell::new(Rc::new(opts.auth.clone())),
             opts,
             server_id,
             global,

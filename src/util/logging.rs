@@ -7,12 +7,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 struct NatsLogger {
     pid: u32,
-    level: LevelFilter,
 }
 
 impl Log for NatsLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= self.level
+        metadata.level() <= log::max_level()
     }
 
     fn log(&self, record: &Record) {
@@ -39,22 +38,29 @@ impl Log for NatsLogger {
     fn flush(&self) {}
 }
 
-/// Installs the logger once; later calls are ignored.
-pub fn init(debug: bool, trace: bool) {
-    let level = if trace {
+fn level_for(debug: bool, trace: bool) -> LevelFilter {
+    if trace {
         LevelFilter::Trace
     } else if debug {
         LevelFilter::Debug
     } else {
         LevelFilter::Info
-    };
+    }
+}
+
+/// Installs the logger once; later calls are ignored.
+pub fn init(debug: bool, trace: bool) {
     let logger = NatsLogger {
         pid: std::process::id(),
-        level,
     };
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
-        log::set_max_level(level);
+        log::set_max_level(level_for(debug, trace));
     }
+}
+
+/// Changes the level at run time (configuration reload).
+pub fn set_level(debug: bool, trace: bool) {
+    log::set_max_level(level_for(debug, trace));
 }
 
 /// `YYYY/MM/DD hh:mm:ss.micros` in UTC.

@@ -97,6 +97,11 @@ impl Server {
         panic!("server not ready in time; log:\n{}", self.log_text());
     }
 
+    /// The config file given with `start_with_config` (rewrite it, then send SIGHUP).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.0.join("server.conf")
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
