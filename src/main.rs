@@ -3,6 +3,7 @@
 use stanza::config::cli::Cli;
 use stanza::server;
 use stanza::util::logging;
+use std::path::Path;
 
 /// Longest a graceful stop may take before the process exits anyway.
 const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -23,7 +24,22 @@ fn main() {
             std::process::exit(1);
         }
     };
-    logging::init(options.debug, options.trace);
+    if let Err(e) = logging::init(
+        options.debug,
+        options.trace,
+        options.logtime,
+        options.log_file.as_deref(),
+    ) {
+        eprintln!(
+            "stanza: cannot open log file {}: {e}",
+            options
+                .log_file
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display()
+        );
+        std::process::exit(1);
+    }
     for w in warnings {
         log::warn!("{w}");
     }
@@ -36,6 +52,12 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(path) = &current.pid_file {
+        if let Err(e) = std::fs::write(path, std::process::id().to_string()) {
+            log::error!("Could not write pidfile {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
     loop {
         match server::wait_signal(&signals) {
             libc::SIGINT | libc::SIGTERM => {
@@ -45,9 +67,16 @@ fn main() {
                 if stopped < cores {
                     log::warn!("{} of {cores} cores did not stop in time", cores - stopped);
                 }
+                if let Some(path) = &current.pid_file {
+                    let _ = std::fs::remove_file(path);
+                }
                 std::process::exit(0);
             }
             libc::SIGHUP => reload(&cli, &mut current, &running),
+            libc::SIGUSR1 => match logging::reopen() {
+                Ok(()) => log::info!("Reopened log file"),
+                Err(e) => eprintln!("stanza: cannot reopen log file: {e}"),
+            },
             _ => {}
         }
     }

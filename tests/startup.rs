@@ -189,3 +189,64 @@ fn sighup_reloads_authorization_without_dropping_others() {
         "{log}"
     );
 }
+
+/// `-l` logs to a file that SIGUSR1 reopens after logrotate moved it; `-P` writes the pid
+/// and a graceful stop removes it; `-T=false` drops timestamps.
+#[test]
+fn log_file_reopen_and_pid_file() {
+    let dir = TempDir::new("logfile");
+    let log = dir.0.join("stanza.log");
+    let rotated = dir.0.join("stanza.log.1");
+    let pid_file = dir.0.join("stanza.pid");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stanza"))
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-T=false", "-l"])
+        .arg(&log)
+        .arg("-P")
+        .arg(&pid_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as i32;
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let wait_for = |p: &std::path::Path, text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && !read(p).contains(text) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        read(p).contains(text)
+    };
+    assert!(wait_for(&log, "Server is ready"), "{}", read(&log));
+    assert!(wait_for(&pid_file, &pid.to_string()));
+    assert!(
+        read(&log).starts_with(&format!("[{pid}] [INF] ")),
+        "no timestamp with -T=false: {}",
+        read(&log)
+    );
+
+    std::fs::rename(&log, &rotated).expect("rotate");
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    assert!(
+        wait_for(&log, "Reopened log file"),
+        "new file after SIGUSR1"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert!(read(&log).contains("Server Exiting"));
+    assert!(read(&rotated).contains("Server is ready"));
+    assert!(!pid_file.exists(), "pid file removed on exit");
+}

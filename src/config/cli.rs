@@ -63,6 +63,16 @@ pub struct Cli {
     /// Debug and trace
     #[arg(long = "DV", help_heading = "Logging")]
     pub debug_and_trace: bool,
+    /// Timestamp log lines (default true; -T=false turns it off)
+    #[arg(short = 'T', long = "logtime", num_args = 0..=1, default_missing_value = "true",
+          require_equals = true, help_heading = "Logging")]
+    pub logtime: Option<bool>,
+    /// Log file (reopened on SIGUSR1)
+    #[arg(short = 'l', long = "log", help_heading = "Logging")]
+    pub log_file: Option<PathBuf>,
+    /// File to write the process id to
+    #[arg(short = 'P', long = "pid", help_heading = "Logging")]
+    pub pid_file: Option<PathBuf>,
 }
 
 /// Long flags that Go users write with one dash.
@@ -146,6 +156,15 @@ impl Cli {
         }
         if let Some(t) = &self.auth {
             options.auth.token = Some(t.clone());
+        }
+        if let Some(t) = self.logtime {
+            options.logtime = t;
+        }
+        if let Some(l) = &self.log_file {
+            options.log_file = Some(l.clone());
+        }
+        if let Some(p) = &self.pid_file {
+            options.pid_file = Some(p.clone());
         }
         options.debug |= self.debug || self.debug_and_trace;
         options.trace |= self.trace || self.debug_and_trace;

@@ -47,6 +47,9 @@ pub struct Options {
     pub auth_timeout: Duration,
     pub debug: bool,
     pub trace: bool,
+    pub logtime: bool,
+    pub log_file: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
     pub config_file: Option<PathBuf>,
 }
 
@@ -69,6 +72,9 @@ impl Default for Options {
             auth_timeout: Duration::from_secs(2),
             debug: false,
             trace: false,
+            logtime: true,
+            log_file: None,
+            pid_file: None,
             config_file: None,
         }
     }
@@ -158,6 +164,9 @@ impl Options {
                 }
                 "debug" => self.debug = as_bool(key, v)?,
                 "trace" => self.trace = as_bool(key, v)?,
+                "logtime" => self.logtime = as_bool(key, v)?,
+                "log_file" | "logfile" => self.log_file = Some(as_string(key, v)?.into()),
+                "pid_file" | "pidfile" => self.pid_file = Some(as_string(key, v)?.into()),
                 "authorization" => self.apply_authorization(key, v)?,
                 other => warnings.push(format!("{}: unknown configuration key '{other}'", v.pos)),
             }
@@ -289,6 +298,20 @@ mod tests {
             }]
         );
         o.validate().unwrap();
+    }
+
+    #[test]
+    fn logging_keys() {
+        let map = conf::parse_str(
+            "logtime: false\nlog_file: \"/var/log/stanza.log\"\npid_file: /run/stanza.pid\n",
+            "t.conf",
+        )
+        .unwrap();
+        let mut o = Options::default();
+        assert!(o.apply_conf(&map).unwrap().is_empty());
+        assert!(!o.logtime);
+        assert_eq!(o.log_file, Some(PathBuf::from("/var/log/stanza.log")));
+        assert_eq!(o.pid_file, Some(PathBuf::from("/run/stanza.pid")));
     }
 
     #[test]

@@ -1,13 +1,28 @@
 //! Logging in nats-server's format: `[pid] 2019/12/04 20:40:40.429359 [INF] message`, on
-//! standard error. Levels: INF, WRN, ERR always; DBG with debug; TRC with trace.
+//! standard error or in a log file (reopened on SIGUSR1 for logrotate). Levels: INF, WRN, ERR
+//! always; DBG with debug; TRC with trace. Timestamps can be turned off (`logtime: false`).
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
+use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where log lines go. The lock is held for one line; logging is never on the data path
+/// except at debug/trace levels.
+enum Sink {
+    Stderr,
+    File { path: PathBuf, file: File },
+}
 
 struct NatsLogger {
     pid: u32,
+    logtime: bool,
+    sink: Mutex<Sink>,
 }
+
+static LOGGER: OnceLock<&'static NatsLogger> = OnceLock::new();
 
 impl Log for NatsLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
@@ -25,14 +40,29 @@ impl Log for NatsLogger {
             Level::Debug => "DBG",
             Level::Trace => "TRC",
         };
-        let line = format!(
-            "[{}] {} [{}] {}\n",
-            self.pid,
-            timestamp(SystemTime::now()),
-            tag,
-            record.args()
-        );
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        let line = if self.logtime {
+            format!(
+                "[{}] {} [{}] {}\n",
+                self.pid,
+                timestamp(SystemTime::now()),
+                tag,
+                record.args()
+            )
+        } else {
+            format!("[{}] [{}] {}\n", self.pid, tag, record.args())
+        };
+        let mut sink = match self.sink.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match &mut *sink {
+            Sink::Stderr => {
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+            Sink::File { file, .. } => {
+                let _ = file.write_all(line.as_bytes());
+            }
+        }
     }
 
     fn flush(&self) {}
@@ -48,14 +78,50 @@ fn level_for(debug: bool, trace: bool) -> LevelFilter {
     }
 }
 
-/// Installs the logger once; later calls are ignored.
-pub fn init(debug: bool, trace: bool) {
-    let logger = NatsLogger {
-        pid: std::process::id(),
+fn open_log(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Installs the logger once; later calls are ignored. Fails only if the log file cannot be
+/// opened.
+pub fn init(
+    debug: bool,
+    trace: bool,
+    logtime: bool,
+    log_file: Option<&Path>,
+) -> std::io::Result<()> {
+    let sink = match log_file {
+        Some(path) => Sink::File {
+            path: path.to_path_buf(),
+            file: open_log(path)?,
+        },
+        None => Sink::Stderr,
     };
-    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+    let logger: &'static NatsLogger = Box::leak(Box::new(NatsLogger {
+        pid: std::process::id(),
+        logtime,
+        sink: Mutex::new(sink),
+    }));
+    if log::set_logger(logger).is_ok() {
+        let _ = LOGGER.set(logger);
         log::set_max_level(level_for(debug, trace));
     }
+    Ok(())
+}
+
+/// Reopens the log file (after logrotate moved it away); nothing to do on standard error.
+pub fn reopen() -> std::io::Result<()> {
+    let Some(logger) = LOGGER.get() else {
+        return Ok(());
+    };
+    let mut sink = match logger.sink.lock() {
+        Ok(s) => s,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Sink::File { path, file } = &mut *sink {
+        *file = open_log(path)?;
+    }
+    Ok(())
 }
 
 /// Changes the level at run time (configuration reload).
