@@ -108,6 +108,8 @@ fn probe_io_uring() -> Result<(), ServerError> {
 pub struct Running {
     pub cores: usize,
     stop: Arc<AtomicBool>,
+    close: Arc<AtomicBool>,
+    quiesced: mpsc::Receiver<usize>,
     stopped: mpsc::Receiver<usize>,
     reload: Arc<ReloadSlot>,
 }
@@ -136,20 +138,17 @@ impl Running {
         self.reload.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Graceful stop: every core stops accepting, closes its connections after flushing what
-    /// is queued for them, and reports; returns how many cores reported within `within`.
+    /// Graceful stop, in two phases so that nothing already routed is lost: every core stops
+    /// accepting and runs a barrier with every other core (afterwards every message it routed
+    /// earlier sits in its subscribers' buffers); once all have, every core closes its
+    /// connections after flushing what is queued for them. Returns how many cores finished
+    /// within `within`.
     pub fn shutdown(self, within: Duration) -> usize {
-        self.stop.store(true, Ordering::Release);
         let deadline = std::time::Instant::now() + within;
-        let mut done = 0;
-        while done < self.cores {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.stopped.recv_timeout(left) {
-                Ok(_) => done += 1,
-                Err(_) => break,
-            }
-        }
-        done
+        self.stop.store(true, Ordering::Release);
+        wait_reports(&self.quiesced, self.cores, deadline);
+        self.close.store(true, Ordering::Release);
+        wait_reports(&self.stopped, self.cores, deadline)
     }
 }
 
@@ -167,6 +166,8 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, ServerError>>();
     let stop = Arc::new(AtomicBool::new(false));
     let (stopped_tx, stopped_rx) = mpsc::channel::<usize>();
+    let (quiesced_tx, quiesced_rx) = mpsc::channel::<usize>();
+    let close = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(ReloadSlot::default());
     log::info!("Starting stanza version {}", env!("CARGO_PKG_VERSION"));
     log::info!(
@@ -182,6 +183,8 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         let ready_tx = ready_tx.clone();
         let lifecycle = Lifecycle {
             stop: stop.clone(),
+            close: close.clone(),
+            quiesced: quiesced_tx.clone(),
             stopped: stopped_tx.clone(),
             reload: reload.clone(),
         };
@@ -239,14 +242,35 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     Ok(Running {
         cores: ncores,
         stop,
+        close,
+        quiesced: quiesced_rx,
         stopped: stopped_rx,
         reload,
     })
 }
 
+/// Counts reports from cores until `expected` or the deadline.
+fn wait_reports(
+    rx: &mpsc::Receiver<usize>,
+    expected: usize,
+    deadline: std::time::Instant,
+) -> usize {
+    let mut done = 0;
+    while done < expected {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(_) => done += 1,
+            Err(_) => break,
+        }
+    }
+    done
+}
+
 /// How the main thread asks a core to stop, and hears that it has.
 struct Lifecycle {
     stop: Arc<AtomicBool>,
+    close: Arc<AtomicBool>,
+    quiesced: mpsc::Sender<usize>,
     stopped: mpsc::Sender<usize>,
     reload: Arc<ReloadSlot>,
 }
@@ -321,6 +345,11 @@ async fn run_core(
     };
     futures_lite::future::or(accepting, stop_requested).await;
     drop(listener);
+    core.barrier().await;
+    let _ = lifecycle.quiesced.send(id);
+    while !lifecycle.close.load(Ordering::Acquire) {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
     drain(&core).await;
     let _ = lifecycle.stopped.send(id);
     Ok(())
