@@ -8,6 +8,7 @@ use crate::nats::core::{ClientConn, CloseReason, ConnectOptions, Core, LocalSub}
 use crate::nats::parser::{ClientOp, Parser, ParserLimits, ProtocolError, Publish};
 use crate::nats::subject;
 use crate::nats::wire::{self, errors};
+use crate::util::timeout::within;
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -242,12 +243,7 @@ async fn read_loop(
             // here the SUB must also reach the other cores. So for that client the PONG waits
             // briefly for bytes that trail the PING, then for every core to see them.
             if conn.writes_ping_early() {
-                let more = async { Some(stream.read(&mut chunk).await) };
-                let grace = async {
-                    Timer::new(EARLY_PING_GRACE).await;
-                    None
-                };
-                match futures_lite::future::or(more, grace).await {
+                match within(EARLY_PING_GRACE, stream.read(&mut chunk)).await {
                     Some(Ok(0)) => return CloseReason::ClientClosed,
                     Some(Ok(n)) => {
                         buf.extend_from_slice(&chunk[..n]);
@@ -473,12 +469,7 @@ async fn write_loop(core: Rc<Core>, conn: Rc<ClientConn>, mut stream: SharedStre
             break;
         }
         std::mem::swap(&mut *conn.out.borrow_mut(), &mut spare);
-        let write = async { Some(stream.write_all(&spare).await) };
-        let timeout = async {
-            Timer::new(deadline).await;
-            None
-        };
-        match futures_lite::future::or(write, timeout).await {
+        match within(deadline, stream.write_all(&spare)).await {
             Some(Ok(())) => {}
             Some(Err(_)) => {
                 conn.close(CloseReason::WriteError);

@@ -15,6 +15,7 @@ use crate::nats::sublist::{MatchResult, Sublist};
 use crate::nats::{subject, wire};
 use crate::util::notify::Notify;
 use crate::util::rng::Rng;
+use crate::util::timeout::within;
 use bytes::Bytes;
 use fxhash::FxHashMap;
 use std::cell::{Cell, RefCell};
@@ -469,15 +470,7 @@ impl Core {
                 if left.is_zero() {
                     break;
                 }
-                let drained = async {
-                    conn.drained.notified().await;
-                    true
-                };
-                let timeout = async {
-                    glommio::timer::Timer::new(left).await;
-                    false
-                };
-                if !futures_lite::future::or(drained, timeout).await {
+                if within(left, conn.drained.notified()).await.is_none() {
                     break;
                 }
             }

@@ -3,3 +3,4 @@
 pub mod logging;
 pub mod notify;
 pub mod rng;
+pub mod timeout;
