@@ -307,3 +307,15 @@ impl Server {
         None
     }
 }
+
+/// Runs stanza expecting it to refuse to start: exit status 1, no panic. Returns its stderr.
+pub fn fails_cleanly(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_stanza"))
+        .args(args)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
