@@ -1,6 +1,8 @@
 //! The `stanza` command: parse flags and the config file, start the cores, handle signals.
 
+use stanza::config::banner;
 use stanza::config::cli::Cli;
+use stanza::config::Options;
 use stanza::server;
 use stanza::util::logging;
 use std::path::Path;
@@ -17,6 +19,18 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if let Some(spec) = &cli.signal {
+        match stanza::util::process_signal::send(spec) {
+            Ok(pid) => {
+                println!("stanza: signal {spec:?} sent to process {pid}");
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("stanza: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let (options, warnings) = match cli.build_options() {
         Ok(v) => v,
         Err(e) => {
@@ -24,9 +38,16 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if cli.check_config {
+        for w in &warnings {
+            eprintln!("stanza: {w}");
+        }
+        println!("stanza: configuration is valid");
+        std::process::exit(0);
+    }
     if let Err(e) = logging::init(
-        options.debug,
-        options.trace,
+        options.log_debug(),
+        options.log_trace(),
         options.logtime,
         options.log_file.as_deref(),
     ) {
@@ -43,6 +64,9 @@ fn main() {
     for w in warnings {
         log::warn!("{w}");
     }
+    for line in banner::unavailable_features(&options) {
+        log::warn!("{line}");
+    }
     let signals = server::block_signals();
     let mut current = options.clone();
     let running = match server::start(options) {
@@ -52,6 +76,9 @@ fn main() {
             std::process::exit(1);
         }
     };
+    for line in banner::streaming_lines(&current) {
+        log::info!("STAN: {line}");
+    }
     if let Some(path) = &current.pid_file {
         if let Err(e) = std::fs::write(path, std::process::id().to_string()) {
             log::error!("Could not write pidfile {}: {e}", path.display());
@@ -83,8 +110,8 @@ fn main() {
 }
 
 /// SIGHUP: read the configuration again. Authorization and logging levels take effect at
-/// once; other changes are reported as needing a restart. A bad file changes nothing.
-fn reload(cli: &Cli, current: &mut stanza::config::Options, running: &server::Running) {
+/// once; every other changed key is reported as needing a restart. A bad file changes nothing.
+fn reload(cli: &Cli, current: &mut Options, running: &server::Running) {
     log::info!("Reloading server configuration");
     let (new, warnings) = match cli.build_options() {
         Ok(v) => v,
@@ -96,54 +123,69 @@ fn reload(cli: &Cli, current: &mut stanza::config::Options, running: &server::Ru
     for w in warnings {
         log::warn!("{w}");
     }
-    if new.auth != current.auth {
+    if new.auth.credentials() != current.auth.credentials() {
         log::info!("Reloaded: authorization");
         running.reload_authorization(new.auth.clone());
     }
-    if new.debug != current.debug || new.trace != current.trace {
-        logging::set_level(new.debug, new.trace);
-        log::info!("Reloaded: debug = {}, trace = {}", new.debug, new.trace);
+    if new.log_debug() != current.log_debug() || new.log_trace() != current.log_trace() {
+        logging::set_level(new.log_debug(), new.log_trace());
+        log::info!(
+            "Reloaded: debug = {}, trace = {}",
+            new.log_debug(),
+            new.log_trace()
+        );
     }
-    let needs_restart: Vec<&str> = [
-        ("host", new.host != current.host),
-        ("port", new.port != current.port),
-        ("cores", new.cores != current.cores),
-        ("max_payload", new.max_payload != current.max_payload),
-        (
-            "max_control_line",
-            new.max_control_line != current.max_control_line,
-        ),
-        (
-            "max_connections",
-            new.max_connections != current.max_connections,
-        ),
-        (
-            "max_subscriptions",
-            new.max_subscriptions != current.max_subscriptions,
-        ),
-        ("max_pending", new.max_pending != current.max_pending),
-        (
-            "write_deadline",
-            new.write_deadline != current.write_deadline,
-        ),
-        ("ping_interval", new.ping_interval != current.ping_interval),
-        ("ping_max", new.ping_max != current.ping_max),
-        (
-            "authorization timeout",
-            new.auth_timeout != current.auth_timeout,
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect();
+    // Only what was applied changes; the rest still describes the running server.
+    let mut applied = current.clone();
+    applied.auth.user.clone_from(&new.auth.user);
+    applied.auth.password.clone_from(&new.auth.password);
+    applied.auth.token.clone_from(&new.auth.token);
+    applied.auth.users.clone_from(&new.auth.users);
+    applied.debug = new.debug;
+    applied.trace = new.trace;
+    applied.streaming.stan_debug = new.streaming.stan_debug;
+    applied.streaming.stan_trace = new.streaming.stan_trace;
+    let needs_restart = changed_keys(&applied, &new);
     if !needs_restart.is_empty() {
         log::warn!(
             "Changed but not applied until a restart: {}",
             needs_restart.join(", ")
         );
     }
-    // Only what was applied changes; the rest still describes the running server.
-    current.auth = new.auth;
-    current.debug = new.debug;
-    current.trace = new.trace;
+    *current = applied;
+}
+
+/// Dotted names of the options that differ, compared through their serde form.
+fn changed_keys(old: &Options, new: &Options) -> Vec<String> {
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let null = serde_json::Value::Null;
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(
+                        &path,
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        out,
+                    );
+                }
+            }
+            _ if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    match (serde_json::to_value(old), serde_json::to_value(new)) {
+        (Ok(a), Ok(b)) => walk("", &a, &b, &mut out),
+        _ => out.push("(options could not be compared)".into()),
+    }
+    out
 }

@@ -1,6 +1,8 @@
 //! What one stanza core owns, with no sockets: channel ownership today; channels, stores and
 //! subscription state machines as the streaming layer lands (DESIGN.md §1-2).
 
+pub mod limits;
+
 /// The shard that owns a channel: `fxhash(channel) % shards` (DESIGN.md §2). Stable across
 /// restarts with the same shard count, which is all stores rely on.
 pub fn shard_for(channel: &str, shards: usize) -> usize {

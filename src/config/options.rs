@@ -1,64 +1,167 @@
-//! The server's options: defaults, then the configuration file, then command-line flags.
-//! This module covers the embedded core NATS server's keys; streaming keys join it as their
-//! features land.
+//! The server's options, one serde model: the embedded NATS server's keys at the top level and
+//! the streaming keys in `streaming`. Defaults here, then the configuration file (`load.rs`),
+//! then command-line flags (`cli.rs`); `validate` checks what no single key can.
 
-use super::conf::{self, get, Map, Spanned, Value};
+use super::de::{duration, size};
+use super::streaming::{StoreType, StreamingOptions};
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct User {
+    #[serde(alias = "username")]
     pub user: String,
+    #[serde(alias = "pass", default)]
     pub password: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub struct Authorization {
+    #[serde(alias = "username")]
     pub user: Option<String>,
+    #[serde(alias = "pass")]
     pub password: Option<String>,
     pub token: Option<String>,
     pub users: Vec<User>,
+    /// Seconds a client has to send CONNECT; `None` keeps the server default.
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
 }
 
 impl Authorization {
     pub fn required(&self) -> bool {
         self.user.is_some() || self.token.is_some() || !self.users.is_empty()
     }
+
+    /// Only the credentials: what a reload compares to decide whether clients are rechecked.
+    pub fn credentials(&self) -> (&Option<String>, &Option<String>, &Option<String>, &[User]) {
+        (&self.user, &self.password, &self.token, &self.users)
+    }
 }
 
-#[derive(Debug, Clone)]
+/// `tls { }` of the client port (served once TLS lands).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    #[serde(alias = "cert")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(alias = "key")]
+    pub key_file: Option<PathBuf>,
+    #[serde(alias = "ca")]
+    pub ca_file: Option<PathBuf>,
+    pub verify: bool,
+    pub verify_and_map: bool,
+    pub insecure: bool,
+    #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    pub cipher_suites: Vec<String>,
+    pub curve_preferences: Vec<String>,
+    pub pinned_certs: Vec<String>,
+    pub handshake_first: bool,
+}
+
+/// The NATS `cluster { }` block: routes between servers (not streaming clustering).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RouteCluster {
+    pub name: Option<String>,
+    pub listen: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub routes: Vec<String>,
+    pub authorization: Authorization,
+    pub tls: Option<TlsConfig>,
+    #[serde(alias = "cluster_advertise")]
+    pub advertise: Option<String>,
+    pub no_advertise: bool,
+    pub connect_retries: i64,
+    pub pool_size: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
 pub struct Options {
+    #[serde(alias = "net", alias = "listen_host")]
     pub host: String,
     pub port: u16,
+    /// `host:port` in one key; split into `host` and `port` by `finish`.
+    #[serde(skip_serializing)]
+    pub listen: Option<String>,
+    #[serde(alias = "name")]
     pub server_name: Option<String>,
+    pub client_advertise: Option<String>,
     /// Number of shards (glommio executors); `None` means one per online CPU.
     pub cores: Option<usize>,
+    #[serde(deserialize_with = "size::deserialize")]
     pub max_payload: usize,
+    #[serde(deserialize_with = "size::deserialize")]
     pub max_control_line: usize,
+    #[serde(alias = "max_conn")]
     pub max_connections: usize,
     /// 0 means unlimited, as in nats-server.
+    #[serde(alias = "max_subs")]
     pub max_subscriptions: usize,
+    #[serde(deserialize_with = "size::deserialize")]
     pub max_pending: usize,
+    #[serde(with = "duration")]
     pub write_deadline: Duration,
+    #[serde(with = "duration")]
     pub ping_interval: Duration,
     pub ping_max: u32,
+    #[serde(rename = "authorization")]
     pub auth: Authorization,
+    pub no_auth_user: Option<String>,
+    #[serde(skip)]
     pub auth_timeout: Duration,
+    pub tls: Option<TlsConfig>,
+    pub cluster: Option<RouteCluster>,
+    #[serde(alias = "monitor_port")]
+    pub http_port: Option<u16>,
+    pub https_port: Option<u16>,
+    /// `host:port` forms of the monitoring listeners.
+    pub http: Option<String>,
+    pub https: Option<String>,
+    pub http_base_path: Option<String>,
     pub debug: bool,
     pub trace: bool,
     pub logtime: bool,
+    pub logtime_utc: bool,
+    #[serde(alias = "logfile")]
     pub log_file: Option<PathBuf>,
+    #[serde(deserialize_with = "size::deserialize")]
+    pub log_size_limit: i64,
+    pub max_traced_msg_len: i64,
+    pub syslog: bool,
+    pub remote_syslog: Option<String>,
+    #[serde(alias = "pidfile")]
     pub pid_file: Option<PathBuf>,
+    pub ports_file_dir: Option<PathBuf>,
+    #[serde(with = "duration")]
+    pub lame_duck_duration: Duration,
+    #[serde(with = "duration")]
+    pub lame_duck_grace_period: Duration,
+    /// Filled from the `streaming { }` block or the streaming config file (`load.rs`).
+    #[serde(skip_deserializing)]
+    pub streaming: StreamingOptions,
+    #[serde(skip)]
     pub config_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub stan_config_file: Option<PathBuf>,
 }
+
+const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             host: "0.0.0.0".into(),
             port: 4222,
+            listen: None,
             server_name: None,
+            client_advertise: None,
             cores: None,
             max_payload: 1024 * 1024,
             max_control_line: 4096,
@@ -69,13 +172,31 @@ impl Default for Options {
             ping_interval: Duration::from_secs(120),
             ping_max: 2,
             auth: Authorization::default(),
-            auth_timeout: Duration::from_secs(2),
+            no_auth_user: None,
+            auth_timeout: DEFAULT_AUTH_TIMEOUT,
+            tls: None,
+            cluster: None,
+            http_port: None,
+            https_port: None,
+            http: None,
+            https: None,
+            http_base_path: None,
             debug: false,
             trace: false,
             logtime: true,
+            logtime_utc: false,
             log_file: None,
+            log_size_limit: 0,
+            max_traced_msg_len: 0,
+            syslog: false,
+            remote_syslog: None,
             pid_file: None,
+            ports_file_dir: None,
+            lame_duck_duration: Duration::from_secs(120),
+            lame_duck_grace_period: Duration::from_secs(10),
+            streaming: StreamingOptions::default(),
             config_file: None,
+            stan_config_file: None,
         }
     }
 }
@@ -83,247 +204,169 @@ impl Default for Options {
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error(transparent)]
-    Parse(#[from] conf::ConfError),
-    #[error("{pos}: '{key}' {msg}")]
-    BadValue {
-        pos: conf::Pos,
-        key: String,
-        msg: String,
-    },
-    #[error("invalid option: {0}")]
+    Parse(#[from] super::conf::ConfError),
+    #[error(transparent)]
+    Value(#[from] super::de::DeError),
+    #[error("{file}: {msg}")]
+    Toml { file: String, msg: String },
+    #[error("{0}")]
     Invalid(String),
 }
 
-fn bad(key: &str, v: &Spanned, msg: &str) -> ConfigError {
-    ConfigError::BadValue {
-        pos: v.pos.clone(),
-        key: key.to_string(),
-        msg: msg.to_string(),
-    }
-}
-
-fn as_string(key: &str, v: &Spanned) -> Result<String, ConfigError> {
-    match &v.value {
-        Value::String(s) => Ok(s.clone()),
-        Value::Integer(i) => Ok(i.to_string()),
-        _ => Err(bad(key, v, "must be a string")),
-    }
-}
-
-fn as_usize(key: &str, v: &Spanned) -> Result<usize, ConfigError> {
-    match &v.value {
-        Value::Integer(i) if *i >= 0 => Ok(*i as usize),
-        Value::Integer(_) => Err(bad(key, v, "must not be negative")),
-        _ => Err(bad(key, v, "must be an integer")),
-    }
-}
-
-fn as_bool(key: &str, v: &Spanned) -> Result<bool, ConfigError> {
-    match &v.value {
-        Value::Bool(b) => Ok(*b),
-        _ => Err(bad(key, v, "must be a boolean")),
-    }
-}
-
-/// Durations are strings like "10s", or integers meaning seconds.
-fn as_duration(key: &str, v: &Spanned) -> Result<Duration, ConfigError> {
-    match &v.value {
-        Value::Integer(i) if *i >= 0 => Ok(Duration::from_secs(*i as u64)),
-        Value::Float(f) if *f >= 0.0 => Ok(Duration::from_secs_f64(*f)),
-        Value::String(s) => {
-            conf::parse_duration(s).ok_or_else(|| bad(key, v, "is not a valid duration"))
-        }
-        _ => Err(bad(key, v, "must be a duration such as \"10s\"")),
-    }
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
 }
 
 impl Options {
-    /// Applies the keys of a parsed NATS configuration (top level) to these options.
-    pub fn apply_conf(&mut self, map: &Map) -> Result<Vec<String>, ConfigError> {
-        let mut warnings = Vec::new();
-        for (key, v) in map {
-            match key.to_ascii_lowercase().as_str() {
-                "host" | "net" | "listen_host" => self.host = as_string(key, v)?,
-                "port" => {
-                    self.port = u16::try_from(as_usize(key, v)?)
-                        .map_err(|_| bad(key, v, "must be a port number"))?
-                }
-                "listen" => self.apply_listen(key, v)?,
-                "server_name" => self.server_name = Some(as_string(key, v)?),
-                "cores" => self.cores = Some(as_usize(key, v)?),
-                "max_payload" => self.max_payload = as_usize(key, v)?,
-                "max_control_line" => self.max_control_line = as_usize(key, v)?,
-                "max_connections" | "max_conn" => self.max_connections = as_usize(key, v)?,
-                "max_subscriptions" | "max_subs" => self.max_subscriptions = as_usize(key, v)?,
-                "max_pending" => self.max_pending = as_usize(key, v)?,
-                "write_deadline" => self.write_deadline = as_duration(key, v)?,
-                "ping_interval" => self.ping_interval = as_duration(key, v)?,
-                "ping_max" => {
-                    self.ping_max =
-                        u32::try_from(as_usize(key, v)?).map_err(|_| bad(key, v, "is too large"))?
-                }
-                "debug" => self.debug = as_bool(key, v)?,
-                "trace" => self.trace = as_bool(key, v)?,
-                "logtime" => self.logtime = as_bool(key, v)?,
-                "log_file" | "logfile" => self.log_file = Some(as_string(key, v)?.into()),
-                "pid_file" | "pidfile" => self.pid_file = Some(as_string(key, v)?.into()),
-                "authorization" => self.apply_authorization(key, v)?,
-                other => warnings.push(format!("{}: unknown configuration key '{other}'", v.pos)),
+    /// Settles keys that depend on others once the file is read (`listen`, the authorization
+    /// timeout).
+    pub fn finish(&mut self) -> Result<(), ConfigError> {
+        if let Some(listen) = self.listen.take() {
+            let (host, port) = split_host_port(&listen)
+                .ok_or_else(|| invalid(format!("listen '{listen}' must be host:port")))?;
+            self.port = port;
+            if !host.is_empty() {
+                self.host = host;
             }
         }
-        Ok(warnings)
-    }
-
-    fn apply_listen(&mut self, key: &str, v: &Spanned) -> Result<(), ConfigError> {
-        let listen = as_string(key, v)?;
-        let (host, port) = listen
-            .rsplit_once(':')
-            .ok_or_else(|| bad(key, v, "must be host:port"))?;
-        self.port = port
-            .parse()
-            .map_err(|_| bad(key, v, "has an invalid port"))?;
-        if !host.is_empty() {
-            self.host = host.trim_matches(['[', ']']).to_string();
-        }
+        self.auth_timeout = self.auth.timeout.unwrap_or(DEFAULT_AUTH_TIMEOUT);
         Ok(())
     }
 
-    fn apply_authorization(&mut self, key: &str, v: &Spanned) -> Result<(), ConfigError> {
-        let Value::Map(map) = &v.value else {
-            return Err(bad(key, v, "must be a map"));
-        };
-        let mut auth = Authorization::default();
-        for (k, item) in map {
-            match k.to_ascii_lowercase().as_str() {
-                "user" | "username" => auth.user = Some(as_string(k, item)?),
-                "pass" | "password" => auth.password = Some(as_string(k, item)?),
-                "token" => auth.token = Some(as_string(k, item)?),
-                "timeout" => self.auth_timeout = as_duration(k, item)?,
-                "users" => {
-                    let Value::Array(users) = &item.value else {
-                        return Err(bad(k, item, "must be an array"));
-                    };
-                    for u in users {
-                        let Value::Map(fields) = &u.value else {
-                            return Err(bad(k, u, "entries must be maps"));
-                        };
-                        let user = get(fields, "user")
-                            .or_else(|| get(fields, "username"))
-                            .ok_or_else(|| bad(k, u, "entry has no user"))?;
-                        let password = get(fields, "password").or_else(|| get(fields, "pass"));
-                        auth.users.push(User {
-                            user: as_string("user", user)?,
-                            password: match password {
-                                Some(p) => as_string("password", p)?,
-                                None => String::new(),
-                            },
-                        });
-                    }
-                }
-                _ => {}
-            }
-        }
-        if auth.token.is_some() && (auth.user.is_some() || !auth.users.is_empty()) {
-            return Err(bad(
-                key,
-                v,
-                "can not have a token and a user/password at the same time",
-            ));
-        }
-        if auth.user.is_some() && !auth.users.is_empty() {
-            return Err(bad(
-                key,
-                v,
-                "can not have a single user/pass and a users array",
-            ));
-        }
-        self.auth = auth;
-        Ok(())
-    }
-
-    /// Checks relations between options that no single key can check.
+    /// Checks relations between options that no single key can check, with the reference's
+    /// messages where it has one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_payload == 0 {
-            return Err(ConfigError::Invalid("max_payload must be positive".into()));
+            return Err(invalid("max_payload must be positive"));
         }
         if self.max_control_line < 16 {
-            return Err(ConfigError::Invalid(
-                "max_control_line must be at least 16".into(),
-            ));
+            return Err(invalid("max_control_line must be at least 16"));
         }
         if self.max_payload > self.max_pending {
-            return Err(ConfigError::Invalid(format!(
+            return Err(invalid(format!(
                 "max_payload ({}) can not be higher than max_pending ({})",
                 self.max_payload, self.max_pending
             )));
         }
         if self.cores == Some(0) {
-            return Err(ConfigError::Invalid("cores must be at least 1".into()));
+            return Err(invalid("cores must be at least 1"));
         }
-        if self.auth.user.is_some() && self.auth.password.is_none() {
-            return Err(ConfigError::Invalid(
-                "authorization user has no password".into(),
+        let auth = &self.auth;
+        if auth.token.is_some() && (auth.user.is_some() || !auth.users.is_empty()) {
+            return Err(invalid(
+                "authorization can not have a token and a user/password at the same time",
             ));
+        }
+        if auth.user.is_some() && !auth.users.is_empty() {
+            return Err(invalid(
+                "authorization can not have a single user/pass and a users array",
+            ));
+        }
+        if auth.user.is_some() && auth.password.is_none() {
+            return Err(invalid("authorization user has no password"));
+        }
+        self.validate_streaming()
+    }
+
+    fn validate_streaming(&self) -> Result<(), ConfigError> {
+        let s = &self.streaming;
+        if !is_valid_cluster_id(&s.cluster_id) {
+            return Err(invalid(format!(
+                "invalid cluster ID {:?}: only alphanumeric and `-` or `_` characters allowed",
+                s.cluster_id
+            )));
+        }
+        if !crate::nats::subject::is_valid_literal_subject(s.discover_prefix.as_bytes()) {
+            return Err(invalid(format!(
+                "invalid discover_prefix {:?}",
+                s.discover_prefix
+            )));
+        }
+        let limits = s
+            .store_limits
+            .to_limits()
+            .build()
+            .map_err(|e| invalid(e.to_string()))?;
+        if s.partitioning && s.cluster.is_some() {
+            return Err(invalid(
+                "stan: channels partitioning in clustering mode is not supported",
+            ));
+        }
+        if s.partitioning && limits.entries.is_empty() {
+            return Err(invalid("stan: no configured channel"));
+        }
+        if s.cluster.is_some() && s.store == StoreType::Memory {
+            return Err(invalid(
+                "stan: clustering mode not supported with MEMORY store type",
+            ));
+        }
+        if s.ft_group.is_some() && s.store == StoreType::Memory {
+            return Err(invalid("ft: only FILE or SQL stores supported in FT mode"));
+        }
+        if s.store == StoreType::File && s.dir.is_none() {
+            return Err(invalid(
+                "the FILE store needs a directory: set --dir or the 'dir' key",
+            ));
+        }
+        if s.store == StoreType::Sql && (s.sql.driver.is_none() || s.sql.source.is_none()) {
+            return Err(invalid(
+                "the SQL store needs a driver and a source: set --sql_driver and --sql_source",
+            ));
+        }
+        if let Some(cipher) = &s.encryption_cipher {
+            if !matches!(
+                cipher.to_ascii_uppercase().as_str(),
+                "AES" | "CHACHA" | "CHACHAPOLY"
+            ) {
+                return Err(invalid(format!(
+                    "unknown encryption cipher {cipher:?} (AES or CHACHA)"
+                )));
+            }
+        }
+        if s.hb_interval.is_zero() || s.hb_timeout.is_zero() {
+            return Err(invalid("hb_interval and hb_timeout must be positive"));
+        }
+        let f = &s.file;
+        for (name, value) in [
+            ("file compact_frag", f.compact_frag),
+            ("file compact_interval", f.compact_interval),
+            ("file compact_min_size", f.compact_min_size),
+            ("file buffer_size", f.buffer_size),
+            ("file slice_max_msgs", f.slice_max_msgs),
+            ("file slice_max_bytes", f.slice_max_bytes),
+            ("file file_descriptors_limit", f.file_descriptors_limit),
+            ("file read_buffer_size", f.read_buffer_size),
+        ] {
+            if value < 0 {
+                return Err(invalid(format!("{name} cannot be negative ({value})")));
+            }
+        }
+        if f.parallel_recovery < 1 {
+            return Err(invalid("file parallel_recovery must be at least 1"));
         }
         Ok(())
     }
+
+    /// Whether streaming or the embedded NATS server asked for debug / trace logging.
+    pub fn log_debug(&self) -> bool {
+        self.debug || self.streaming.stan_debug
+    }
+
+    pub fn log_trace(&self) -> bool {
+        self.trace || self.streaming.stan_trace
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The reference accepts only alphanumerics, `-` and `_` in cluster and client IDs.
+pub fn is_valid_cluster_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
-    #[test]
-    fn applies_core_keys() {
-        let map = conf::parse_str(
-            "listen: 127.0.0.1:4333\nmax_payload: 2MB\nping_interval: \"5s\"\nping_max: 3\nwrite_deadline: 2\nauthorization { users: [ {user: a, password: b} ], timeout: 0.5 }\nunknown_thing: 1",
-            "t.conf",
-        )
-        .unwrap();
-        let mut o = Options::default();
-        let warnings = o.apply_conf(&map).unwrap();
-        assert_eq!(warnings.len(), 1);
-        assert_eq!(o.host, "127.0.0.1");
-        assert_eq!(o.port, 4333);
-        assert_eq!(o.max_payload, 2 << 20);
-        assert_eq!(o.ping_interval, Duration::from_secs(5));
-        assert_eq!(o.ping_max, 3);
-        assert_eq!(o.write_deadline, Duration::from_secs(2));
-        assert_eq!(o.auth_timeout, Duration::from_millis(500));
-        assert_eq!(
-            o.auth.users,
-            vec![User {
-                user: "a".into(),
-                password: "b".into()
-            }]
-        );
-        o.validate().unwrap();
-    }
-
-    #[test]
-    fn logging_keys() {
-        let map = conf::parse_str(
-            "logtime: false\nlog_file: \"/var/log/stanza.log\"\npid_file: /run/stanza.pid\n",
-            "t.conf",
-        )
-        .unwrap();
-        let mut o = Options::default();
-        assert!(o.apply_conf(&map).unwrap().is_empty());
-        assert!(!o.logtime);
-        assert_eq!(o.log_file, Some(PathBuf::from("/var/log/stanza.log")));
-        assert_eq!(o.pid_file, Some(PathBuf::from("/run/stanza.pid")));
-    }
-
-    #[test]
-    fn wrong_types_are_errors_with_positions() {
-        let map = conf::parse_str("port: abc", "t.conf").unwrap();
-        let err = Options::default().apply_conf(&map).unwrap_err();
-        assert_eq!(err.to_string(), "t.conf:1:7: 'port' must be an integer");
-        let map = conf::parse_str("authorization { token: x, user: y }", "t.conf").unwrap();
-        assert!(Options::default().apply_conf(&map).is_err());
-        let map = conf::parse_str("max_pending: 10\n", "t.conf").unwrap();
-        let mut o = Options::default();
-        o.apply_conf(&map).unwrap();
-        assert!(o.validate().is_err());
-    }
+fn split_host_port(listen: &str) -> Option<(String, u16)> {
+    let (host, port) = listen.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    Some((host.trim_matches(['[', ']']).to_string(), port))
 }

@@ -1,6 +1,8 @@
 //! Small single-threaded building blocks shared by the per-core tasks.
 
+pub mod go_duration;
 pub mod logging;
 pub mod notify;
+pub mod process_signal;
 pub mod rng;
 pub mod timeout;
