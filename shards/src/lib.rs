@@ -1,7 +1,17 @@
 //! What one stanza core owns, with no sockets: channel ownership today; channels, stores and
 //! subscription state machines as the streaming layer lands (DESIGN.md §1-2).
 
+pub mod channel;
 pub mod limits;
+pub mod shard;
+pub mod store;
+pub mod subscription;
+
+/// The STAN client protocol (proto/protocol.proto), generated at build time.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/pb.rs"));
+}
 
 /// The shard that owns a channel: `fxhash(channel) % shards` (DESIGN.md §2). Stable across
 /// restarts with the same shard count, which is all stores rely on.

@@ -1,0 +1,1033 @@
+//! The streaming state machine of one shard: the channels it owns, their subscriptions, and
+//! the replica of the client registry. It takes decoded requests and the time, and queues
+//! what to send (`Out`): PubAcks, deliveries, replies. No sockets, no clocks of its own, so
+//! delivery, redelivery and limits are tested deterministically.
+//!
+//! How a publish travels here: `publish` checks the client and the channel, appends to the
+//! channel's log (the `MsgProto` is encoded once), queues the PubAck, then hands the message
+//! to every subscription that has room in its window. Acks free window slots; `tick`
+//! redelivers what expired, in expiry order, from one ordered timer set for the whole shard.
+
+use crate::channel::{is_valid_channel, Channel};
+use crate::limits::ResolvedLimits;
+use crate::pb::{self, Ack, PubAck, PubMsg, SubscriptionRequest, SubscriptionResponse};
+use crate::subscription::{QueueGroup, Subscription};
+use bytes::Bytes;
+use fxhash::FxHashMap;
+use prost::Message;
+use std::collections::BTreeSet;
+
+pub const ERR_INVALID_PUB: &str = "stan: invalid publish request";
+pub const ERR_UNKNOWN_CLIENT: &str = "stan: unknown clientID";
+pub const ERR_UNKNOWN_CHANNEL: &str = "stan: unknown channel";
+pub const ERR_INVALID_SUB: &str = "stan: invalid subscription";
+pub const ERR_DUP_DURABLE: &str = "stan: duplicate durable registration";
+pub const ERR_DURABLE_QUEUE_NAME: &str =
+    "stan: durable name of a durable queue subscriber can't contain the character ':'";
+pub const ERR_TOO_MANY_SUBS: &str = "too many subscriptions per channel";
+pub const ERR_TOO_MANY_CHANNELS: &str = "too many channels";
+
+/// Redeliveries due within this margin are sent in the same pass (the reference's 15 ms).
+const REDELIVERY_SLACK_NS: u64 = 15_000_000;
+
+/// The time, injected: wall clock for message timestamps, monotonic for deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub wall_ns: i64,
+    pub mono_ns: u64,
+}
+
+/// Something to publish on NATS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Out {
+    pub subject: Bytes,
+    pub reply: Option<Bytes>,
+    pub payload: Bytes,
+}
+
+/// Where channel names are registered server-wide: `max_channels` and the rule that two
+/// channels may not differ only by case span every shard.
+pub trait ChannelDirectory {
+    /// Registers a new channel, or says why it cannot exist.
+    fn register(&self, name: &str) -> Result<(), String>;
+    fn unregister(&self, name: &str);
+}
+
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub shard: usize,
+    /// Ack inboxes handed out by this shard: `<prefix><sub id>.<generation>`.
+    pub ack_prefix: String,
+    pub limits: ResolvedLimits,
+    pub replace_durable: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ClientEntry {
+    conn_id: Bytes,
+    failed_heartbeat: bool,
+}
+
+/// Counters for monitoring.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardStats {
+    pub in_msgs: u64,
+    pub in_bytes: u64,
+    pub out_msgs: u64,
+    pub out_bytes: u64,
+}
+
+pub struct Shard {
+    cfg: ShardConfig,
+    clients: FxHashMap<String, ClientEntry>,
+    channels: FxHashMap<String, Channel>,
+    subs: FxHashMap<u64, Subscription>,
+    /// (expiry, subscription, sequence) of every pending message: the shard's one timer.
+    timers: BTreeSet<(u64, u64, u64)>,
+    next_sub_id: u64,
+    out: Vec<Out>,
+    pub stats: ShardStats,
+}
+
+/// How a subscription ends: an unsubscribe deletes durable state, a close keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubEnd {
+    Unsubscribe,
+    Close,
+}
+
+fn window(req: &SubscriptionRequest) -> usize {
+    usize::try_from(req.max_in_flight.max(1)).unwrap_or(1)
+}
+
+fn ack_wait_ns(req: &SubscriptionRequest) -> u64 {
+    u64::try_from(req.ack_wait_in_secs.max(1)).unwrap_or(1) * 1_000_000_000
+}
+
+/// A durable (or durable queue shadow) comes back online with the request's inbox, window and
+/// ack wait, and a new ack inbox; its pending messages are redelivered before anything new.
+fn resume(sub: &mut Subscription, req: &SubscriptionRequest) {
+    sub.client_id = req.client_id.clone();
+    sub.inbox = Bytes::from(req.inbox.clone());
+    sub.max_in_flight = window(req);
+    sub.ack_wait_ns = ack_wait_ns(req);
+    sub.ack_generation += 1;
+    sub.offline = false;
+    sub.new_on_hold = !sub.pending.is_empty();
+}
+
+impl Shard {
+    pub fn new(cfg: ShardConfig) -> Self {
+        Shard {
+            cfg,
+            clients: FxHashMap::default(),
+            channels: FxHashMap::default(),
+            subs: FxHashMap::default(),
+            timers: BTreeSet::new(),
+            next_sub_id: 1,
+            out: Vec::new(),
+            stats: ShardStats::default(),
+        }
+    }
+
+    /// What to send, in order.
+    pub fn take_out(&mut self) -> Vec<Out> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn has_out(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&Channel> {
+        self.channels.get(name)
+    }
+
+    pub fn channels(&self) -> impl Iterator<Item = &Channel> {
+        self.channels.values()
+    }
+
+    pub fn subscription(&self, id: u64) -> Option<&Subscription> {
+        self.subs.get(&id)
+    }
+
+    // ---- client registry replica ----
+
+    pub fn client_added(&mut self, client_id: &str, conn_id: Bytes) {
+        self.clients.insert(
+            client_id.to_string(),
+            ClientEntry {
+                conn_id,
+                failed_heartbeat: false,
+            },
+        );
+    }
+
+    pub fn set_heartbeat_failed(&mut self, client_id: &str, failed: bool) {
+        if let Some(c) = self.clients.get_mut(client_id) {
+            c.failed_heartbeat = failed;
+        }
+    }
+
+    /// The client is gone: its plain subscriptions end, durables go offline, queue members
+    /// leave their groups.
+    pub fn client_removed(&mut self, now: Now, client_id: &str) {
+        self.clients.remove(client_id);
+        let ids: Vec<u64> = self
+            .subs
+            .values()
+            .filter(|s| s.client_id == client_id && !s.offline)
+            .map(|s| s.id)
+            .collect();
+        for id in ids {
+            self.end_subscription(now, id, SubEnd::Close);
+        }
+    }
+
+    fn client_valid(&self, client_id: &str, conn_id: &[u8]) -> bool {
+        match self.clients.get(client_id) {
+            Some(c) => conn_id.is_empty() || c.conn_id.as_ref() == conn_id,
+            None => false,
+        }
+    }
+
+    fn client_id_for_conn(&self, conn_id: &[u8]) -> Option<String> {
+        self.clients
+            .iter()
+            .find(|(_, c)| c.conn_id.as_ref() == conn_id)
+            .map(|(id, _)| id.clone())
+    }
+
+    // ---- channels ----
+
+    fn lookup_or_create(
+        &mut self,
+        now: Now,
+        name: &str,
+        dir: &dyn ChannelDirectory,
+    ) -> Result<(), String> {
+        if self.channels.contains_key(name) {
+            return Ok(());
+        }
+        dir.register(name)?;
+        let limits = self.cfg.limits.for_channel(name);
+        self.channels
+            .insert(name.to_string(), Channel::new(name, limits, now.mono_ns));
+        Ok(())
+    }
+
+    // ---- publish ----
+
+    /// A PubMsg for `channel` (the publish subject's suffix). Queues the PubAck to `reply`.
+    pub fn publish(
+        &mut self,
+        now: Now,
+        channel: &str,
+        payload: &Bytes,
+        reply: Option<Bytes>,
+        dir: &dyn ChannelDirectory,
+    ) {
+        let pm = match PubMsg::decode(payload.clone()) {
+            Ok(pm) => pm,
+            Err(_) => {
+                // The reference first retries a bad PubMsg as one of its control messages,
+                // which it ignores silently.
+                if pb::CtrlMsg::decode(payload.clone()).is_err() {
+                    self.pub_ack(reply, "", ERR_INVALID_PUB);
+                }
+                return;
+            }
+        };
+        self.stats.in_msgs += 1;
+        self.stats.in_bytes += payload.len() as u64;
+        let client_ok = if pm.client_id.is_empty() {
+            !pm.conn_id.is_empty() && self.client_id_for_conn(&pm.conn_id).is_some()
+        } else {
+            self.client_valid(&pm.client_id, &pm.conn_id)
+        };
+        if pm.guid.is_empty() || pm.subject != channel || !is_valid_channel(channel) || !client_ok {
+            self.pub_ack(reply, &pm.guid, ERR_INVALID_PUB);
+            return;
+        }
+        if let Err(e) = self.lookup_or_create(now, channel, dir) {
+            self.pub_ack(reply, &pm.guid, &e);
+            return;
+        }
+        let Some(ch) = self.channels.get_mut(channel) else {
+            return;
+        };
+        ch.log.append(channel, &pm.reply, pm.data, now.wall_ns);
+        ch.last_activity = now.mono_ns;
+        let limits = ch.limits;
+        ch.log.enforce_size_limits(&limits);
+        self.pub_ack(reply, &pm.guid, "");
+        self.deliver_channel(now, channel);
+    }
+
+    fn pub_ack(&mut self, reply: Option<Bytes>, guid: &str, error: &str) {
+        let Some(reply) = reply else {
+            return;
+        };
+        let ack = PubAck {
+            guid: guid.to_string(),
+            error: error.to_string(),
+        };
+        self.out.push(Out {
+            subject: reply,
+            reply: None,
+            payload: Bytes::from(ack.encode_to_vec()),
+        });
+    }
+
+    // ---- subscribe ----
+
+    fn sub_reply(&mut self, reply: Option<Bytes>, ack_inbox: &str, error: &str) {
+        let Some(reply) = reply else {
+            return;
+        };
+        let r = SubscriptionResponse {
+            ack_inbox: ack_inbox.to_string(),
+            error: error.to_string(),
+        };
+        self.out.push(Out {
+            subject: reply,
+            reply: None,
+            payload: Bytes::from(r.encode_to_vec()),
+        });
+    }
+
+    fn ack_inbox(&self, sub: &Subscription) -> String {
+        format!("{}{}.{}", self.cfg.ack_prefix, sub.id, sub.ack_generation)
+    }
+
+    /// A subscription request already checked for format (payload, client ID present, ack
+    /// wait, window, start position, channel name) by the core that received it.
+    pub fn subscribe(
+        &mut self,
+        now: Now,
+        req: SubscriptionRequest,
+        reply: Option<Bytes>,
+        dir: &dyn ChannelDirectory,
+    ) {
+        if !self.clients.contains_key(&req.client_id) {
+            self.sub_reply(reply, "", ERR_UNKNOWN_CLIENT);
+            return;
+        }
+        if let Err(e) = self.lookup_or_create(now, &req.subject, dir) {
+            self.sub_reply(reply, "", &e);
+            return;
+        }
+        let channel = req.subject.clone();
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.last_activity = now.mono_ns;
+        }
+        let is_queue = !req.q_group.is_empty();
+        let is_durable = !req.durable_name.is_empty();
+        if is_queue && is_durable && req.durable_name.contains(':') {
+            self.sub_reply(reply, "", ERR_DURABLE_QUEUE_NAME);
+            return;
+        }
+        let result = if is_queue {
+            self.subscribe_queue(now, &req)
+        } else if is_durable {
+            self.subscribe_durable(now, &req)
+        } else {
+            self.create_plain(now, &req, false)
+        };
+        match result {
+            Ok(id) => {
+                let inbox = match self.subs.get(&id) {
+                    Some(s) => self.ack_inbox(s),
+                    None => return,
+                };
+                self.sub_reply(reply, &inbox, "");
+                self.start_delivery(now, id);
+            }
+            Err(e) => self.sub_reply(reply, "", e),
+        }
+    }
+
+    fn new_subscription(&mut self, req: &SubscriptionRequest) -> Subscription {
+        let id = self.next_sub_id;
+        self.next_sub_id += 1;
+        Subscription {
+            id,
+            client_id: req.client_id.clone(),
+            channel: req.subject.clone(),
+            inbox: Bytes::from(req.inbox.clone()),
+            ack_generation: 0,
+            durable_name: String::new(),
+            queue: String::new(),
+            is_durable: false,
+            max_in_flight: window(req),
+            ack_wait_ns: ack_wait_ns(req),
+            last_sent: 0,
+            pending: Default::default(),
+            redeliveries: FxHashMap::default(),
+            offline: false,
+            new_on_hold: false,
+        }
+    }
+
+    fn room_for_one_more(&self, channel: &str) -> bool {
+        let Some(ch) = self.channels.get(channel) else {
+            return false;
+        };
+        ch.limits.max_subs <= 0 || (ch.subscription_count() as i64) < ch.limits.max_subs
+    }
+
+    /// Where a new position starts: the sequence last sent, per the start position.
+    fn start_last_sent(&self, now: Now, req: &SubscriptionRequest) -> u64 {
+        let Some(ch) = self.channels.get(&req.subject) else {
+            return 0;
+        };
+        let first = ch.log.first_seq();
+        let last = ch.log.last_seq();
+        let first_minus_one = first.saturating_sub(1);
+        match pb::StartPosition::try_from(req.start_position) {
+            Ok(pb::StartPosition::LastReceived) => last.saturating_sub(1),
+            Ok(pb::StartPosition::TimeDeltaStart) => {
+                let start = now.wall_ns.saturating_sub(req.start_time_delta);
+                match ch.log.first_seq_at_or_after(start) {
+                    Some(seq) => seq - 1,
+                    None => last,
+                }
+            }
+            Ok(pb::StartPosition::SequenceStart) => {
+                let s = req.start_sequence;
+                if s == 0 || s < first {
+                    first_minus_one
+                } else if s > last {
+                    last
+                } else {
+                    s - 1
+                }
+            }
+            Ok(pb::StartPosition::First) => first_minus_one,
+            _ => last,
+        }
+    }
+
+    fn create_plain(
+        &mut self,
+        now: Now,
+        req: &SubscriptionRequest,
+        durable: bool,
+    ) -> Result<u64, &'static str> {
+        if !self.room_for_one_more(&req.subject) {
+            return Err(ERR_TOO_MANY_SUBS);
+        }
+        let mut sub = self.new_subscription(req);
+        sub.last_sent = self.start_last_sent(now, req);
+        if durable {
+            sub.is_durable = true;
+            sub.durable_name = req.durable_name.clone();
+        }
+        let id = sub.id;
+        if let Some(ch) = self.channels.get_mut(&req.subject) {
+            ch.plain.push(id);
+            if durable {
+                ch.durables.insert(
+                    Subscription::durable_key(&req.client_id, &req.subject, &req.durable_name),
+                    id,
+                );
+            }
+        }
+        self.subs.insert(id, sub);
+        Ok(id)
+    }
+
+    fn subscribe_durable(
+        &mut self,
+        now: Now,
+        req: &SubscriptionRequest,
+    ) -> Result<u64, &'static str> {
+        let key = Subscription::durable_key(&req.client_id, &req.subject, &req.durable_name);
+        let existing = self
+            .channels
+            .get(&req.subject)
+            .and_then(|c| c.durables.get(&key).copied());
+        let Some(id) = existing else {
+            return self.create_plain(now, req, true);
+        };
+        let online = self.subs.get(&id).is_some_and(|s| !s.offline);
+        if online {
+            if !self.cfg.replace_durable {
+                return Err(ERR_DUP_DURABLE);
+            }
+            self.end_subscription(now, id, SubEnd::Close);
+        }
+        // Resume: the start position is ignored; the new window and ack wait apply.
+        let Some(sub) = self.subs.get_mut(&id) else {
+            return Err(ERR_INVALID_SUB);
+        };
+        resume(sub, req);
+        Ok(id)
+    }
+
+    fn subscribe_queue(
+        &mut self,
+        now: Now,
+        req: &SubscriptionRequest,
+    ) -> Result<u64, &'static str> {
+        let durable = !req.durable_name.is_empty();
+        let name = if durable {
+            format!("{}:{}", req.durable_name, req.q_group)
+        } else {
+            req.q_group.clone()
+        };
+        let channel = req.subject.clone();
+        let group_exists = self
+            .channels
+            .get(&channel)
+            .is_some_and(|c| c.queues.contains_key(&name));
+        if group_exists {
+            // A durable group whose members all closed is one offline shadow: the new member
+            // takes it over and resumes at its position.
+            let shadow = self.channels.get(&channel).and_then(|c| {
+                let g = c.queues.get(&name)?;
+                match g.members.as_slice() {
+                    [only] if self.subs.get(only).is_some_and(|s| s.offline) => Some(*only),
+                    _ => None,
+                }
+            });
+            if let Some(id) = shadow {
+                if let Some(sub) = self.subs.get_mut(&id) {
+                    resume(sub, req);
+                }
+                return Ok(id);
+            }
+            if !self.room_for_one_more(&channel) {
+                return Err(ERR_TOO_MANY_SUBS);
+            }
+            let mut sub = self.new_subscription(req);
+            sub.queue = name.clone();
+            sub.is_durable = durable;
+            let id = sub.id;
+            self.subs.insert(id, sub);
+            if let Some(g) = self
+                .channels
+                .get_mut(&channel)
+                .and_then(|c| c.queues.get_mut(&name))
+            {
+                g.members.push(id);
+            }
+            return Ok(id);
+        }
+        if !self.room_for_one_more(&channel) {
+            return Err(ERR_TOO_MANY_SUBS);
+        }
+        let mut sub = self.new_subscription(req);
+        sub.queue = name.clone();
+        sub.is_durable = durable;
+        let id = sub.id;
+        let last_sent = self.start_last_sent(now, req);
+        self.subs.insert(id, sub);
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.queues.insert(
+                name,
+                QueueGroup {
+                    members: vec![id],
+                    last_sent,
+                    durable,
+                    redeliveries: FxHashMap::default(),
+                },
+            );
+        }
+        Ok(id)
+    }
+
+    /// After the reply: a resumed subscription gets its pending messages again first, then
+    /// what is available.
+    fn start_delivery(&mut self, now: Now, id: u64) {
+        let Some(sub) = self.subs.get(&id) else {
+            return;
+        };
+        let channel = sub.channel.clone();
+        if sub.new_on_hold {
+            let seqs: Vec<u64> = sub.pending.keys().copied().collect();
+            for seq in seqs {
+                self.redeliver(now, id, seq);
+            }
+            if let Some(sub) = self.subs.get_mut(&id) {
+                sub.new_on_hold = false;
+            }
+        }
+        self.deliver_channel(now, &channel);
+    }
+
+    // ---- delivery ----
+
+    /// Gives every subscription of the channel what it has room for.
+    fn deliver_channel(&mut self, now: Now, channel: &str) {
+        let Some(ch) = self.channels.get(channel) else {
+            return;
+        };
+        let plain = ch.plain.clone();
+        let groups: Vec<String> = ch.queues.keys().cloned().collect();
+        for id in plain {
+            self.deliver_plain(now, id);
+        }
+        for g in groups {
+            self.deliver_queue(now, channel, &g);
+        }
+    }
+
+    fn deliver_plain(&mut self, now: Now, id: u64) {
+        loop {
+            let Some(sub) = self.subs.get(&id) else {
+                return;
+            };
+            if sub.offline || sub.new_on_hold || sub.is_stalled() || sub.is_queue() {
+                return;
+            }
+            let Some(ch) = self.channels.get(&sub.channel) else {
+                return;
+            };
+            let next = (sub.last_sent + 1).max(ch.log.first_seq());
+            let Some(msg) = ch.log.get(next) else {
+                return;
+            };
+            let payload = msg.encoded.clone();
+            let inbox = sub.inbox.clone();
+            let expiry = now.mono_ns + sub.ack_wait_ns;
+            if let Some(sub) = self.subs.get_mut(&id) {
+                sub.last_sent = next;
+                sub.pending.insert(next, expiry);
+            }
+            self.timers.insert((expiry, id, next));
+            self.send(inbox, payload);
+        }
+    }
+
+    /// The member with room and the fewest pending acks whose client answers heartbeats.
+    fn best_member(&self, group: &QueueGroup) -> Option<u64> {
+        group
+            .members
+            .iter()
+            .filter_map(|id| self.subs.get(id))
+            .filter(|s| !s.offline && !s.new_on_hold && !s.is_stalled())
+            .filter(|s| {
+                !self
+                    .clients
+                    .get(&s.client_id)
+                    .is_some_and(|c| c.failed_heartbeat)
+            })
+            .min_by_key(|s| s.pending.len())
+            .map(|s| s.id)
+    }
+
+    fn deliver_queue(&mut self, now: Now, channel: &str, group_name: &str) {
+        loop {
+            let Some(ch) = self.channels.get(channel) else {
+                return;
+            };
+            let Some(group) = ch.queues.get(group_name) else {
+                return;
+            };
+            let next = (group.last_sent + 1).max(ch.log.first_seq());
+            let Some(msg) = ch.log.get(next) else {
+                return;
+            };
+            let Some(member) = self.best_member(group) else {
+                return;
+            };
+            let payload = msg.encoded.clone();
+            // Rotate the chosen member to the back so equals take turns.
+            if let Some(g) = self
+                .channels
+                .get_mut(channel)
+                .and_then(|c| c.queues.get_mut(group_name))
+            {
+                g.last_sent = next;
+                if g.members.first() == Some(&member) && g.members.len() > 1 {
+                    g.members.rotate_left(1);
+                }
+            }
+            let Some(sub) = self.subs.get_mut(&member) else {
+                return;
+            };
+            let expiry = now.mono_ns + sub.ack_wait_ns;
+            sub.pending.insert(next, expiry);
+            let inbox = sub.inbox.clone();
+            self.timers.insert((expiry, member, next));
+            self.send(inbox, payload);
+        }
+    }
+
+    fn send(&mut self, inbox: Bytes, payload: Bytes) {
+        self.stats.out_msgs += 1;
+        self.stats.out_bytes += payload.len() as u64;
+        self.out.push(Out {
+            subject: inbox,
+            reply: None,
+            payload,
+        });
+    }
+
+    /// Sends a pending message again, flagged, with its redelivery count; the window does not
+    /// apply. A message gone from the log counts as acked.
+    fn redeliver(&mut self, now: Now, id: u64, seq: u64) {
+        let Some(sub) = self.subs.get(&id) else {
+            return;
+        };
+        let Some(&old_expiry) = sub.pending.get(&seq) else {
+            return;
+        };
+        let channel = sub.channel.clone();
+        let queue = sub.queue.clone();
+        let ack_wait = sub.ack_wait_ns;
+        let inbox = sub.inbox.clone();
+        let stored = self
+            .channels
+            .get(&channel)
+            .and_then(|c| c.log.get(seq))
+            .and_then(|m| m.decode());
+        self.timers.remove(&(old_expiry, id, seq));
+        let Some(mut proto) = stored else {
+            self.remove_pending(id, seq);
+            return;
+        };
+        let count = if queue.is_empty() {
+            let Some(sub) = self.subs.get_mut(&id) else {
+                return;
+            };
+            let c = sub.redeliveries.entry(seq).or_insert(0);
+            *c += 1;
+            *c
+        } else {
+            let Some(g) = self
+                .channels
+                .get_mut(&channel)
+                .and_then(|c| c.queues.get_mut(&queue))
+            else {
+                return;
+            };
+            let c = g.redeliveries.entry(seq).or_insert(0);
+            *c += 1;
+            *c
+        };
+        proto.redelivered = true;
+        proto.redelivery_count = count;
+        let mut expiry = old_expiry.saturating_add(ack_wait);
+        if expiry <= now.mono_ns {
+            expiry = now.mono_ns + ack_wait;
+        }
+        if let Some(sub) = self.subs.get_mut(&id) {
+            sub.pending.insert(seq, expiry);
+        }
+        self.timers.insert((expiry, id, seq));
+        self.send(inbox, Bytes::from(proto.encode_to_vec()));
+    }
+
+    fn remove_pending(&mut self, id: u64, seq: u64) -> bool {
+        let Some(sub) = self.subs.get_mut(&id) else {
+            return false;
+        };
+        let Some(expiry) = sub.pending.remove(&seq) else {
+            return false;
+        };
+        sub.redeliveries.remove(&seq);
+        let channel = sub.channel.clone();
+        let queue = sub.queue.clone();
+        self.timers.remove(&(expiry, id, seq));
+        if !queue.is_empty() {
+            if let Some(g) = self
+                .channels
+                .get_mut(&channel)
+                .and_then(|c| c.queues.get_mut(&queue))
+            {
+                g.redeliveries.remove(&seq);
+            }
+        }
+        true
+    }
+
+    // ---- acks ----
+
+    /// An Ack published on an ack inbox this shard handed out (`<prefix><id>.<generation>`).
+    /// Unknown inboxes, channels and sequences are ignored.
+    pub fn ack(&mut self, now: Now, ack_subject: &str, payload: &Bytes) {
+        let Some(tail) = ack_subject.strip_prefix(&self.cfg.ack_prefix) else {
+            return;
+        };
+        let Some(id) = tail.split('.').next().and_then(|s| s.parse::<u64>().ok()) else {
+            return;
+        };
+        let Ok(ack) = Ack::decode(payload.clone()) else {
+            return;
+        };
+        let Some(sub) = self.subs.get(&id) else {
+            return;
+        };
+        if sub.channel != ack.subject {
+            return;
+        }
+        let channel = sub.channel.clone();
+        let queue = sub.queue.clone();
+        let mut acked_by = None;
+        if self.remove_pending(id, ack.sequence) {
+            acked_by = Some(id);
+        } else if !queue.is_empty() {
+            // An ack for a message pending on another member of the group applies there.
+            let members = self
+                .channels
+                .get(&channel)
+                .and_then(|c| c.queues.get(&queue))
+                .map(|g| g.members.clone())
+                .unwrap_or_default();
+            for m in members {
+                if self.remove_pending(m, ack.sequence) {
+                    acked_by = Some(m);
+                    break;
+                }
+            }
+        }
+        if acked_by.is_none() {
+            return;
+        }
+        if queue.is_empty() {
+            self.deliver_plain(now, id);
+        } else {
+            self.deliver_queue(now, &channel, &queue);
+        }
+    }
+
+    // ---- unsubscribe / close ----
+
+    /// Unsubscribe or close of one subscription, named by its ack inbox or its delivery
+    /// inbox. Replies (when asked) with an empty SubscriptionResponse or the error.
+    pub fn unsubscribe(
+        &mut self,
+        now: Now,
+        req: &pb::UnsubscribeRequest,
+        end: SubEnd,
+        reply: Option<Bytes>,
+    ) {
+        let result = self.find_for_unsubscribe(req);
+        match result {
+            Ok(id) => {
+                self.end_subscription(now, id, end);
+                self.sub_reply(reply, "", "");
+            }
+            Err(e) => self.sub_reply(reply, "", e),
+        }
+    }
+
+    fn find_for_unsubscribe(&self, req: &pb::UnsubscribeRequest) -> Result<u64, &'static str> {
+        let Some(ch) = self.channels.get(&req.subject) else {
+            return Err(ERR_UNKNOWN_CHANNEL);
+        };
+        let by_ack = req
+            .inbox
+            .strip_prefix(&self.cfg.ack_prefix)
+            .and_then(|t| t.split('.').next())
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|id| self.subs.get(id).is_some_and(|s| s.channel == ch.name));
+        let id = by_ack.or_else(|| {
+            ch.plain
+                .iter()
+                .chain(ch.queues.values().flat_map(|g| g.members.iter()))
+                .copied()
+                .find(|id| {
+                    self.subs
+                        .get(id)
+                        .is_some_and(|s| !s.offline && s.inbox.as_ref() == req.inbox.as_bytes())
+                })
+        });
+        let Some(id) = id else {
+            return Err(ERR_INVALID_SUB);
+        };
+        let owner_ok = self.clients.contains_key(&req.client_id)
+            && self
+                .subs
+                .get(&id)
+                .is_some_and(|s| s.client_id == req.client_id);
+        if !owner_ok {
+            return Err(ERR_UNKNOWN_CLIENT);
+        }
+        Ok(id)
+    }
+
+    /// Applies the reference's table: a plain subscription is removed; a durable is removed
+    /// by unsubscribe and goes offline on close; a queue member leaves (its pending messages
+    /// go to the others), and the last one removes the group, or leaves a durable group's
+    /// shadow on close.
+    pub fn end_subscription(&mut self, now: Now, id: u64, end: SubEnd) {
+        let Some(sub) = self.subs.get(&id) else {
+            return;
+        };
+        let channel = sub.channel.clone();
+        if sub.is_queue() {
+            self.leave_queue(now, id, end);
+            return;
+        }
+        if sub.is_durable && end == SubEnd::Close {
+            if let Some(sub) = self.subs.get_mut(&id) {
+                sub.offline = true;
+                sub.new_on_hold = false;
+            }
+            return;
+        }
+        self.delete_subscription(id);
+        if let Some(ch) = self.channels.get_mut(&channel) {
+            ch.plain.retain(|s| *s != id);
+            ch.durables.retain(|_, s| *s != id);
+            ch.last_activity = now.mono_ns;
+        }
+    }
+
+    fn delete_subscription(&mut self, id: u64) {
+        if let Some(sub) = self.subs.remove(&id) {
+            for (seq, expiry) in sub.pending {
+                self.timers.remove(&(expiry, id, seq));
+            }
+        }
+    }
+
+    fn leave_queue(&mut self, now: Now, id: u64, end: SubEnd) {
+        let Some(sub) = self.subs.get(&id) else {
+            return;
+        };
+        let channel = sub.channel.clone();
+        let queue = sub.queue.clone();
+        let Some(group) = self
+            .channels
+            .get(&channel)
+            .and_then(|c| c.queues.get(&queue))
+        else {
+            return;
+        };
+        let others: Vec<u64> = group
+            .members
+            .iter()
+            .copied()
+            .filter(|m| *m != id && self.subs.get(m).is_some_and(|s| !s.offline))
+            .collect();
+        let durable = group.durable;
+        if others.is_empty() {
+            if durable && end == SubEnd::Close {
+                // The group stays as an offline shadow holding its position and pending acks.
+                if let Some(sub) = self.subs.get_mut(&id) {
+                    sub.offline = true;
+                    sub.client_id.clear();
+                    sub.new_on_hold = false;
+                }
+                return;
+            }
+            self.delete_subscription(id);
+            if let Some(ch) = self.channels.get_mut(&channel) {
+                ch.queues.remove(&queue);
+                ch.last_activity = now.mono_ns;
+            }
+            return;
+        }
+        // Hand the leaver's pending messages to the remaining members, due at once.
+        let pending: Vec<u64> = self
+            .subs
+            .get(&id)
+            .map(|s| s.pending.keys().copied().collect())
+            .unwrap_or_default();
+        self.delete_subscription(id);
+        if let Some(g) = self
+            .channels
+            .get_mut(&channel)
+            .and_then(|c| c.queues.get_mut(&queue))
+        {
+            g.members.retain(|m| *m != id);
+        }
+        for (i, seq) in pending.into_iter().enumerate() {
+            let target = others[i % others.len()];
+            if let Some(s) = self.subs.get_mut(&target) {
+                s.pending.insert(seq, now.mono_ns);
+                self.timers.insert((now.mono_ns, target, seq));
+            }
+        }
+        self.deliver_queue(now, &channel, &queue);
+    }
+
+    // ---- time ----
+
+    /// Redelivers what expired, drops aged messages, deletes inactive channels.
+    pub fn tick(&mut self, now: Now, dir: &dyn ChannelDirectory) {
+        let horizon = now.mono_ns + REDELIVERY_SLACK_NS;
+        let mut due = Vec::new();
+        while let Some(&first) = self.timers.first() {
+            if first.0 > horizon {
+                break;
+            }
+            self.timers.pop_first();
+            due.push(first);
+        }
+        for (expiry, id, seq) in due {
+            let Some(sub) = self.subs.get(&id) else {
+                continue;
+            };
+            if sub.pending.get(&seq) != Some(&expiry) {
+                continue;
+            }
+            let hb_failed = self
+                .clients
+                .get(&sub.client_id)
+                .is_some_and(|c| c.failed_heartbeat);
+            if sub.offline || (hb_failed && !sub.is_queue()) {
+                // Not delivered to now; tried again one ack wait later.
+                let next = now.mono_ns + sub.ack_wait_ns;
+                if let Some(s) = self.subs.get_mut(&id) {
+                    s.pending.insert(seq, next);
+                }
+                self.timers.insert((next, id, seq));
+                continue;
+            }
+            // Put the entry back so redeliver finds and replaces it.
+            self.timers.insert((expiry, id, seq));
+            self.redeliver(now, id, seq);
+        }
+        self.apply_age_and_inactivity(now, dir);
+    }
+
+    fn apply_age_and_inactivity(&mut self, now: Now, dir: &dyn ChannelDirectory) {
+        let mut inactive = Vec::new();
+        for ch in self.channels.values_mut() {
+            let limits = ch.limits;
+            ch.log.expire(&limits, now.wall_ns);
+            if !limits.max_inactivity.is_zero() {
+                let idle = now.mono_ns.saturating_sub(ch.last_activity);
+                let online_subs = ch
+                    .plain
+                    .iter()
+                    .chain(ch.queues.values().flat_map(|g| g.members.iter()))
+                    .any(|id| self.subs.get(id).is_some_and(|s| !s.offline));
+                if online_subs {
+                    ch.last_activity = now.mono_ns;
+                } else if u128::from(idle) >= limits.max_inactivity.as_nanos() {
+                    inactive.push(ch.name.clone());
+                }
+            }
+        }
+        for name in inactive {
+            self.delete_channel(&name, dir);
+        }
+    }
+
+    fn delete_channel(&mut self, name: &str, dir: &dyn ChannelDirectory) {
+        let Some(ch) = self.channels.remove(name) else {
+            return;
+        };
+        let ids: Vec<u64> = ch
+            .plain
+            .iter()
+            .chain(ch.queues.values().flat_map(|g| g.members.iter()))
+            .copied()
+            .collect();
+        for id in ids {
+            self.delete_subscription(id);
+        }
+        dir.unregister(name);
+    }
+
+    /// The next time `tick` has work (for the runtime's timer), if any.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.timers.first().map(|t| t.0)
+    }
+}

@@ -1,0 +1,190 @@
+//! The memory store of one channel: messages in sequence order, each kept as the encoded
+//! `MsgProto` of its first delivery (encoded once, shared by every subscriber), with the
+//! max_msgs / max_bytes / max_age limits applied as the reference applies them.
+
+use crate::limits::ChannelLimits;
+use crate::pb::MsgProto;
+use bytes::Bytes;
+use prost::Message;
+use std::collections::VecDeque;
+
+#[derive(Debug, Clone)]
+pub struct StoredMsg {
+    pub seq: u64,
+    pub timestamp: i64,
+    /// `MsgProto{sequence, subject, reply, data, timestamp}` encoded, as first delivered.
+    pub encoded: Bytes,
+}
+
+impl StoredMsg {
+    /// The size limits and monitoring count: the protobuf size, as the reference's memory
+    /// store counts it.
+    pub fn size(&self) -> u64 {
+        self.encoded.len() as u64
+    }
+
+    pub fn decode(&self) -> Option<MsgProto> {
+        MsgProto::decode(self.encoded.clone()).ok()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct MemoryLog {
+    msgs: VecDeque<StoredMsg>,
+    /// The sequence the next message gets, minus one.
+    last_seq: u64,
+    bytes: u64,
+    last_timestamp: i64,
+}
+
+impl MemoryLog {
+    pub fn new() -> Self {
+        MemoryLog::default()
+    }
+
+    /// Appends a message; its timestamp never goes below the previous one.
+    pub fn append(&mut self, subject: &str, reply: &str, data: Bytes, now_ns: i64) -> &StoredMsg {
+        let seq = self.last_seq + 1;
+        let timestamp = now_ns.max(self.last_timestamp);
+        let proto = MsgProto {
+            sequence: seq,
+            subject: subject.to_string(),
+            reply: reply.to_string(),
+            data,
+            timestamp,
+            ..Default::default()
+        };
+        let encoded = Bytes::from(proto.encode_to_vec());
+        self.last_seq = seq;
+        self.last_timestamp = timestamp;
+        self.bytes += encoded.len() as u64;
+        self.msgs.push_back(StoredMsg {
+            seq,
+            timestamp,
+            encoded,
+        });
+        self.msgs.back().expect("just pushed")
+    }
+
+    /// The first stored sequence; `last + 1` when empty (0 when nothing was ever stored).
+    pub fn first_seq(&self) -> u64 {
+        match self.msgs.front() {
+            Some(m) => m.seq,
+            None if self.last_seq == 0 => 0,
+            None => self.last_seq + 1,
+        }
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    pub fn count(&self) -> u64 {
+        self.msgs.len() as u64
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    pub fn get(&self, seq: u64) -> Option<&StoredMsg> {
+        let first = self.msgs.front()?.seq;
+        let idx = seq.checked_sub(first)?;
+        self.msgs.get(usize::try_from(idx).ok()?)
+    }
+
+    /// The first message whose timestamp is at or after `ts`.
+    pub fn first_seq_at_or_after(&self, ts: i64) -> Option<u64> {
+        let idx = self.msgs.partition_point(|m| m.timestamp < ts);
+        self.msgs.get(idx).map(|m| m.seq)
+    }
+
+    /// Drops the oldest messages beyond max_msgs / max_bytes, always keeping the newest one.
+    /// Returns how many were dropped.
+    pub fn enforce_size_limits(&mut self, limits: &ChannelLimits) -> u64 {
+        let mut dropped = 0;
+        while self.msgs.len() > 1 {
+            let over_count = limits.max_msgs > 0 && self.msgs.len() as u64 > limits.max_msgs as u64;
+            let over_bytes = limits.max_bytes > 0 && self.bytes > limits.max_bytes as u64;
+            if !(over_count || over_bytes) {
+                break;
+            }
+            self.pop_front();
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Drops messages older than max_age. Returns how many were dropped.
+    pub fn expire(&mut self, limits: &ChannelLimits, now_ns: i64) -> u64 {
+        if limits.max_age.is_zero() {
+            return 0;
+        }
+        let cutoff =
+            now_ns.saturating_sub(i64::try_from(limits.max_age.as_nanos()).unwrap_or(i64::MAX));
+        let mut dropped = 0;
+        while self.msgs.front().is_some_and(|m| m.timestamp <= cutoff) {
+            self.pop_front();
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// When the oldest message expires (for scheduling), if max_age applies.
+    pub fn next_expiry(&self, limits: &ChannelLimits) -> Option<i64> {
+        if limits.max_age.is_zero() {
+            return None;
+        }
+        let age = i64::try_from(limits.max_age.as_nanos()).unwrap_or(i64::MAX);
+        self.msgs.front().map(|m| m.timestamp.saturating_add(age))
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(m) = self.msgs.pop_front() {
+            self.bytes -= m.size();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn sequences_timestamps_and_limits() {
+        let mut log = MemoryLog::new();
+        assert_eq!((log.first_seq(), log.last_seq()), (0, 0));
+        for i in 0..5 {
+            log.append("foo", "", Bytes::from(vec![b'x'; 10]), 100 - i);
+        }
+        assert_eq!((log.first_seq(), log.last_seq()), (1, 5));
+        assert!(log.get(5).unwrap().timestamp >= log.get(4).unwrap().timestamp);
+        let limits = ChannelLimits {
+            max_msgs: 3,
+            ..Default::default()
+        };
+        assert_eq!(log.enforce_size_limits(&limits), 2);
+        assert_eq!((log.first_seq(), log.count()), (3, 3));
+        let one_byte = ChannelLimits {
+            max_msgs: 0,
+            max_bytes: 1,
+            ..Default::default()
+        };
+        log.enforce_size_limits(&one_byte);
+        assert_eq!(log.count(), 1, "the newest message always stays");
+        let aged = ChannelLimits {
+            max_age: Duration::from_nanos(10),
+            ..Default::default()
+        };
+        assert_eq!(log.expire(&aged, 1000), 1);
+        assert_eq!((log.first_seq(), log.last_seq()), (6, 5));
+        assert_eq!(log.append("foo", "", Bytes::new(), 2000).seq, 6);
+        let m = log.get(6).unwrap().decode().unwrap();
+        assert_eq!((m.sequence, m.subject.as_str()), (6, "foo"));
+    }
+}

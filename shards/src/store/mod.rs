@@ -1,0 +1,5 @@
+//! Message stores owned by a shard. The memory store lives here; the file store joins it.
+
+pub mod memory;
+
+pub use memory::{MemoryLog, StoredMsg};

@@ -1,0 +1,397 @@
+//! The shard state machine driven with decoded requests and a fake clock: delivery, windows,
+//! acks, redelivery, durables, queue groups and limits, without sockets.
+
+use bytes::Bytes;
+use prost::Message;
+use shards::limits::StoreLimits;
+use shards::pb::{self, Ack, MsgProto, PubAck, PubMsg, SubscriptionRequest, SubscriptionResponse};
+use shards::shard::{ChannelDirectory, Now, Out, Shard, ShardConfig, SubEnd};
+use std::cell::RefCell;
+
+#[derive(Default)]
+struct Dir(RefCell<Vec<String>>, i64);
+
+impl ChannelDirectory for Dir {
+    fn register(&self, name: &str) -> Result<(), String> {
+        let mut names = self.0.borrow_mut();
+        if self.1 > 0 && names.len() as i64 >= self.1 {
+            return Err("too many channels".into());
+        }
+        names.push(name.to_string());
+        Ok(())
+    }
+    fn unregister(&self, name: &str) {
+        self.0.borrow_mut().retain(|n| n != name);
+    }
+}
+
+const SEC: u64 = 1_000_000_000;
+
+struct H {
+    shard: Shard,
+    dir: Dir,
+    now: Now,
+    guid: u64,
+}
+
+impl H {
+    fn new() -> H {
+        Self::with_limits(StoreLimits::default())
+    }
+
+    fn with_limits(limits: StoreLimits) -> H {
+        let mut shard = Shard::new(ShardConfig {
+            shard: 0,
+            ack_prefix: "_STAN.ack.c.0.".into(),
+            limits: limits.build().unwrap(),
+            replace_durable: false,
+        });
+        shard.client_added("me", Bytes::from_static(b"conn1"));
+        H {
+            shard,
+            dir: Dir::default(),
+            now: Now {
+                wall_ns: 1_000 * SEC as i64,
+                mono_ns: 1_000 * SEC,
+            },
+            guid: 0,
+        }
+    }
+
+    fn advance(&mut self, ns: u64) {
+        self.now.mono_ns += ns;
+        self.now.wall_ns += ns as i64;
+        self.shard.tick(self.now, &self.dir);
+    }
+
+    fn publish(&mut self, channel: &str, data: &str) -> PubAck {
+        self.guid += 1;
+        let pm = PubMsg {
+            client_id: "me".into(),
+            guid: self.guid.to_string(),
+            subject: channel.into(),
+            data: Bytes::from(data.to_string()),
+            conn_id: Bytes::from_static(b"conn1"),
+            ..Default::default()
+        };
+        let payload = Bytes::from(pm.encode_to_vec());
+        self.shard.publish(
+            self.now,
+            channel,
+            &payload,
+            Some(Bytes::from_static(b"acks")),
+            &self.dir,
+        );
+        let acks: Vec<PubAck> = self
+            .drain_to("acks")
+            .iter()
+            .map(|o| PubAck::decode(o.payload.clone()).unwrap())
+            .collect();
+        acks.into_iter().last().unwrap()
+    }
+
+    /// Takes queued output and keeps the part not addressed to `subject` for later reads.
+    fn drain_to(&mut self, subject: &str) -> Vec<Out> {
+        let out = self.shard.take_out();
+        let (mine, rest): (Vec<Out>, Vec<Out>) = out
+            .into_iter()
+            .partition(|o| o.subject.as_ref() == subject.as_bytes());
+        PENDING.with(|p| p.borrow_mut().extend(rest));
+        mine
+    }
+
+    fn msgs(&mut self, inbox: &str) -> Vec<MsgProto> {
+        let mut all = self.shard.take_out();
+        PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            let mut kept: Vec<Out> = p.drain(..).collect();
+            kept.append(&mut all);
+            all = kept;
+        });
+        let (mine, rest): (Vec<Out>, Vec<Out>) = all
+            .into_iter()
+            .partition(|o| o.subject.as_ref() == inbox.as_bytes());
+        PENDING.with(|p| p.borrow_mut().extend(rest));
+        mine.iter()
+            .map(|o| MsgProto::decode(o.payload.clone()).unwrap())
+            .collect()
+    }
+
+    fn subscribe(&mut self, req: SubscriptionRequest) -> SubscriptionResponse {
+        self.shard.subscribe(
+            self.now,
+            req,
+            Some(Bytes::from_static(b"subreply")),
+            &self.dir,
+        );
+        let r = self.drain_to("subreply");
+        SubscriptionResponse::decode(r[0].payload.clone()).unwrap()
+    }
+
+    fn ack(&mut self, ack_inbox: &str, channel: &str, seq: u64) {
+        let a = Ack {
+            subject: channel.into(),
+            sequence: seq,
+        };
+        self.shard
+            .ack(self.now, ack_inbox, &Bytes::from(a.encode_to_vec()));
+    }
+}
+
+thread_local! {
+    static PENDING: RefCell<Vec<Out>> = const { RefCell::new(Vec::new()) };
+}
+
+fn req(channel: &str, inbox: &str) -> SubscriptionRequest {
+    SubscriptionRequest {
+        client_id: "me".into(),
+        subject: channel.into(),
+        inbox: inbox.into(),
+        max_in_flight: 1024,
+        ack_wait_in_secs: 30,
+        ..Default::default()
+    }
+}
+
+fn seqs(m: &[MsgProto]) -> Vec<u64> {
+    m.iter().map(|m| m.sequence).collect()
+}
+
+#[test]
+fn publish_assigns_sequences_and_rejects_bad_requests() {
+    let mut h = H::new();
+    assert_eq!(h.publish("foo", "a").error, "");
+    assert_eq!(h.publish("foo", "b").error, "");
+    let ch = h.shard.channel("foo").unwrap();
+    assert_eq!((ch.log.first_seq(), ch.log.last_seq()), (1, 2));
+    assert_eq!(
+        h.publish("foo.*", "x").error,
+        "stan: invalid publish request"
+    );
+    h.shard.publish(
+        h.now,
+        "foo",
+        &Bytes::from_static(b"dummy"),
+        Some(Bytes::from_static(b"acks")),
+        &h.dir,
+    );
+    let bad = h.drain_to("acks");
+    assert_eq!(
+        PubAck::decode(bad[0].payload.clone()).unwrap().error,
+        "stan: invalid publish request"
+    );
+}
+
+#[test]
+fn start_positions() {
+    let mut h = H::new();
+    for i in 1..=5 {
+        h.publish("foo", &format!("m{i}"));
+    }
+    let cases: Vec<(i32, u64, Vec<u64>)> = vec![
+        (pb::StartPosition::NewOnly as i32, 0, vec![]),
+        (pb::StartPosition::LastReceived as i32, 0, vec![5]),
+        (pb::StartPosition::First as i32, 0, vec![1, 2, 3, 4, 5]),
+        (pb::StartPosition::SequenceStart as i32, 3, vec![3, 4, 5]),
+        (
+            pb::StartPosition::SequenceStart as i32,
+            0,
+            vec![1, 2, 3, 4, 5],
+        ),
+        (pb::StartPosition::SequenceStart as i32, 99, vec![]),
+    ];
+    for (i, (pos, start, want)) in cases.into_iter().enumerate() {
+        let inbox = format!("in{i}");
+        let mut r = req("foo", &inbox);
+        r.start_position = pos;
+        r.start_sequence = start;
+        assert_eq!(h.subscribe(r).error, "");
+        assert_eq!(seqs(&h.msgs(&inbox)), want, "case {i}");
+    }
+    let mut r = req("foo", "delta");
+    r.start_position = pb::StartPosition::TimeDeltaStart as i32;
+    r.start_time_delta = 10 * SEC as i64;
+    h.subscribe(r);
+    assert_eq!(seqs(&h.msgs("delta")), vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn window_stalls_and_acks_release() {
+    let mut h = H::new();
+    let mut r = req("foo", "in");
+    r.max_in_flight = 2;
+    let ack_inbox = h.subscribe(r).ack_inbox;
+    assert!(ack_inbox.starts_with("_STAN.ack.c.0."));
+    for i in 0..5 {
+        h.publish("foo", &i.to_string());
+    }
+    let got = h.msgs("in");
+    assert_eq!(seqs(&got), vec![1, 2]);
+    assert!(!got[0].redelivered);
+    h.ack(&ack_inbox, "foo", 1);
+    assert_eq!(seqs(&h.msgs("in")), vec![3]);
+    h.ack(&ack_inbox, "foo", 77);
+    h.ack("_STAN.ack.c.0.999.0", "foo", 2);
+    h.ack(&ack_inbox, "bar", 2);
+    assert!(h.msgs("in").is_empty(), "bad acks are ignored");
+}
+
+#[test]
+fn redelivery_counts_and_expiry_order() {
+    let mut h = H::new();
+    let mut r = req("foo", "in");
+    r.ack_wait_in_secs = 1;
+    r.max_in_flight = 1;
+    let ack_inbox = h.subscribe(r).ack_inbox;
+    h.publish("foo", "a");
+    h.publish("foo", "b");
+    assert_eq!(seqs(&h.msgs("in")), vec![1]);
+    h.advance(SEC);
+    let again = h.msgs("in");
+    assert_eq!(seqs(&again), vec![1]);
+    assert!(again[0].redelivered);
+    assert_eq!(again[0].redelivery_count, 1);
+    h.advance(SEC);
+    assert_eq!(h.msgs("in")[0].redelivery_count, 2);
+    h.ack(&ack_inbox, "foo", 1);
+    assert_eq!(seqs(&h.msgs("in")), vec![2]);
+    h.advance(500_000_000);
+    assert!(h.msgs("in").is_empty());
+}
+
+#[test]
+fn durable_close_and_resume() {
+    let mut h = H::new();
+    let mut r = req("foo", "in1");
+    r.durable_name = "dur".into();
+    r.start_position = pb::StartPosition::First as i32;
+    let ack1 = h.subscribe(r.clone()).ack_inbox;
+    h.publish("foo", "1");
+    h.publish("foo", "2");
+    assert_eq!(seqs(&h.msgs("in1")), vec![1, 2]);
+    h.ack(&ack1, "foo", 1);
+    assert_eq!(
+        h.subscribe(r.clone()).error,
+        "stan: duplicate durable registration"
+    );
+    let unsub = pb::UnsubscribeRequest {
+        client_id: "me".into(),
+        subject: "foo".into(),
+        inbox: ack1.clone(),
+        durable_name: "dur".into(),
+    };
+    h.shard.unsubscribe(h.now, &unsub, SubEnd::Close, None);
+    h.publish("foo", "3");
+    let mut resume = r.clone();
+    resume.inbox = "in2".into();
+    resume.start_position = pb::StartPosition::NewOnly as i32;
+    let ack2 = h.subscribe(resume).ack_inbox;
+    assert_ne!(ack1, ack2);
+    let got = h.msgs("in2");
+    assert_eq!(seqs(&got), vec![2, 3]);
+    assert!(got[0].redelivered && !got[1].redelivered);
+    // Unsubscribe deletes it: a new one starts fresh (new only).
+    let unsub2 = pb::UnsubscribeRequest {
+        inbox: ack2,
+        ..unsub
+    };
+    h.shard
+        .unsubscribe(h.now, &unsub2, SubEnd::Unsubscribe, None);
+    let mut again = r;
+    again.inbox = "in3".into();
+    again.start_position = pb::StartPosition::NewOnly as i32;
+    h.subscribe(again);
+    assert!(h.msgs("in3").is_empty());
+}
+
+#[test]
+fn queue_group_one_member_each_and_reassign_on_leave() {
+    let mut h = H::new();
+    let mut a = req("foo", "qa");
+    a.q_group = "g".into();
+    a.ack_wait_in_secs = 30;
+    let ack_a = h.subscribe(a.clone()).ack_inbox;
+    let mut b = a.clone();
+    b.inbox = "qb".into();
+    h.subscribe(b);
+    for i in 0..10 {
+        h.publish("foo", &i.to_string());
+    }
+    let got_a = h.msgs("qa");
+    let got_b = h.msgs("qb");
+    assert_eq!(got_a.len() + got_b.len(), 10);
+    assert!(!got_a.is_empty() && !got_b.is_empty());
+    let unsub = pb::UnsubscribeRequest {
+        client_id: "me".into(),
+        subject: "foo".into(),
+        inbox: ack_a,
+        durable_name: String::new(),
+    };
+    h.shard.unsubscribe(h.now, &unsub, SubEnd::Close, None);
+    h.advance(100_000_000);
+    let moved = h.msgs("qb");
+    assert_eq!(seqs(&moved).len(), got_a.len());
+    assert!(moved.iter().all(|m| m.redelivered));
+}
+
+#[test]
+fn durable_queue_group_survives_last_close() {
+    let mut h = H::new();
+    let mut a = req("foo", "qa");
+    a.q_group = "g".into();
+    a.durable_name = "d".into();
+    a.max_in_flight = 1;
+    let ack = h.subscribe(a.clone()).ack_inbox;
+    h.publish("foo", "1");
+    h.publish("foo", "2");
+    assert_eq!(seqs(&h.msgs("qa")), vec![1]);
+    h.shard.client_removed(h.now, "me");
+    h.shard.client_added("other", Bytes::from_static(b"conn2"));
+    let mut b = a.clone();
+    b.client_id = "other".into();
+    b.inbox = "qb".into();
+    let _ = ack;
+    h.subscribe(b);
+    let got = h.msgs("qb");
+    assert_eq!(seqs(&got), vec![1], "pending first, window 1");
+    assert!(got[0].redelivered);
+    let mut bad = a;
+    bad.durable_name = "x:y".into();
+    h.shard.client_added("me", Bytes::from_static(b"conn1"));
+    assert_eq!(
+        h.subscribe(bad).error,
+        "stan: durable name of a durable queue subscriber can't contain the character ':'"
+    );
+}
+
+#[test]
+fn limits_drop_oldest_and_count_subscriptions() {
+    let mut limits = StoreLimits::default();
+    limits.global.max_msgs = 3;
+    limits.global.max_subs = 1;
+    let mut h = H::with_limits(limits);
+    for i in 0..5 {
+        h.publish("foo", &i.to_string());
+    }
+    let ch = h.shard.channel("foo").unwrap();
+    assert_eq!((ch.log.first_seq(), ch.log.count()), (3, 3));
+    assert_eq!(h.subscribe(req("foo", "a")).error, "");
+    assert_eq!(
+        h.subscribe(req("foo", "b")).error,
+        "too many subscriptions per channel"
+    );
+    let mut first = req("foo", "c");
+    first.start_position = pb::StartPosition::First as i32;
+    let _ = first;
+    let mut unknown = req("foo", "d");
+    unknown.client_id = "ghost".into();
+    assert_eq!(h.subscribe(unknown).error, "stan: unknown clientID");
+}
+
+#[test]
+fn max_channels_via_directory() {
+    let mut h = H::new();
+    h.dir.1 = 1;
+    assert_eq!(h.publish("a", "x").error, "");
+    assert_eq!(h.publish("b", "x").error, "too many channels");
+}
