@@ -6,4 +6,5 @@ pub mod config;
 pub mod mesh;
 pub mod nats;
 pub mod server;
+pub mod stan;
 pub mod util;

@@ -7,6 +7,8 @@ use crate::config::Options;
 use crate::mesh::Batch;
 use crate::nats::client;
 use crate::nats::core::{CloseReason, Core, GlobalCounters};
+use crate::stan::directory::SharedDirectory;
+use crate::stan::node::Node;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::{AcceptedTcpStream, TcpListener};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -162,6 +164,9 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(ncores, MESH_RING_BATCHES);
     let server_id: Arc<str> = new_server_id().into();
     let global = Arc::new(GlobalCounters::new(ncores));
+    let directory = Arc::new(SharedDirectory::new(
+        opts.streaming.store_limits.max_channels,
+    ));
     let handoff: MeshBuilder<AcceptedTcpStream, _> = MeshBuilder::full(ncores, HANDOFF_RING);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, ServerError>>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -180,6 +185,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         let handoff = handoff.clone();
         let server_id = server_id.clone();
         let global = global.clone();
+        let directory = directory.clone();
         let ready_tx = ready_tx.clone();
         let lifecycle = Lifecycle {
             stop: stop.clone(),
@@ -209,7 +215,8 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
                 };
                 executor.run(async move {
                     if let Err(e) = run_core(
-                        opts, mesh, handoff, ncores, server_id, global, &ready_tx, lifecycle,
+                        opts, mesh, handoff, ncores, server_id, global, directory, &ready_tx,
+                        lifecycle,
                     )
                     .await
                     {
@@ -283,6 +290,7 @@ async fn run_core(
     ncores: usize,
     server_id: Arc<str>,
     global: Arc<GlobalCounters>,
+    directory: Arc<SharedDirectory>,
     ready: &mpsc::Sender<Result<usize, ServerError>>,
     lifecycle: Lifecycle,
 ) -> Result<(), ServerError> {
@@ -299,6 +307,8 @@ async fn run_core(
         global,
     ));
     core.outbox.start_flushers(Rc::new(senders));
+    // Registered before the mesh is read, so no streaming message from a peer finds it absent.
+    let _streaming = Node::start(core.clone(), &opts, directory);
     for (peer, stream) in receivers.streams() {
         let core = core.clone();
         glommio::spawn_local(async move {

@@ -16,10 +16,15 @@ pub mod pb {
 /// The shard that owns a channel: `fxhash(channel) % shards` (DESIGN.md §2). Stable across
 /// restarts with the same shard count, which is all stores rely on.
 pub fn shard_for(channel: &str, shards: usize) -> usize {
+    shard_for_bytes(channel.as_bytes(), shards)
+}
+
+/// `shard_for` on the raw bytes of a subject suffix, before any UTF-8 check.
+pub fn shard_for_bytes(channel: &[u8], shards: usize) -> usize {
     if shards <= 1 {
         return 0;
     }
-    (fxhash::hash64(channel.as_bytes()) % shards as u64) as usize
+    (fxhash::hash64(channel) % shards as u64) as usize
 }
 
 #[cfg(test)]

@@ -80,6 +80,8 @@ pub struct ShardStats {
 pub struct Shard {
     cfg: ShardConfig,
     clients: FxHashMap<String, ClientEntry>,
+    /// Connection ID -> client ID, for publishes and pings that name only the connection.
+    conns: FxHashMap<Bytes, String>,
     channels: FxHashMap<String, Channel>,
     subs: FxHashMap<u64, Subscription>,
     /// (expiry, subscription, sequence) of every pending message: the shard's one timer.
@@ -121,6 +123,7 @@ impl Shard {
         Shard {
             cfg,
             clients: FxHashMap::default(),
+            conns: FxHashMap::default(),
             channels: FxHashMap::default(),
             subs: FxHashMap::default(),
             timers: BTreeSet::new(),
@@ -154,6 +157,12 @@ impl Shard {
     // ---- client registry replica ----
 
     pub fn client_added(&mut self, client_id: &str, conn_id: Bytes) {
+        if let Some(old) = self.clients.get(client_id) {
+            self.conns.remove(&old.conn_id);
+        }
+        if !conn_id.is_empty() {
+            self.conns.insert(conn_id.clone(), client_id.to_string());
+        }
         self.clients.insert(
             client_id.to_string(),
             ClientEntry {
@@ -172,7 +181,9 @@ impl Shard {
     /// The client is gone: its plain subscriptions end, durables go offline, queue members
     /// leave their groups.
     pub fn client_removed(&mut self, now: Now, client_id: &str) {
-        self.clients.remove(client_id);
+        if let Some(old) = self.clients.remove(client_id) {
+            self.conns.remove(&old.conn_id);
+        }
         let ids: Vec<u64> = self
             .subs
             .values()
@@ -191,11 +202,16 @@ impl Shard {
         }
     }
 
-    fn client_id_for_conn(&self, conn_id: &[u8]) -> Option<String> {
+    /// The client registered with this connection ID, if any.
+    pub fn client_for_conn(&self, conn_id: &[u8]) -> Option<&str> {
+        self.conns.get(conn_id).map(String::as_str)
+    }
+
+    /// Whether the client has missed heartbeats (its PINGs then hurry the next one).
+    pub fn heartbeat_failed(&self, client_id: &str) -> bool {
         self.clients
-            .iter()
-            .find(|(_, c)| c.conn_id.as_ref() == conn_id)
-            .map(|(id, _)| id.clone())
+            .get(client_id)
+            .is_some_and(|c| c.failed_heartbeat)
     }
 
     // ---- channels ----
@@ -241,7 +257,7 @@ impl Shard {
         self.stats.in_msgs += 1;
         self.stats.in_bytes += payload.len() as u64;
         let client_ok = if pm.client_id.is_empty() {
-            !pm.conn_id.is_empty() && self.client_id_for_conn(&pm.conn_id).is_some()
+            self.client_for_conn(&pm.conn_id).is_some()
         } else {
             self.client_valid(&pm.client_id, &pm.conn_id)
         };

@@ -53,6 +53,9 @@ pub enum MeshMsg {
     BarrierAck {
         id: u64,
     },
+    /// A message for the server-side handler of internal subjects (the streaming layer), which
+    /// core NATS carries without knowing its type.
+    Internal(Box<dyn std::any::Any + Send>),
 }
 
 pub type Batch = Vec<MeshMsg>;

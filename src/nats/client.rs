@@ -384,6 +384,12 @@ fn handle_pub(core: &Core, conn: &ClientConn, p: Publish) -> Next {
         return Next::Continue;
     }
     conn.in_msgs.set(conn.in_msgs.get() + 1);
+    if let Some(handler) = core.internal_handler() {
+        if handler.on_publish(&p.msg_ref()) {
+            send_ok(conn);
+            return Next::Continue;
+        }
+    }
     let found = core.publish(Some(conn), &p.msg_ref());
     send_ok(conn);
     if !found && headers && no_responders && p.reply().is_some() {

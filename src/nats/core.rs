@@ -250,6 +250,16 @@ impl PartialEq for SubRef {
     }
 }
 
+/// A server-side handler of some subjects (the streaming layer registers one). Core NATS hands
+/// it client publishes on those subjects and the mesh messages addressed to it, and knows
+/// nothing else about it.
+pub trait InternalHandler {
+    /// Handles a client publish if its subject belongs to the handler; returns whether it did.
+    fn on_publish(&self, msg: &MsgRef<'_>) -> bool;
+    /// A `MeshMsg::Internal` sent by the handler on another core.
+    fn on_mesh(&self, from: usize, msg: Box<dyn std::any::Any + Send>);
+}
+
 pub struct Core {
     pub id: usize,
     pub ncores: usize,
@@ -276,6 +286,7 @@ pub struct Core {
     barriers: RefCell<FxHashMap<u64, usize>>,
     barrier_done: Notify,
     next_barrier: Cell<u64>,
+    internal: RefCell<Option<Rc<dyn InternalHandler>>>,
 }
 
 impl Core {
@@ -309,7 +320,16 @@ impl Core {
             barriers: RefCell::new(FxHashMap::default()),
             barrier_done: Notify::new(),
             next_barrier: Cell::new(0),
+            internal: RefCell::new(None),
         }
+    }
+
+    pub fn set_internal_handler(&self, handler: Rc<dyn InternalHandler>) {
+        *self.internal.borrow_mut() = Some(handler);
+    }
+
+    pub fn internal_handler(&self) -> Option<Rc<dyn InternalHandler>> {
+        self.internal.borrow().clone()
     }
 
     /// Client IDs are unique across cores: `(cid - 1) % ncores` is the owning core.
@@ -658,6 +678,11 @@ impl Core {
                 self.outbox.push(from, MeshMsg::InterestAck { epoch });
             }
             MeshMsg::InterestAck { epoch } => self.sync.record_ack(from, epoch),
+            MeshMsg::Internal(m) => {
+                if let Some(h) = self.internal_handler() {
+                    h.on_mesh(from, m);
+                }
+            }
             MeshMsg::Barrier { id } => self.outbox.push(from, MeshMsg::BarrierAck { id }),
             MeshMsg::BarrierAck { id } => {
                 let mut barriers = self.barriers.borrow_mut();
@@ -733,7 +758,8 @@ pub struct MsgRef<'a> {
 }
 
 impl MsgRef<'_> {
-    fn share(&self, part: &[u8]) -> Bytes {
+    /// A part of this message as `Bytes`: a slice of the backing buffer when there is one.
+    pub fn share(&self, part: &[u8]) -> Bytes {
         match self.backing {
             Some(b) if contains(b, part) => b.slice_ref(part),
             _ => Bytes::copy_from_slice(part),

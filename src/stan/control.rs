@@ -1,0 +1,299 @@
+//! The control plane, on shard 0: the client registry (connect, close, the duplicate client
+//! ID probe), server-to-client heartbeats, and replication of the registry to every shard.
+//! A connect is answered only after every shard has the client, so the client's first
+//! publish or subscription finds it wherever it lands.
+
+use super::messages::StanMsg;
+use super::node::Node;
+use super::requests::{self, ERR_CLIENT_REGISTERED, ERR_INVALID_CLOSE_REQ, ERR_UNKNOWN_CLIENT};
+use crate::util::notify::Notify;
+use crate::util::timeout::within;
+use bytes::Bytes;
+use fxhash::{FxHashMap, FxHashSet};
+use prost::Message;
+use shards::pb::{CloseRequest, CloseResponse, ConnectRequest, ConnectResponse};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How long the owner of a client ID has to answer before a new connect takes the ID over.
+const DUPLICATE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
+struct ClientRecord {
+    hb_inbox: String,
+    /// Cleared when the client is removed or replaced: its heartbeat task then stops.
+    alive: Rc<Cell<bool>>,
+    /// Wakes the heartbeat task early (a client with failed heartbeats pinged).
+    hurry: Rc<Notify>,
+}
+
+#[derive(Default)]
+pub struct ControlPlane {
+    clients: RefCell<FxHashMap<String, ClientRecord>>,
+    /// Client IDs whose previous owner is being probed.
+    checking: RefCell<FxHashSet<String>>,
+    /// Registry broadcasts in flight: token -> shards that have not applied it yet.
+    broadcasts: RefCell<FxHashMap<u64, usize>>,
+    broadcast_done: Notify,
+    next_token: Cell<u64>,
+}
+
+impl ControlPlane {
+    pub fn client_count(&self) -> usize {
+        self.clients.borrow().len()
+    }
+}
+
+impl Node {
+    pub(super) fn on_connect(&self, payload: Bytes, reply: Option<Bytes>) {
+        if let Some(node) = self.rc() {
+            glommio::spawn_local(async move { node.connect(payload, reply).await }).detach();
+        }
+    }
+
+    pub(super) fn on_close(&self, payload: Bytes, reply: Option<Bytes>) {
+        if let Some(node) = self.rc() {
+            glommio::spawn_local(async move { node.close_client(payload, reply).await }).detach();
+        }
+    }
+
+    pub(super) fn on_done(&self, token: u64) {
+        let Some(cp) = &self.control else {
+            return;
+        };
+        let mut b = cp.broadcasts.borrow_mut();
+        if let Some(left) = b.get_mut(&token) {
+            *left -= 1;
+            if *left == 0 {
+                b.remove(&token);
+                cp.broadcast_done.notify();
+            }
+        }
+    }
+
+    pub(super) fn hurry_heartbeat(&self, client_id: &str) {
+        if let Some(cp) = &self.control {
+            if let Some(c) = cp.clients.borrow().get(client_id) {
+                c.hurry.notify();
+            }
+        }
+    }
+
+    fn reply_to(&self, reply: Option<&Bytes>, payload: Bytes) {
+        if let Some(r) = reply {
+            self.publish(r, None, &payload);
+        }
+    }
+
+    /// Sends `msg_for(token)` to every shard (this one included) and waits until all have
+    /// applied it.
+    async fn broadcast(&self, msg_for: impl Fn(u64) -> StanMsg) {
+        let Some(cp) = &self.control else {
+            return;
+        };
+        let token = cp.next_token.get();
+        cp.next_token.set(token + 1);
+        cp.broadcasts.borrow_mut().insert(token, self.core.ncores);
+        for shard in 0..self.core.ncores {
+            self.send_to(shard, msg_for(token));
+        }
+        while cp.broadcasts.borrow().contains_key(&token) {
+            cp.broadcast_done.notified().await;
+        }
+    }
+
+    /// Tells every shard whether a client is missing heartbeats (no answer needed).
+    fn broadcast_heartbeat_state(&self, client_id: &str, failed: bool) {
+        for shard in 0..self.core.ncores {
+            self.send_to(
+                shard,
+                StanMsg::HeartbeatState {
+                    client_id: client_id.to_string(),
+                    failed,
+                },
+            );
+        }
+    }
+
+    /// An empty request to a client inbox; whether it answered within `timeout`.
+    async fn request_answered(&self, subject: &str, timeout: Duration) -> bool {
+        let (inbox, token, waiter) = self.new_waiter();
+        self.publish(subject.as_bytes(), Some(inbox.as_bytes()), &Bytes::new());
+        let answered = within(timeout, async {
+            while !waiter.answered.get() {
+                waiter.notify.notified().await;
+            }
+        })
+        .await
+        .is_some();
+        self.drop_waiter(token);
+        answered
+    }
+
+    async fn connect(self: Rc<Self>, payload: Bytes, reply: Option<Bytes>) {
+        let Some(cp) = &self.control else {
+            return;
+        };
+        let req = match requests::check_connect(&payload) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("STAN: [Client:?] Invalid conn request: {e}");
+                self.reply_to(reply.as_ref(), requests::connect_error(e));
+                return;
+            }
+        };
+        let id = req.client_id.clone();
+        if cp.checking.borrow().contains(&id) {
+            self.reply_to(
+                reply.as_ref(),
+                requests::connect_error(ERR_CLIENT_REGISTERED),
+            );
+            return;
+        }
+        let previous = cp.clients.borrow().get(&id).map(|c| c.hb_inbox.clone());
+        if let Some(old_inbox) = previous {
+            cp.checking.borrow_mut().insert(id.clone());
+            let answered = self
+                .request_answered(&old_inbox, DUPLICATE_CHECK_TIMEOUT)
+                .await;
+            cp.checking.borrow_mut().remove(&id);
+            if answered {
+                log::debug!("STAN: [Client:{id}] Connect failed; already connected");
+                self.reply_to(
+                    reply.as_ref(),
+                    requests::connect_error(ERR_CLIENT_REGISTERED),
+                );
+                return;
+            }
+            log::debug!(
+                "STAN: [Client:{id}] Replacing old client whose heartbeats went unanswered"
+            );
+            self.remove_client(&id).await;
+        }
+        self.register(cp, &req).await;
+        let mut resp = ConnectResponse {
+            pub_prefix: self.subjects.publish_prefix.clone(),
+            sub_requests: self.subjects.subscribe.clone(),
+            unsub_requests: self.subjects.unsubscribe.clone(),
+            close_requests: self.subjects.close.clone(),
+            sub_close_requests: self.subjects.sub_close.clone(),
+            protocol: 1,
+            ..Default::default()
+        };
+        if req.protocol >= 1 {
+            resp.ping_requests = self.subjects.pings.clone();
+            resp.ping_interval = req.ping_interval;
+            resp.ping_max_out = req.ping_max_out;
+        }
+        log::debug!(
+            "STAN: [Client:{id}] Connected (Inbox={})",
+            req.heartbeat_inbox
+        );
+        self.reply_to(reply.as_ref(), Bytes::from(resp.encode_to_vec()));
+    }
+
+    async fn register(self: &Rc<Self>, cp: &ControlPlane, req: &ConnectRequest) {
+        let alive = Rc::new(Cell::new(true));
+        let hurry = Rc::new(Notify::new());
+        cp.clients.borrow_mut().insert(
+            req.client_id.clone(),
+            ClientRecord {
+                hb_inbox: req.heartbeat_inbox.clone(),
+                alive: alive.clone(),
+                hurry: hurry.clone(),
+            },
+        );
+        let conn_id = req.conn_id.clone();
+        self.broadcast(|token| StanMsg::ClientAdded {
+            client_id: req.client_id.clone(),
+            conn_id: conn_id.clone(),
+            token,
+        })
+        .await;
+        let node = self.clone();
+        let client_id = req.client_id.clone();
+        let inbox = req.heartbeat_inbox.clone();
+        glommio::spawn_local(async move { node.heartbeats(client_id, inbox, alive, hurry).await })
+            .detach();
+    }
+
+    /// Unregisters a client everywhere: its subscriptions end (durables go offline).
+    async fn remove_client(&self, client_id: &str) -> bool {
+        let Some(cp) = &self.control else {
+            return false;
+        };
+        let Some(record) = cp.clients.borrow_mut().remove(client_id) else {
+            return false;
+        };
+        record.alive.set(false);
+        record.hurry.notify();
+        self.broadcast(|token| StanMsg::ClientRemoved {
+            client_id: client_id.to_string(),
+            token,
+        })
+        .await;
+        true
+    }
+
+    async fn close_client(self: Rc<Self>, payload: Bytes, reply: Option<Bytes>) {
+        let error = match CloseRequest::decode(payload.clone()) {
+            Err(_) => {
+                log::error!("STAN: Received invalid close request");
+                ERR_INVALID_CLOSE_REQ
+            }
+            Ok(req) => {
+                if self.remove_client(&req.client_id).await {
+                    log::debug!("STAN: [Client:{}] Closed", req.client_id);
+                    ""
+                } else {
+                    ERR_UNKNOWN_CLIENT
+                }
+            }
+        };
+        let resp = CloseResponse {
+            error: error.to_string(),
+        };
+        self.reply_to(reply.as_ref(), Bytes::from(resp.encode_to_vec()));
+    }
+
+    /// Every `hb_interval`, an empty request to the client's heartbeat inbox; more than
+    /// `hb_fail_count` unanswered in a row and the client is closed.
+    async fn heartbeats(
+        self: Rc<Self>,
+        client_id: String,
+        inbox: String,
+        alive: Rc<Cell<bool>>,
+        hurry: Rc<Notify>,
+    ) {
+        let s = &self.opts.streaming;
+        let (interval, timeout, max_failures) = (s.hb_interval, s.hb_timeout, s.hb_fail_count);
+        let mut failed: u32 = 0;
+        loop {
+            within(interval, hurry.notified()).await;
+            if !alive.get() {
+                return;
+            }
+            let answered = self.request_answered(&inbox, timeout).await;
+            if !alive.get() {
+                return;
+            }
+            if answered {
+                if failed > 0 {
+                    failed = 0;
+                    self.broadcast_heartbeat_state(&client_id, false);
+                }
+                continue;
+            }
+            failed += 1;
+            log::debug!("STAN: [Client:{client_id}] Timed out on heartbeats (failed {failed})");
+            if failed == 1 {
+                self.broadcast_heartbeat_state(&client_id, true);
+            }
+            if failed > max_failures {
+                log::info!("STAN: [Client:{client_id}] Closing because of failed heartbeats");
+                self.remove_client(&client_id).await;
+                return;
+            }
+        }
+    }
+}

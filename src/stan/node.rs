@@ -1,0 +1,311 @@
+//! One core's streaming layer: it recognises STAN subjects in client publishes, sends each
+//! request to the shard that owns it (itself or another core over the mesh), runs this
+//! core's `Shard` state machine, and publishes what the state machine queues. On shard 0 it
+//! also runs the control plane (`control.rs`).
+
+use super::control::ControlPlane;
+use super::directory::SharedDirectory;
+use super::messages::StanMsg;
+use super::requests;
+use super::subjects::{Kind, Subjects};
+use super::time;
+use crate::config::Options;
+use crate::mesh::MeshMsg;
+use crate::nats::core::{Core, InternalHandler, MsgRef};
+use crate::util::notify::Notify;
+use bytes::Bytes;
+use fxhash::FxHashMap;
+use prost::Message;
+use shards::limits::{ChannelLimits, ResolvedLimits};
+use shards::pb::{Ping, PingResponse};
+use shards::shard::{Shard, ShardConfig, SubEnd};
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a shard looks at its timers (redelivery, max_age, max_inactivity). Ack waits
+/// are whole seconds, so this bounds lateness well below what clients notice.
+const TICK: Duration = Duration::from_millis(20);
+
+/// A request this core made to a client (heartbeat, duplicate-ID probe), waiting for an
+/// answer on a reply inbox.
+#[derive(Default)]
+pub struct Waiter {
+    pub answered: Cell<bool>,
+    pub notify: Notify,
+}
+
+pub struct Node {
+    pub core: Rc<Core>,
+    pub subjects: Rc<Subjects>,
+    pub shard: RefCell<Shard>,
+    pub dir: Arc<SharedDirectory>,
+    pub opts: Rc<Options>,
+    pub control: Option<ControlPlane>,
+    waiters: RefCell<FxHashMap<u64, Rc<Waiter>>>,
+    next_token: Cell<u64>,
+    me: RefCell<Weak<Node>>,
+}
+
+impl Node {
+    /// Builds this core's streaming layer, registers it with core NATS and starts its timer.
+    pub fn start(core: Rc<Core>, opts: &Options, dir: Arc<SharedDirectory>) -> Rc<Node> {
+        let s = &opts.streaming;
+        let subjects = Rc::new(Subjects::new(&s.cluster_id, &s.discover_prefix));
+        let limits = match s.store_limits.to_limits().build() {
+            Ok(l) => l,
+            Err(e) => {
+                // validate() refuses such limits before any core starts.
+                log::error!("STAN: invalid store limits ({e}); using the defaults");
+                ResolvedLimits {
+                    max_channels: 100,
+                    global: ChannelLimits::default(),
+                    entries: Vec::new(),
+                }
+            }
+        };
+        let shard = Shard::new(ShardConfig {
+            shard: core.id,
+            ack_prefix: subjects.ack_prefix(core.id),
+            limits,
+            replace_durable: s.replace_durable,
+        });
+        let node = Rc::new(Node {
+            control: (core.id == 0).then(ControlPlane::default),
+            core: core.clone(),
+            subjects,
+            shard: RefCell::new(shard),
+            dir,
+            opts: Rc::new(opts.clone()),
+            waiters: RefCell::new(FxHashMap::default()),
+            next_token: Cell::new(1),
+            me: RefCell::new(Weak::new()),
+        });
+        *node.me.borrow_mut() = Rc::downgrade(&node);
+        core.set_internal_handler(node.clone());
+        let ticking = node.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(TICK).await;
+                ticking.tick();
+            }
+        })
+        .detach();
+        node
+    }
+
+    pub fn rc(&self) -> Option<Rc<Node>> {
+        self.me.borrow().upgrade()
+    }
+
+    fn tick(&self) {
+        let now = time::now();
+        self.shard.borrow_mut().tick(now, &*self.dir);
+        self.flush();
+    }
+
+    /// Sends a request to the shard that owns it: handled here if that is this core.
+    pub fn send_to(&self, shard: usize, msg: StanMsg) {
+        if shard == self.core.id {
+            self.handle(shard, msg);
+        } else if shard < self.core.ncores {
+            self.core
+                .outbox
+                .push(shard, MeshMsg::Internal(Box::new(msg)));
+        }
+    }
+
+    /// Publishes what the state machine queued, in order.
+    pub fn flush(&self) {
+        let out = self.shard.borrow_mut().take_out();
+        for o in out {
+            self.publish(&o.subject, o.reply.as_deref(), &o.payload);
+        }
+    }
+
+    pub fn publish(&self, subject: &[u8], reply: Option<&[u8]>, payload: &Bytes) {
+        self.core.publish(
+            None,
+            &MsgRef {
+                subject,
+                reply,
+                header_len: 0,
+                payload,
+                backing: Some(payload),
+            },
+        );
+    }
+
+    fn reply(&self, reply: Option<&Bytes>, payload: Bytes) {
+        if let Some(r) = reply {
+            self.publish(r, None, &payload);
+        }
+    }
+
+    /// Registers a waiter for an answer on a new reply inbox of this core.
+    pub fn new_waiter(&self) -> (String, u64, Rc<Waiter>) {
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        let waiter = Rc::new(Waiter::default());
+        self.waiters.borrow_mut().insert(token, waiter.clone());
+        (
+            self.subjects.reply_inbox(self.core.id, token),
+            token,
+            waiter,
+        )
+    }
+
+    pub fn drop_waiter(&self, token: u64) {
+        self.waiters.borrow_mut().remove(&token);
+    }
+
+    fn ping(&self, payload: &Bytes, reply: Option<&Bytes>) {
+        if payload.is_empty() {
+            return;
+        }
+        let Ok(ping) = Ping::decode(payload.clone()) else {
+            return;
+        };
+        let client = self
+            .shard
+            .borrow()
+            .client_for_conn(&ping.conn_id)
+            .map(str::to_string);
+        match client {
+            Some(client_id) => {
+                self.reply(reply, Bytes::new());
+                if self.shard.borrow().heartbeat_failed(&client_id) {
+                    self.send_to(0, StanMsg::HurryHeartbeat { client_id });
+                }
+            }
+            None => {
+                let r = PingResponse {
+                    error: requests::ERR_PING_UNKNOWN.to_string(),
+                };
+                self.reply(reply, Bytes::from(r.encode_to_vec()));
+            }
+        }
+    }
+
+    fn handle(&self, from: usize, msg: StanMsg) {
+        let now = time::now();
+        match msg {
+            StanMsg::Publish {
+                channel,
+                reply,
+                payload,
+            } => {
+                let channel = std::str::from_utf8(&channel).unwrap_or("");
+                self.shard
+                    .borrow_mut()
+                    .publish(now, channel, &payload, reply, &*self.dir);
+                self.flush();
+            }
+            StanMsg::Subscribe { req, reply } => {
+                self.shard
+                    .borrow_mut()
+                    .subscribe(now, req, reply, &*self.dir);
+                self.flush();
+            }
+            StanMsg::Unsubscribe { req, end, reply } => {
+                self.shard.borrow_mut().unsubscribe(now, &req, end, reply);
+                self.flush();
+            }
+            StanMsg::Ack { subject, payload } => {
+                let subject = std::str::from_utf8(&subject).unwrap_or("");
+                self.shard.borrow_mut().ack(now, subject, &payload);
+                self.flush();
+            }
+            StanMsg::Reply { token } => {
+                if let Some(w) = self.waiters.borrow_mut().remove(&token) {
+                    w.answered.set(true);
+                    w.notify.notify();
+                }
+            }
+            StanMsg::ClientAdded {
+                client_id,
+                conn_id,
+                token,
+            } => {
+                self.shard.borrow_mut().client_added(&client_id, conn_id);
+                self.send_to(from, StanMsg::Done { token });
+            }
+            StanMsg::ClientRemoved { client_id, token } => {
+                self.shard.borrow_mut().client_removed(now, &client_id);
+                self.flush();
+                self.send_to(from, StanMsg::Done { token });
+            }
+            StanMsg::HeartbeatState { client_id, failed } => {
+                self.shard
+                    .borrow_mut()
+                    .set_heartbeat_failed(&client_id, failed);
+            }
+            StanMsg::Connect { payload, reply } => self.on_connect(payload, reply),
+            StanMsg::Close { payload, reply } => self.on_close(payload, reply),
+            StanMsg::Done { token } => self.on_done(token),
+            StanMsg::HurryHeartbeat { client_id } => self.hurry_heartbeat(&client_id),
+        }
+    }
+}
+
+impl InternalHandler for Node {
+    fn on_publish(&self, msg: &MsgRef<'_>) -> bool {
+        let Some(kind) = self.subjects.classify(msg.subject) else {
+            return false;
+        };
+        let reply = msg.reply.map(|r| msg.share(r));
+        let payload = msg.share(msg.payload);
+        let ncores = self.core.ncores;
+        match kind {
+            Kind::Publish { channel } => {
+                let shard = shards::shard_for_bytes(channel, ncores);
+                let channel = msg.share(channel);
+                self.send_to(
+                    shard,
+                    StanMsg::Publish {
+                        channel,
+                        reply,
+                        payload,
+                    },
+                );
+            }
+            Kind::Subscribe => match requests::check_subscription(&payload) {
+                Ok(req) => {
+                    let shard = shards::shard_for(&req.subject, ncores);
+                    self.send_to(shard, StanMsg::Subscribe { req, reply });
+                }
+                Err(e) => self.reply(reply.as_ref(), requests::sub_error(e)),
+            },
+            Kind::Unsubscribe | Kind::SubClose => {
+                let end = if kind == Kind::Unsubscribe {
+                    SubEnd::Unsubscribe
+                } else {
+                    SubEnd::Close
+                };
+                match requests::decode_unsubscribe(&payload) {
+                    Ok(req) => {
+                        let shard = shards::shard_for(&req.subject, ncores);
+                        self.send_to(shard, StanMsg::Unsubscribe { req, end, reply });
+                    }
+                    Err(e) => self.reply(reply.as_ref(), requests::sub_error(e)),
+                }
+            }
+            Kind::Ack { shard } => {
+                let subject = msg.share(msg.subject);
+                self.send_to(shard, StanMsg::Ack { subject, payload });
+            }
+            Kind::Reply { shard, token } => self.send_to(shard, StanMsg::Reply { token }),
+            Kind::Discover => self.send_to(0, StanMsg::Connect { payload, reply }),
+            Kind::Close => self.send_to(0, StanMsg::Close { payload, reply }),
+            Kind::Ping => self.ping(&payload, reply.as_ref()),
+        }
+        true
+    }
+
+    fn on_mesh(&self, from: usize, msg: Box<dyn std::any::Any + Send>) {
+        if let Ok(m) = msg.downcast::<StanMsg>() {
+            self.handle(from, *m);
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The subjects the streaming server owns, and the classification of a published subject.
+//! Request subjects are those of the reference (`_STAN.pub.<cid>`, ...); ack inboxes and the
+//! server's own reply inboxes carry the number of the shard that handed them out, so any core
+//! routes them without a lookup.
+
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    pub cluster_id: String,
+    pub discover: String,
+    pub pings: String,
+    pub publish_prefix: String,
+    /// `publish_prefix` plus the dot, as it starts a publish subject.
+    publish_dotted: String,
+    pub subscribe: String,
+    pub unsubscribe: String,
+    pub sub_close: String,
+    pub close: String,
+    /// `_STAN.ack.<cid>.`: followed by `<shard>.<sub id>.<generation>`.
+    ack_root: String,
+    /// `_STAN.reply.<cid>.`: followed by `<shard>.<token>`.
+    reply_root: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind<'a> {
+    Discover,
+    Ping,
+    Publish { channel: &'a [u8] },
+    Subscribe,
+    Unsubscribe,
+    SubClose,
+    Close,
+    Ack { shard: usize },
+    Reply { shard: usize, token: u64 },
+}
+
+impl Subjects {
+    pub fn new(cluster_id: &str, discover_prefix: &str) -> Self {
+        let discover = format!("{discover_prefix}.{cluster_id}");
+        Subjects {
+            cluster_id: cluster_id.to_string(),
+            pings: format!("{discover}.pings"),
+            discover,
+            publish_prefix: format!("_STAN.pub.{cluster_id}"),
+            publish_dotted: format!("_STAN.pub.{cluster_id}."),
+            subscribe: format!("_STAN.sub.{cluster_id}"),
+            unsubscribe: format!("_STAN.unsub.{cluster_id}"),
+            sub_close: format!("_STAN.subclose.{cluster_id}"),
+            close: format!("_STAN.close.{cluster_id}"),
+            ack_root: format!("_STAN.ack.{cluster_id}."),
+            reply_root: format!("_STAN.reply.{cluster_id}."),
+        }
+    }
+
+    /// The prefix of the ack inboxes shard `shard` hands out.
+    pub fn ack_prefix(&self, shard: usize) -> String {
+        format!("{}{shard}.", self.ack_root)
+    }
+
+    /// A reply inbox of shard `shard` for the request numbered `token`.
+    pub fn reply_inbox(&self, shard: usize, token: u64) -> String {
+        format!("{}{shard}.{token}", self.reply_root)
+    }
+
+    /// What a published subject is for the streaming server, if anything.
+    pub fn classify<'a>(&self, subject: &'a [u8]) -> Option<Kind<'a>> {
+        if let Some(channel) = subject.strip_prefix(self.publish_dotted.as_bytes()) {
+            return Some(Kind::Publish { channel });
+        }
+        if let Some(rest) = subject.strip_prefix(self.ack_root.as_bytes()) {
+            let shard = leading_number(rest)?;
+            return Some(Kind::Ack {
+                shard: usize::try_from(shard).ok()?,
+            });
+        }
+        if let Some(rest) = subject.strip_prefix(self.reply_root.as_bytes()) {
+            let dot = rest.iter().position(|b| *b == b'.')?;
+            let shard = usize::try_from(leading_number(&rest[..dot])?).ok()?;
+            let token = leading_number(&rest[dot + 1..])?;
+            return Some(Kind::Reply { shard, token });
+        }
+        let exact = [
+            (self.discover.as_bytes(), Kind::Discover),
+            (self.pings.as_bytes(), Kind::Ping),
+            (self.subscribe.as_bytes(), Kind::Subscribe),
+            (self.unsubscribe.as_bytes(), Kind::Unsubscribe),
+            (self.sub_close.as_bytes(), Kind::SubClose),
+            (self.close.as_bytes(), Kind::Close),
+        ];
+        exact
+            .into_iter()
+            .find(|(s, _)| *s == subject)
+            .map(|(_, k)| k)
+    }
+}
+
+/// The decimal number at the start of `bytes` (up to a dot or the end).
+fn leading_number(bytes: &[u8]) -> Option<u64> {
+    let end = bytes.iter().position(|b| *b == b'.').unwrap_or(bytes.len());
+    let digits = &bytes[..end];
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_every_kind() {
+        let s = Subjects::new("test-cluster", "_STAN.discover");
+        assert_eq!(
+            s.classify(b"_STAN.discover.test-cluster"),
+            Some(Kind::Discover)
+        );
+        assert_eq!(
+            s.classify(b"_STAN.discover.test-cluster.pings"),
+            Some(Kind::Ping)
+        );
+        assert_eq!(
+            s.classify(b"_STAN.pub.test-cluster.foo.bar"),
+            Some(Kind::Publish {
+                channel: b"foo.bar"
+            })
+        );
+        assert_eq!(s.classify(b"_STAN.sub.test-cluster"), Some(Kind::Subscribe));
+        assert_eq!(
+            s.classify(b"_STAN.unsub.test-cluster"),
+            Some(Kind::Unsubscribe)
+        );
+        assert_eq!(
+            s.classify(b"_STAN.subclose.test-cluster"),
+            Some(Kind::SubClose)
+        );
+        assert_eq!(s.classify(b"_STAN.close.test-cluster"), Some(Kind::Close));
+        let ack = format!("{}12.0", s.ack_prefix(1));
+        assert_eq!(s.classify(ack.as_bytes()), Some(Kind::Ack { shard: 1 }));
+        let reply = s.reply_inbox(0, 77);
+        assert_eq!(
+            s.classify(reply.as_bytes()),
+            Some(Kind::Reply {
+                shard: 0,
+                token: 77
+            })
+        );
+        assert_eq!(s.classify(b"_STAN.discover.other"), None);
+        assert_eq!(s.classify(b"_STAN.ack.test-cluster.x.1"), None);
+        assert_eq!(s.classify(b"foo"), None);
+    }
+}
