@@ -701,7 +701,13 @@ impl Shard {
             .and_then(|m| m.decode());
         self.timers.remove(&(old_expiry, id, seq));
         let Some(mut proto) = stored else {
+            // Dropped by a limit: counts as acked, which may free a window slot.
             self.remove_pending(id, seq);
+            if queue.is_empty() {
+                self.deliver_plain(now, id);
+            } else {
+                self.deliver_queue(now, &channel, &queue);
+            }
             return;
         };
         let count = if queue.is_empty() {
@@ -764,10 +770,7 @@ impl Shard {
     /// An Ack published on an ack inbox this shard handed out (`<prefix><id>.<generation>`).
     /// Unknown inboxes, channels and sequences are ignored.
     pub fn ack(&mut self, now: Now, ack_subject: &str, payload: &Bytes) {
-        let Some(tail) = ack_subject.strip_prefix(&self.cfg.ack_prefix) else {
-            return;
-        };
-        let Some(id) = tail.split('.').next().and_then(|s| s.parse::<u64>().ok()) else {
+        let Some(id) = self.ack_inbox_owner(ack_subject) else {
             return;
         };
         let Ok(ack) = Ack::decode(payload.clone()) else {
@@ -809,6 +812,17 @@ impl Shard {
         }
     }
 
+    /// The subscription an ack inbox of this shard names: `<prefix><id>.<generation>`, with a
+    /// generation it has had.
+    fn ack_inbox_owner(&self, inbox: &str) -> Option<u64> {
+        let tail = inbox.strip_prefix(&self.cfg.ack_prefix)?;
+        let (id, generation) = tail.split_once('.')?;
+        let id: u64 = id.parse().ok()?;
+        let generation: u32 = generation.parse().ok()?;
+        let sub = self.subs.get(&id)?;
+        (generation <= sub.ack_generation).then_some(id)
+    }
+
     // ---- unsubscribe / close ----
 
     /// Unsubscribe or close of one subscription, named by its ack inbox or its delivery
@@ -834,11 +848,8 @@ impl Shard {
         let Some(ch) = self.channels.get(&req.subject) else {
             return Err(ERR_UNKNOWN_CHANNEL);
         };
-        let by_ack = req
-            .inbox
-            .strip_prefix(&self.cfg.ack_prefix)
-            .and_then(|t| t.split('.').next())
-            .and_then(|s| s.parse::<u64>().ok())
+        let by_ack = self
+            .ack_inbox_owner(&req.inbox)
             .filter(|id| self.subs.get(id).is_some_and(|s| s.channel == ch.name));
         let id = by_ack.or_else(|| {
             ch.plain
