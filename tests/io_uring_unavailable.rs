@@ -19,11 +19,11 @@ const SYSCTL: &str = "/proc/sys/kernel/io_uring_disabled";
 #[test]
 fn exits_cleanly_when_io_uring_is_disabled() {
     let Ok(before) = std::fs::read_to_string(SYSCTL) else {
-        println!("SKIPPED: {SYSCTL} does not exist (kernel older than 6.6)");
+        common::skip(&format!("{SYSCTL} does not exist (kernel older than 6.6)"));
         return;
     };
     if std::fs::write(SYSCTL, "2").is_err() {
-        println!("SKIPPED: cannot write {SYSCTL} (needs root)");
+        common::skip(&format!("cannot write {SYSCTL} (needs root)"));
         return;
     }
     let _restore = RestoreSysctl(before);

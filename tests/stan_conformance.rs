@@ -30,8 +30,9 @@ fn stan_go() -> Option<PathBuf> {
             match status {
                 Ok(s) if s.success() => Some(out),
                 other => {
-                    println!("SKIPPED: cannot build the stan.go cases ({other:?}); are Go modules reachable?");
-                    eprintln!("SKIPPED: cannot build the stan.go cases ({other:?})");
+                    common::skip(&format!(
+                        "cannot build the stan.go cases ({other:?}); are Go modules reachable?"
+                    ));
                     None
                 }
             }

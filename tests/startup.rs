@@ -17,11 +17,11 @@ fn is_root() -> bool {
 #[test]
 fn starts_as_non_root_under_default_memlock_limit() {
     if !is_root() {
-        println!("SKIPPED: needs root to switch to an unprivileged user");
+        common::skip("needs root to switch to an unprivileged user");
         return;
     }
     if Command::new("setpriv").arg("--version").output().is_err() {
-        println!("SKIPPED: setpriv (util-linux) is not installed");
+        common::skip("setpriv (util-linux) is not installed");
         return;
     }
     let dir = TempDir::new("memlock");

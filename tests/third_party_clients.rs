@@ -19,8 +19,7 @@ fn python_ready() -> bool {
 fn node_ready() -> bool {
     let modules = repo_path("tests/clients/node/node_modules/nats");
     if !modules.exists() {
-        println!("SKIPPED: npm package nats is not installed in tests/clients/node (run .ci/run)");
-        eprintln!("SKIPPED: npm package nats is not installed in tests/clients/node (run .ci/run)");
+        common::skip("npm package nats is not installed in tests/clients/node (run .ci/run)");
         return false;
     }
     available("node", "node", &["--version"])
@@ -44,8 +43,9 @@ fn go_client() -> Option<PathBuf> {
             match status {
                 Ok(s) if s.success() => Some(out),
                 other => {
-                    println!("SKIPPED: cannot build the nats.go client ({other:?}); are Go modules reachable?");
-                    eprintln!("SKIPPED: cannot build the nats.go client ({other:?})");
+                    common::skip(&format!(
+                        "cannot build the nats.go client ({other:?}); are Go modules reachable?"
+                    ));
                     None
                 }
             }
