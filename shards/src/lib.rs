@@ -6,6 +6,7 @@ pub mod limits;
 pub mod shard;
 pub mod store;
 pub mod subscription;
+pub mod wire;
 
 /// The STAN client protocol (proto/protocol.proto), generated at build time.
 #[allow(clippy::all, missing_docs)]

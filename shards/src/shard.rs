@@ -10,8 +10,9 @@
 
 use crate::channel::{is_valid_channel, Channel};
 use crate::limits::ResolvedLimits;
-use crate::pb::{self, Ack, PubAck, PubMsg, SubscriptionRequest, SubscriptionResponse};
+use crate::pb::{self, Ack, SubscriptionRequest, SubscriptionResponse};
 use crate::subscription::{QueueGroup, Subscription};
+use crate::wire::{encode_pub_ack, PubMsgView};
 use bytes::Bytes;
 use fxhash::FxHashMap;
 use prost::Message;
@@ -138,6 +139,11 @@ impl Shard {
         std::mem::take(&mut self.out)
     }
 
+    /// Moves what to send into `into` (empty), keeping both buffers' capacity for reuse.
+    pub fn swap_out(&mut self, into: &mut Vec<Out>) {
+        std::mem::swap(&mut self.out, into);
+    }
+
     pub fn has_out(&self) -> bool {
         !self.out.is_empty()
     }
@@ -243,13 +249,13 @@ impl Shard {
         reply: Option<Bytes>,
         dir: &dyn ChannelDirectory,
     ) {
-        let pm = match PubMsg::decode(payload.clone()) {
+        let pm = match PubMsgView::parse(payload) {
             Ok(pm) => pm,
             Err(_) => {
                 // The reference first retries a bad PubMsg as one of its control messages,
                 // which it ignores silently.
                 if pb::CtrlMsg::decode(payload.clone()).is_err() {
-                    self.pub_ack(reply, "", ERR_INVALID_PUB);
+                    self.pub_ack(reply, b"", ERR_INVALID_PUB);
                 }
                 return;
             }
@@ -257,41 +263,45 @@ impl Shard {
         self.stats.in_msgs += 1;
         self.stats.in_bytes += payload.len() as u64;
         let client_ok = if pm.client_id.is_empty() {
-            self.client_for_conn(&pm.conn_id).is_some()
+            self.conns.contains_key(pm.conn_id)
         } else {
-            self.client_valid(&pm.client_id, &pm.conn_id)
+            std::str::from_utf8(pm.client_id).is_ok_and(|id| self.client_valid(id, pm.conn_id))
         };
-        if pm.guid.is_empty() || pm.subject != channel || !is_valid_channel(channel) || !client_ok {
-            self.pub_ack(reply, &pm.guid, ERR_INVALID_PUB);
+        if pm.guid.is_empty()
+            || pm.subject != channel.as_bytes()
+            || !is_valid_channel(channel)
+            || !client_ok
+        {
+            self.pub_ack(reply, pm.guid, ERR_INVALID_PUB);
             return;
         }
         if let Err(e) = self.lookup_or_create(now, channel, dir) {
-            self.pub_ack(reply, &pm.guid, &e);
+            self.pub_ack(reply, pm.guid, &e);
             return;
         }
         let Some(ch) = self.channels.get_mut(channel) else {
             return;
         };
-        ch.log.append(channel, &pm.reply, pm.data, now.wall_ns);
+        ch.log
+            .append(channel.as_bytes(), pm.reply, pm.data, now.wall_ns);
         ch.last_activity = now.mono_ns;
         let limits = ch.limits;
         ch.log.enforce_size_limits(&limits);
-        self.pub_ack(reply, &pm.guid, "");
-        self.deliver_channel(now, channel);
+        let has_subs = !ch.plain.is_empty() || !ch.queues.is_empty();
+        self.pub_ack(reply, pm.guid, "");
+        if has_subs {
+            self.deliver_channel(now, channel);
+        }
     }
 
-    fn pub_ack(&mut self, reply: Option<Bytes>, guid: &str, error: &str) {
+    fn pub_ack(&mut self, reply: Option<Bytes>, guid: &[u8], error: &str) {
         let Some(reply) = reply else {
             return;
-        };
-        let ack = PubAck {
-            guid: guid.to_string(),
-            error: error.to_string(),
         };
         self.out.push(Out {
             subject: reply,
             reply: None,
-            payload: Bytes::from(ack.encode_to_vec()),
+            payload: encode_pub_ack(guid, error),
         });
     }
 
@@ -576,14 +586,19 @@ impl Shard {
 
     /// Gives every subscription of the channel what it has room for.
     fn deliver_channel(&mut self, now: Now, channel: &str) {
-        let Some(ch) = self.channels.get(channel) else {
-            return;
-        };
-        let plain = ch.plain.clone();
-        let groups: Vec<String> = ch.queues.keys().cloned().collect();
-        for id in plain {
+        let mut i = 0;
+        while let Some(id) = self
+            .channels
+            .get(channel)
+            .and_then(|c| c.plain.get(i).copied())
+        {
             self.deliver_plain(now, id);
+            i += 1;
         }
+        let groups: Vec<String> = match self.channels.get(channel) {
+            Some(ch) if !ch.queues.is_empty() => ch.queues.keys().cloned().collect(),
+            _ => return,
+        };
         for g in groups {
             self.deliver_queue(now, channel, &g);
         }

@@ -44,6 +44,8 @@ pub struct Node {
     pub opts: Rc<Options>,
     pub control: Option<ControlPlane>,
     waiters: RefCell<FxHashMap<u64, Rc<Waiter>>>,
+    /// The output buffer swapped with the shard's at each flush (no allocation per message).
+    scratch: RefCell<Vec<shards::shard::Out>>,
     next_token: Cell<u64>,
     me: RefCell<Weak<Node>>,
 }
@@ -79,6 +81,7 @@ impl Node {
             dir,
             opts: Rc::new(opts.clone()),
             waiters: RefCell::new(FxHashMap::default()),
+            scratch: RefCell::new(Vec::new()),
             next_token: Cell::new(1),
             me: RefCell::new(Weak::new()),
         });
@@ -118,10 +121,12 @@ impl Node {
 
     /// Publishes what the state machine queued, in order.
     pub fn flush(&self) {
-        let out = self.shard.borrow_mut().take_out();
-        for o in out {
+        let mut out = std::mem::take(&mut *self.scratch.borrow_mut());
+        self.shard.borrow_mut().swap_out(&mut out);
+        for o in out.drain(..) {
             self.publish(&o.subject, o.reply.as_deref(), &o.payload);
         }
+        *self.scratch.borrow_mut() = out;
     }
 
     pub fn publish(&self, subject: &[u8], reply: Option<&[u8]>, payload: &Bytes) {

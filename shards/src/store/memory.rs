@@ -4,7 +4,9 @@
 
 use crate::limits::ChannelLimits;
 use crate::pb::MsgProto;
+use crate::wire::{encode_msg_into, msg_len};
 use bytes::Bytes;
+use bytes::BytesMut;
 use prost::Message;
 use std::collections::VecDeque;
 
@@ -28,9 +30,17 @@ impl StoredMsg {
     }
 }
 
+/// Messages are encoded into shared chunks that grow from this size...
+const FIRST_CHUNK: usize = 4 << 10;
+/// ...to this one, so a busy channel makes one allocation per thousands of messages and an
+/// idle one holds little. A chunk is freed when the last message in it is.
+const MAX_CHUNK: usize = 1 << 20;
+
 #[derive(Debug, Default)]
 pub struct MemoryLog {
     msgs: VecDeque<StoredMsg>,
+    chunk: BytesMut,
+    next_chunk: usize,
     /// The sequence the next message gets, minus one.
     last_seq: u64,
     bytes: u64,
@@ -43,18 +53,16 @@ impl MemoryLog {
     }
 
     /// Appends a message; its timestamp never goes below the previous one.
-    pub fn append(&mut self, subject: &str, reply: &str, data: Bytes, now_ns: i64) -> &StoredMsg {
+    pub fn append(&mut self, subject: &[u8], reply: &[u8], data: &[u8], now_ns: i64) -> &StoredMsg {
         let seq = self.last_seq + 1;
         let timestamp = now_ns.max(self.last_timestamp);
-        let proto = MsgProto {
-            sequence: seq,
-            subject: subject.to_string(),
-            reply: reply.to_string(),
-            data,
-            timestamp,
-            ..Default::default()
-        };
-        let encoded = Bytes::from(proto.encode_to_vec());
+        let len = msg_len(seq, subject, reply, data, timestamp);
+        if self.chunk.capacity() - self.chunk.len() < len {
+            self.next_chunk = (self.next_chunk * 2).clamp(FIRST_CHUNK, MAX_CHUNK);
+            self.chunk = BytesMut::with_capacity(self.next_chunk.max(len));
+        }
+        encode_msg_into(&mut self.chunk, seq, subject, reply, data, timestamp);
+        let encoded = self.chunk.split().freeze();
         self.last_seq = seq;
         self.last_timestamp = timestamp;
         self.bytes += encoded.len() as u64;
@@ -160,7 +168,7 @@ mod tests {
         let mut log = MemoryLog::new();
         assert_eq!((log.first_seq(), log.last_seq()), (0, 0));
         for i in 0..5 {
-            log.append("foo", "", Bytes::from(vec![b'x'; 10]), 100 - i);
+            log.append(b"foo", b"", &[b'x'; 10], 100 - i);
         }
         assert_eq!((log.first_seq(), log.last_seq()), (1, 5));
         assert!(log.get(5).unwrap().timestamp >= log.get(4).unwrap().timestamp);
@@ -183,7 +191,7 @@ mod tests {
         };
         assert_eq!(log.expire(&aged, 1000), 1);
         assert_eq!((log.first_seq(), log.last_seq()), (6, 5));
-        assert_eq!(log.append("foo", "", Bytes::new(), 2000).seq, 6);
+        assert_eq!(log.append(b"foo", b"", b"", 2000).seq, 6);
         let m = log.get(6).unwrap().decode().unwrap();
         assert_eq!((m.sequence, m.subject.as_str()), (6, "foo"));
     }
