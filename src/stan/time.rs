@@ -16,6 +16,8 @@ fn read(clock: libc::clockid_t) -> libc::timespec {
     ts
 }
 
+// time_t and c_long are i64 on the 64-bit targets stanza ships for, not on every target.
+#[allow(clippy::unnecessary_cast)]
 fn nanos(ts: libc::timespec) -> i64 {
     (ts.tv_sec as i64)
         .saturating_mul(1_000_000_000)
