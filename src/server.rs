@@ -308,7 +308,21 @@ async fn run_core(
     ));
     core.outbox.start_flushers(Rc::new(senders));
     // Registered before the mesh is read, so no streaming message from a peer finds it absent.
-    let _streaming = Node::start(core.clone(), &opts, directory);
+    let streaming = Node::start(core.clone(), &opts, directory);
+    if id == 0 {
+        match crate::monitor::start(streaming.clone()) {
+            Ok(Some((host, port))) => {
+                log::info!("Starting http monitor on {host}:{port}");
+            }
+            Ok(None) => {}
+            Err(source) => {
+                let addr = crate::monitor::http_address(&opts)
+                    .map(|(h, p)| format!("{h}:{p}"))
+                    .unwrap_or_default();
+                return Err(ServerError::Listen { addr, source });
+            }
+        }
+    }
     for (peer, stream) in receivers.streams() {
         let core = core.clone();
         glommio::spawn_local(async move {

@@ -322,6 +322,11 @@ impl Shard {
         });
     }
 
+    /// The current ack inbox of a subscription (monitoring shows it).
+    pub fn ack_inbox_of(&self, sub: &Subscription) -> String {
+        self.ack_inbox(sub)
+    }
+
     fn ack_inbox(&self, sub: &Subscription) -> String {
         format!("{}{}.{}", self.cfg.ack_prefix, sub.id, sub.ack_generation)
     }

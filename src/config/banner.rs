@@ -46,8 +46,8 @@ pub fn unavailable_features(o: &Options) -> Vec<String> {
     note(o.tls.is_some(), "TLS on the client port");
     note(o.cluster.is_some(), "NATS route clustering (cluster {})");
     note(
-        o.http_port.is_some() || o.https_port.is_some() || o.http.is_some() || o.https.is_some(),
-        "HTTP monitoring",
+        o.https_port.is_some() || o.https.is_some(),
+        "HTTPS monitoring",
     );
     note(o.syslog || o.remote_syslog.is_some(), "syslog");
     note(

@@ -85,6 +85,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     let stream = SharedStream(Rc::new(RefCell::new(stream)));
     let cid = core.next_cid();
     let conn = Rc::new(ClientConn::new(cid, core.opts.max_pending));
+    conn.peer.set(peer);
     core.stats
         .total_connections
         .set(core.stats.total_connections.get() + 1);
@@ -384,6 +385,8 @@ fn handle_pub(core: &Core, conn: &ClientConn, p: Publish) -> Next {
         return Next::Continue;
     }
     conn.in_msgs.set(conn.in_msgs.get() + 1);
+    conn.in_bytes
+        .set(conn.in_bytes.get() + p.payload().len() as u64);
     if let Some(handler) = core.internal_handler() {
         if handler.on_publish(&p.msg_ref()) {
             send_ok(conn);

@@ -170,6 +170,11 @@ pub struct ClientConn {
     pub subs: RefCell<FxHashMap<Bytes, Rc<LocalSub>>>,
     pub in_msgs: Cell<u64>,
     pub out_msgs: Cell<u64>,
+    pub in_bytes: Cell<u64>,
+    pub out_bytes: Cell<u64>,
+    /// The client's address, for monitoring (`/connz`).
+    pub peer: Cell<Option<std::net::SocketAddr>>,
+    pub started: std::time::SystemTime,
     /// Server PINGs not answered yet.
     pub pings_out: Cell<u32>,
     /// A valid CONNECT was received.
@@ -189,6 +194,10 @@ impl ClientConn {
             subs: RefCell::new(FxHashMap::default()),
             in_msgs: Cell::new(0),
             out_msgs: Cell::new(0),
+            in_bytes: Cell::new(0),
+            out_bytes: Cell::new(0),
+            peer: Cell::new(None),
+            started: std::time::SystemTime::now(),
             pings_out: Cell::new(0),
             connected: Cell::new(false),
             max_pending,
@@ -447,6 +456,7 @@ impl Core {
             out.len()
         };
         bump(&conn.out_msgs, 1);
+        bump(&conn.out_bytes, msg.payload.len() as u64);
         bump(&self.stats.out_msgs, 1);
         bump(&self.stats.out_bytes, msg.payload.len() as u64);
         if max > 0 && delivered == max {

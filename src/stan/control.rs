@@ -42,6 +42,15 @@ impl ControlPlane {
     pub fn client_count(&self) -> usize {
         self.clients.borrow().len()
     }
+
+    /// (client ID, heartbeat inbox) of every registered client.
+    pub fn clients_list(&self) -> Vec<(String, String)> {
+        self.clients
+            .borrow()
+            .iter()
+            .map(|(id, c)| (id.clone(), c.hb_inbox.clone()))
+            .collect()
+    }
 }
 
 impl Node {

@@ -61,4 +61,12 @@ pub enum StanMsg {
     HurryHeartbeat {
         client_id: String,
     },
+    /// Monitoring: report this core's figures to the asking core.
+    Snapshot {
+        token: u64,
+    },
+    SnapshotReply {
+        token: u64,
+        snapshot: Box<crate::monitor::snapshot::CoreSnapshot>,
+    },
 }

@@ -11,8 +11,10 @@ use super::subjects::{Kind, Subjects};
 use super::time;
 use crate::config::Options;
 use crate::mesh::MeshMsg;
+use crate::monitor::snapshot::{self, CoreSnapshot};
 use crate::nats::core::{Core, InternalHandler, MsgRef};
 use crate::util::notify::Notify;
+use crate::util::timeout::within;
 use bytes::Bytes;
 use fxhash::FxHashMap;
 use prost::Message;
@@ -44,6 +46,9 @@ pub struct Node {
     pub opts: Rc<Options>,
     pub control: Option<ControlPlane>,
     waiters: RefCell<FxHashMap<u64, Rc<Waiter>>>,
+    /// Monitoring snapshots being gathered: token -> (cores left, reports so far).
+    gathers: RefCell<FxHashMap<u64, (usize, Vec<CoreSnapshot>)>>,
+    gathered: Notify,
     /// The output buffer swapped with the shard's at each flush (no allocation per message).
     scratch: RefCell<Vec<shards::shard::Out>>,
     next_token: Cell<u64>,
@@ -82,6 +87,8 @@ impl Node {
             opts: Rc::new(opts.clone()),
             waiters: RefCell::new(FxHashMap::default()),
             scratch: RefCell::new(Vec::new()),
+            gathers: RefCell::new(FxHashMap::default()),
+            gathered: Notify::new(),
             next_token: Cell::new(1),
             me: RefCell::new(Weak::new()),
         });
@@ -163,6 +170,32 @@ impl Node {
 
     pub fn drop_waiter(&self, token: u64) {
         self.waiters.borrow_mut().remove(&token);
+    }
+
+    /// Every core's monitoring report (cores that do not answer within `limit` are missing).
+    pub async fn gather(&self, limit: Duration) -> Vec<CoreSnapshot> {
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        self.gathers
+            .borrow_mut()
+            .insert(token, (self.core.ncores, Vec::new()));
+        for shard in 0..self.core.ncores {
+            self.send_to(shard, StanMsg::Snapshot { token });
+        }
+        let _ = within(limit, async {
+            while self.gathers.borrow().get(&token).is_some_and(|g| g.0 > 0) {
+                self.gathered.notified().await;
+            }
+        })
+        .await;
+        let mut reports = self
+            .gathers
+            .borrow_mut()
+            .remove(&token)
+            .map(|g| g.1)
+            .unwrap_or_default();
+        reports.sort_by_key(|r| r.core);
+        reports
     }
 
     fn ping(&self, payload: &Bytes, reply: Option<&Bytes>) {
@@ -250,6 +283,20 @@ impl Node {
             StanMsg::Close { payload, reply } => self.on_close(payload, reply),
             StanMsg::Done { token } => self.on_done(token),
             StanMsg::HurryHeartbeat { client_id } => self.hurry_heartbeat(&client_id),
+            StanMsg::Snapshot { token } => {
+                let snapshot = Box::new(snapshot::take(self));
+                self.send_to(from, StanMsg::SnapshotReply { token, snapshot });
+            }
+            StanMsg::SnapshotReply { token, snapshot } => {
+                let mut gathers = self.gathers.borrow_mut();
+                if let Some((left, reports)) = gathers.get_mut(&token) {
+                    reports.push(*snapshot);
+                    *left -= 1;
+                    if *left == 0 {
+                        self.gathered.notify();
+                    }
+                }
+            }
         }
     }
 }

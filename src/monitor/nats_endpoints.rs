@@ -1,0 +1,203 @@
+//! The embedded NATS server's endpoints: `/varz`, `/connz`, `/routez`, `/subsz`, `/healthz`,
+//! with nats-server 2.9's field names (stan-reference.md §3.7).
+
+use super::format::{rfc3339, uptime};
+use super::http::{Query, Reply};
+use super::snapshot::{ConnSnapshot, CoreSnapshot};
+use super::{page, paging, Monitor};
+use crate::nats::wire::NATS_PROTOCOL_VERSION;
+use serde_json::{json, Value};
+use std::time::{Duration, SystemTime};
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+fn sum(reports: &[CoreSnapshot], f: fn(&CoreSnapshot) -> u64) -> u64 {
+    reports.iter().map(f).sum()
+}
+
+pub async fn varz(m: &Monitor) -> Reply {
+    let reports = m.gather().await;
+    let o = &m.opts;
+    let core = &m.node.core;
+    let connections: usize = reports.iter().map(|r| r.conns.len()).sum();
+    let subscriptions: u64 = reports.iter().map(|r| r.sublist.count).sum();
+    let tls = o.tls.as_ref();
+    Reply::Json(json!({
+        "server_id": &*core.server_id,
+        "server_name": o.server_name.clone().unwrap_or_else(|| core.server_id.to_string()),
+        "version": NATS_PROTOCOL_VERSION,
+        "proto": 1,
+        "go": format!("stanza {} (rust)", env!("CARGO_PKG_VERSION")),
+        "host": o.host,
+        "port": o.port,
+        "auth_required": o.auth.required(),
+        "tls_required": tls.is_some(),
+        "tls_verify": tls.is_some_and(|t| t.verify),
+        "max_connections": o.max_connections,
+        "max_subscriptions": o.max_subscriptions,
+        "ping_interval": nanos(o.ping_interval),
+        "ping_max": o.ping_max,
+        "http_host": m.http_host,
+        "http_port": m.http_port,
+        "http_base_path": o.http_base_path.clone().unwrap_or_default(),
+        "https_port": o.https_port.unwrap_or(0),
+        "auth_timeout": o.auth_timeout.as_secs_f64(),
+        "max_control_line": o.max_control_line,
+        "max_payload": o.max_payload,
+        "max_pending": o.max_pending,
+        "cluster": {},
+        "gateway": {},
+        "leaf": {},
+        "mqtt": {},
+        "websocket": {},
+        "jetstream": {},
+        "tls_timeout": tls.and_then(|t| t.timeout).map(|d| d.as_secs_f64()).unwrap_or(2.0),
+        "write_deadline": nanos(o.write_deadline),
+        "start": rfc3339(m.started),
+        "now": rfc3339(SystemTime::now()),
+        "uptime": uptime(m.started.elapsed().unwrap_or(Duration::ZERO)),
+        "mem": rss_bytes(),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "gomaxprocs": core.ncores,
+        "cpu": 0.0,
+        "connections": connections,
+        "total_connections": sum(&reports, |r| r.total_connections),
+        "routes": 0,
+        "remotes": 0,
+        "leafnodes": 0,
+        "in_msgs": sum(&reports, |r| r.in_msgs),
+        "out_msgs": sum(&reports, |r| r.out_msgs),
+        "in_bytes": sum(&reports, |r| r.in_bytes),
+        "out_bytes": sum(&reports, |r| r.out_bytes),
+        "slow_consumers": sum(&reports, |r| r.slow_consumers),
+        "subscriptions": subscriptions,
+        "http_req_stats": m.request_counts(),
+        "config_load_time": rfc3339(m.started),
+        "system_account": "",
+    }))
+}
+
+fn conn_json(c: &ConnSnapshot, subs: bool) -> Value {
+    let start = c.start.unwrap_or_else(SystemTime::now);
+    let mut v = json!({
+        "cid": c.cid,
+        "kind": "Client",
+        "type": "nats",
+        "ip": c.ip,
+        "port": c.port,
+        "start": rfc3339(start),
+        "last_activity": rfc3339(SystemTime::now()),
+        "rtt": "0s",
+        "uptime": uptime(start.elapsed().unwrap_or(Duration::ZERO)),
+        "idle": "0s",
+        "pending_bytes": c.pending_bytes,
+        "in_msgs": c.in_msgs,
+        "out_msgs": c.out_msgs,
+        "in_bytes": c.in_bytes,
+        "out_bytes": c.out_bytes,
+        "subscriptions": c.subscriptions.len(),
+        "name": c.name,
+        "lang": c.lang,
+        "version": c.version,
+    });
+    if let Some(o) = v.as_object_mut() {
+        if !c.user.is_empty() {
+            o.insert("authorized_user".into(), json!(c.user));
+        }
+        if subs && !c.subscriptions.is_empty() {
+            o.insert("subscriptions_list".into(), json!(c.subscriptions));
+        }
+    }
+    v
+}
+
+pub async fn connz(m: &Monitor, q: &Query) -> Reply {
+    let reports = m.gather().await;
+    let mut conns: Vec<&ConnSnapshot> = reports.iter().flat_map(|r| r.conns.iter()).collect();
+    conns.sort_by_key(|c| c.cid);
+    if let Some(cid) = q.get("cid").and_then(|c| c.parse::<u64>().ok()) {
+        conns.retain(|c| c.cid == cid);
+    }
+    let subs = q
+        .get("subs")
+        .is_some_and(|v| v == "1" || v == "true" || v == "detail");
+    let (offset, limit) = paging(q);
+    let total = conns.len();
+    let shown = page(conns, offset, limit);
+    Reply::Json(json!({
+        "server_id": &*m.node.core.server_id,
+        "now": rfc3339(SystemTime::now()),
+        "num_connections": shown.len(),
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "connections": shown.iter().map(|c| conn_json(c, subs)).collect::<Vec<_>>(),
+    }))
+}
+
+pub fn routez(m: &Monitor) -> Reply {
+    Reply::Json(json!({
+        "server_id": &*m.node.core.server_id,
+        "server_name": m.opts.server_name.clone().unwrap_or_else(|| m.node.core.server_id.to_string()),
+        "now": rfc3339(SystemTime::now()),
+        "import": null,
+        "export": null,
+        "num_routes": 0,
+        "routes": [],
+    }))
+}
+
+pub async fn subsz(m: &Monitor, q: &Query) -> Reply {
+    let reports = m.gather().await;
+    let count: u64 = reports.iter().map(|r| r.sublist.count).sum();
+    let matches: u64 = reports.iter().map(|r| r.sublist.matches).sum();
+    let hits: u64 = reports.iter().map(|r| r.sublist.cache_hits).sum();
+    let (offset, limit) = paging(q);
+    let mut v = json!({
+        "server_id": &*m.node.core.server_id,
+        "now": rfc3339(SystemTime::now()),
+        "num_subscriptions": count,
+        "num_cache": 0,
+        "num_inserts": reports.iter().map(|r| r.sublist.inserts).sum::<u64>(),
+        "num_removes": reports.iter().map(|r| r.sublist.removes).sum::<u64>(),
+        "num_matches": matches,
+        "cache_hit_rate": if matches == 0 { 0.0 } else { hits as f64 / matches as f64 },
+        "max_fanout": 0,
+        "avg_fanout": 0.0,
+        "total": count,
+        "offset": offset,
+        "limit": limit,
+    });
+    if q.get("subs")
+        .is_some_and(|v| v == "1" || v == "true" || v == "detail")
+    {
+        let mut list: Vec<Value> = reports
+            .iter()
+            .flat_map(|r| r.conns.iter())
+            .flat_map(|c| {
+                c.subscriptions
+                    .iter()
+                    .map(move |s| json!({"subject": s, "cid": c.cid}))
+            })
+            .collect();
+        list = page(list, offset, limit);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("subscriptions_list".into(), Value::Array(list));
+        }
+    }
+    Reply::Json(v)
+}
+
+pub fn healthz(_m: &Monitor) -> Reply {
+    Reply::Json(json!({"status": "ok"}))
+}
