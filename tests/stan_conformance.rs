@@ -49,11 +49,13 @@ fn case_with_config(name: &str, config: Option<&str>, flags: &[&str]) {
     let Some(bin) = stan_go() else {
         return;
     };
-    let mut args = vec!["--cores", "2"];
+    let monitor_port = common::free_port().to_string();
+    let mut args = vec!["--cores", "2", "-m", &monitor_port];
     args.extend_from_slice(flags);
     let srv = Server::start_with_config(config, &args);
     let mut cmd = Command::new(bin);
     cmd.args([name, &srv.url()]);
+    cmd.env("STANZA_MONITOR", format!("http://127.0.0.1:{monitor_port}"));
     run_client(cmd, CASE_TIMEOUT);
 }
 
@@ -323,4 +325,39 @@ fn item60_reference_server_sees_stanza() {
         return;
     }
     case("item60_go_server_sees_stanza", &[]);
+}
+
+#[test]
+fn item22_stalled_in_monitoring() {
+    case("item22_stalled_in_monitoring", &[]);
+}
+
+#[test]
+fn item26_in_and_out_counters() {
+    case("item26_counters", &[]);
+}
+
+#[test]
+fn item31_offline_durable_in_monitoring() {
+    case("item31_offline_durable_in_monitoring", &[]);
+}
+
+#[test]
+fn item36_durable_queue_shadow_in_monitoring() {
+    case("item36_durable_queue_shadow_in_monitoring", &[]);
+}
+
+#[test]
+fn item41_subs_count_drops() {
+    case("item41_subs_count_drops", &[]);
+}
+
+#[test]
+fn item42_channelsz_after_limit() {
+    case("item42_channelsz_after_limit", &["-mm", "5"]);
+}
+
+#[test]
+fn item46_channel_disappears_from_channelsz() {
+    case("item46_channel_disappears", &["-mi", "1s"]);
 }
