@@ -160,7 +160,10 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     let online = online_cpus();
     let io_memory = io_memory_per_executor(ncores);
     probe_io_uring()?;
-    check_port_free(&opts.host, opts.port)?;
+    let external = opts.streaming.nats_server.is_some();
+    if !external {
+        check_port_free(&opts.host, opts.port)?;
+    }
     let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(ncores, MESH_RING_BATCHES);
     let server_id: Arc<str> = new_server_id().into();
     let global = Arc::new(GlobalCounters::new(ncores));
@@ -240,11 +243,13 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
             }
         }
     }
-    log::info!(
-        "Listening for client connections on {}:{}",
-        opts.host,
-        opts.port
-    );
+    if !external {
+        log::info!(
+            "Listening for client connections on {}:{}",
+            opts.host,
+            opts.port
+        );
+    }
     log::info!("Server is ready");
     Ok(Running {
         cores: ncores,
@@ -349,13 +354,30 @@ async fn run_core(
         })
         .detach();
     }
-    let listener =
-        TcpListener::bind((opts.host.as_str(), opts.port)).map_err(|e| ServerError::Listen {
-            addr: format!("{}:{}", opts.host, opts.port),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+    // With an external NATS server (-ns) stanza serves no NATS clients itself.
+    let listener = if opts.streaming.nats_server.is_some() {
+        streaming
+            .start_external()
+            .await
+            .map_err(|msg| ServerError::Core { core: id, msg })?;
+        None
+    } else {
+        Some(
+            TcpListener::bind((opts.host.as_str(), opts.port)).map_err(|e| {
+                ServerError::Listen {
+                    addr: format!("{}:{}", opts.host, opts.port),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?,
+        )
+    };
     let _ = ready.send(Ok(id));
-    let accepting = accept_loop(&core, &listener, &handoff_tx);
+    let accepting = async {
+        match &listener {
+            Some(l) => accept_loop(&core, l, &handoff_tx).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
     let stop_requested = async {
         let mut seen_reload = 0;
         while !lifecycle.stop.load(Ordering::Acquire) {

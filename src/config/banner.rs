@@ -54,7 +54,10 @@ pub fn unavailable_features(o: &Options) -> Vec<String> {
         o.log_size_limit > 0,
         "log rotation by size (log_size_limit)",
     );
-    note(s.nats_server.is_some(), "an external NATS server (-ns)");
+    note(
+        s.secure || s.tls.client_cert.is_some(),
+        "TLS to the external NATS server",
+    );
     note(s.store != StoreType::Memory, "the FILE/SQL store");
     note(s.ft_group.is_some(), "fault-tolerant mode (ft_group)");
     note(s.cluster.is_some(), "streaming clustering");

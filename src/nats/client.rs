@@ -33,7 +33,8 @@ const EARLY_PING_GRACE: std::time::Duration = std::time::Duration::from_millis(5
 /// The socket shared by the reader and the writer task. Each borrow lasts one poll, and the
 /// two tasks run on one thread, so the borrows never overlap.
 #[derive(Clone)]
-struct SharedStream(Rc<RefCell<TcpStream>>);
+/// A socket read by one task and written by another on the same core.
+pub struct SharedStream(pub Rc<RefCell<TcpStream>>);
 
 impl AsyncRead for SharedStream {
     fn poll_read(

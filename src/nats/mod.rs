@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod client_proto;
 pub mod core;
 pub mod parser;
 pub mod subject;

@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod directory;
+pub mod external;
 pub mod messages;
 pub mod node;
 pub mod requests;

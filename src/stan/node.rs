@@ -5,6 +5,7 @@
 
 use super::control::ControlPlane;
 use super::directory::SharedDirectory;
+use super::external::External;
 use super::messages::StanMsg;
 use super::requests;
 use super::subjects::{Kind, Subjects};
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use fxhash::FxHashMap;
 use prost::Message;
 use shards::limits::{ChannelLimits, ResolvedLimits};
-use shards::pb::{Ping, PingResponse};
+use shards::pb::{ConnectRequest, Ping, PingResponse};
 use shards::shard::{Shard, ShardConfig, SubEnd};
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
@@ -29,6 +30,9 @@ use std::time::Duration;
 /// How often a shard looks at its timers (redelivery, max_age, max_inactivity). Ack waits
 /// are whole seconds, so this bounds lateness well below what clients notice.
 const TICK: Duration = Duration::from_millis(20);
+
+/// How long the standalone check waits for another server's answer (the reference's 250 ms).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// A request this core made to a client (heartbeat, duplicate-ID probe), waiting for an
 /// answer on a reply inbox.
@@ -45,6 +49,8 @@ pub struct Node {
     pub dir: Arc<SharedDirectory>,
     pub opts: Rc<Options>,
     pub control: Option<ControlPlane>,
+    /// This shard's connection to an external NATS server (`-ns`); `None` when embedded.
+    external: RefCell<Option<Rc<External>>>,
     waiters: RefCell<FxHashMap<u64, Rc<Waiter>>>,
     /// Monitoring snapshots being gathered: token -> (cores left, reports so far).
     gathers: RefCell<FxHashMap<u64, (usize, Vec<CoreSnapshot>)>>,
@@ -80,6 +86,7 @@ impl Node {
         });
         let node = Rc::new(Node {
             control: (core.id == 0).then(ControlPlane::default),
+            external: RefCell::new(None),
             core: core.clone(),
             subjects,
             shard: RefCell::new(shard),
@@ -137,6 +144,10 @@ impl Node {
     }
 
     pub fn publish(&self, subject: &[u8], reply: Option<&[u8]>, payload: &Bytes) {
+        if let Some(ext) = self.external.borrow().as_ref() {
+            ext.publish(subject, reply, payload);
+            return;
+        }
         self.core.publish(
             None,
             &MsgRef {
@@ -153,6 +164,78 @@ impl Node {
         if let Some(r) = reply {
             self.publish(r, None, &payload);
         }
+    }
+
+    /// A message from the external NATS server on one of this shard's subscriptions.
+    pub fn on_external_msg(&self, subject: &Bytes, reply: Option<&Bytes>, payload: &Bytes) {
+        let msg = MsgRef {
+            subject,
+            reply: reply.map(|r| r.as_ref()),
+            header_len: 0,
+            payload,
+            backing: Some(payload),
+        };
+        InternalHandler::on_publish(self, &msg);
+    }
+
+    /// External NATS mode: connects this shard, and on shard 0 checks that no other streaming
+    /// server answers on the discover subject before serving it.
+    pub async fn start_external(self: &Rc<Self>) -> Result<(), String> {
+        let ext = External::new(self)?;
+        let cid = self.subjects.cluster_id.clone();
+        ext.subscribe(&format!("{}>", self.subjects.ack_prefix(self.core.id)));
+        ext.subscribe(&format!("_STAN.reply.{cid}.{}.>", self.core.id));
+        ext.start().await?;
+        *self.external.borrow_mut() = Some(ext.clone());
+        if self.core.id != 0 {
+            return Ok(());
+        }
+        ext.flush(PROBE_TIMEOUT * 4).await;
+        if self.another_server_answers().await {
+            return Err(format!(
+                "discovered another streaming server with cluster ID {cid:?}"
+            ));
+        }
+        let s = &self.subjects;
+        for subject in [
+            s.discover.clone(),
+            s.pings.clone(),
+            format!("{}.>", s.publish_prefix),
+            s.subscribe.clone(),
+            s.unsubscribe.clone(),
+            s.sub_close.clone(),
+            s.close.clone(),
+        ] {
+            ext.subscribe(&subject);
+        }
+        ext.flush(PROBE_TIMEOUT * 4).await;
+        Ok(())
+    }
+
+    /// The reference's standalone check: a connect request for our own cluster ID on the
+    /// discover subject; any answer means another server serves it.
+    async fn another_server_answers(&self) -> bool {
+        let (inbox, token, waiter) = self.new_waiter();
+        let probe = ConnectRequest {
+            client_id: self.subjects.cluster_id.clone(),
+            heartbeat_inbox: format!("{inbox}.hb"),
+            protocol: 1,
+            ..Default::default()
+        };
+        self.publish(
+            self.subjects.discover.as_bytes(),
+            Some(inbox.as_bytes()),
+            &Bytes::from(probe.encode_to_vec()),
+        );
+        let answered = within(PROBE_TIMEOUT, async {
+            while !waiter.answered.get() {
+                waiter.notify.notified().await;
+            }
+        })
+        .await
+        .is_some();
+        self.drop_waiter(token);
+        answered
     }
 
     /// Registers a waiter for an answer on a new reply inbox of this core.

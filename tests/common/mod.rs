@@ -84,6 +84,31 @@ impl Server {
         server
     }
 
+    /// Starts in external NATS mode (`-ns` among `args`): there is no client port, so
+    /// readiness is the streaming banner.
+    #[allow(dead_code)]
+    pub fn start_external(args: &[&str]) -> Server {
+        let dir = TempDir::new("srv");
+        let log = dir.0.join("server.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stanza"));
+        cmd.args(args);
+        let log_file = std::fs::File::create(&log).expect("log file");
+        cmd.stdout(Stdio::null()).stderr(log_file);
+        let child = cmd.spawn().expect("spawn stanza");
+        let server = Server {
+            child,
+            port: 0,
+            log,
+            _dir: dir,
+        };
+        assert!(
+            server.wait_for_log("STAN: ----------------------------------", START_TIMEOUT),
+            "stanza (external mode) not ready:\n{}",
+            server.log_text()
+        );
+        server
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
