@@ -45,6 +45,8 @@ func init() {
 		for _, bad := range []string{".foo", "foo..bar", "foo.", "a/b", "foo.*", "foo.>"} {
 			check("channel "+bad, r.pubMsg(bad, &pb.PubMsg{ClientID: "c11", Guid: "g", Subject: bad, ConnID: r.connID}))
 		}
+		// stanza routes by the subject suffix: a PubMsg naming another channel is refused.
+		check("subject disagrees with suffix", r.pubMsg("ch11", &pb.PubMsg{ClientID: "c11", Guid: "g", Subject: "other", ConnID: r.connID}))
 		m := request(r.nc, r.resp.PubPrefix+".ch11", []byte("dummy"))
 		ack := &pb.PubAck{}
 		must(ack.Unmarshal(m.Data), "decode")
