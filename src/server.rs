@@ -38,6 +38,8 @@ pub enum ServerError {
     Executor(String),
     #[error("core {core}: {msg}")]
     Core { core: usize, msg: String },
+    #[error("{0}")]
+    Tls(#[from] crate::nats::tls::TlsError),
     #[error("the server did not become ready within {0:?}")]
     StartTimeout(Duration),
 }
@@ -164,6 +166,11 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     if !external {
         check_port_free(&opts.host, opts.port)?;
     }
+    // Certificates are read once, before any core starts: a bad file is a start-up error.
+    let tls = match &opts.tls {
+        Some(t) => Some(crate::nats::tls::server_config(t)?),
+        None => None,
+    };
     let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(ncores, MESH_RING_BATCHES);
     let server_id: Arc<str> = new_server_id().into();
     let global = Arc::new(GlobalCounters::new(ncores));
@@ -189,6 +196,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         let server_id = server_id.clone();
         let global = global.clone();
         let directory = directory.clone();
+        let tls = tls.clone();
         let ready_tx = ready_tx.clone();
         let lifecycle = Lifecycle {
             stop: stop.clone(),
@@ -218,7 +226,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
                 };
                 executor.run(async move {
                     if let Err(e) = run_core(
-                        opts, mesh, handoff, ncores, server_id, global, directory, &ready_tx,
+                        opts, mesh, handoff, ncores, server_id, global, directory, tls, &ready_tx,
                         lifecycle,
                     )
                     .await
@@ -296,6 +304,7 @@ async fn run_core(
     server_id: Arc<str>,
     global: Arc<GlobalCounters>,
     directory: Arc<SharedDirectory>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     ready: &mpsc::Sender<Result<usize, ServerError>>,
     lifecycle: Lifecycle,
 ) -> Result<(), ServerError> {
@@ -312,19 +321,21 @@ async fn run_core(
         global,
     ));
     core.outbox.start_flushers(Rc::new(senders));
+    core.set_tls(tls.clone());
     // Registered before the mesh is read, so no streaming message from a peer finds it absent.
     let streaming = Node::start(core.clone(), &opts, directory);
     if id == 0 {
-        match crate::monitor::start(streaming.clone()) {
-            Ok(Some((host, port))) => {
-                log::info!("Starting http monitor on {host}:{port}");
+        match crate::monitor::start(streaming.clone(), tls) {
+            Ok(bound) => {
+                for addr in bound {
+                    log::info!("Starting monitoring on {addr}");
+                }
             }
-            Ok(None) => {}
             Err(source) => {
-                let addr = crate::monitor::http_address(&opts)
-                    .map(|(h, p)| format!("{h}:{p}"))
-                    .unwrap_or_default();
-                return Err(ServerError::Listen { addr, source });
+                return Err(ServerError::Listen {
+                    addr: "monitoring".into(),
+                    source,
+                });
             }
         }
     }

@@ -43,12 +43,7 @@ pub fn unavailable_features(o: &Options) -> Vec<String> {
             ));
         }
     };
-    note(o.tls.is_some(), "TLS on the client port");
     note(o.cluster.is_some(), "NATS route clustering (cluster {})");
-    note(
-        o.https_port.is_some() || o.https.is_some(),
-        "HTTPS monitoring",
-    );
     note(o.syslog || o.remote_syslog.is_some(), "syslog");
     note(
         o.log_size_limit > 0,

@@ -3,9 +3,10 @@
 //! (pretty JSON, `Access-Control-Allow-Origin: *`, JSONP with `?callback=`).
 
 use super::{nats_endpoints, streaming_endpoints, Monitor};
+use crate::nats::transport::Transport;
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -15,8 +16,8 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-/// glommio's TcpStream seen through hyper's I/O traits.
-struct HyperIo(TcpStream);
+/// A connection (plain or TLS) seen through hyper's I/O traits.
+struct HyperIo(Transport);
 
 impl hyper::rt::Read for HyperIo {
     fn poll_read(
@@ -63,8 +64,12 @@ impl hyper::rt::Write for HyperIo {
     }
 }
 
-/// Accepts monitoring connections until the listener fails.
-pub async fn serve(listener: TcpListener, monitor: Rc<Monitor>) {
+/// Accepts monitoring connections (HTTPS when `tls` is given) until the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    monitor: Rc<Monitor>,
+    tls: Option<futures_rustls::TlsAcceptor>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -74,7 +79,23 @@ pub async fn serve(listener: TcpListener, monitor: Rc<Monitor>) {
             }
         };
         let monitor = monitor.clone();
+        let tls = tls.clone();
         glommio::spawn_local(async move {
+            let stream = match tls {
+                None => Transport::Plain(stream),
+                Some(acceptor) => {
+                    let handshake =
+                        crate::util::timeout::within(HANDSHAKE_LIMIT, acceptor.accept(stream));
+                    match handshake.await {
+                        Some(Ok(s)) => Transport::TlsServer(Box::new(s)),
+                        Some(Err(e)) => {
+                            log::debug!("Monitoring TLS handshake error: {e}");
+                            return;
+                        }
+                        None => return,
+                    }
+                }
+            };
             let service = hyper::service::service_fn(move |req| {
                 let monitor = monitor.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(&monitor, req).await) }
@@ -90,6 +111,8 @@ pub async fn serve(listener: TcpListener, monitor: Rc<Monitor>) {
         .detach();
     }
 }
+
+const HANDSHAKE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Query string parameters, percent-decoded.
 pub type Query = HashMap<String, String>;

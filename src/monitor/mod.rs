@@ -60,25 +60,70 @@ pub fn http_address(opts: &Options) -> Option<(String, u16)> {
     opts.http_port.map(|p| (opts.host.clone(), p))
 }
 
-/// Binds the monitoring port on this core (core 0) and serves it in the background.
-pub fn start(node: Rc<Node>) -> Result<Option<(String, u16)>, std::io::Error> {
-    let Some((host, port)) = http_address(&node.opts) else {
-        return Ok(None);
-    };
-    let listener = glommio::net::TcpListener::bind((host.as_str(), port))
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let bound = listener.local_addr().map(|a| a.port()).unwrap_or(port);
+/// The HTTPS monitoring listener address from `-ms`/`https_port` or `https: [host:]port`.
+pub fn https_address(opts: &Options) -> Option<(String, u16)> {
+    if let Some(https) = &opts.https {
+        return match https.rsplit_once(':') {
+            Some((host, port)) => port.parse().ok().map(|p| (host.to_string(), p)),
+            None => https.parse().ok().map(|p| (opts.host.clone(), p)),
+        };
+    }
+    opts.https_port.map(|p| (opts.host.clone(), p))
+}
+
+/// Binds the monitoring port(s) on this core (core 0) and serves them in the background.
+/// Returns the addresses bound, "http://..." / "https://...".
+pub fn start(
+    node: Rc<Node>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> Result<Vec<String>, std::io::Error> {
+    let plain = http_address(&node.opts);
+    let secure = https_address(&node.opts);
+    if plain.is_none() && secure.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut bound = Vec::new();
+    let mut listeners = Vec::new();
+    for (scheme, addr) in [("http", plain), ("https", secure)] {
+        let Some((host, port)) = addr else {
+            continue;
+        };
+        let acceptor = if scheme == "https" {
+            match &tls {
+                Some(config) => Some(futures_rustls::TlsAcceptor::from(config.clone())),
+                None => {
+                    return Err(std::io::Error::other(
+                        "https monitoring needs a tls { cert_file, key_file } configuration",
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        let listener = glommio::net::TcpListener::bind((host.as_str(), port))
+            .map_err(|e| std::io::Error::other(format!("{host}:{port}: {e}")))?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
+        bound.push(format!("{scheme}://{host}:{port}"));
+        listeners.push((listener, acceptor, host, port));
+    }
+    let (http_host, http_port) = listeners
+        .iter()
+        .find(|l| l.1.is_none())
+        .map(|l| (l.2.clone(), l.3))
+        .unwrap_or_default();
     let monitor = Rc::new(Monitor {
         opts: node.opts.clone(),
         node,
         started: SystemTime::now(),
         stan_server_id: format::nuid(),
-        http_host: host.clone(),
-        http_port: bound,
+        http_host,
+        http_port,
         requests: RefCell::new(BTreeMap::new()),
     });
-    glommio::spawn_local(http::serve(listener, monitor)).detach();
-    Ok(Some((host, bound)))
+    for (listener, acceptor, _, _) in listeners {
+        glommio::spawn_local(http::serve(listener, monitor.clone(), acceptor)).detach();
+    }
+    Ok(bound)
 }
 
 /// `offset` and `limit` as the reference reads them: negative offset is 0, limit <= 0 is 1024.

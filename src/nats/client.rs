@@ -7,19 +7,16 @@ use crate::nats::auth;
 use crate::nats::core::{ClientConn, CloseReason, ConnectOptions, Core, LocalSub};
 use crate::nats::parser::{ClientOp, Parser, ParserLimits, ProtocolError, Publish};
 use crate::nats::subject;
+use crate::nats::transport::{SharedStream, Transport};
 use crate::nats::wire::{self, errors};
 use crate::util::timeout::within;
 use bytes::{Bytes, BytesMut};
-use futures_lite::io::{AsyncRead, AsyncWrite};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use std::cell::{Cell, RefCell};
-use std::io;
+use std::cell::Cell;
 use std::os::fd::{AsRawFd, RawFd};
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 
 /// Read sizes adapt between these, as nats-server's do: idle connections stay small, busy
 /// ones read in large chunks.
@@ -29,44 +26,6 @@ const MAX_READ_CHUNK: usize = 64 * 1024;
 const SHRINK_AFTER: u32 = 8;
 /// How long a PONG to a client that sends PING ahead of its SUBs waits for those SUBs.
 const EARLY_PING_GRACE: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// The socket shared by the reader and the writer task. Each borrow lasts one poll, and the
-/// two tasks run on one thread, so the borrows never overlap.
-#[derive(Clone)]
-/// A socket read by one task and written by another on the same core.
-pub struct SharedStream(pub Rc<RefCell<TcpStream>>);
-
-impl AsyncRead for SharedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut s = self.0.borrow_mut();
-        Pin::new(&mut *s).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SharedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut s = self.0.borrow_mut();
-        Pin::new(&mut *s).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut s = self.0.borrow_mut();
-        Pin::new(&mut *s).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut s = self.0.borrow_mut();
-        Pin::new(&mut *s).poll_close(cx)
-    }
-}
 
 /// Shuts the socket down so that a pending read returns at once.
 fn shutdown(fd: RawFd, how: libc::c_int) {
@@ -83,7 +42,6 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
-    let stream = SharedStream(Rc::new(RefCell::new(stream)));
     let cid = core.next_cid();
     let conn = Rc::new(ClientConn::new(cid, core.opts.max_pending));
     conn.peer.set(peer);
@@ -95,7 +53,24 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
         cid,
         peer.map(|p| p.ip().to_string()).unwrap_or_default(),
     );
-    wire::push_info(&mut conn.out.borrow_mut(), &info);
+    let transport = match core.tls_acceptor() {
+        None => {
+            wire::push_info(&mut conn.out.borrow_mut(), &info);
+            Transport::Plain(stream)
+        }
+        Some(acceptor) => match upgrade(&core, acceptor, stream, &info).await {
+            Ok(t) => t,
+            Err(e) => {
+                log::debug!(
+                    "{} - cid:{cid} - TLS handshake error: {e}",
+                    peer_text(&peer)
+                );
+                core.global.release(core.id);
+                return;
+            }
+        },
+    };
+    let stream = SharedStream::new(transport);
 
     let writer = glommio::spawn_local(write_loop(core.clone(), conn.clone(), stream.clone(), fd));
     if !core.global.try_open(core.opts.max_connections) {
@@ -134,6 +109,30 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     drop(pinger);
     drop(auth_timer);
     writer.await;
+}
+
+/// TLS on the client port, as nats-server does it: INFO in the clear, then the client starts
+/// the handshake, which must finish within the tls timeout.
+async fn upgrade(
+    core: &Core,
+    acceptor: futures_rustls::TlsAcceptor,
+    mut stream: TcpStream,
+    info: &wire::ServerInfo,
+) -> Result<Transport, String> {
+    let mut hello = Vec::new();
+    wire::push_info(&mut hello, info);
+    stream.write_all(&hello).await.map_err(|e| e.to_string())?;
+    let limit = core
+        .opts
+        .tls
+        .as_ref()
+        .and_then(|t| t.timeout)
+        .unwrap_or(std::time::Duration::from_secs(2));
+    match within(limit, acceptor.accept(stream)).await {
+        Some(Ok(tls)) => Ok(Transport::TlsServer(Box::new(tls))),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("timed out".into()),
+    }
 }
 
 /// After a configuration reload: a connected client whose credentials no longer pass is told
@@ -179,7 +178,7 @@ fn server_info(core: &Core, cid: u64, client_ip: String) -> wire::ServerInfo {
         client_id: cid,
         client_ip,
         auth_required: core.auth.borrow().required(),
-        tls_required: false,
+        tls_required: core.tls_acceptor().is_some(),
         connect_urls: Vec::new(),
         stanza_version: env!("CARGO_PKG_VERSION"),
         stanza_core: core.id,

@@ -296,6 +296,8 @@ pub struct Core {
     barrier_done: Notify,
     next_barrier: Cell<u64>,
     internal: RefCell<Option<Rc<dyn InternalHandler>>>,
+    /// TLS on the client port: every connection upgrades after the INFO line.
+    tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
 }
 
 impl Core {
@@ -330,11 +332,20 @@ impl Core {
             barrier_done: Notify::new(),
             next_barrier: Cell::new(0),
             internal: RefCell::new(None),
+            tls: RefCell::new(None),
         }
     }
 
     pub fn set_internal_handler(&self, handler: Rc<dyn InternalHandler>) {
         *self.internal.borrow_mut() = Some(handler);
+    }
+
+    pub fn set_tls(&self, config: Option<std::sync::Arc<rustls::ServerConfig>>) {
+        *self.tls.borrow_mut() = config.map(futures_rustls::TlsAcceptor::from);
+    }
+
+    pub fn tls_acceptor(&self) -> Option<futures_rustls::TlsAcceptor> {
+        self.tls.borrow().clone()
     }
 
     pub fn internal_handler(&self) -> Option<Rc<dyn InternalHandler>> {

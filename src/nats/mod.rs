@@ -7,4 +7,6 @@ pub mod core;
 pub mod parser;
 pub mod subject;
 pub mod sublist;
+pub mod tls;
+pub mod transport;
 pub mod wire;

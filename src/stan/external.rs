@@ -7,8 +7,8 @@
 //! publishes again: nothing acknowledged is lost).
 
 use super::node::Node;
-use crate::nats::client::SharedStream;
 use crate::nats::client_proto::{self, ServerOp};
+use crate::nats::transport::{SharedStream, Transport};
 use crate::util::notify::Notify;
 use crate::util::timeout::within;
 use bytes::BytesMut;
@@ -194,7 +194,7 @@ impl External {
             .ok_or_else(|| format!("{addr}: connect timeout"))?
             .map_err(|e| format!("{addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let mut stream = SharedStream(Rc::new(RefCell::new(stream)));
+        let mut stream = SharedStream::new(Transport::Plain(stream));
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let handshake = async {
             // INFO first.

@@ -1,0 +1,169 @@
+//! TLS with certificates made at test time (rcgen): clients in two languages (nats.go/stan.go
+//! and nats-py) connect over TLS, a plain client is refused on a TLS port, a client without a
+//! certificate is refused when verify is on, and HTTPS monitoring answers.
+
+mod common;
+
+use common::{available, free_port, repo_path, run_client, Server, TempDir};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+struct Certs {
+    dir: TempDir,
+}
+
+impl Certs {
+    fn path(&self, name: &str) -> String {
+        self.dir.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, as PEM files.
+fn make_certs() -> Certs {
+    let dir = TempDir::new("certs");
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "stanza test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let write = |name: &str, text: String| std::fs::write(dir.0.join(name), text).expect("write");
+    write("ca.pem", ca_cert.pem());
+    for (name, sans) in [
+        (
+            "server",
+            vec!["localhost".to_string(), "127.0.0.1".to_string()],
+        ),
+        ("client", vec!["client.stanza.test".to_string()]),
+    ] {
+        let key = KeyPair::generate().expect("key");
+        let params = CertificateParams::new(sans).expect("params");
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        write(&format!("{name}-cert.pem"), cert.pem());
+        write(&format!("{name}-key.pem"), key.serialize_pem());
+    }
+    Certs { dir }
+}
+
+fn tls_conf(c: &Certs, verify: bool) -> String {
+    format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: {verify}\n  timeout: 2\n}}\n",
+        c.path("server-cert.pem"),
+        c.path("server-key.pem"),
+        c.path("ca.pem")
+    )
+}
+
+fn stan_go() -> Option<PathBuf> {
+    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if !available("Go", "go", &["version"]) {
+                return None;
+            }
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stan-go-cases-tls");
+            let ok = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(".")
+                .current_dir(repo_path("tests/clients/stan-go"))
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then_some(out)
+        })
+        .clone()
+}
+
+fn go_case(case: &str, url: &str, c: &Certs, with_cert: bool, https: Option<String>) {
+    let Some(bin) = stan_go() else {
+        return;
+    };
+    let mut cmd = Command::new(bin);
+    cmd.args([case, url]).env("STANZA_TLS_CA", c.path("ca.pem"));
+    if with_cert {
+        cmd.env("STANZA_TLS_CERT", c.path("client-cert.pem"))
+            .env("STANZA_TLS_KEY", c.path("client-key.pem"));
+    }
+    if let Some(h) = https {
+        cmd.env("STANZA_HTTPS", h);
+    }
+    run_client(cmd, Duration::from_secs(60));
+}
+
+#[test]
+fn go_and_python_clients_over_tls_and_https_monitoring() {
+    let certs = make_certs();
+    let https = free_port().to_string();
+    let srv = Server::start_with_config(Some(&tls_conf(&certs, false)), &["-ms", &https]);
+    let url = format!("tls://localhost:{}", srv.port);
+    go_case("tls_clients", &url, &certs, false, None);
+    go_case(
+        "https_monitoring",
+        &url,
+        &certs,
+        false,
+        Some(format!("https://localhost:{https}")),
+    );
+    if available("nats-py", "python3", &["-c", "import nats"]) {
+        let script = format!(
+            r#"
+import asyncio, ssl, nats
+async def main():
+    ctx = ssl.create_default_context(cafile="{ca}")
+    nc = await nats.connect("tls://localhost:{port}", tls=ctx, connect_timeout=5)
+    sub = await nc.subscribe("py.tls")
+    await nc.publish("py.tls", b"over tls")
+    msg = await sub.next_msg(timeout=5)
+    assert msg.data == b"over tls", msg.data
+    await nc.close()
+    print("OK")
+asyncio.run(main())
+"#,
+            ca = certs.path("ca.pem"),
+            port = srv.port
+        );
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", &script]);
+        run_client(cmd, Duration::from_secs(60));
+    }
+}
+
+#[test]
+fn plain_client_is_refused_on_a_tls_port() {
+    let certs = make_certs();
+    let srv = Server::start_with_config(Some(&tls_conf(&certs, false)), &[]);
+    let mut raw = srv.raw();
+    assert_eq!(raw.info["tls_required"], true);
+    raw.send(b"CONNECT {\"verbose\":false}\r\nPING\r\n");
+    assert!(
+        raw.closed_within(Duration::from_secs(4)),
+        "a plain-text client stayed connected to a TLS port"
+    );
+}
+
+#[test]
+fn client_certificates_required_when_verify_is_on() {
+    let certs = make_certs();
+    let srv = Server::start_with_config(Some(&tls_conf(&certs, true)), &[]);
+    let url = format!("tls://localhost:{}", srv.port);
+    go_case("tls_no_client_cert_refused", &url, &certs, false, None);
+    go_case("tls_clients", &url, &certs, true, None);
+}
+
+#[test]
+fn unreadable_certificate_is_a_clear_startup_error() {
+    let dir = TempDir::new("badtls");
+    let conf = dir.0.join("bad.conf");
+    std::fs::write(
+        &conf,
+        "tls { cert_file: \"/nonexistent/cert.pem\", key_file: \"/nonexistent/key.pem\" }\n",
+    )
+    .expect("write");
+    let err = common::fails_cleanly(&["-c", conf.to_str().expect("utf-8")]);
+    assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+}
