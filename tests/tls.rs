@@ -167,3 +167,54 @@ fn unreadable_certificate_is_a_clear_startup_error() {
     let err = common::fails_cleanly(&["-c", conf.to_str().expect("utf-8")]);
     assert!(err.contains("/nonexistent/cert.pem"), "{err}");
 }
+
+/// External mode over TLS: Debian's nats-server with TLS, stanza connecting with
+/// -tls_client_cacert (and another with -secure), stan.go through the NATS server.
+#[test]
+fn external_nats_server_over_tls() {
+    if !available("Debian's nats-server", "nats-server", &["--version"]) {
+        return;
+    }
+    let certs = make_certs();
+    let port = free_port();
+    let mut nats = Command::new("nats-server")
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--tls",
+            "--tlscert",
+            &certs.path("server-cert.pem"),
+            "--tlskey",
+            &certs.path("server-key.pem"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn nats-server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nats-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("tls://localhost:{port}");
+    let ca = certs.path("ca.pem");
+    let srv = Server::start_external(&["-ns", &url, "-tls_client_cacert", &ca, "--cores", "2"]);
+    go_case("tls_clients", &url, &certs, false, None);
+    drop(srv);
+    // -secure: TLS without checking the server certificate.
+    let insecure = Server::start_external(&[
+        "-ns",
+        &format!("nats://localhost:{port}"),
+        "-secure",
+        "-cid",
+        "insecure",
+    ]);
+    assert!(insecure.log_text().contains("Connected to NATS Server"));
+    let _ = nats.kill();
+    let _ = nats.wait();
+}

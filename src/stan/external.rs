@@ -28,20 +28,19 @@ pub struct NatsUrl {
     pub port: u16,
     pub user: Option<String>,
     pub pass: Option<String>,
+    /// `tls://`: TLS is required for this URL.
+    pub tls: bool,
 }
 
 /// `nats://[user[:pass]@]host[:port]`, comma-separated; the scheme is optional.
 pub fn parse_urls(text: &str) -> Result<Vec<NatsUrl>, String> {
     let mut urls = Vec::new();
     for raw in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let rest = match raw.split_once("://") {
-            Some(("nats", r)) => r,
-            Some((scheme, _)) => {
-                return Err(format!(
-                    "unsupported scheme {scheme:?} in {raw:?} (TLS to NATS is not available yet)"
-                ))
-            }
-            None => raw,
+        let (tls, rest) = match raw.split_once("://") {
+            Some(("nats", r)) => (false, r),
+            Some(("tls", r)) => (true, r),
+            Some((scheme, _)) => return Err(format!("unsupported scheme {scheme:?} in {raw:?}")),
+            None => (false, raw),
         };
         let (creds, hostport) = match rest.rsplit_once('@') {
             Some((c, h)) => (Some(c), h),
@@ -71,6 +70,7 @@ pub fn parse_urls(text: &str) -> Result<Vec<NatsUrl>, String> {
             port,
             user,
             pass,
+            tls,
         });
     }
     if urls.is_empty() {
@@ -95,6 +95,9 @@ pub struct External {
     next_url: Cell<usize>,
     pongs: Cell<u64>,
     pong: Notify,
+    /// TLS to the NATS server (`-secure`, `-tls_client_*`, `tls { client_* }`, `tls://`).
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    tls_server_name: Option<String>,
 }
 
 impl External {
@@ -102,7 +105,26 @@ impl External {
         let o = &node.opts;
         let s = &o.streaming;
         let urls = parse_urls(s.nats_server.as_deref().unwrap_or(""))?;
+        let wants_tls = s.secure
+            || s.tls.client_ca.is_some()
+            || s.tls.client_cert.is_some()
+            || urls.iter().any(|u| u.tls);
+        let tls = if wants_tls {
+            Some(
+                crate::nats::tls::client_config(
+                    s.tls.client_ca.as_deref(),
+                    s.tls.client_cert.as_deref(),
+                    s.tls.client_key.as_deref(),
+                    s.secure || s.tls.skip_verify,
+                )
+                .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
         Ok(Rc::new(External {
+            tls,
+            tls_server_name: s.tls.server_name.clone(),
             node: Rc::downgrade(node),
             urls,
             user: o.auth.user.clone().or_else(|| s.username.clone()),
@@ -196,21 +218,34 @@ impl External {
         let _ = stream.set_nodelay(true);
         let mut stream = SharedStream::new(Transport::Plain(stream));
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let handshake = async {
-            // INFO first.
-            loop {
+        let handshake = async move {
+            // INFO first, in the clear; then TLS if either side wants it.
+            let server_wants_tls = loop {
                 if let Some(op) = client_proto::next_op(&mut buf).map_err(|e| e.to_string())? {
                     match op {
                         ServerOp::Info(info) => {
-                            if info.windows(19).any(|w| w == b"\"tls_required\":true") {
-                                return Err("the NATS server requires TLS, which the -ns connection does not support yet".to_string());
-                            }
-                            break;
+                            break info.windows(19).any(|w| w == b"\"tls_required\":true");
                         }
                         other => return Err(format!("expected INFO, got {other:?}")),
                     }
                 }
                 read_more(&mut stream, &mut buf).await?;
+            };
+            if server_wants_tls || url.tls || self.tls.is_some() {
+                let config = self.tls.clone().ok_or_else(|| {
+                    "the NATS server requires TLS: set tls_client_cacert (or -secure)".to_string()
+                })?;
+                let name = self.tls_server_name.as_deref().unwrap_or(&url.host);
+                let server_name = crate::nats::tls::server_name(name).map_err(|e| e.to_string())?;
+                let tcp = match Rc::try_unwrap(stream.0).map(RefCell::into_inner) {
+                    Ok(Transport::Plain(tcp)) => tcp,
+                    _ => return Err("connection already upgraded".into()),
+                };
+                let tls = futures_rustls::TlsConnector::from(config)
+                    .connect(server_name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake with the NATS server: {e}"))?;
+                stream = SharedStream::new(Transport::TlsClient(Box::new(tls)));
             }
             let mut hello = self.connect_line(url).into_bytes();
             for (i, subject) in self.subjects.borrow().iter().enumerate() {
@@ -221,7 +256,7 @@ impl External {
             loop {
                 while let Some(op) = client_proto::next_op(&mut buf).map_err(|e| e.to_string())? {
                     match op {
-                        ServerOp::Pong => return Ok(()),
+                        ServerOp::Pong => return Ok((stream, buf)),
                         ServerOp::Err(e) => return Err(format!("NATS server refused: {e}")),
                         _ => {}
                     }
@@ -229,7 +264,7 @@ impl External {
                 read_more(&mut stream, &mut buf).await?;
             }
         };
-        within(CONNECT_TIMEOUT, handshake)
+        let (stream, buf) = within(CONNECT_TIMEOUT, handshake)
             .await
             .ok_or_else(|| format!("{addr}: handshake timeout"))??;
         Ok((stream, buf, addr))
@@ -377,12 +412,14 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 4333,
                 user: Some("u".into()),
-                pass: Some("p".into())
+                pass: Some("p".into()),
+                tls: false
             }
         );
         assert_eq!((u[1].host.as_str(), u[1].port), ("localhost", 4222));
         assert_eq!((u[2].host.as_str(), u[2].port), ("::1", 5000));
-        assert!(parse_urls("tls://x:1").is_err());
+        assert!(parse_urls("tls://x:1").unwrap()[0].tls);
+        assert!(parse_urls("ws://x:1").is_err());
         assert!(parse_urls("nats://x:notaport").is_err());
         assert!(parse_urls(" , ").is_err());
     }
