@@ -4,51 +4,11 @@
 
 mod common;
 
-use common::{available, free_port, repo_path, run_client, Server, TempDir};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use common::{available, free_port, make_certs, repo_path, run_client, Certs, Server, TempDir};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
-
-struct Certs {
-    dir: TempDir,
-}
-
-impl Certs {
-    fn path(&self, name: &str) -> String {
-        self.dir.0.join(name).to_string_lossy().into_owned()
-    }
-}
-
-/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, as PEM files.
-fn make_certs() -> Certs {
-    let dir = TempDir::new("certs");
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "stanza test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issuer = Issuer::new(ca_params, ca_key);
-    let write = |name: &str, text: String| std::fs::write(dir.0.join(name), text).expect("write");
-    write("ca.pem", ca_cert.pem());
-    for (name, sans) in [
-        (
-            "server",
-            vec!["localhost".to_string(), "127.0.0.1".to_string()],
-        ),
-        ("client", vec!["client.stanza.test".to_string()]),
-    ] {
-        let key = KeyPair::generate().expect("key");
-        let params = CertificateParams::new(sans).expect("params");
-        let cert = params.signed_by(&key, &issuer).expect("sign");
-        write(&format!("{name}-cert.pem"), cert.pem());
-        write(&format!("{name}-key.pem"), key.serialize_pem());
-    }
-    Certs { dir }
-}
 
 fn tls_conf(c: &Certs, verify: bool) -> String {
     format!(

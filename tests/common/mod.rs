@@ -365,3 +365,45 @@ pub fn skip(reason: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
 }
+
+#[allow(dead_code)]
+pub struct Certs {
+    pub dir: TempDir,
+}
+
+#[allow(dead_code)]
+impl Certs {
+    pub fn path(&self, name: &str) -> String {
+        self.dir.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, as PEM files.
+#[allow(dead_code)]
+pub fn make_certs() -> Certs {
+    let dir = TempDir::new("certs");
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "stanza test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let write = |name: &str, text: String| std::fs::write(dir.0.join(name), text).expect("write");
+    write("ca.pem", ca_cert.pem());
+    for (name, sans) in [
+        (
+            "server",
+            vec!["localhost".to_string(), "127.0.0.1".to_string()],
+        ),
+        ("client", vec!["client.stanza.test".to_string()]),
+    ] {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(sans).expect("params");
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        write(&format!("{name}-cert.pem"), cert.pem());
+        write(&format!("{name}-key.pem"), key.serialize_pem());
+    }
+    Certs { dir }
+}
