@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::{available, free_port, repo_path, run_client, Server, TempDir};
+use common::{available, free_port, run_client, Server, TempDir};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 struct NatsServer {
@@ -48,26 +47,7 @@ fn nats_server_ready() -> bool {
 }
 
 fn stan_go() -> Option<PathBuf> {
-    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            if !available("Go", "go", &["version"]) {
-                return None;
-            }
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stan-go-cases-ext");
-            let ok = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg(".")
-                .current_dir(repo_path("tests/clients/stan-go"))
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                common::skip("cannot build the stan.go cases; are Go modules reachable?");
-            }
-            ok.then_some(out)
-        })
-        .clone()
+    common::go_program("stan-go")
 }
 
 /// stanza in external mode: waits for its banner, as there is no client port to probe.

@@ -5,39 +5,15 @@
 
 mod common;
 
-use common::{available, repo_path, run_client, Server};
+use common::{available, run_client, Server};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 const CASE_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn stan_go() -> Option<PathBuf> {
-    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            if !available("Go", "go", &["version"]) {
-                return None;
-            }
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stan-go-cases");
-            let status = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg(".")
-                .current_dir(repo_path("tests/clients/stan-go"))
-                .status();
-            match status {
-                Ok(s) if s.success() => Some(out),
-                other => {
-                    common::skip(&format!(
-                        "cannot build the stan.go cases ({other:?}); are Go modules reachable?"
-                    ));
-                    None
-                }
-            }
-        })
-        .clone()
+    common::go_program("stan-go")
 }
 
 /// Starts a server with `flags` and runs one stan.go case against it.

@@ -7,7 +7,6 @@ mod common;
 use common::{available, repo_path, run_client, Server};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,32 +24,8 @@ fn node_ready() -> bool {
     available("node", "node", &["--version"])
 }
 
-/// Builds the nats.go client program once per test run.
 fn go_client() -> Option<PathBuf> {
-    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            if !available("Go", "go", &["version"]) {
-                return None;
-            }
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nats-go-clients");
-            let status = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg(".")
-                .current_dir(repo_path("tests/clients/go"))
-                .status();
-            match status {
-                Ok(s) if s.success() => Some(out),
-                other => {
-                    common::skip(&format!(
-                        "cannot build the nats.go client ({other:?}); are Go modules reachable?"
-                    ));
-                    None
-                }
-            }
-        })
-        .clone()
+    common::go_program("go")
 }
 
 fn python(case: &str, url: &str) {

@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::{available, free_port, make_certs, repo_path, run_client, Certs, Server, TempDir};
+use common::{available, free_port, make_certs, run_client, Certs, Server, TempDir};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 fn tls_conf(c: &Certs, verify: bool) -> String {
@@ -20,23 +19,7 @@ fn tls_conf(c: &Certs, verify: bool) -> String {
 }
 
 fn stan_go() -> Option<PathBuf> {
-    static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            if !available("Go", "go", &["version"]) {
-                return None;
-            }
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stan-go-cases-tls");
-            let ok = Command::new("go")
-                .args(["build", "-o"])
-                .arg(&out)
-                .arg(".")
-                .current_dir(repo_path("tests/clients/stan-go"))
-                .status()
-                .is_ok_and(|s| s.success());
-            ok.then_some(out)
-        })
-        .clone()
+    common::go_program("stan-go")
 }
 
 fn go_case(case: &str, url: &str, c: &Certs, with_cert: bool, https: Option<String>) {

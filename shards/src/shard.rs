@@ -528,14 +528,7 @@ impl Shard {
                 }
                 return Ok(id);
             }
-            if !self.room_for_one_more(&channel) {
-                return Err(ERR_TOO_MANY_SUBS);
-            }
-            let mut sub = self.new_subscription(req);
-            sub.queue = name.clone();
-            sub.is_durable = durable;
-            let id = sub.id;
-            self.subs.insert(id, sub);
+            let id = self.new_queue_member(req, &name, durable)?;
             if let Some(g) = self
                 .channels
                 .get_mut(&channel)
@@ -545,15 +538,8 @@ impl Shard {
             }
             return Ok(id);
         }
-        if !self.room_for_one_more(&channel) {
-            return Err(ERR_TOO_MANY_SUBS);
-        }
-        let mut sub = self.new_subscription(req);
-        sub.queue = name.clone();
-        sub.is_durable = durable;
-        let id = sub.id;
         let last_sent = self.start_last_sent(now, req);
-        self.subs.insert(id, sub);
+        let id = self.new_queue_member(req, &name, durable)?;
         if let Some(ch) = self.channels.get_mut(&channel) {
             ch.queues.insert(
                 name,
@@ -565,6 +551,24 @@ impl Shard {
                 },
             );
         }
+        Ok(id)
+    }
+
+    /// A new member record of queue group `name` (counted against max_subs).
+    fn new_queue_member(
+        &mut self,
+        req: &SubscriptionRequest,
+        name: &str,
+        durable: bool,
+    ) -> Result<u64, &'static str> {
+        if !self.room_for_one_more(&req.subject) {
+            return Err(ERR_TOO_MANY_SUBS);
+        }
+        let mut sub = self.new_subscription(req);
+        sub.queue = name.to_string();
+        sub.is_durable = durable;
+        let id = sub.id;
+        self.subs.insert(id, sub);
         Ok(id)
     }
 

@@ -81,22 +81,29 @@ pub fn apply_files(
         }
         (Some(path), _) | (None, Some(path)) => {
             let root = read_file(path)?;
-            let nats_unknown = apply_nats(options, &root)?;
-            let stan_unknown = apply_streaming(options, &root)?;
-            let unknown: Vec<String> = if has_streaming_block(&root) {
-                nats_unknown.into_iter().chain(stan_unknown).collect()
-            } else {
-                // Read twice from the same keys: unknown only if neither side knows it.
-                nats_unknown
-                    .into_iter()
-                    .filter(|p| stan_unknown.contains(p))
-                    .collect()
-            };
-            warn_unknown(&root, &unknown, &mut warnings);
+            warnings = apply_one_file(options, &root)?;
         }
     }
     options.config_file = nats_file.or(stan_file).map(Path::to_path_buf);
     options.stan_config_file = stan_file.or(nats_file).map(Path::to_path_buf);
+    Ok(warnings)
+}
+
+/// One file for both NATS and streaming; returns its warnings.
+fn apply_one_file(options: &mut Options, root: &Spanned) -> Result<Vec<String>, ConfigError> {
+    let nats_unknown = apply_nats(options, root)?;
+    let stan_unknown = apply_streaming(options, root)?;
+    let unknown: Vec<String> = if has_streaming_block(root) {
+        nats_unknown.into_iter().chain(stan_unknown).collect()
+    } else {
+        // Read twice from the same keys: unknown only if neither side knows it.
+        nats_unknown
+            .into_iter()
+            .filter(|p| stan_unknown.contains(p))
+            .collect()
+    };
+    let mut warnings = Vec::new();
+    warn_unknown(root, &unknown, &mut warnings);
     Ok(warnings)
 }
 
@@ -154,18 +161,7 @@ mod tests {
     fn load_str(text: &str) -> Result<(Options, Vec<String>), ConfigError> {
         let root = de::document(conf::parse_str(text, "t.conf")?, "t.conf");
         let mut o = Options::default();
-        let nats_unknown = apply_nats(&mut o, &root)?;
-        let stan_unknown = apply_streaming(&mut o, &root)?;
-        let unknown: Vec<String> = if has_streaming_block(&root) {
-            nats_unknown.into_iter().chain(stan_unknown).collect()
-        } else {
-            nats_unknown
-                .into_iter()
-                .filter(|p| stan_unknown.contains(p))
-                .collect()
-        };
-        let mut warnings = Vec::new();
-        warn_unknown(&root, &unknown, &mut warnings);
+        let warnings = apply_one_file(&mut o, &root)?;
         o.finish()?;
         o.validate()?;
         Ok((o, warnings))

@@ -128,15 +128,7 @@ impl Node {
     async fn request_answered(&self, subject: &str, timeout: Duration) -> bool {
         let (inbox, token, waiter) = self.new_waiter();
         self.publish(subject.as_bytes(), Some(inbox.as_bytes()), &Bytes::new());
-        let answered = within(timeout, async {
-            while !waiter.answered.get() {
-                waiter.notify.notified().await;
-            }
-        })
-        .await
-        .is_some();
-        self.drop_waiter(token);
-        answered
+        self.wait_answer(token, &waiter, timeout).await
     }
 
     async fn connect(self: Rc<Self>, payload: Bytes, reply: Option<Bytes>) {

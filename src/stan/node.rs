@@ -227,7 +227,12 @@ impl Node {
             Some(inbox.as_bytes()),
             &Bytes::from(probe.encode_to_vec()),
         );
-        let answered = within(PROBE_TIMEOUT, async {
+        self.wait_answer(token, &waiter, PROBE_TIMEOUT).await
+    }
+
+    /// Waits up to `limit` for the answer a waiter registered for; forgets the waiter.
+    pub async fn wait_answer(&self, token: u64, waiter: &Waiter, limit: Duration) -> bool {
+        let answered = within(limit, async {
             while !waiter.answered.get() {
                 waiter.notify.notified().await;
             }

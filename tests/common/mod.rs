@@ -407,3 +407,40 @@ pub fn make_certs() -> Certs {
     }
     Certs { dir }
 }
+
+/// Builds the Go program in `tests/clients/<module>` once per test binary; `None` (with a
+/// printed reason) when Go or its modules are not available.
+#[allow(dead_code)]
+pub fn go_program(module: &str) -> Option<PathBuf> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<HashMap<String, Option<PathBuf>>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    built
+        .entry(module.to_string())
+        .or_insert_with(|| {
+            if !available("Go", "go", &["version"]) {
+                return None;
+            }
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("go-{module}"));
+            let status = Command::new("go")
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(".")
+                .current_dir(repo_path(&format!("tests/clients/{module}")))
+                .status();
+            match status {
+                Ok(s) if s.success() => Some(out),
+                other => {
+                    skip(&format!(
+                        "cannot build the Go program in tests/clients/{module} ({other:?}); are Go modules reachable?"
+                    ));
+                    None
+                }
+            }
+        })
+        .clone()
+}
