@@ -1,5 +1,6 @@
 //! Message stores owned by a shard. The memory store lives here; the file store joins it.
 
 pub mod memory;
+pub mod record;
 
 pub use memory::{MemoryLog, StoredMsg};
