@@ -2,5 +2,6 @@
 
 pub mod memory;
 pub mod record;
+pub mod slice;
 
 pub use memory::{MemoryLog, StoredMsg};

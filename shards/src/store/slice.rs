@@ -1,0 +1,132 @@
+//! Slice files on glommio DMA (O_DIRECT): a writer that appends the records of one event-loop
+//! turn and commits them at once (one sync per turn when sync_on_flush is on), and a reader for
+//! recovery and replay. It applies the fixes of shared/practical-notes.md: a warm-up of the
+//! device's IOPOLL probe before the first DMA file, read sizes capped to the device's request
+//! limit, power-of-two reader buffers.
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::io::{DmaStreamReaderBuilder, DmaStreamWriter, DmaStreamWriterBuilder, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Largest DMA read issued, whatever the device allows (practical notes: min(128 KiB, limit)).
+const MAX_READ: usize = 128 << 10;
+
+fn to_io(e: glommio::GlommioError<()>) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// glommio probes IOPOLL support with the first DMA file it opens on a device; on an empty new
+/// file the probe never reaches the disk and the device is wrongly taken as pollable. Opening a
+/// non-empty file first makes the probe honest. Call once per executor and data directory.
+pub async fn warm_up(dir: &Path) -> io::Result<()> {
+    let probe = dir.join(format!(".stanza-dma-probe-{}", std::process::id()));
+    std::fs::write(&probe, vec![0u8; 4096])?;
+    let opened = OpenOptions::new().read(true).dma_open(&probe).await;
+    if let Ok(file) = opened {
+        let _ = file.close().await;
+    }
+    std::fs::remove_file(&probe)
+}
+
+/// The largest read the data device takes in one request, from sysfs, capped at 128 KiB and
+/// rounded down to a power of two (glommio's stream reader needs one).
+pub fn read_size_for(dir: &Path) -> usize {
+    let limit = device_limit(dir).unwrap_or(MAX_READ).clamp(4096, MAX_READ);
+    1 << (usize::BITS - 1 - limit.leading_zeros())
+}
+
+fn device_limit(dir: &Path) -> Option<usize> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let base = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    // A partition's queue limits live on its parent disk.
+    let queue = [base.join("queue"), base.join("../queue")]
+        .into_iter()
+        .find(|q| q.exists())?;
+    let kb: usize = std::fs::read_to_string(queue.join("max_sectors_kb"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Appends records to one slice file.
+pub struct SliceWriter {
+    writer: DmaStreamWriter,
+    path: PathBuf,
+    written: u64,
+}
+
+impl SliceWriter {
+    /// Creates (or truncates) a slice file. `buffer_size` is rounded up to whole 4 KiB pages.
+    pub async fn create(path: &Path, buffer_size: usize) -> io::Result<SliceWriter> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .dma_open(path)
+            .await
+            .map_err(to_io)?;
+        let buffer_size = buffer_size.max(4096).next_multiple_of(4096);
+        let writer = DmaStreamWriterBuilder::new(file)
+            .with_buffer_size(buffer_size)
+            .with_write_behind(4)
+            .build();
+        Ok(SliceWriter {
+            writer,
+            path: path.to_path_buf(),
+            written: 0,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes appended so far.
+    pub fn len(&self) -> u64 {
+        self.written
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+
+    /// Appends already framed records.
+    pub async fn append(&mut self, records: &[u8]) -> io::Result<()> {
+        self.writer.write_all(records).await?;
+        self.written += records.len() as u64;
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable: buffers written (the last page padded with
+    /// zeroes, rewritten by later appends) and the file synced.
+    pub async fn commit(&self) -> io::Result<()> {
+        self.writer.sync().await.map(|_| ()).map_err(to_io)
+    }
+
+    pub async fn close(mut self) -> io::Result<()> {
+        self.writer.close().await
+    }
+}
+
+/// Reads a whole slice file with sequential DMA reads of `read_size` (a power of two).
+pub async fn read_slice(path: &Path, read_size: usize) -> io::Result<Vec<u8>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .dma_open(path)
+        .await
+        .map_err(to_io)?;
+    let mut reader = DmaStreamReaderBuilder::new(file)
+        .with_buffer_size(read_size)
+        .with_read_ahead(4)
+        .build();
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).await?;
+    let _ = reader.close().await;
+    Ok(out)
+}
