@@ -166,6 +166,12 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     if !external {
         check_port_free(&opts.host, opts.port)?;
     }
+    if opts.streaming.store == crate::config::streaming::StoreType::File {
+        if let Some(dir) = &opts.streaming.dir {
+            shards::store::file::check_server_file(dir, &opts.streaming.cluster_id)
+                .map_err(|msg| ServerError::Core { core: 0, msg })?;
+        }
+    }
     // Certificates are read once, before any core starts: a bad file is a start-up error.
     let tls = match &opts.tls {
         Some(t) => Some(crate::nats::tls::server_config(t)?),
@@ -324,6 +330,12 @@ async fn run_core(
     core.set_tls(tls.clone());
     // Registered before the mesh is read, so no streaming message from a peer finds it absent.
     let streaming = Node::start(core.clone(), &opts, directory);
+    if opts.streaming.store == crate::config::streaming::StoreType::File {
+        streaming
+            .open_store()
+            .await
+            .map_err(|msg| ServerError::Core { core: id, msg })?;
+    }
     if id == 0 {
         match crate::monitor::start(streaming.clone(), tls) {
             Ok(bound) => {
@@ -408,6 +420,7 @@ async fn run_core(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     drain(&core).await;
+    streaming.close_store().await;
     let _ = lifecycle.stopped.send(id);
     Ok(())
 }

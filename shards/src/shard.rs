@@ -90,6 +90,9 @@ pub struct Shard {
     next_sub_id: u64,
     out: Vec<Out>,
     pub stats: ShardStats,
+    /// File store: framed records appended this turn, per channel, not yet on disk. `None`
+    /// with the memory store.
+    unwritten: Option<FxHashMap<String, Vec<u8>>>,
 }
 
 /// How a subscription ends: an unsubscribe deletes durable state, a close keeps it.
@@ -131,7 +134,58 @@ impl Shard {
             next_sub_id: 1,
             out: Vec::new(),
             stats: ShardStats::default(),
+            unwritten: None,
         }
+    }
+
+    /// Keeps every stored message's record for the file store (see `take_unwritten`).
+    pub fn persist_messages(&mut self) {
+        self.unwritten = Some(FxHashMap::default());
+    }
+
+    /// Whether stored messages wait to be written (output must then wait for the commit).
+    pub fn has_unwritten(&self) -> bool {
+        self.unwritten.as_ref().is_some_and(|u| !u.is_empty())
+    }
+
+    /// The records to write, per channel, and how much of the output they cover: the output
+    /// queued so far may go out once they are on disk.
+    pub fn take_unwritten(&mut self) -> (Vec<(String, Vec<u8>)>, usize) {
+        let batches = match self.unwritten.as_mut() {
+            Some(u) => u.drain().collect(),
+            None => Vec::new(),
+        };
+        (batches, self.out.len())
+    }
+
+    /// The first `n` queued outputs (those covered by a commit).
+    pub fn take_out_prefix(&mut self, n: usize) -> Vec<Out> {
+        let n = n.min(self.out.len());
+        self.out.drain(..n).collect()
+    }
+
+    /// Recovery: a channel and its stored messages, read back from disk, before any client.
+    pub fn restore_channel(
+        &mut self,
+        now: Now,
+        name: &str,
+        messages: impl Iterator<Item = (u64, i64, Bytes)>,
+        dir: &dyn ChannelDirectory,
+    ) -> Result<u64, String> {
+        self.lookup_or_create(now, name, dir)?;
+        let Some(ch) = self.channels.get_mut(name) else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for (seq, ts, body) in messages {
+            if ch.log.restore(seq, ts, body) {
+                n += 1;
+            }
+        }
+        let limits = ch.limits;
+        ch.log.enforce_size_limits(&limits);
+        ch.log.expire(&limits, now.wall_ns);
+        Ok(n)
     }
 
     /// What to send, in order.
@@ -282,8 +336,16 @@ impl Shard {
         let Some(ch) = self.channels.get_mut(channel) else {
             return;
         };
-        ch.log
+        let stored = ch
+            .log
             .append(channel.as_bytes(), pm.reply, pm.data, now.wall_ns);
+        if let Some(unwritten) = self.unwritten.as_mut() {
+            let buf = unwritten.entry(channel.to_string()).or_default();
+            crate::store::record::encode(buf, stored.seq, stored.timestamp, &stored.encoded);
+        }
+        let Some(ch) = self.channels.get_mut(channel) else {
+            return;
+        };
         ch.last_activity = now.mono_ns;
         let limits = ch.limits;
         ch.log.enforce_size_limits(&limits);

@@ -53,7 +53,11 @@ pub fn unavailable_features(o: &Options) -> Vec<String> {
         s.secure || s.tls.client_cert.is_some(),
         "TLS to the external NATS server",
     );
-    note(s.store != StoreType::Memory, "the FILE/SQL store");
+    note(s.store == StoreType::Sql, "the SQL store");
+    note(
+        s.store == StoreType::File,
+        "persistence of subscriptions and clients in the FILE store (messages are stored)",
+    );
     note(s.ft_group.is_some(), "fault-tolerant mode (ft_group)");
     note(s.cluster.is_some(), "streaming clustering");
     note(s.partitioning, "partitioning");

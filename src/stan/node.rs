@@ -22,6 +22,7 @@ use prost::Message;
 use shards::limits::{ChannelLimits, ResolvedLimits};
 use shards::pb::{ConnectRequest, Ping, PingResponse};
 use shards::shard::{Shard, ShardConfig, SubEnd};
+use shards::store::file::FileStore;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -52,6 +53,10 @@ pub struct Node {
     /// This shard's connection to an external NATS server (`-ns`); `None` when embedded.
     external: RefCell<Option<Rc<External>>>,
     waiters: RefCell<FxHashMap<u64, Rc<Waiter>>>,
+    /// The file store of this shard (`--store file`); `None` with the memory store.
+    store: RefCell<Option<Rc<FileStore>>>,
+    /// A commit (write + sync of this turn's messages) is in progress or scheduled.
+    committing: Cell<bool>,
     /// Monitoring snapshots being gathered: token -> (cores left, reports so far).
     gathers: RefCell<FxHashMap<u64, (usize, Vec<CoreSnapshot>)>>,
     gathered: Notify,
@@ -94,6 +99,8 @@ impl Node {
             opts: Rc::new(opts.clone()),
             waiters: RefCell::new(FxHashMap::default()),
             scratch: RefCell::new(Vec::new()),
+            store: RefCell::new(None),
+            committing: Cell::new(false),
             gathers: RefCell::new(FxHashMap::default()),
             gathered: Notify::new(),
             next_token: Cell::new(1),
@@ -133,14 +140,109 @@ impl Node {
         }
     }
 
-    /// Publishes what the state machine queued, in order.
+    /// Publishes what the state machine queued, in order. With the file store, output waits
+    /// while stored messages are not on disk yet: a commit task writes them (one write per
+    /// channel per turn) and then releases what they cover.
     pub fn flush(&self) {
+        if self.committing.get() {
+            return;
+        }
+        if self.shard.borrow().has_unwritten() {
+            self.committing.set(true);
+            if let Some(me) = self.rc() {
+                glommio::spawn_local(async move { me.commit_loop().await }).detach();
+            }
+            return;
+        }
         let mut out = std::mem::take(&mut *self.scratch.borrow_mut());
         self.shard.borrow_mut().swap_out(&mut out);
         for o in out.drain(..) {
             self.publish(&o.subject, o.reply.as_deref(), &o.payload);
         }
         *self.scratch.borrow_mut() = out;
+    }
+
+    async fn commit_loop(self: Rc<Self>) {
+        // Let the rest of this turn's requests join the same write.
+        futures_lite::future::yield_now().await;
+        let store = self.store.borrow().clone();
+        let sync = self.opts.streaming.file.sync;
+        loop {
+            let (batches, covered) = self.shard.borrow_mut().take_unwritten();
+            if batches.is_empty() {
+                break;
+            }
+            let written = match &store {
+                Some(s) => s.write(batches, sync).await,
+                None => Ok(()),
+            };
+            let outs = self.shard.borrow_mut().take_out_prefix(covered);
+            match written {
+                Ok(()) => {
+                    for o in outs {
+                        self.publish(&o.subject, o.reply.as_deref(), &o.payload);
+                    }
+                }
+                Err(e) => {
+                    // Nothing is acknowledged that is not on disk: publishers time out and
+                    // publish again.
+                    log::error!(
+                        "STAN: writing messages failed ({e}); {} replies withheld",
+                        outs.len()
+                    );
+                }
+            }
+        }
+        self.committing.set(false);
+        self.flush();
+    }
+
+    /// `--store file`: opens this shard's store and recovers the channels it owns (found in the
+    /// store wherever they were written, whatever the shard count then).
+    pub async fn open_store(self: &Rc<Self>) -> Result<(), String> {
+        let s = &self.opts.streaming;
+        let Some(dir) = s.dir.clone() else {
+            return Ok(());
+        };
+        let buffer = usize::try_from(s.file.buffer_size).unwrap_or(2 << 20);
+        let store = FileStore::open(&dir, buffer)
+            .await
+            .map_err(|e| format!("cannot open the file store in {}: {e}", dir.display()))?;
+        let me = self.core.id;
+        let ncores = self.core.ncores;
+        let recovered = store
+            .recover(
+                |name| shards::shard_for(name, ncores) == me,
+                s.file.truncate_bad_eof,
+            )
+            .await?;
+        let now = time::now();
+        for r in recovered {
+            for (file, offset) in &r.truncated {
+                log::warn!(
+                    "STAN: {}: dropped a torn record tail at offset {offset}",
+                    file.display()
+                );
+            }
+            let n = self.shard.borrow_mut().restore_channel(
+                now,
+                &r.name,
+                r.messages.into_iter(),
+                &*self.dir,
+            )?;
+            log::debug!("STAN: recovered channel {:?} ({n} messages)", r.name);
+        }
+        self.shard.borrow_mut().persist_messages();
+        *self.store.borrow_mut() = Some(Rc::new(store));
+        Ok(())
+    }
+
+    /// Clean shutdown of the file store.
+    pub async fn close_store(&self) {
+        let store = self.store.borrow().clone();
+        if let Some(s) = store {
+            s.close().await;
+        }
     }
 
     pub fn publish(&self, subject: &[u8], reply: Option<&[u8]>, payload: &Bytes) {

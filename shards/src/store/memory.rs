@@ -74,6 +74,30 @@ impl MemoryLog {
         self.msgs.back().expect("just pushed")
     }
 
+    /// Puts back a message read from disk at recovery (sequences must follow each other; the
+    /// first one recovered sets where the log starts).
+    pub fn restore(&mut self, seq: u64, timestamp: i64, encoded: Bytes) -> bool {
+        if !self.msgs.is_empty() && seq != self.last_seq + 1 {
+            return false;
+        }
+        self.last_seq = seq;
+        self.last_timestamp = self.last_timestamp.max(timestamp);
+        self.bytes += encoded.len() as u64;
+        self.msgs.push_back(StoredMsg {
+            seq,
+            timestamp,
+            encoded,
+        });
+        true
+    }
+
+    /// After recovery of a channel whose messages all expired: sequences go on from `last`.
+    pub fn set_last_seq(&mut self, last: u64) {
+        if self.msgs.is_empty() {
+            self.last_seq = self.last_seq.max(last);
+        }
+    }
+
     /// The first stored sequence; `last + 1` when empty (0 when nothing was ever stored).
     pub fn first_seq(&self) -> u64 {
         match self.msgs.front() {

@@ -20,7 +20,10 @@ fn to_io(e: glommio::GlommioError<()>) -> io::Error {
 /// file the probe never reaches the disk and the device is wrongly taken as pollable. Opening a
 /// non-empty file first makes the probe honest. Call once per executor and data directory.
 pub async fn warm_up(dir: &Path) -> io::Result<()> {
-    let probe = dir.join(format!(".stanza-dma-probe-{}", std::process::id()));
+    // Every executor warms up at the same time: each needs its own probe file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!(".stanza-dma-probe-{}-{n}", std::process::id()));
     std::fs::write(&probe, vec![0u8; 4096])?;
     let opened = OpenOptions::new().read(true).dma_open(&probe).await;
     if let Ok(file) = opened {

@@ -1,0 +1,269 @@
+//! The file store's layout and I/O for one shard: `<dir>/server.dat` (format version and
+//! cluster ID), `<dir>/channels/<encoded name>/slice.<first seq>.dat`. Channel directories do
+//! not depend on the shard count, so any number of cores finds every channel at start-up.
+//! Each process start opens a new slice per channel; older slices are only read.
+
+use super::record::{scan, ScanEnd};
+use super::slice::{read_size_for, read_slice, warm_up, SliceWriter};
+use bytes::Bytes;
+use fxhash::FxHashMap;
+use std::cell::RefCell;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A channel name as a directory name: bytes outside `[A-Za-z0-9._-]` as `%XX`.
+pub fn channel_dir_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub fn channel_name_from_dir(dir: &str) -> Option<String> {
+    let bytes = dir.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Checks (or creates) `server.dat`: a directory written for another cluster ID is refused,
+/// with the reference's text.
+pub fn check_server_file(root: &Path, cluster_id: &str) -> Result<(), String> {
+    std::fs::create_dir_all(root.join("channels"))
+        .map_err(|e| format!("cannot create the store directory {}: {e}", root.display()))?;
+    let path = root.join("server.dat");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let mut version = None;
+            let mut stored = None;
+            for line in text.lines() {
+                match line.split_once('=') {
+                    Some(("format", v)) => version = v.trim().parse::<u32>().ok(),
+                    Some(("cluster_id", v)) => stored = Some(v.trim().to_string()),
+                    _ => {}
+                }
+            }
+            match (version, stored) {
+                (Some(v), _) if v > FORMAT_VERSION => Err(format!(
+                    "{}: store format {v} is newer than this stanza ({FORMAT_VERSION})",
+                    path.display()
+                )),
+                (Some(_), Some(id)) if id == cluster_id => Ok(()),
+                (Some(_), Some(id)) => Err(format!(
+                    "cluster ID {cluster_id:?} does not match recovered value of {id:?}"
+                )),
+                _ => Err(format!("{}: not a stanza store file", path.display())),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let tmp = root.join("server.dat.tmp");
+            std::fs::write(
+                &tmp,
+                format!("format={FORMAT_VERSION}\ncluster_id={cluster_id}\n"),
+            )
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// A channel read back from disk: its name and its records in order.
+pub struct Recovered {
+    pub name: String,
+    pub messages: Vec<(u64, i64, Bytes)>,
+    /// Torn tails dropped, as (file, offset), for the log.
+    pub truncated: Vec<(PathBuf, usize)>,
+}
+
+fn slice_number(file_name: &str) -> Option<u64> {
+    file_name
+        .strip_prefix("slice.")?
+        .strip_suffix(".dat")?
+        .parse()
+        .ok()
+}
+
+pub struct FileStore {
+    root: PathBuf,
+    buffer_size: usize,
+    read_size: usize,
+    writers: RefCell<FxHashMap<String, SliceWriter>>,
+}
+
+impl FileStore {
+    /// Opens the store for one shard (warming up DMA on its device first).
+    pub async fn open(root: &Path, buffer_size: usize) -> io::Result<FileStore> {
+        warm_up(root).await?;
+        Ok(FileStore {
+            root: root.to_path_buf(),
+            buffer_size,
+            read_size: read_size_for(root),
+            writers: RefCell::new(FxHashMap::default()),
+        })
+    }
+
+    fn channel_dir(&self, name: &str) -> PathBuf {
+        self.root.join("channels").join(channel_dir_name(name))
+    }
+
+    /// Reads every channel `owns(name)` selects. A corrupt record (not a torn tail) is an
+    /// error naming the file and offset unless `truncate_bad_eof`.
+    pub async fn recover(
+        &self,
+        owns: impl Fn(&str) -> bool,
+        truncate_bad_eof: bool,
+    ) -> Result<Vec<Recovered>, String> {
+        let channels = self.root.join("channels");
+        let entries = std::fs::read_dir(&channels)
+            .map_err(|e| format!("cannot list {}: {e}", channels.display()))?;
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let dir_name = entry.file_name().to_string_lossy().into_owned();
+            let Some(name) = channel_name_from_dir(&dir_name) else {
+                continue;
+            };
+            if !owns(&name) {
+                continue;
+            }
+            let mut slices: Vec<(u64, PathBuf)> = std::fs::read_dir(entry.path())
+                .map_err(|e| format!("cannot list {}: {e}", entry.path().display()))?
+                .flatten()
+                .filter_map(|f| {
+                    let n = slice_number(&f.file_name().to_string_lossy())?;
+                    Some((n, f.path()))
+                })
+                .collect();
+            slices.sort();
+            let mut rec = Recovered {
+                name,
+                messages: Vec::new(),
+                truncated: Vec::new(),
+            };
+            for (_, path) in slices {
+                let data = read_slice(&path, self.read_size)
+                    .await
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let data = Bytes::from(data);
+                let (found, end) = match scan(&data) {
+                    Ok(r) => r,
+                    Err(e) if truncate_bad_eof => {
+                        let offset = match e {
+                            super::record::ScanError::Corrupt { offset, .. } => offset,
+                        };
+                        let found = scan(&data[..offset]).map(|r| r.0).unwrap_or_default();
+                        (found, ScanEnd::TornTail { offset })
+                    }
+                    Err(e) => return Err(format!("{}: {e}", path.display())),
+                };
+                if let ScanEnd::TornTail { offset } = end {
+                    rec.truncated.push((path.clone(), offset));
+                }
+                for f in found {
+                    let start = f.offset + super::record::HEADER_LEN;
+                    let body = data.slice(start..start + f.header.body_len as usize);
+                    rec.messages.push((f.header.seq, f.header.timestamp, body));
+                }
+            }
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// Writes the records of one turn, one append per channel, then makes them durable
+    /// (`sync`: fdatasync; otherwise DMA writes only). New slices start at `first_seq`.
+    pub async fn write(&self, batches: Vec<(String, Vec<u8>)>, sync: bool) -> io::Result<()> {
+        for (channel, records) in &batches {
+            let first_seq = records
+                .get(8..16)
+                .map(|b| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    u64::from_le_bytes(a)
+                })
+                .unwrap_or(0);
+            let writer = self.writers.borrow_mut().remove(channel);
+            let mut writer = match writer {
+                Some(w) => w,
+                None => {
+                    let dir = self.channel_dir(channel);
+                    std::fs::create_dir_all(&dir)?;
+                    SliceWriter::create(
+                        &dir.join(format!("slice.{first_seq}.dat")),
+                        self.buffer_size,
+                    )
+                    .await?
+                }
+            };
+            let result = writer.append(records).await;
+            self.writers.borrow_mut().insert(channel.clone(), writer);
+            result?;
+        }
+        if sync {
+            let names: Vec<String> = batches.iter().map(|(c, _)| c.clone()).collect();
+            for name in names {
+                let writer = self.writers.borrow_mut().remove(&name);
+                if let Some(w) = writer {
+                    let result = w.commit().await;
+                    self.writers.borrow_mut().insert(name, w);
+                    result?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every open slice (clean shutdown: no padding left).
+    pub async fn close(&self) {
+        let writers: Vec<SliceWriter> = self.writers.borrow_mut().drain().map(|(_, w)| w).collect();
+        for w in writers {
+            let _ = w.commit().await;
+            let _ = w.close().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_dir_names_round_trip() {
+        for name in ["foo", "foo.bar", "a b", "ünï", "x%y", "A-B_c.9"] {
+            let d = channel_dir_name(name);
+            assert!(!d.contains('/') && !d.starts_with('.'));
+            assert_eq!(channel_name_from_dir(&d).as_deref(), Some(name));
+        }
+        assert_eq!(channel_name_from_dir("bad%zz"), None);
+    }
+
+    #[test]
+    fn server_file_keeps_the_cluster_id() {
+        let root = std::env::temp_dir().join(format!("stanza-srvfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        check_server_file(&root, "one").unwrap();
+        check_server_file(&root, "one").unwrap();
+        assert_eq!(
+            check_server_file(&root, "two").unwrap_err(),
+            "cluster ID \"two\" does not match recovered value of \"one\""
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
