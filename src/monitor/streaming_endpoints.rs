@@ -41,6 +41,25 @@ fn fds() -> (Option<usize>, Option<u64>) {
     (open, max)
 }
 
+/// The header of a paged list (`channelsz`, `clientsz`).
+fn list_header(
+    m: &Monitor,
+    offset: usize,
+    limit: usize,
+    count: usize,
+    total: usize,
+) -> Map<String, Value> {
+    let mut o = Map::new();
+    o.insert("cluster_id".into(), json!(m.opts.streaming.cluster_id));
+    o.insert("server_id".into(), json!(m.stan_server_id));
+    o.insert("now".into(), json!(now()));
+    o.insert("offset".into(), json!(offset));
+    o.insert("limit".into(), json!(limit));
+    o.insert("count".into(), json!(count));
+    o.insert("total".into(), json!(total));
+    o
+}
+
 pub async fn serverz(m: &Monitor) -> Reply {
     let reports = m.gather().await;
     let chans = channels(&reports);
@@ -171,16 +190,8 @@ pub async fn channelsz(m: &Monitor, q: &Query) -> Reply {
     let (offset, limit) = paging(q);
     let total = chans.len();
     let shown = page(chans, offset, limit);
-    let mut v = json!({
-        "cluster_id": m.opts.streaming.cluster_id,
-        "server_id": m.stan_server_id,
-        "now": now(),
-        "offset": offset,
-        "limit": limit,
-        "count": shown.len(),
-        "total": total,
-    });
-    if let Some(obj) = v.as_object_mut() {
+    let mut obj = list_header(m, offset, limit, shown.len(), total);
+    {
         if with_subs {
             obj.insert(
                 "channels".into(),
@@ -193,7 +204,7 @@ pub async fn channelsz(m: &Monitor, q: &Query) -> Reply {
             );
         }
     }
-    Reply::Json(v)
+    Reply::Json(Value::Object(obj))
 }
 
 fn client_json(id: &str, hb: &str, chans: &[&ChannelSnapshot], with_subs: bool) -> Value {
@@ -235,14 +246,15 @@ pub async fn clientsz(m: &Monitor, q: &Query) -> Reply {
     let (offset, limit) = paging(q);
     let total = all.len();
     let shown = page(all, offset, limit);
-    Reply::Json(json!({
-        "cluster_id": m.opts.streaming.cluster_id,
-        "server_id": m.stan_server_id,
-        "now": now(),
-        "offset": offset,
-        "limit": limit,
-        "count": shown.len(),
-        "total": total,
-        "clients": shown.iter().map(|(c, hb)| client_json(c, hb, &chans, with_subs)).collect::<Vec<_>>(),
-    }))
+    let mut obj = list_header(m, offset, limit, shown.len(), total);
+    obj.insert(
+        "clients".into(),
+        Value::Array(
+            shown
+                .iter()
+                .map(|(c, hb)| client_json(c, hb, &chans, with_subs))
+                .collect(),
+        ),
+    );
+    Reply::Json(Value::Object(obj))
 }
