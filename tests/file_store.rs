@@ -128,3 +128,41 @@ fn corrupt_record_is_a_clear_error_and_a_torn_tail_is_dropped() {
         srv.log_text()
     );
 }
+
+/// Slices roll at slice_max_bytes and slices holding only messages dropped by max_msgs are
+/// deleted, so the disk stays bounded; a restart serves the kept messages.
+#[test]
+fn slices_roll_and_dropped_slices_are_deleted() {
+    let Some(bin) = stan_go() else {
+        return;
+    };
+    let store = TempDir::new("roll");
+    let data = store.0.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let limits = ["-mm", "100", "--file_slice_max_bytes", "10KB"];
+    {
+        let srv = file_server(&data, &limits);
+        let mut cmd = Command::new(&bin);
+        cmd.args(["fill_channel", &srv.url()])
+            .env("STANZA_COUNT", "2000");
+        run_client(cmd, Duration::from_secs(60));
+    }
+    let slices = std::fs::read_dir(data.join("channels").join("fill"))
+        .expect("slices")
+        .count();
+    assert!(
+        (2..=4).contains(&slices),
+        "{slices} slice files for 100 kept messages of ~150 B in 10 KB slices"
+    );
+    let monitor = common::free_port().to_string();
+    let mut args = limits.to_vec();
+    args.extend_from_slice(&["-m", &monitor]);
+    let _srv = file_server(&data, &args);
+    let body = common::http_get(
+        &format!("127.0.0.1:{monitor}"),
+        "/streaming/channelsz?channel=fill",
+    );
+    assert!(body.contains("\"msgs\": 100"), "{body}");
+    assert!(body.contains("\"first_seq\": 1901"), "{body}");
+    assert!(body.contains("\"last_seq\": 2000"), "{body}");
+}

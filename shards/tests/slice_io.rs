@@ -87,6 +87,9 @@ fn closed_slice_has_no_padding() {
         let mut w = SliceWriter::create(&p, 4096).await.expect("create");
         w.append(&batch(1, 3)).await.expect("append");
         w.commit().await.expect("commit");
+        // The padding after a commit is zeroes.
+        let padded = std::fs::read(&p).expect("read");
+        assert!(padded[w.len() as usize..].iter().all(|b| *b == 0));
         let written = w.len();
         w.close().await.expect("close");
         assert_eq!(std::fs::metadata(&p).expect("meta").len(), written);

@@ -175,10 +175,23 @@ impl Node {
             if batches.is_empty() {
                 break;
             }
+            let channels: Vec<String> = batches.iter().map(|(c, _)| c.clone()).collect();
             let written = match &store {
                 Some(s) => s.write(batches, sync).await,
                 None => Ok(()),
             };
+            if let (Some(s), Ok(())) = (&store, &written) {
+                for channel in &channels {
+                    let first = self
+                        .shard
+                        .borrow()
+                        .channel(channel)
+                        .map(|c| c.log.first_seq());
+                    if let Some(first) = first {
+                        s.drop_slices_before(channel, first);
+                    }
+                }
+            }
             let outs = self.shard.borrow_mut().take_out_prefix(covered);
             match written {
                 Ok(()) => {
@@ -213,7 +226,8 @@ impl Node {
         let buffer = usize::try_from(s.file.buffer_size)
             .unwrap_or(DMA_BUFFER_CAP)
             .clamp(4096, DMA_BUFFER_CAP);
-        let store = FileStore::open(&dir, buffer)
+        let slice_max = u64::try_from(s.file.slice_max_bytes).unwrap_or(0);
+        let store = FileStore::open(&dir, buffer, slice_max)
             .await
             .map_err(|e| format!("cannot open the file store in {}: {e}", dir.display()))?;
         let me = self.core.id;
@@ -239,6 +253,15 @@ impl Node {
                 &*self.dir,
             )?;
             log::debug!("STAN: recovered channel {:?} ({n} messages)", r.name);
+            // Limits applied at start-up may leave whole slices with nothing kept.
+            if let Some(first) = self
+                .shard
+                .borrow()
+                .channel(&r.name)
+                .map(|c| c.log.first_seq())
+            {
+                store.drop_slices_before(&r.name, first);
+            }
         }
         self.shard.borrow_mut().persist_messages();
         *self.store.borrow_mut() = Some(Rc::new(store));

@@ -93,6 +93,10 @@ pub struct Recovered {
     pub truncated: Vec<(PathBuf, usize)>,
 }
 
+fn rec_name(entry: &std::fs::DirEntry) -> String {
+    channel_name_from_dir(&entry.file_name().to_string_lossy()).unwrap_or_default()
+}
+
 fn slice_number(file_name: &str) -> Option<u64> {
     file_name
         .strip_prefix("slice.")?
@@ -106,17 +110,27 @@ pub struct FileStore {
     buffer_size: usize,
     read_size: usize,
     writers: RefCell<FxHashMap<String, SliceWriter>>,
+    /// Every slice of every channel of this shard: (first sequence, path), in order.
+    slices: RefCell<FxHashMap<String, Vec<(u64, PathBuf)>>>,
+    /// A slice is closed and a new one started past this size (`slice_max_bytes`; 0: never).
+    slice_max_bytes: u64,
 }
 
 impl FileStore {
     /// Opens the store for one shard (warming up DMA on its device first).
-    pub async fn open(root: &Path, buffer_size: usize) -> io::Result<FileStore> {
+    pub async fn open(
+        root: &Path,
+        buffer_size: usize,
+        slice_max_bytes: u64,
+    ) -> io::Result<FileStore> {
         warm_up(root).await?;
         Ok(FileStore {
             root: root.to_path_buf(),
             buffer_size,
             read_size: read_size_for(root),
             writers: RefCell::new(FxHashMap::default()),
+            slices: RefCell::new(FxHashMap::default()),
+            slice_max_bytes,
         })
     }
 
@@ -157,6 +171,9 @@ impl FileStore {
                 messages: Vec::new(),
                 truncated: Vec::new(),
             };
+            self.slices
+                .borrow_mut()
+                .insert(rec_name(&entry), slices.clone());
             for (_, path) in slices {
                 let data = read_slice(&path, self.read_size)
                     .await
@@ -200,42 +217,63 @@ impl FileStore {
                 })
                 .unwrap_or(0);
             let writer = self.writers.borrow_mut().remove(channel);
+            // A full slice is closed; the records go to a new one.
+            let writer = match writer {
+                Some(w) if self.slice_max_bytes > 0 && w.len() >= self.slice_max_bytes => {
+                    w.close().await?;
+                    None
+                }
+                other => other,
+            };
             let mut writer = match writer {
                 Some(w) => w,
                 None => {
                     let dir = self.channel_dir(channel);
                     std::fs::create_dir_all(&dir)?;
-                    SliceWriter::create(
-                        &dir.join(format!("slice.{first_seq}.dat")),
-                        self.buffer_size,
-                    )
-                    .await?
+                    let path = dir.join(format!("slice.{first_seq}.dat"));
+                    let w = SliceWriter::create(&path, self.buffer_size).await?;
+                    self.slices
+                        .borrow_mut()
+                        .entry(channel.clone())
+                        .or_default()
+                        .push((first_seq, path));
+                    w
                 }
             };
-            let result = writer.append(records).await;
+            writer.append(records).await?;
+            let result = writer.commit_with(sync).await;
             self.writers.borrow_mut().insert(channel.clone(), writer);
             result?;
         }
-        if sync {
-            let names: Vec<String> = batches.iter().map(|(c, _)| c.clone()).collect();
-            for name in names {
-                let writer = self.writers.borrow_mut().remove(&name);
-                if let Some(w) = writer {
-                    let result = w.commit().await;
-                    self.writers.borrow_mut().insert(name, w);
-                    result?;
-                }
+        Ok(())
+    }
+
+    /// Deletes the slices of `channel` that hold only messages below `first_seq` (dropped by the
+    /// channel's limits). The slice being written is never deleted.
+    pub fn drop_slices_before(&self, channel: &str, first_seq: u64) {
+        let mut slices = self.slices.borrow_mut();
+        let Some(list) = slices.get_mut(channel) else {
+            return;
+        };
+        // Slice i holds sequences [first_i, first_{i+1}).
+        let mut drop = 0;
+        while drop + 1 < list.len() && list[drop + 1].0 <= first_seq {
+            drop += 1;
+        }
+        for (_, path) in list.drain(..drop) {
+            if let Err(e) = std::fs::remove_file(&path) {
+                log::warn!("STAN: cannot delete {}: {e}", path.display());
             }
         }
-        Ok(())
     }
 
     /// Closes every open slice (clean shutdown: no padding left).
     pub async fn close(&self) {
         let writers: Vec<SliceWriter> = self.writers.borrow_mut().drain().map(|(_, w)| w).collect();
         for w in writers {
-            let _ = w.commit().await;
-            let _ = w.close().await;
+            if let Err(e) = w.close().await {
+                log::warn!("STAN: closing a slice: {e}");
+            }
         }
     }
 }

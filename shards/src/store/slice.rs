@@ -4,8 +4,8 @@
 //! device's IOPOLL probe before the first DMA file, read sizes capped to the device's request
 //! limit, power-of-two reader buffers.
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::io::{DmaStreamReaderBuilder, DmaStreamWriter, DmaStreamWriterBuilder, OpenOptions};
+use futures_lite::AsyncReadExt;
+use glommio::io::{DmaFile, DmaStreamReaderBuilder, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -56,16 +56,25 @@ fn device_limit(dir: &Path) -> Option<usize> {
     Some(kb * 1024)
 }
 
-/// Appends records to one slice file.
+/// Appends records to one slice file. The writer keeps the file's unfinished last page in
+/// memory and rewrites it at each commit, always zero-padded: what follows the last record on
+/// disk is zeroes, never bytes of a recycled buffer (which could hold another slice's records).
 pub struct SliceWriter {
-    writer: DmaStreamWriter,
+    file: DmaFile,
     path: PathBuf,
-    written: u64,
+    /// File offset where `tail` starts (page-aligned).
+    tail_pos: u64,
+    /// Bytes from `tail_pos` on: the unfinished page and everything appended since the last
+    /// commit.
+    tail: Vec<u8>,
+    max_write: usize,
 }
 
+const PAGE: usize = 4096;
+
 impl SliceWriter {
-    /// Creates (or truncates) a slice file. `buffer_size` is rounded up to whole 4 KiB pages.
-    pub async fn create(path: &Path, buffer_size: usize) -> io::Result<SliceWriter> {
+    /// Creates (or truncates) a slice file. `max_write` bounds one DMA write.
+    pub async fn create(path: &Path, max_write: usize) -> io::Result<SliceWriter> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -74,15 +83,12 @@ impl SliceWriter {
             .dma_open(path)
             .await
             .map_err(to_io)?;
-        let buffer_size = buffer_size.max(4096).next_multiple_of(4096);
-        let writer = DmaStreamWriterBuilder::new(file)
-            .with_buffer_size(buffer_size)
-            .with_write_behind(4)
-            .build();
         Ok(SliceWriter {
-            writer,
+            file,
             path: path.to_path_buf(),
-            written: 0,
+            tail_pos: 0,
+            tail: Vec::new(),
+            max_write: max_write.max(PAGE).next_multiple_of(PAGE),
         })
     }
 
@@ -92,28 +98,56 @@ impl SliceWriter {
 
     /// Bytes appended so far.
     pub fn len(&self) -> u64 {
-        self.written
+        self.tail_pos + self.tail.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
-        self.written == 0
+        self.len() == 0
     }
 
-    /// Appends already framed records.
+    /// Appends already framed records (written at the next commit).
     pub async fn append(&mut self, records: &[u8]) -> io::Result<()> {
-        self.writer.write_all(records).await?;
-        self.written += records.len() as u64;
+        self.tail.extend_from_slice(records);
         Ok(())
     }
 
-    /// Makes everything appended so far durable: buffers written (the last page padded with
-    /// zeroes, rewritten by later appends) and the file synced.
-    pub async fn commit(&self) -> io::Result<()> {
-        self.writer.sync().await.map(|_| ()).map_err(to_io)
+    /// Writes everything appended (the last page zero-padded), then syncs when `sync`.
+    pub async fn commit_with(&mut self, sync: bool) -> io::Result<()> {
+        let mut written = 0;
+        while written < self.tail.len() {
+            let chunk = (self.tail.len() - written).min(self.max_write);
+            let padded = chunk.next_multiple_of(PAGE);
+            let mut buf = self.file.alloc_dma_buffer(padded);
+            let bytes = buf.as_bytes_mut();
+            bytes[..chunk].copy_from_slice(&self.tail[written..written + chunk]);
+            bytes[chunk..].fill(0);
+            self.file
+                .write_at(buf, self.tail_pos + written as u64)
+                .await
+                .map_err(to_io)?;
+            written += chunk;
+        }
+        // Whole pages are final; the unfinished one stays to be rewritten with what follows.
+        let full = self.tail.len() / PAGE * PAGE;
+        self.tail.drain(..full);
+        self.tail_pos += full as u64;
+        if sync {
+            self.file.fdatasync().await.map_err(to_io)?;
+        }
+        Ok(())
     }
 
+    /// `commit_with(true)`.
+    pub async fn commit(&mut self) -> io::Result<()> {
+        self.commit_with(true).await
+    }
+
+    /// Commits and trims the zero padding (clean shutdown).
     pub async fn close(mut self) -> io::Result<()> {
-        self.writer.close().await
+        self.commit().await?;
+        let len = self.len();
+        self.file.truncate(len).await.map_err(to_io)?;
+        self.file.close().await.map_err(to_io)
     }
 }
 

@@ -89,3 +89,14 @@ func init() {
 		fmt.Printf("recovered %d messages, highest acknowledged %d\n", got, maxAcked)
 	}
 }
+
+func init() {
+	// Publishes STANZA_COUNT messages to channel "fill" and waits for every PubAck.
+	cases["fill_channel"] = func() {
+		n, err := strconv.Atoi(os.Getenv("STANZA_COUNT"))
+		must(err, "STANZA_COUNT")
+		sc := connect("filler")
+		defer sc.Close()
+		publishN(sc, "fill", n)
+	}
+}
