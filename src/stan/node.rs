@@ -32,7 +32,7 @@ use std::time::Duration;
 /// are whole seconds, so this bounds lateness well below what clients notice.
 const TICK: Duration = Duration::from_millis(20);
 
-/// Largest DMA write buffer of a slice (see `open_store`).
+/// Largest single DMA write of a slice (see `open_store`).
 const DMA_BUFFER_CAP: usize = 64 << 10;
 
 /// How long the standalone check waits for another server's answer (the reference's 250 ms).
@@ -220,9 +220,8 @@ impl Node {
         let Some(dir) = s.dir.clone() else {
             return Ok(());
         };
-        // Each commit pads and re-buffers the DMA buffer's tail: a buffer as large as Go's 2 MiB
-        // default costs a fresh 2 MiB allocation and copy per commit (measured: half the CPU),
-        // so the DMA buffer is capped; buffer_size still bounds it from above.
+        // The largest single DMA write. Commits are usually far smaller; a cap keeps one DMA
+        // buffer from being as large as Go's 2 MiB write buffer (buffer_size bounds it too).
         let buffer = usize::try_from(s.file.buffer_size)
             .unwrap_or(DMA_BUFFER_CAP)
             .clamp(4096, DMA_BUFFER_CAP);
