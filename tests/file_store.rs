@@ -166,3 +166,34 @@ fn slices_roll_and_dropped_slices_are_deleted() {
     assert!(body.contains("\"first_seq\": 1901"), "{body}");
     assert!(body.contains("\"last_seq\": 2000"), "{body}");
 }
+
+/// With max_age, slices of messages that aged out are deleted even when nothing new arrives.
+#[test]
+fn aged_out_slices_are_deleted_without_new_writes() {
+    let Some(bin) = stan_go() else {
+        return;
+    };
+    let store = TempDir::new("aged");
+    let data = store.0.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let srv = file_server(&data, &["-ma", "3s", "--file_slice_max_bytes", "10KB"]);
+    let mut cmd = Command::new(&bin);
+    cmd.args(["fill_channel", &srv.url()])
+        .env("STANZA_COUNT", "2000");
+    run_client(cmd, Duration::from_secs(60));
+    let count = || {
+        std::fs::read_dir(data.join("channels").join("fill"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(count() > 3, "slices rolled: {}", count());
+    let deadline = std::time::Instant::now() + Duration::from_secs(9);
+    while count() > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        count() <= 1,
+        "{} slices left after every message expired",
+        count()
+    );
+}

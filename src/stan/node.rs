@@ -32,6 +32,9 @@ use std::time::Duration;
 /// are whole seconds, so this bounds lateness well below what clients notice.
 const TICK: Duration = Duration::from_millis(20);
 
+/// Ticks between sweeps of the file store for slices of expired messages (about 1 s).
+const SLICE_SWEEP_TICKS: u64 = 50;
+
 /// Largest single DMA write of a slice (see `open_store`).
 const DMA_BUFFER_CAP: usize = 64 << 10;
 
@@ -58,6 +61,7 @@ pub struct Node {
     waiters: RefCell<FxHashMap<u64, Rc<Waiter>>>,
     /// The file store of this shard (`--store file`); `None` with the memory store.
     store: RefCell<Option<Rc<FileStore>>>,
+    ticks: Cell<u64>,
     /// A commit (write + sync of this turn's messages) is in progress or scheduled.
     committing: Cell<bool>,
     /// Monitoring snapshots being gathered: token -> (cores left, reports so far).
@@ -104,6 +108,7 @@ impl Node {
             scratch: RefCell::new(Vec::new()),
             store: RefCell::new(None),
             committing: Cell::new(false),
+            ticks: Cell::new(0),
             gathers: RefCell::new(FxHashMap::default()),
             gathered: Notify::new(),
             next_token: Cell::new(1),
@@ -130,6 +135,24 @@ impl Node {
         let now = time::now();
         self.shard.borrow_mut().tick(now, &*self.dir);
         self.flush();
+        // About once a second: slices whose messages aged out (max_age) on channels that
+        // receive nothing new are deleted too.
+        let n = self.ticks.get().wrapping_add(1);
+        self.ticks.set(n);
+        if n.is_multiple_of(SLICE_SWEEP_TICKS) {
+            let store = self.store.borrow().clone();
+            if let Some(store) = store {
+                let firsts: Vec<(String, u64)> = self
+                    .shard
+                    .borrow()
+                    .channels()
+                    .map(|c| (c.name.clone(), c.log.first_seq()))
+                    .collect();
+                for (name, first) in firsts {
+                    store.drop_slices_before(&name, first);
+                }
+            }
+        }
     }
 
     /// Sends a request to the shard that owns it: handled here if that is this core.
