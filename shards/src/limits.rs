@@ -201,19 +201,6 @@ impl ResolvedLimits {
             None => self.global,
         }
     }
-
-    /// Whether `channel` is covered by a per-channel entry (partitioning uses this list).
-    pub fn has_entry_for(&self, channel: &str) -> bool {
-        self.entries.iter().any(|e| covers(&e.name, channel))
-    }
-
-    /// Literal channel names configured.
-    pub fn literal_channels(&self) -> impl Iterator<Item = &str> {
-        self.entries
-            .iter()
-            .filter(|e| is_literal(&e.name))
-            .map(|e| e.name.as_str())
-    }
 }
 
 pub fn is_literal(name: &str) -> bool {

@@ -198,10 +198,6 @@ impl Shard {
         std::mem::swap(&mut self.out, into);
     }
 
-    pub fn has_out(&self) -> bool {
-        !self.out.is_empty()
-    }
-
     pub fn channel(&self, name: &str) -> Option<&Channel> {
         self.channels.get(name)
     }
@@ -343,9 +339,6 @@ impl Shard {
             let buf = unwritten.entry(channel.to_string()).or_default();
             crate::store::record::encode(buf, stored.seq, stored.timestamp, &stored.encoded);
         }
-        let Some(ch) = self.channels.get_mut(channel) else {
-            return;
-        };
         ch.last_activity = now.mono_ns;
         let limits = ch.limits;
         ch.log.enforce_size_limits(&limits);

@@ -49,26 +49,24 @@ impl Monitor {
     }
 }
 
-/// The monitoring listener address from `-m`/`http_port` or `http: [host:]port`.
-pub fn http_address(opts: &Options) -> Option<(String, u16)> {
-    if let Some(http) = &opts.http {
-        return match http.rsplit_once(':') {
-            Some((host, port)) => port.parse().ok().map(|p| (host.to_string(), p)),
-            None => http.parse().ok().map(|p| (opts.host.clone(), p)),
+/// A monitoring listener address: the `http:`/`https:` key (`[host:]port`) wins over the port
+/// flag/key (`-m`/`http_port`, `-ms`/`https_port`); the host defaults to the client host.
+fn listen_address(spec: Option<&String>, port: Option<u16>, host: &str) -> Option<(String, u16)> {
+    if let Some(spec) = spec {
+        return match spec.rsplit_once(':') {
+            Some((h, p)) => p.parse().ok().map(|p| (h.to_string(), p)),
+            None => spec.parse().ok().map(|p| (host.to_string(), p)),
         };
     }
-    opts.http_port.map(|p| (opts.host.clone(), p))
+    port.map(|p| (host.to_string(), p))
 }
 
-/// The HTTPS monitoring listener address from `-ms`/`https_port` or `https: [host:]port`.
-pub fn https_address(opts: &Options) -> Option<(String, u16)> {
-    if let Some(https) = &opts.https {
-        return match https.rsplit_once(':') {
-            Some((host, port)) => port.parse().ok().map(|p| (host.to_string(), p)),
-            None => https.parse().ok().map(|p| (opts.host.clone(), p)),
-        };
-    }
-    opts.https_port.map(|p| (opts.host.clone(), p))
+fn http_address(opts: &Options) -> Option<(String, u16)> {
+    listen_address(opts.http.as_ref(), opts.http_port, &opts.host)
+}
+
+fn https_address(opts: &Options) -> Option<(String, u16)> {
+    listen_address(opts.https.as_ref(), opts.https_port, &opts.host)
 }
 
 /// Binds the monitoring port(s) on this core (core 0) and serves them in the background.

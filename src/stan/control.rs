@@ -5,13 +5,14 @@
 
 use super::messages::StanMsg;
 use super::node::Node;
-use super::requests::{self, ERR_CLIENT_REGISTERED, ERR_INVALID_CLOSE_REQ, ERR_UNKNOWN_CLIENT};
+use super::requests::{self, ERR_CLIENT_REGISTERED, ERR_INVALID_CLOSE_REQ};
 use crate::util::notify::Notify;
 use crate::util::timeout::within;
 use bytes::Bytes;
 use fxhash::{FxHashMap, FxHashSet};
 use prost::Message;
 use shards::pb::{CloseRequest, CloseResponse, ConnectRequest, ConnectResponse};
+use shards::shard::ERR_UNKNOWN_CLIENT;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
@@ -39,10 +40,6 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    pub fn client_count(&self) -> usize {
-        self.clients.borrow().len()
-    }
-
     /// (client ID, heartbeat inbox) of every registered client.
     pub fn clients_list(&self) -> Vec<(String, String)> {
         self.clients
@@ -85,12 +82,6 @@ impl Node {
             if let Some(c) = cp.clients.borrow().get(client_id) {
                 c.hurry.notify();
             }
-        }
-    }
-
-    fn reply_to(&self, reply: Option<&Bytes>, payload: Bytes) {
-        if let Some(r) = reply {
-            self.publish(r, None, &payload);
         }
     }
 
@@ -139,13 +130,13 @@ impl Node {
             Ok(r) => r,
             Err(e) => {
                 log::error!("STAN: [Client:?] Invalid conn request: {e}");
-                self.reply_to(reply.as_ref(), requests::connect_error(e));
+                self.reply(reply.as_ref(), requests::connect_error(e));
                 return;
             }
         };
         let id = req.client_id.clone();
         if cp.checking.borrow().contains(&id) {
-            self.reply_to(
+            self.reply(
                 reply.as_ref(),
                 requests::connect_error(ERR_CLIENT_REGISTERED),
             );
@@ -160,7 +151,7 @@ impl Node {
             cp.checking.borrow_mut().remove(&id);
             if answered {
                 log::debug!("STAN: [Client:{id}] Connect failed; already connected");
-                self.reply_to(
+                self.reply(
                     reply.as_ref(),
                     requests::connect_error(ERR_CLIENT_REGISTERED),
                 );
@@ -190,7 +181,7 @@ impl Node {
             "STAN: [Client:{id}] Connected (Inbox={})",
             req.heartbeat_inbox
         );
-        self.reply_to(reply.as_ref(), Bytes::from(resp.encode_to_vec()));
+        self.reply(reply.as_ref(), Bytes::from(resp.encode_to_vec()));
     }
 
     async fn register(self: &Rc<Self>, cp: &ControlPlane, req: &ConnectRequest) {
@@ -254,7 +245,7 @@ impl Node {
         let resp = CloseResponse {
             error: error.to_string(),
         };
-        self.reply_to(reply.as_ref(), Bytes::from(resp.encode_to_vec()));
+        self.reply(reply.as_ref(), Bytes::from(resp.encode_to_vec()));
     }
 
     /// Every `hb_interval`, an empty request to the client's heartbeat inbox; more than

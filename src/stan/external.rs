@@ -141,10 +141,6 @@ impl External {
         }))
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.connected.get()
-    }
-
     pub fn publish(&self, subject: &[u8], reply: Option<&[u8]>, payload: &[u8]) {
         if !self.connected.get() {
             return;

@@ -315,7 +315,7 @@ impl Node {
         );
     }
 
-    fn reply(&self, reply: Option<&Bytes>, payload: Bytes) {
+    pub(super) fn reply(&self, reply: Option<&Bytes>, payload: Bytes) {
         if let Some(r) = reply {
             self.publish(r, None, &payload);
         }

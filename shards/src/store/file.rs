@@ -93,10 +93,6 @@ pub struct Recovered {
     pub truncated: Vec<(PathBuf, usize)>,
 }
 
-fn rec_name(entry: &std::fs::DirEntry) -> String {
-    channel_name_from_dir(&entry.file_name().to_string_lossy()).unwrap_or_default()
-}
-
 fn slice_number(file_name: &str) -> Option<u64> {
     file_name
         .strip_prefix("slice.")?
@@ -166,14 +162,14 @@ impl FileStore {
                 })
                 .collect();
             slices.sort();
+            self.slices
+                .borrow_mut()
+                .insert(name.clone(), slices.clone());
             let mut rec = Recovered {
                 name,
                 messages: Vec::new(),
                 truncated: Vec::new(),
             };
-            self.slices
-                .borrow_mut()
-                .insert(rec_name(&entry), slices.clone());
             for (_, path) in slices {
                 let data = read_slice(&path, self.read_size)
                     .await
