@@ -3,6 +3,8 @@ seconds from /proc, waiting for a server to listen."""
 
 import os
 import socket
+import statistics
+import sys
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -30,3 +32,15 @@ def wait_port(port, timeout=15):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"server on {port} did not start")
+
+
+def interleaved_medians(name, kinds, repeat, run):
+    """Runs `run(kind)` `repeat` times per kind, interleaved (kind A, kind B, A, B, ...), and
+    returns {kind: (median rate, median cpu)} from the (rate, cpu) pairs `run` returns."""
+    results = {k: [] for k in kinds}
+    for _ in range(repeat):
+        for kind in kinds:
+            results[kind].append(run(kind))
+    print(f"done: {name}: {results}", file=sys.stderr)
+    return {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
+            for k, v in results.items()}

@@ -15,12 +15,11 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import cpu_seconds, free_port, wait_port  # noqa: E402
+from benchlib import cpu_seconds, free_port, interleaved_medians, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANZA = os.path.join(ROOT, "target", "release", "stanza")
@@ -96,14 +95,12 @@ def main():
     for scenario in SCENARIOS:
         if args.only and args.only not in scenario[0]:
             continue
-        results = {"stanza": [], "nats-server": []}
-        for _ in range(args.repeat):
-            for kind in ("stanza", "nats-server"):
-                results[kind].append(run_once(kind, scenario, args.msgs, args.cores))
-        med = {k: statistics.median(r["pub_msgs_per_sec"] for r in v) for k, v in results.items()}
-        cpu = {k: statistics.median(r["cpu_per_million"] for r in v) for k, v in results.items()}
-        rows.append((scenario[0], med["stanza"], med["nats-server"], cpu["stanza"], cpu["nats-server"]))
-        print(f"done: {scenario[0]}", file=sys.stderr)
+        def once(kind):
+            report = run_once(kind, scenario, args.msgs, args.cores)
+            return report["pub_msgs_per_sec"], report["cpu_per_million"]
+        med = interleaved_medians(scenario[0], ("stanza", "nats-server"), args.repeat, once)
+        rows.append((scenario[0], med["stanza"][0], med["nats-server"][0],
+                     med["stanza"][1], med["nats-server"][1]))
 
     print(f"\nstanza vs {version}; {args.cores} cores each; {args.msgs} msgs per run; "
           f"median of {args.repeat}, interleaved; load generator: stanza nats-bench\n")

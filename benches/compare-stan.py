@@ -16,13 +16,12 @@ import argparse
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import cpu_seconds, free_port, wait_port  # noqa: E402
+from benchlib import cpu_seconds, free_port, interleaved_medians, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANZA = os.path.join(ROOT, "target", "release", "stanza")
@@ -106,14 +105,9 @@ def main():
     for scenario in SCENARIOS:
         if args.only and args.only not in scenario[0]:
             continue
-        results = {"stanza": [], "go": []}
-        for _ in range(args.repeat):
-            for kind in ("stanza", "go"):
-                results[kind].append(run_once(kind, scenario, args.msgs, go_server, bench))
-        rate = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
-        cpu = {k: statistics.median(r[1] for r in v) for k, v in results.items()}
-        rows.append((scenario[0], rate["stanza"], rate["go"], cpu["stanza"], cpu["go"]))
-        print(f"done: {scenario[0]}: {results}", file=sys.stderr)
+        med = interleaved_medians(scenario[0], ("stanza", "go"), args.repeat,
+                                  lambda kind: run_once(kind, scenario, args.msgs, go_server, bench))
+        rows.append((scenario[0], med["stanza"][0], med["go"][0], med["stanza"][1], med["go"][1]))
 
     print(f"\nstanza vs nats-streaming-server v0.25.6, memory store, loopback, {os.cpu_count()} cores shared "
           f"with the client; stan-bench v0.10.4; {args.msgs} msgs per publisher; median of {args.repeat}, interleaved\n")
