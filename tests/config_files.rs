@@ -215,3 +215,20 @@ fn help_and_version() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("stanza "));
 }
+
+/// `--signal reload=<pid>` reaches a running server (as `nats-streaming-server --signal`).
+#[test]
+fn signal_flag_reaches_a_running_server() {
+    let srv = Server::start(&[]);
+    let spec = format!("reload={}", srv.pid());
+    let out = stanza(&["--signal", &spec]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        srv.wait_for_log("Reloading server configuration", WAIT),
+        "{}",
+        srv.log_text()
+    );
+    let out = stanza(&["--signal", "bogus"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown signal"));
+}

@@ -308,6 +308,11 @@ pub fn available(what: &str, program: &str, args: &[&str]) -> bool {
 }
 
 impl Server {
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill on the pid of a child this struct owns and has not reaped.
         unsafe {
