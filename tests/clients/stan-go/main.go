@@ -42,7 +42,9 @@ func natsConn() *nats.Conn {
 }
 
 func connect(id string, opts ...stan.Option) stan.Conn {
-	opts = append([]stan.Option{stan.NatsURL(url), stan.ConnectWait(wait)}, opts...)
+	// The NATS handshake gets the same bound as every other wait: nats.go's 2 s default has timed
+	// out once on a loaded 2-core CI machine running a debug build.
+	opts = append([]stan.Option{stan.NatsURL(url), stan.ConnectWait(wait), stan.NatsOptions(nats.Timeout(wait))}, opts...)
 	sc, err := stan.Connect(clusterID, id, opts...)
 	must(err, "stan connect "+id)
 	return sc
