@@ -12,8 +12,12 @@ const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("nats-bench") {
-        std::process::exit(stanza::bench::nats_load::main(argv[1..].to_vec()));
+    match argv.get(1).map(String::as_str) {
+        Some("nats-bench") => {
+            std::process::exit(stanza::bench::nats_load::main(argv[1..].to_vec()))
+        }
+        Some("bench") => std::process::exit(stanza::bench::stan::run::main(argv[1..].to_vec())),
+        _ => {}
     }
     let cli = match Cli::parse_from_env() {
         Ok(cli) => cli,

@@ -2,3 +2,4 @@
 
 pub mod frame_counter;
 pub mod nats_load;
+pub mod stan;

@@ -57,11 +57,17 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    roots_from(&[path])
+}
+
+fn roots_from(paths: &[&Path]) -> Result<rustls::RootCertStore, TlsError> {
     let mut store = rustls::RootCertStore::empty();
-    for c in certs("ca file", path)? {
-        store
-            .add(c)
-            .map_err(|e| TlsError::Config(format!("ca file {}: {e}", path.display())))?;
+    for path in paths {
+        for c in certs("ca file", path)? {
+            store
+                .add(c)
+                .map_err(|e| TlsError::Config(format!("ca file {}: {e}", path.display())))?;
+        }
     }
     Ok(store)
 }
@@ -99,9 +105,10 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
-/// The client side (stanza's connections to an external NATS server).
+/// The client side (stanza's connections to an external NATS server, and `stanza bench`):
+/// the server's certificate is checked against every CA file given.
 pub fn client_config(
-    ca: Option<&Path>,
+    cas: &[&Path],
     cert: Option<&Path>,
     key_file: Option<&Path>,
     insecure: bool,
@@ -114,15 +121,12 @@ pub fn client_config(
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification))
     } else {
-        let store = match ca {
-            Some(ca) => roots(ca)?,
-            None => {
-                return Err(TlsError::Config(
-                    "a CA file (tls_client_cacert / tls { client_ca }) is needed to verify the NATS server; or use -secure".into(),
-                ))
-            }
-        };
-        builder.with_root_certificates(store)
+        if cas.is_empty() {
+            return Err(TlsError::Config(
+                "a CA file (tls_client_cacert / tls { client_ca }) is needed to verify the NATS server; or use -secure".into(),
+            ));
+        }
+        builder.with_root_certificates(roots_from(cas)?)
     };
     let config = match (cert, key_file) {
         (Some(c), Some(k)) => builder

@@ -112,7 +112,7 @@ impl External {
         let tls = if wants_tls {
             Some(
                 crate::nats::tls::client_config(
-                    s.tls.client_ca.as_deref(),
+                    s.tls.client_ca.as_deref().as_slice(),
                     s.tls.client_cert.as_deref(),
                     s.tls.client_key.as_deref(),
                     s.secure || s.tls.skip_verify,
