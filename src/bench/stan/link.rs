@@ -45,6 +45,9 @@ pub fn split(
     let write_sock = sock.try_clone()?;
     let tls = match tls {
         Some(mut session) => {
+            // Whole publish batches are handed over at once; the default 64 KiB cap on
+            // unsent plaintext would refuse them.
+            session.set_buffer_limit(None);
             let mut s = &sock;
             while session.is_handshaking() {
                 session.complete_io(&mut s)?;

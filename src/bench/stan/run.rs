@@ -169,6 +169,8 @@ fn show_progress(progress: Arc<Progress>, expected_pub: u64, expected_sub: u64) 
 
 struct SubTrack {
     received: AtomicU64,
+    /// Replay: the end marker has arrived.
+    finished: AtomicBool,
     first: AtomicU64,
     last: AtomicU64,
 }
@@ -200,16 +202,23 @@ fn start_subscriber(
     max_inflight: i32,
     latency: Arc<Mutex<Histogram<u64>>>,
     progress: Arc<Progress>,
+    end_marker: Option<Arc<Vec<u8>>>,
 ) -> Result<Subscriber, BenchError> {
     let conn = connect(base, id.clone())?;
     let track = Arc::new(SubTrack {
         received: AtomicU64::new(0),
+        finished: AtomicBool::new(false),
         first: AtomicU64::new(0),
         last: AtomicU64::new(0),
     });
     let t = track.clone();
     let handler = Box::new(move |msg: &shards::pb::MsgProto| {
         let now = now_nanos();
+        if end_marker.as_deref().map(Vec::as_slice) == Some(msg.data.as_ref()) {
+            t.last.store(now, Ordering::Relaxed);
+            t.finished.store(true, Ordering::Relaxed);
+            return;
+        }
         if t.received.fetch_add(1, Ordering::Relaxed) == 0 {
             t.first.store(now, Ordering::Relaxed);
         }
@@ -243,11 +252,15 @@ fn wait_subscribers(
     subs: &[Subscriber],
     expected: &[u64],
     queue: bool,
+    replay: bool,
     deadline: Instant,
     timeout: u64,
 ) -> Result<(), BenchError> {
     loop {
-        let done = if queue {
+        let done = if replay {
+            subs.iter()
+                .all(|s| s.track.finished.load(Ordering::Relaxed))
+        } else if queue {
             expected.iter().enumerate().all(|(ch, want)| {
                 subs.iter()
                     .filter(|s| s.channel == ch)
@@ -450,29 +463,35 @@ fn run_phases(
     } else {
         StartPosition::First
     };
-    let subscribe = |i: usize, latency: Arc<Mutex<Histogram<u64>>>| {
-        let channel = i % channels.len();
-        start_subscriber(
-            base,
-            format!("{}-sub-{i}", args.client_id),
-            channel,
-            &channels[channel],
-            &args.queue,
-            if replay {
-                StartPosition::First
-            } else {
-                start_position
-            },
-            args.sub_max_inflight,
-            latency,
-            progress.clone(),
-        )
-    };
+    let subscribe =
+        |i: usize, latency: Arc<Mutex<Histogram<u64>>>, end_marker: Option<Arc<Vec<u8>>>| {
+            let channel = i % channels.len();
+            start_subscriber(
+                base,
+                format!("{}-sub-{i}", args.client_id),
+                channel,
+                &channels[channel],
+                if end_marker.is_some() {
+                    ""
+                } else {
+                    &args.queue
+                },
+                if replay {
+                    StartPosition::First
+                } else {
+                    start_position
+                },
+                args.sub_max_inflight,
+                latency,
+                progress.clone(),
+                end_marker,
+            )
+        };
     let queue = !args.queue.is_empty();
     let mut live = Vec::new();
     if !replay {
         for i in 0..subscribers_total {
-            live.push(subscribe(i, delivery_latency.clone())?);
+            live.push(subscribe(i, delivery_latency.clone(), None)?);
         }
     }
     let published = if args.publishers > 0 {
@@ -483,7 +502,7 @@ fn run_phases(
             ack_latency: new_histogram(),
         }
     };
-    wait_subscribers(&live, expected, queue, deadline, args.timeout)?;
+    wait_subscribers(&live, expected, queue, false, deadline, args.timeout)?;
     let sub_samples = samples_of(&live, args.msg_size, false);
     for s in live {
         let _ = s.conn.close();
@@ -492,11 +511,17 @@ fn run_phases(
     if replay {
         // Replay latency since publish would only measure how long the fill took.
         let ignored = Arc::new(Mutex::new(new_histogram()));
+        // The channels may hold more than this run published: each replayer reads until a
+        // marker published after the fill, which is not counted.
+        let marker = Arc::new(
+            format!("stanza-bench-replay-end-{}", crate::monitor::format::nuid()).into_bytes(),
+        );
+        publish_markers(args, base, channels, &marker)?;
         let mut replayers = Vec::new();
         for i in 0..subscribers_total {
-            replayers.push(subscribe(i, ignored.clone())?);
+            replayers.push(subscribe(i, ignored.clone(), Some(marker.clone()))?);
         }
-        wait_subscribers(&replayers, expected, queue, deadline, args.timeout)?;
+        wait_subscribers(&replayers, expected, false, true, deadline, args.timeout)?;
         replay_samples = samples_of(&replayers, args.msg_size, true);
         for s in replayers {
             let _ = s.conn.close();
@@ -514,6 +539,24 @@ fn run_phases(
         &delivery,
         channels.len(),
     ))
+}
+
+fn publish_markers(
+    args: &BenchArgs,
+    base: &ConnectOptions,
+    channels: &[String],
+    marker: &[u8],
+) -> Result<(), BenchError> {
+    let id = format!("{}-marker", args.client_id);
+    let conn = connect(base, id.clone())?;
+    let mut batch = Vec::new();
+    let sent = channels
+        .iter()
+        .try_for_each(|c| conn.publish(c, marker, &mut batch))
+        .and_then(|()| conn.flush(&mut batch))
+        .and_then(|()| conn.wait_acks(Duration::from_secs(args.timeout)));
+    sent.and_then(|()| conn.close())
+        .map_err(|e| BenchError::Client(id, e))
 }
 
 fn samples_of(subs: &[Subscriber], msg_size: usize, from_subscribe: bool) -> Vec<Sample> {

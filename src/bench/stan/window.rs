@@ -135,7 +135,10 @@ impl PublishWindow {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
-        Ok(())
+        match &s.failure {
+            Some(f) => Err(f.clone()),
+            None => Ok(()),
+        }
     }
 
     pub fn acked(&self) -> u64 {
@@ -177,6 +180,10 @@ mod tests {
         let w = PublishWindow::new(1);
         assert_eq!(w.try_acquire(), Ok(true));
         w.settle("x", "invalid subject", 0);
+        assert_eq!(
+            w.wait_idle(Duration::from_secs(1)),
+            Err(WindowError::Refused("invalid subject".into()))
+        );
         assert_eq!(
             w.try_acquire(),
             Err(WindowError::Refused("invalid subject".into()))
