@@ -1,5 +1,5 @@
 //! `stanza bench` against the real server: every scenario of the side-by-side comparison
-//! (benches/compare-stan.py) runs briefly on the memory store and on the file store with sync
+//! (benches/compare) runs briefly on the memory store and on the file store with sync
 //! on and off, and its JSON report must account for every message. A smoke, not a benchmark:
 //! no rate is asserted. Also: TLS with user/password, -csv, and a refused publish is an error.
 

@@ -197,3 +197,73 @@ fn aged_out_slices_are_deleted_without_new_writes() {
         count()
     );
 }
+
+/// Unmounts the test's tmpfs when the test ends, before its directory is removed.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
+    let Some(bin) = stan_go() else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        common::skip("the full-disk test mounts a 1 MiB tmpfs, which needs root");
+        return;
+    }
+    let dir = TempDir::new("full-disk");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&dir.0)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        common::skip("cannot mount a tmpfs here (the full-disk test needs one)");
+        return;
+    }
+    let mount = Mounted(dir.0.clone());
+    let data = dir.0.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+
+    let mut srv = file_server(&data, &[]);
+    let mut cmd = Command::new(&bin);
+    cmd.args(["full_disk_publish", &srv.url()]);
+    let out = run_client(cmd, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let acked: u64 = text
+        .split_whitespace()
+        .skip_while(|w| *w != "acked")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no acked count in {text:?}"));
+    assert!(
+        acked > 100,
+        "a 1 MiB disk holds more than 100 2 KiB messages: {text}"
+    );
+    assert!(
+        text.contains("no space left on device") || text.contains("No space left on device"),
+        "the error PubAck says why: {text}"
+    );
+    srv.signal(libc::SIGTERM);
+    srv.wait_exit(Duration::from_secs(10));
+
+    // Room again (an operator freed space): everything acknowledged is there, once, in order,
+    // and publishing goes on from the next sequence.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=16m"])
+        .arg(&dir.0)
+        .status();
+    assert!(grown.is_ok_and(|s| s.success()), "remount the tmpfs larger");
+    let srv = file_server(&data, &[]);
+    let mut cmd = Command::new(&bin);
+    cmd.args(["full_disk_verify", &srv.url()]);
+    cmd.env("STANZA_COUNT", acked.to_string());
+    run_client(cmd, Duration::from_secs(60));
+    drop(srv);
+    drop(mount);
+}

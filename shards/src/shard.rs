@@ -92,7 +92,27 @@ pub struct Shard {
     pub stats: ShardStats,
     /// File store: framed records appended this turn, per channel, not yet on disk. `None`
     /// with the memory store.
-    unwritten: Option<FxHashMap<String, Vec<u8>>>,
+    unwritten: Option<FxHashMap<String, Unwritten>>,
+}
+
+/// File store: one channel's messages of this turn that are not on disk yet, and the PubAcks
+/// that wait for them.
+#[derive(Debug, Default)]
+pub struct Unwritten {
+    /// Framed records (store::record).
+    pub records: Vec<u8>,
+    /// Sequence of the first record.
+    pub first_seq: u64,
+    /// (reply subject, guid) of each PubAck owed once the records are on disk.
+    pub acks: Vec<(Bytes, Bytes)>,
+}
+
+/// Whether `out` delivers a message of `channel` at or after `first_seq`.
+fn delivers(out: &Out, channel: &str, first_seq: u64) -> bool {
+    match pb::MsgProto::decode(out.payload.clone()) {
+        Ok(m) => m.sequence >= first_seq && m.subject == channel,
+        Err(_) => false,
+    }
 }
 
 /// How a subscription ends: an unsubscribe deletes durable state, a close keeps it.
@@ -150,12 +170,67 @@ impl Shard {
 
     /// The records to write, per channel, and how much of the output they cover: the output
     /// queued so far may go out once they are on disk.
-    pub fn take_unwritten(&mut self) -> (Vec<(String, Vec<u8>)>, usize) {
+    pub fn take_unwritten(&mut self) -> (Vec<(String, Unwritten)>, usize) {
         let batches = match self.unwritten.as_mut() {
             Some(u) => u.drain().collect(),
             None => Vec::new(),
         };
         (batches, self.out.len())
+    }
+
+    /// Writing `channel`'s messages from `first_seq` on failed: they are removed as if never
+    /// published (the next publish gets `first_seq` again), deliveries of them are taken back
+    /// (queued ones dropped, pending acks forgotten), and the PubAcks owed for later messages
+    /// of the channel not taken for writing yet are returned, to be answered with the error too.
+    ///
+    /// `covered` counts the queued outputs a commit covers; it is reduced by those taken back.
+    pub fn rollback(
+        &mut self,
+        channel: &str,
+        first_seq: u64,
+        covered: &mut usize,
+    ) -> Vec<(Bytes, Bytes)> {
+        let owed = self
+            .unwritten
+            .as_mut()
+            .and_then(|u| u.remove(channel))
+            .map(|b| b.acks)
+            .unwrap_or_default();
+        let Some(ch) = self.channels.get_mut(channel) else {
+            return owed;
+        };
+        ch.log.truncate_from(first_seq);
+        let keep_last = first_seq.saturating_sub(1);
+        let mut ids: Vec<u64> = ch.plain.clone();
+        for group in ch.queues.values_mut() {
+            group.last_sent = group.last_sent.min(keep_last);
+            group.redeliveries.retain(|seq, _| *seq < first_seq);
+            ids.extend(group.members.iter().copied());
+        }
+        for id in ids {
+            let Some(sub) = self.subs.get_mut(&id) else {
+                continue;
+            };
+            sub.last_sent = sub.last_sent.min(keep_last);
+            let gone = sub.pending.split_off(&first_seq);
+            for (seq, expiry) in gone {
+                self.timers.remove(&(expiry, id, seq));
+            }
+            sub.redeliveries.retain(|seq, _| *seq < first_seq);
+        }
+        let mut index = 0;
+        let mut removed_in_prefix = 0;
+        let prefix = *covered;
+        self.out.retain(|o| {
+            let keep = !delivers(o, channel, first_seq);
+            if !keep && index < prefix {
+                removed_in_prefix += 1;
+            }
+            index += 1;
+            keep
+        });
+        *covered -= removed_in_prefix;
+        owed
     }
 
     /// The first `n` queued outputs (those covered by a commit).
@@ -335,15 +410,32 @@ impl Shard {
         let stored = ch
             .log
             .append(channel.as_bytes(), pm.reply, pm.data, now.wall_ns);
+        let mut ack_owed_by_disk = false;
         if let Some(unwritten) = self.unwritten.as_mut() {
-            let buf = unwritten.entry(channel.to_string()).or_default();
-            crate::store::record::encode(buf, stored.seq, stored.timestamp, &stored.encoded);
+            let batch = unwritten.entry(channel.to_string()).or_default();
+            if batch.records.is_empty() {
+                batch.first_seq = stored.seq;
+            }
+            crate::store::record::encode(
+                &mut batch.records,
+                stored.seq,
+                stored.timestamp,
+                &stored.encoded,
+            );
+            if let Some(reply) = &reply {
+                batch
+                    .acks
+                    .push((reply.clone(), Bytes::copy_from_slice(pm.guid)));
+            }
+            ack_owed_by_disk = true;
         }
         ch.last_activity = now.mono_ns;
         let limits = ch.limits;
         ch.log.enforce_size_limits(&limits);
         let has_subs = !ch.plain.is_empty() || !ch.queues.is_empty();
-        self.pub_ack(reply, pm.guid, "");
+        if !ack_owed_by_disk {
+            self.pub_ack(reply, pm.guid, "");
+        }
         if has_subs {
             self.deliver_channel(now, channel);
         }

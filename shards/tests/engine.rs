@@ -395,3 +395,59 @@ fn max_channels_via_directory() {
     assert_eq!(h.publish("a", "x").error, "");
     assert_eq!(h.publish("b", "x").error, "too many channels");
 }
+
+#[test]
+fn failed_write_takes_the_messages_back() {
+    let mut h = H::new();
+    h.shard.persist_messages();
+    let ack_inbox = h.subscribe(req("foo", "in")).ack_inbox;
+    let publish = |h: &mut H, data: &str| {
+        h.guid += 1;
+        let pm = PubMsg {
+            client_id: "me".into(),
+            guid: h.guid.to_string(),
+            subject: "foo".into(),
+            data: Bytes::from(data.to_string()),
+            conn_id: Bytes::from_static(b"conn1"),
+            ..Default::default()
+        };
+        h.shard.publish(
+            h.now,
+            "foo",
+            &Bytes::from(pm.encode_to_vec()),
+            Some(Bytes::from_static(b"acks")),
+            &h.dir,
+        );
+    };
+    publish(&mut h, "one");
+    let (batches, covered) = h.shard.take_unwritten();
+    assert_eq!(batches.len(), 1);
+    assert_eq!((batches[0].1.first_seq, batches[0].1.acks.len()), (1, 1));
+    assert_eq!(
+        h.shard.take_out_prefix(covered).len(),
+        1,
+        "the delivery of 1"
+    );
+    // 2 and 3 are taken for writing; 4 comes in while the write is under way; the write fails.
+    publish(&mut h, "two");
+    publish(&mut h, "three");
+    let (batches, mut covered) = h.shard.take_unwritten();
+    assert_eq!((batches[0].1.first_seq, covered), (2, 2));
+    publish(&mut h, "four");
+    let later = h.shard.rollback("foo", 2, &mut covered);
+    assert_eq!(covered, 0, "no delivery of 2 or 3 goes out");
+    assert_eq!(later.len(), 1, "the PubAck owed for 4 is refused too");
+    assert!(h.shard.take_out().is_empty(), "nor of 4");
+    assert!(!h.shard.has_unwritten());
+    let ch = h.shard.channel("foo").unwrap();
+    assert_eq!((ch.log.first_seq(), ch.log.last_seq()), (1, 1));
+    // Publishing goes on from 2; only 1 waits for an ack.
+    publish(&mut h, "two again");
+    let got = h.msgs("in");
+    assert_eq!(seqs(&got), vec![2]);
+    assert_eq!(got[0].data.as_ref(), b"two again");
+    h.ack(&ack_inbox, "foo", 1);
+    h.ack(&ack_inbox, "foo", 2);
+    h.advance(60 * SEC);
+    assert!(h.msgs("in").is_empty(), "nothing taken back is redelivered");
+}

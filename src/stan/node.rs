@@ -23,6 +23,9 @@ use shards::limits::{ChannelLimits, ResolvedLimits};
 use shards::pb::{ConnectRequest, Ping, PingResponse};
 use shards::shard::{Shard, ShardConfig, SubEnd};
 use shards::store::file::FileStore;
+
+/// PubAcks that wait for a write: (reply subject, guid).
+type OwedAcks = Vec<(Bytes, Bytes)>;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -194,17 +197,41 @@ impl Node {
         let store = self.store.borrow().clone();
         let sync = self.opts.streaming.file.sync;
         loop {
-            let (batches, covered) = self.shard.borrow_mut().take_unwritten();
+            let (batches, mut covered) = self.shard.borrow_mut().take_unwritten();
             if batches.is_empty() {
                 break;
             }
-            let channels: Vec<String> = batches.iter().map(|(c, _)| c.clone()).collect();
-            let written = match &store {
-                Some(s) => s.write(batches, sync).await,
-                None => Ok(()),
+            // Per channel: first sequence of the batch and the (reply, guid) PubAcks it owes.
+            let mut owed: Vec<(String, u64, OwedAcks)> = Vec::new();
+            let mut records = Vec::with_capacity(batches.len());
+            for (channel, batch) in batches {
+                owed.push((channel.clone(), batch.first_seq, batch.acks));
+                records.push((channel, batch.records));
+            }
+            let failed = match &store {
+                Some(s) => s.write(records, sync).await,
+                None => Vec::new(),
             };
-            if let (Some(s), Ok(())) = (&store, &written) {
-                for channel in &channels {
+            // Failed channels first: their messages are taken back before anything covered by
+            // this commit goes out, so no delivery of them leaves the server.
+            let mut refused: Vec<(Bytes, Bytes, String)> = Vec::new();
+            for (channel, e) in &failed {
+                let text = e.to_string();
+                log::error!("STAN: storing messages of channel {channel:?} failed: {text}");
+                let Some((_, first_seq, acks)) = owed.iter_mut().find(|(c, _, _)| c == channel)
+                else {
+                    continue;
+                };
+                let later = self
+                    .shard
+                    .borrow_mut()
+                    .rollback(channel, *first_seq, &mut covered);
+                for (reply, guid) in std::mem::take(acks).into_iter().chain(later) {
+                    refused.push((reply, guid, text.clone()));
+                }
+            }
+            if let Some(s) = &store {
+                for (channel, _, _) in &owed {
                     let first = self
                         .shard
                         .borrow()
@@ -216,20 +243,16 @@ impl Node {
                 }
             }
             let outs = self.shard.borrow_mut().take_out_prefix(covered);
-            match written {
-                Ok(()) => {
-                    for o in outs {
-                        self.publish(&o.subject, o.reply.as_deref(), &o.payload);
-                    }
+            for o in outs {
+                self.publish(&o.subject, o.reply.as_deref(), &o.payload);
+            }
+            for (_, _, acks) in owed {
+                for (reply, guid) in acks {
+                    self.publish(&reply, None, &shards::wire::encode_pub_ack(&guid, ""));
                 }
-                Err(e) => {
-                    // Nothing is acknowledged that is not on disk: publishers time out and
-                    // publish again.
-                    log::error!(
-                        "STAN: writing messages failed ({e}); {} replies withheld",
-                        outs.len()
-                    );
-                }
+            }
+            for (reply, guid, error) in refused {
+                self.publish(&reply, None, &shards::wire::encode_pub_ack(&guid, &error));
             }
         }
         self.committing.set(false);

@@ -119,7 +119,10 @@ impl FileStore {
         buffer_size: usize,
         slice_max_bytes: u64,
     ) -> io::Result<FileStore> {
-        warm_up(root).await?;
+        // A full disk must not keep the server from starting and serving what it stored.
+        if let Err(e) = warm_up(root).await {
+            log::warn!("DMA warm-up in {} failed: {e}", root.display());
+        }
         Ok(FileStore {
             root: root.to_path_buf(),
             buffer_size,
@@ -202,46 +205,77 @@ impl FileStore {
 
     /// Writes the records of one turn, one append per channel, then makes them durable
     /// (`sync`: fdatasync; otherwise DMA writes only). New slices start at `first_seq`.
-    pub async fn write(&self, batches: Vec<(String, Vec<u8>)>, sync: bool) -> io::Result<()> {
+    /// Appends each channel's records (one DMA write per channel, synced when `sync`) and
+    /// returns the channels whose write failed, with the error. A failed channel's slice is cut
+    /// back to what was on disk before and closed; its next records start a new slice.
+    pub async fn write(
+        &self,
+        batches: Vec<(String, Vec<u8>)>,
+        sync: bool,
+    ) -> Vec<(String, io::Error)> {
+        let mut failed = Vec::new();
         for (channel, records) in &batches {
-            let first_seq = records
-                .get(8..16)
-                .map(|b| {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(b);
-                    u64::from_le_bytes(a)
-                })
-                .unwrap_or(0);
-            let writer = self.writers.borrow_mut().remove(channel);
-            // A full slice is closed; the records go to a new one.
-            let writer = match writer {
-                Some(w) if self.slice_max_bytes > 0 && w.len() >= self.slice_max_bytes => {
-                    w.close().await?;
-                    None
-                }
-                other => other,
-            };
-            let mut writer = match writer {
-                Some(w) => w,
-                None => {
-                    let dir = self.channel_dir(channel);
-                    std::fs::create_dir_all(&dir)?;
-                    let path = dir.join(format!("slice.{first_seq}.dat"));
-                    let w = SliceWriter::create(&path, self.buffer_size).await?;
-                    self.slices
-                        .borrow_mut()
-                        .entry(channel.clone())
-                        .or_default()
-                        .push((first_seq, path));
-                    w
-                }
-            };
-            writer.append(records).await?;
-            let result = writer.commit_with(sync).await;
-            self.writers.borrow_mut().insert(channel.clone(), writer);
-            result?;
+            if let Err(e) = self.write_channel(channel, records, sync).await {
+                failed.push((channel.clone(), e));
+            }
         }
-        Ok(())
+        failed
+    }
+
+    async fn write_channel(&self, channel: &str, records: &[u8], sync: bool) -> io::Result<()> {
+        let first_seq = records
+            .get(8..16)
+            .map(|b| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                u64::from_le_bytes(a)
+            })
+            .unwrap_or(0);
+        let writer = self.writers.borrow_mut().remove(channel);
+        // A full slice is closed; the records go to a new one.
+        let writer = match writer {
+            Some(w) if self.slice_max_bytes > 0 && w.len() >= self.slice_max_bytes => {
+                w.close().await?;
+                None
+            }
+            other => other,
+        };
+        let mut writer = match writer {
+            Some(w) => w,
+            None => {
+                let dir = self.channel_dir(channel);
+                std::fs::create_dir_all(&dir)?;
+                let path = dir.join(format!("slice.{first_seq}.dat"));
+                let w = SliceWriter::create(&path, self.buffer_size).await?;
+                let mut slices = self.slices.borrow_mut();
+                let list = slices.entry(channel.to_string()).or_default();
+                // A slice abandoned empty after a failed write is created again.
+                if list.last().map(|(first, _)| *first) != Some(first_seq) {
+                    list.push((first_seq, path));
+                }
+                w
+            }
+        };
+        let before = writer.len();
+        writer.append(records).await?;
+        match writer.commit_with(sync).await {
+            Ok(()) => {
+                self.writers
+                    .borrow_mut()
+                    .insert(channel.to_string(), writer);
+                Ok(())
+            }
+            Err(e) => {
+                let path = writer.path().to_path_buf();
+                if let Err(cut) = writer.abandon(before).await {
+                    log::error!(
+                        "cannot cut {} back to {before} bytes after a failed write: {cut}",
+                        path.display()
+                    );
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Deletes the slices of `channel` that hold only messages below `first_seq` (dropped by the

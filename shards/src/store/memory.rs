@@ -175,6 +175,20 @@ impl MemoryLog {
         self.msgs.front().map(|m| m.timestamp.saturating_add(age))
     }
 
+    /// Removes the messages from `seq` on (a write of them failed): the next message gets
+    /// `seq` again.
+    pub fn truncate_from(&mut self, seq: u64) {
+        if seq == 0 || seq > self.last_seq {
+            return;
+        }
+        while self.msgs.back().is_some_and(|m| m.seq >= seq) {
+            if let Some(m) = self.msgs.pop_back() {
+                self.bytes -= m.size();
+            }
+        }
+        self.last_seq = seq - 1;
+    }
+
     fn pop_front(&mut self) {
         if let Some(m) = self.msgs.pop_front() {
             self.bytes -= m.size();
@@ -218,5 +232,23 @@ mod tests {
         assert_eq!(log.append(b"foo", b"", b"", 2000).seq, 6);
         let m = log.get(6).unwrap().decode().unwrap();
         assert_eq!((m.sequence, m.subject.as_str()), (6, "foo"));
+    }
+
+    #[test]
+    fn truncating_the_tail_reuses_its_sequences() {
+        let mut log = MemoryLog::new();
+        for i in 0..5 {
+            log.append(b"foo", b"", &[b'x'; 10], i);
+        }
+        let bytes_of_two = log.get(1).unwrap().size() + log.get(2).unwrap().size();
+        log.truncate_from(3);
+        assert_eq!((log.first_seq(), log.last_seq(), log.count()), (1, 2, 2));
+        assert_eq!(log.bytes(), bytes_of_two);
+        assert_eq!(log.append(b"foo", b"", b"again", 10).seq, 3);
+        log.truncate_from(9);
+        log.truncate_from(0);
+        assert_eq!(log.last_seq(), 3);
+        log.truncate_from(1);
+        assert_eq!((log.count(), log.last_seq(), log.first_seq()), (0, 0, 0));
     }
 }

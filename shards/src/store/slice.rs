@@ -121,10 +121,21 @@ impl SliceWriter {
             let bytes = buf.as_bytes_mut();
             bytes[..chunk].copy_from_slice(&self.tail[written..written + chunk]);
             bytes[chunk..].fill(0);
-            self.file
+            let done = self
+                .file
                 .write_at(buf, self.tail_pos + written as u64)
                 .await
                 .map_err(to_io)?;
+            // A full disk may take part of a write: that is a failed commit, not a success.
+            if done < padded {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "short write to {} ({done} of {padded} bytes): no space left on device",
+                        self.path.display()
+                    ),
+                ));
+            }
             written += chunk;
         }
         // Whole pages are final; the unfinished one stays to be rewritten with what follows.
@@ -140,6 +151,14 @@ impl SliceWriter {
     /// `commit_with(true)`.
     pub async fn commit(&mut self) -> io::Result<()> {
         self.commit_with(true).await
+    }
+
+    /// Gives the file up after a failed commit: it is cut back to `keep` bytes (what earlier
+    /// commits wrote), so that nothing of the failed records stays behind it, and closed.
+    pub async fn abandon(self, keep: u64) -> io::Result<()> {
+        let cut = self.file.truncate(keep).await.map_err(to_io);
+        let closed = self.file.close().await.map_err(to_io);
+        cut.and(closed)
     }
 
     /// Commits and trims the zero padding (clean shutdown).

@@ -397,7 +397,9 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
         } else {
             args.max_pub_acks
         },
-        timeout: Duration::from_secs(5),
+        // Connect, subscribe and close requests; a loaded server (1000 channels syncing) can
+        // take seconds to answer a close.
+        timeout: Duration::from_secs(30),
     };
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let channels = channel_names(&args.subject, args.channels);
