@@ -198,6 +198,97 @@ fn aged_out_slices_are_deleted_without_new_writes() {
     );
 }
 
+fn fill(bin: &Path, srv: &Server, count: usize) {
+    let mut cmd = Command::new(bin);
+    cmd.args(["fill_channel", &srv.url()])
+        .env("STANZA_COUNT", count.to_string());
+    run_client(cmd, Duration::from_secs(60));
+}
+
+fn slice_files(data: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data.join("channels").join("fill"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// slice_max_msgs and slice_max_age start new slices; slices dropped by the channel limits are
+/// renamed *.bak and handed to slice_archive_script (which here logs and deletes them).
+#[test]
+fn slices_roll_by_count_and_age_and_go_to_the_archive_script() {
+    let Some(bin) = stan_go() else {
+        return;
+    };
+    let store = TempDir::new("archive");
+    let data = store.0.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let log = store.0.join("archived.txt");
+    let script = store.0.join("archive.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$1 $2 $3\" >> {}\nrm -f \"$2\"\n",
+            log.display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let script_arg = script.to_string_lossy().into_owned();
+    let srv = file_server(
+        &data,
+        &[
+            "-mm",
+            "100",
+            "--file_slice_max_msgs",
+            "50",
+            "--file_slice_archive_script",
+            &script_arg,
+        ],
+    );
+    fill(&bin, &srv, 1000);
+    // Sync publishes: one record per commit, so slices hold exactly 50: 1, 51, ..., 951. Those
+    // wholly below the first kept message (901) are archived: 1 .. 851.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let archived = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    while archived().len() < 18 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = archived();
+    assert_eq!(lines.len(), 18, "{lines:?}");
+    let first = data.join("channels").join("fill").join("slice.1.dat");
+    assert!(
+        lines.contains(&format!(
+            "fill {}.bak {}",
+            first.display(),
+            first.with_extension("idx.bak").display()
+        )),
+        "{lines:?}"
+    );
+    assert_eq!(slice_files(&data), vec!["slice.901.dat", "slice.951.dat"]);
+    drop(srv);
+
+    let store = TempDir::new("age");
+    let data = store.0.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let srv = file_server(&data, &["--file_slice_max_age", "1s"]);
+    fill(&bin, &srv, 10);
+    std::thread::sleep(Duration::from_millis(1200));
+    fill(&bin, &srv, 10);
+    assert_eq!(slice_files(&data), vec!["slice.1.dat", "slice.11.dat"]);
+}
+
 /// Unmounts the test's tmpfs when the test ends, before its directory is removed.
 struct Mounted(std::path::PathBuf);
 

@@ -49,10 +49,6 @@ pub fn unavailable_features(o: &Options) -> Vec<String> {
         o.log_size_limit > 0,
         "log rotation by size (log_size_limit)",
     );
-    note(
-        s.secure || s.tls.client_cert.is_some(),
-        "TLS to the external NATS server",
-    );
     note(s.store == StoreType::Sql, "the SQL store");
     note(
         s.store == StoreType::File,

@@ -22,7 +22,7 @@ use prost::Message;
 use shards::limits::{ChannelLimits, ResolvedLimits};
 use shards::pb::{ConnectRequest, Ping, PingResponse};
 use shards::shard::{Shard, ShardConfig, SubEnd};
-use shards::store::file::FileStore;
+use shards::store::file::{FileStore, SliceLimits};
 
 /// PubAcks that wait for a write: (reply subject, guid).
 type OwedAcks = Vec<(Bytes, Bytes)>;
@@ -271,8 +271,13 @@ impl Node {
         let buffer = usize::try_from(s.file.buffer_size)
             .unwrap_or(DMA_BUFFER_CAP)
             .clamp(4096, DMA_BUFFER_CAP);
-        let slice_max = u64::try_from(s.file.slice_max_bytes).unwrap_or(0);
-        let store = FileStore::open(&dir, buffer, slice_max)
+        let slice_limits = SliceLimits {
+            max_bytes: u64::try_from(s.file.slice_max_bytes).unwrap_or(0),
+            max_msgs: u64::try_from(s.file.slice_max_msgs).unwrap_or(0),
+            max_age: s.file.slice_max_age,
+            archive_script: s.file.slice_archive_script.clone(),
+        };
+        let store = FileStore::open(&dir, buffer, slice_limits)
             .await
             .map_err(|e| format!("cannot open the file store in {}: {e}", dir.display()))?;
         let me = self.core.id;

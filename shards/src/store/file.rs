@@ -10,6 +10,7 @@ use fxhash::FxHashMap;
 use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -101,15 +102,42 @@ fn slice_number(file_name: &str) -> Option<u64> {
         .ok()
 }
 
+/// When a channel's write slice is closed and a new one started (0 / zero: no limit), and what
+/// happens to slices whose messages are all gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SliceLimits {
+    pub max_bytes: u64,
+    pub max_msgs: u64,
+    pub max_age: Duration,
+    /// Run as `script <channel> <slice>.bak <index>.bak` for each slice dropped by the channel
+    /// limits, after renaming it `*.bak`; the script is expected to delete it. This store
+    /// keeps no index file: the third argument names a file that does not exist.
+    pub archive_script: Option<PathBuf>,
+}
+
+/// The slice a channel appends to.
+struct OpenSlice {
+    writer: SliceWriter,
+    msgs: u64,
+    opened: Instant,
+}
+
+impl OpenSlice {
+    fn is_full(&self, limits: &SliceLimits) -> bool {
+        (limits.max_bytes > 0 && self.writer.len() >= limits.max_bytes)
+            || (limits.max_msgs > 0 && self.msgs >= limits.max_msgs)
+            || (!limits.max_age.is_zero() && self.opened.elapsed() >= limits.max_age)
+    }
+}
+
 pub struct FileStore {
     root: PathBuf,
     buffer_size: usize,
     read_size: usize,
-    writers: RefCell<FxHashMap<String, SliceWriter>>,
+    writers: RefCell<FxHashMap<String, OpenSlice>>,
     /// Every slice of every channel of this shard: (first sequence, path), in order.
     slices: RefCell<FxHashMap<String, Vec<(u64, PathBuf)>>>,
-    /// A slice is closed and a new one started past this size (`slice_max_bytes`; 0: never).
-    slice_max_bytes: u64,
+    slice_limits: SliceLimits,
 }
 
 impl FileStore {
@@ -117,7 +145,7 @@ impl FileStore {
     pub async fn open(
         root: &Path,
         buffer_size: usize,
-        slice_max_bytes: u64,
+        slice_limits: SliceLimits,
     ) -> io::Result<FileStore> {
         // A full disk must not keep the server from starting and serving what it stored.
         if let Err(e) = warm_up(root).await {
@@ -129,7 +157,7 @@ impl FileStore {
             read_size: read_size_for(root),
             writers: RefCell::new(FxHashMap::default()),
             slices: RefCell::new(FxHashMap::default()),
-            slice_max_bytes,
+            slice_limits,
         })
     }
 
@@ -231,16 +259,16 @@ impl FileStore {
                 u64::from_le_bytes(a)
             })
             .unwrap_or(0);
-        let writer = self.writers.borrow_mut().remove(channel);
+        let open = self.writers.borrow_mut().remove(channel);
         // A full slice is closed; the records go to a new one.
-        let writer = match writer {
-            Some(w) if self.slice_max_bytes > 0 && w.len() >= self.slice_max_bytes => {
-                w.close().await?;
+        let open = match open {
+            Some(o) if o.is_full(&self.slice_limits) => {
+                o.writer.close().await?;
                 None
             }
             other => other,
         };
-        let mut writer = match writer {
+        let mut open = match open {
             Some(w) => w,
             None => {
                 let dir = self.channel_dir(channel);
@@ -253,21 +281,24 @@ impl FileStore {
                 if list.last().map(|(first, _)| *first) != Some(first_seq) {
                     list.push((first_seq, path));
                 }
-                w
+                OpenSlice {
+                    writer: w,
+                    msgs: 0,
+                    opened: Instant::now(),
+                }
             }
         };
-        let before = writer.len();
-        writer.append(records).await?;
-        match writer.commit_with(sync).await {
+        let before = open.writer.len();
+        open.writer.append(records).await?;
+        match open.writer.commit_with(sync).await {
             Ok(()) => {
-                self.writers
-                    .borrow_mut()
-                    .insert(channel.to_string(), writer);
+                open.msgs += super::record::count(records);
+                self.writers.borrow_mut().insert(channel.to_string(), open);
                 Ok(())
             }
             Err(e) => {
-                let path = writer.path().to_path_buf();
-                if let Err(cut) = writer.abandon(before).await {
+                let path = open.writer.path().to_path_buf();
+                if let Err(cut) = open.writer.abandon(before).await {
                     log::error!(
                         "cannot cut {} back to {before} bytes after a failed write: {cut}",
                         path.display()
@@ -291,20 +322,68 @@ impl FileStore {
             drop += 1;
         }
         for (_, path) in list.drain(..drop) {
-            if let Err(e) = std::fs::remove_file(&path) {
-                log::warn!("STAN: cannot delete {}: {e}", path.display());
+            match &self.slice_limits.archive_script {
+                Some(script) => archive(script, channel, &path),
+                None => {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        log::warn!("STAN: cannot delete {}: {e}", path.display());
+                    }
+                }
             }
         }
     }
 
     /// Closes every open slice (clean shutdown: no padding left).
     pub async fn close(&self) {
-        let writers: Vec<SliceWriter> = self.writers.borrow_mut().drain().map(|(_, w)| w).collect();
+        let writers: Vec<SliceWriter> = self
+            .writers
+            .borrow_mut()
+            .drain()
+            .map(|(_, o)| o.writer)
+            .collect();
         for w in writers {
             if let Err(e) = w.close().await {
                 log::warn!("STAN: closing a slice: {e}");
             }
         }
+    }
+}
+
+/// Renames a dropped slice `*.bak` and runs the archive script on it; a thread waits for the
+/// script so that no zombie is left, and logs how it ended.
+fn archive(script: &Path, channel: &str, slice: &Path) {
+    let mut bak = slice.as_os_str().to_owned();
+    bak.push(".bak");
+    let bak = PathBuf::from(bak);
+    if let Err(e) = std::fs::rename(slice, &bak) {
+        log::warn!("STAN: cannot rename {} for archiving: {e}", slice.display());
+        return;
+    }
+    let idx = slice.with_extension("idx.bak");
+    let spawned = std::process::Command::new(script)
+        .arg(channel)
+        .arg(&bak)
+        .arg(&idx)
+        .stdin(std::process::Stdio::null())
+        .spawn();
+    match spawned {
+        Ok(mut child) => {
+            let what = format!("{} {channel} {}", script.display(), bak.display());
+            let waiter = std::thread::Builder::new()
+                .name("slice-archive".into())
+                .spawn(move || match child.wait() {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => log::warn!("STAN: archive script {what} ended with {status}"),
+                    Err(e) => log::warn!("STAN: archive script {what}: {e}"),
+                });
+            if let Err(e) = waiter {
+                log::warn!("STAN: cannot wait for the archive script: {e}");
+            }
+        }
+        Err(e) => log::error!(
+            "STAN: cannot run the slice archive script {}: {e}",
+            script.display()
+        ),
     }
 }
 
