@@ -1,0 +1,126 @@
+//! The store's hot paths: appending to a channel's memory log (every publish), framing records
+//! for the file store (every publish with `-st file`), scanning a slice back (recovery and
+//! replay from disk), and the DMA write and read of a slice on the machine's temp directory.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use glommio::LocalExecutorBuilder;
+use shards::store::memory::MemoryLog;
+use shards::store::record;
+use shards::store::slice::{read_slice, warm_up, SliceWriter};
+use std::time::{Duration, Instant};
+
+const MSGS: usize = 10_000;
+const PAYLOAD: [u8; 128] = [b'x'; 128];
+
+fn framed(n: usize) -> Vec<u8> {
+    let mut log = MemoryLog::new();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let m = log.append(b"bench.channel", b"", &PAYLOAD, i as i64);
+        record::encode(&mut out, m.seq, m.timestamp, &m.encoded);
+    }
+    out
+}
+
+fn in_memory(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store");
+    group.throughput(Throughput::Elements(MSGS as u64));
+    group.bench_function("memory_append_128B", |b| {
+        b.iter(|| {
+            let mut log = MemoryLog::new();
+            for i in 0..MSGS {
+                log.append(b"bench.channel", b"", &PAYLOAD, i as i64);
+            }
+            log.last_seq()
+        })
+    });
+    // As a publish turn does with `-st file`: append, frame into the turn's batch, and hand
+    // the batch over every 256 messages (its buffer is reused, as the allocator would).
+    group.bench_function("append_and_frame_128B", |b| {
+        let mut batch = Vec::with_capacity(256 * 200);
+        b.iter(|| {
+            let mut log = MemoryLog::new();
+            let mut handed = 0;
+            for i in 0..MSGS {
+                let m = log.append(b"bench.channel", b"", &PAYLOAD, i as i64);
+                record::encode(&mut batch, m.seq, m.timestamp, &m.encoded);
+                if i % 256 == 255 {
+                    handed += batch.len();
+                    batch.clear();
+                }
+            }
+            handed + batch.len()
+        })
+    });
+    group.bench_function("crc32c_160B", |b| {
+        let body = [7u8; 160];
+        b.iter(|| {
+            let mut x = 0u32;
+            for _ in 0..MSGS {
+                x ^= crc32c::crc32c(std::hint::black_box(&body));
+            }
+            x
+        })
+    });
+    let slice = framed(MSGS);
+    group.bench_function("scan_slice_128B", |b| {
+        b.iter(|| {
+            record::scan(&slice)
+                .map(|(found, _)| found.len())
+                .unwrap_or(0)
+        })
+    });
+    group.finish();
+}
+
+/// DMA write (no sync) of 64 KiB batches and a sequential read of the slice, inside one
+/// glommio executor: the whole timed loop runs there, so executor start-up is not measured.
+fn on_disk(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("stanza-bench-store-{}", std::process::id()));
+    if std::fs::create_dir_all(&dir).is_err() {
+        eprintln!("SKIPPED: cannot create {}", dir.display());
+        return;
+    }
+    let batch = framed(500); // about 80 KiB of 128 B messages
+    let mut group = c.benchmark_group("store_dma");
+    group.throughput(Throughput::Bytes(batch.len() as u64));
+    let run = |iters: u64, read: bool| -> Duration {
+        let dir = dir.clone();
+        let batch = batch.clone();
+        let ex = LocalExecutorBuilder::default().make();
+        let Ok(ex) = ex else {
+            return Duration::ZERO;
+        };
+        ex.run(async move {
+            let _ = warm_up(&dir).await;
+            let path = dir.join("slice.1.dat");
+            let Ok(mut w) = SliceWriter::create(&path, 64 << 10).await else {
+                return Duration::ZERO;
+            };
+            let start = Instant::now();
+            for _ in 0..iters {
+                let _ = w.append(&batch).await;
+                let _ = w.commit_with(false).await;
+            }
+            let wrote = start.elapsed();
+            let _ = w.close().await;
+            if !read {
+                return wrote;
+            }
+            let start = Instant::now();
+            let _ = read_slice(&path, 128 << 10).await;
+            start.elapsed()
+        })
+    };
+    group.bench_function("write_batch_nosync", |b| {
+        b.iter_custom(|iters| run(iters, false))
+    });
+    group.bench_function("read_slice_per_batch", |b| {
+        b.iter_custom(|iters| run(iters, true))
+    });
+    group.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, in_memory, on_disk);
+criterion_main!(benches);
