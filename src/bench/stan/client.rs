@@ -6,6 +6,7 @@
 use super::link::{self, LinkReader, LinkWriter};
 use super::window::{PublishWindow, WindowError};
 use crate::nats::client_proto::{next_op, ServerOp};
+use crate::stan::external::{parse_urls, NatsUrl};
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use shards::pb;
@@ -27,7 +28,7 @@ const FIRST_SUB_SID: u64 = 10;
 pub enum ClientError {
     #[error("cannot connect to {0}: {1}")]
     Connect(String, String),
-    #[error("bad server URL {0:?}")]
+    #[error("bad server URL: {0}")]
     Url(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -107,49 +108,6 @@ pub struct StanConn {
     timeout: Duration,
 }
 
-/// `nats://user:pass@host:port`, `tls://host:port` or `host:port`.
-struct ServerUrl {
-    tls: bool,
-    host: String,
-    port: u16,
-    user: Option<String>,
-    password: Option<String>,
-}
-
-fn parse_url(text: &str) -> Result<ServerUrl, ClientError> {
-    let bad = || ClientError::Url(text.to_string());
-    let (tls, rest) = match text.split_once("://") {
-        Some(("tls", rest)) => (true, rest),
-        Some(("nats", rest)) => (false, rest),
-        Some(_) => return Err(bad()),
-        None => (false, text),
-    };
-    let (auth, hostport) = match rest.rsplit_once('@') {
-        Some((auth, hostport)) => (Some(auth), hostport),
-        None => (None, rest),
-    };
-    let hostport = hostport.trim_end_matches('/');
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
-        None => (hostport, 4222),
-    };
-    if host.is_empty() {
-        return Err(bad());
-    }
-    let (user, password) = match auth.map(|a| a.split_once(':')) {
-        Some(Some((u, p))) => (Some(u.to_string()), Some(p.to_string())),
-        Some(None) => (auth.map(str::to_string), None),
-        None => (None, None),
-    };
-    Ok(ServerUrl {
-        tls,
-        host: host.trim_matches(['[', ']']).to_string(),
-        port,
-        user,
-        password,
-    })
-}
-
 /// Reads the server's INFO line in plain text (TLS, if any, starts after it).
 fn read_info(sock: &mut TcpStream) -> Result<serde_json::Value, ClientError> {
     let mut line = Vec::new();
@@ -185,8 +143,9 @@ fn pub_frame(out: &mut Vec<u8>, subject: &str, reply: Option<&str>, payload: &[u
 
 impl StanConn {
     pub fn connect(opts: &ConnectOptions) -> Result<StanConn, ClientError> {
-        let mut last_error = ClientError::Url(String::new());
-        for url in &opts.urls {
+        let urls = parse_urls(&opts.urls.join(",")).map_err(ClientError::Url)?;
+        let mut last_error = ClientError::Url("no URL given".into());
+        for url in urls {
             match Self::connect_to(url, opts) {
                 Ok(conn) => return Ok(conn),
                 Err(e) => last_error = e,
@@ -195,8 +154,7 @@ impl StanConn {
         Err(last_error)
     }
 
-    fn connect_to(url: &str, opts: &ConnectOptions) -> Result<StanConn, ClientError> {
-        let url = parse_url(url.trim())?;
+    fn connect_to(url: NatsUrl, opts: &ConnectOptions) -> Result<StanConn, ClientError> {
         let addr = (url.host.as_str(), url.port)
             .to_socket_addrs()
             .map_err(|e| ClientError::Connect(url.host.clone(), e.to_string()))?
@@ -221,7 +179,7 @@ impl StanConn {
         };
         let (mut reader, writer) = link::split(sock, session)?;
         let user = url.user.or_else(|| opts.user.clone());
-        let password = url.password.or_else(|| opts.password.clone());
+        let password = url.pass.or_else(|| opts.password.clone());
         let mut connect = serde_json::json!({
             "verbose": false, "pedantic": false, "tls_required": url.tls || tls_required,
             "name": "stanza bench", "lang": "rust", "version": env!("CARGO_PKG_VERSION"),
@@ -577,24 +535,4 @@ fn on_msg(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        let u = parse_url("nats://a:b@127.0.0.1:4333").unwrap();
-        assert_eq!(
-            (u.tls, u.host.as_str(), u.port, u.user.as_deref()),
-            (false, "127.0.0.1", 4333, Some("a"))
-        );
-        assert_eq!(u.password.as_deref(), Some("b"));
-        let u = parse_url("tls://localhost").unwrap();
-        assert!(u.tls && u.port == 4222);
-        assert!(parse_url("http://x:1").is_err());
-        assert!(parse_url("nats://:1").is_err());
-        assert!(parse_url("nats://h:notaport").is_err());
-    }
 }

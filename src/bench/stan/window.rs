@@ -69,15 +69,25 @@ impl PublishWindow {
 
     /// Waits for a free slot.
     pub fn acquire(&self, timeout: Duration) -> Result<(), WindowError> {
+        let mut s = self.wait_until(timeout, |s| s.inflight < self.max)?;
+        s.inflight += 1;
+        Ok(())
+    }
+
+    /// Waits until `ready` holds, failing first if the window failed or `timeout` passed.
+    fn wait_until(
+        &self,
+        timeout: Duration,
+        ready: impl Fn(&State) -> bool,
+    ) -> Result<MutexGuard<'_, State>, WindowError> {
         let deadline = Instant::now() + timeout;
         let mut s = self.lock();
         loop {
             if let Some(f) = &s.failure {
                 return Err(f.clone());
             }
-            if s.inflight < self.max {
-                s.inflight += 1;
-                return Ok(());
+            if ready(&s) {
+                return Ok(s);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -117,28 +127,9 @@ impl PublishWindow {
         self.changed.notify_all();
     }
 
-    /// Waits until nothing is in flight.
+    /// Waits until nothing is in flight; a refused publish makes it fail.
     pub fn wait_idle(&self, timeout: Duration) -> Result<(), WindowError> {
-        let deadline = Instant::now() + timeout;
-        let mut s = self.lock();
-        while s.inflight > 0 {
-            if let Some(f) = &s.failure {
-                return Err(f.clone());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(WindowError::Timeout(timeout));
-            }
-            s = self
-                .changed
-                .wait_timeout(s, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-        match &s.failure {
-            Some(f) => Err(f.clone()),
-            None => Ok(()),
-        }
+        self.wait_until(timeout, |s| s.inflight == 0).map(drop)
     }
 
     pub fn acked(&self) -> u64 {
