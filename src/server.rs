@@ -79,13 +79,58 @@ fn new_server_id() -> String {
 
 /// A plain bind (no SO_REUSEPORT) fails if anyone, including another stanza, holds the port;
 /// the executors' shared binds would not notice.
+///
+/// A server killed a moment ago still holds its port for a while: the kernel tears an
+/// io_uring instance down after the process is gone, and the accept it had queued keeps the
+/// listening socket open until then. So "in use" is retried for up to PORT_RETRY.
 fn check_port_free(host: &str, port: u16) -> Result<(), ServerError> {
-    std::net::TcpListener::bind((host, port))
-        .map(drop)
-        .map_err(|source| ServerError::Listen {
-            addr: format!("{host}:{port}"),
-            source,
-        })
+    let deadline = std::time::Instant::now() + PORT_RETRY;
+    loop {
+        match std::net::TcpListener::bind((host, port)) {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(source) => {
+                return Err(ServerError::Listen {
+                    addr: format!("{host}:{port}"),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+const PORT_RETRY: Duration = Duration::from_secs(2);
+
+/// This core's listening socket. Every core binds the same port (SO_REUSEPORT: the kernel
+/// spreads new connections over them); SO_REUSEADDR lets a restarted server bind while
+/// connections of the previous one are in TIME_WAIT, as Go servers can. glommio's own bind
+/// sets only the first (and panics on a host that does not resolve).
+fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::net::ToSocketAddrs;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let addr = (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address"))?;
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&SockAddr::from(addr))?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor was just created, bound and put to listening here, and its
+    // ownership moves to the glommio listener.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 /// Checks that this process may create an io_uring (glommio panics when it cannot): the
@@ -386,11 +431,9 @@ async fn run_core(
         None
     } else {
         Some(
-            TcpListener::bind((opts.host.as_str(), opts.port)).map_err(|e| {
-                ServerError::Listen {
-                    addr: format!("{}:{}", opts.host, opts.port),
-                    source: std::io::Error::other(e.to_string()),
-                }
+            listen(&opts.host, opts.port).map_err(|source| ServerError::Listen {
+                addr: format!("{}:{}", opts.host, opts.port),
+                source,
             })?,
         )
     };

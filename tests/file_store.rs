@@ -358,3 +358,61 @@ fn full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
     drop(srv);
     drop(mount);
 }
+
+/// Conformance 48, the client part: a client registered before a restart (here a kill -9) is
+/// still registered after it: its publishes on the same connection are accepted, its client
+/// ID is still taken while it answers heartbeats, and closing it frees the ID.
+#[test]
+fn item48_registered_clients_survive_a_restart() {
+    use std::io::{BufRead, BufReader, Write};
+    let Some(bin) = stan_go() else {
+        return;
+    };
+    let store = TempDir::new("clients");
+    let data = store.0.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let dir = data.to_string_lossy().into_owned();
+    let args = ["--cores", "2", "-st", "file", "--dir", &dir];
+    let port = common::free_port();
+    let srv = Server::start_on(port, None, &args);
+    let mut client = Command::new(&bin)
+        .args(["client_survives_restart", &srv.url()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("client");
+    let stdout = client.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = rx.recv_timeout(Duration::from_secs(30));
+    assert_eq!(
+        ready.as_deref(),
+        Ok("ready"),
+        "the client did not get ready"
+    );
+    drop(srv);
+    let srv = Server::start_on(port, None, &args);
+    client
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"restarted\n")
+        .expect("tell the client");
+    let done = rx.recv_timeout(Duration::from_secs(60));
+    let _ = client.kill();
+    let out = client.wait_with_output().expect("client output");
+    assert_eq!(
+        done.as_deref(),
+        Ok("done"),
+        "client:\n{}\nserver:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        srv.log_text()
+    );
+}

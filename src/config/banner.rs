@@ -52,7 +52,7 @@ pub fn unavailable_features(o: &Options) -> Vec<String> {
     note(s.store == StoreType::Sql, "the SQL store");
     note(
         s.store == StoreType::File,
-        "persistence of subscriptions and clients in the FILE store (messages are stored)",
+        "persistence of subscriptions in the FILE store (messages and clients are stored)",
     );
     note(s.ft_group.is_some(), "fault-tolerant mode (ft_group)");
     note(s.cluster.is_some(), "streaming clustering");

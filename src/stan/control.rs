@@ -13,6 +13,7 @@ use fxhash::{FxHashMap, FxHashSet};
 use prost::Message;
 use shards::pb::{CloseRequest, CloseResponse, ConnectRequest, ConnectResponse};
 use shards::shard::ERR_UNKNOWN_CLIENT;
+use shards::store::clients::{self, StoredClient};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
@@ -162,7 +163,14 @@ impl Node {
             );
             self.remove_client(&id).await;
         }
-        self.register(cp, &req).await;
+        if let Err(e) = self.register(cp, &req).await {
+            log::error!("STAN: [Client:{id}] cannot store the client: {e}");
+            self.reply(
+                reply.as_ref(),
+                requests::connect_error(&format!("stan: unable to store client: {e}")),
+            );
+            return;
+        }
         let mut resp = ConnectResponse {
             pub_prefix: self.subjects.publish_prefix.clone(),
             sub_requests: self.subjects.subscribe.clone(),
@@ -184,7 +192,26 @@ impl Node {
         self.reply(reply.as_ref(), Bytes::from(resp.encode_to_vec()));
     }
 
-    async fn register(self: &Rc<Self>, cp: &ControlPlane, req: &ConnectRequest) {
+    /// Registers a client: in the file store's log first (the connect fails if that fails),
+    /// then on every shard; then its heartbeats start.
+    async fn register(
+        self: &Rc<Self>,
+        cp: &ControlPlane,
+        req: &ConnectRequest,
+    ) -> Result<(), std::io::Error> {
+        let log = self.client_log.borrow().clone();
+        if let Some(log) = log {
+            let mut record = Vec::new();
+            clients::encode_add(
+                &mut record,
+                &StoredClient {
+                    id: req.client_id.clone(),
+                    hb_inbox: req.heartbeat_inbox.clone(),
+                    conn_id: req.conn_id.clone(),
+                },
+            );
+            log.append(record).await?;
+        }
         let alive = Rc::new(Cell::new(true));
         let hurry = Rc::new(Notify::new());
         cp.clients.borrow_mut().insert(
@@ -207,6 +234,31 @@ impl Node {
         let inbox = req.heartbeat_inbox.clone();
         glommio::spawn_local(async move { node.heartbeats(client_id, inbox, alive, hurry).await })
             .detach();
+        Ok(())
+    }
+
+    /// A client read back from the file store at start-up (every shard has added it itself):
+    /// registered here and heartbeaten; one that does not answer is removed as usual.
+    pub(super) fn restore_client(self: &Rc<Self>, client: StoredClient) {
+        let Some(cp) = &self.control else {
+            return;
+        };
+        let alive = Rc::new(Cell::new(true));
+        let hurry = Rc::new(Notify::new());
+        cp.clients.borrow_mut().insert(
+            client.id.clone(),
+            ClientRecord {
+                hb_inbox: client.hb_inbox.clone(),
+                alive: alive.clone(),
+                hurry: hurry.clone(),
+            },
+        );
+        let node = self.clone();
+        glommio::spawn_local(async move {
+            node.heartbeats(client.id, client.hb_inbox, alive, hurry)
+                .await
+        })
+        .detach();
     }
 
     /// Unregisters a client everywhere: its subscriptions end (durables go offline).
@@ -224,6 +276,15 @@ impl Node {
             token,
         })
         .await;
+        let log = self.client_log.borrow().clone();
+        if let Some(log) = log {
+            let mut record = Vec::new();
+            clients::encode_remove(&mut record, client_id);
+            if let Err(e) = log.append(record).await {
+                // It comes back at the next start and is removed then for missed heartbeats.
+                log::error!("STAN: [Client:{client_id}] cannot store the removal: {e}");
+            }
+        }
         true
     }
 

@@ -22,6 +22,7 @@ use prost::Message;
 use shards::limits::{ChannelLimits, ResolvedLimits};
 use shards::pb::{ConnectRequest, Ping, PingResponse};
 use shards::shard::{Shard, ShardConfig, SubEnd};
+use shards::store::clients::{self, ClientLog};
 use shards::store::file::{FileStore, SliceLimits};
 
 /// PubAcks that wait for a write: (reply subject, guid).
@@ -64,6 +65,8 @@ pub struct Node {
     waiters: RefCell<FxHashMap<u64, Rc<Waiter>>>,
     /// The file store of this shard (`--store file`); `None` with the memory store.
     store: RefCell<Option<Rc<FileStore>>>,
+    /// File store, shard 0: the client registry's log.
+    pub(super) client_log: RefCell<Option<Rc<ClientLog>>>,
     ticks: Cell<u64>,
     /// A commit (write + sync of this turn's messages) is in progress or scheduled.
     committing: Cell<bool>,
@@ -110,6 +113,7 @@ impl Node {
             waiters: RefCell::new(FxHashMap::default()),
             scratch: RefCell::new(Vec::new()),
             store: RefCell::new(None),
+            client_log: RefCell::new(None),
             committing: Cell::new(false),
             ticks: Cell::new(0),
             gathers: RefCell::new(FxHashMap::default()),
@@ -311,6 +315,38 @@ impl Node {
                 .map(|c| c.log.first_seq())
             {
                 store.drop_slices_before(&r.name, first);
+            }
+        }
+        // Every shard reads the registered clients itself (no mesh is running yet); shard 0
+        // also compacts the log, keeps it open and resumes their heartbeats.
+        let clients = if me == 0 {
+            let (log, clients) = ClientLog::open(&dir, s.file.sync).await.map_err(|e| {
+                format!(
+                    "cannot open {}: {e}",
+                    dir.join(clients::FILE_NAME).display()
+                )
+            })?;
+            *self.client_log.borrow_mut() = Some(Rc::new(log));
+            clients
+        } else {
+            clients::read(&dir).map_err(|e| {
+                format!(
+                    "cannot read {}: {e}",
+                    dir.join(clients::FILE_NAME).display()
+                )
+            })?
+        };
+        for c in &clients {
+            self.shard
+                .borrow_mut()
+                .client_added(&c.id, c.conn_id.clone());
+        }
+        if me == 0 {
+            if !clients.is_empty() {
+                log::info!("STAN: recovered {} clients", clients.len());
+            }
+            for c in clients {
+                self.restore_client(c);
             }
         }
         self.shard.borrow_mut().persist_messages();

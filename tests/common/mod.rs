@@ -60,8 +60,12 @@ impl Server {
 
     /// Starts with a NATS-format config file holding `config`.
     pub fn start_with_config(config: Option<&str>, args: &[&str]) -> Server {
+        Self::start_on(free_port(), config, args)
+    }
+
+    /// Starts on a given client port (a restart where clients reconnect).
+    pub fn start_on(port: u16, config: Option<&str>, args: &[&str]) -> Server {
         let dir = TempDir::new("srv");
-        let port = free_port();
         let log = dir.0.join("server.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stanza"));
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
