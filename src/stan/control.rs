@@ -212,16 +212,7 @@ impl Node {
             );
             log.append(record).await?;
         }
-        let alive = Rc::new(Cell::new(true));
-        let hurry = Rc::new(Notify::new());
-        cp.clients.borrow_mut().insert(
-            req.client_id.clone(),
-            ClientRecord {
-                hb_inbox: req.heartbeat_inbox.clone(),
-                alive: alive.clone(),
-                hurry: hurry.clone(),
-            },
-        );
+        self.track_client(cp, req.client_id.clone(), req.heartbeat_inbox.clone());
         let conn_id = req.conn_id.clone();
         self.broadcast(|token| StanMsg::ClientAdded {
             client_id: req.client_id.clone(),
@@ -229,35 +220,34 @@ impl Node {
             token,
         })
         .await;
-        let node = self.clone();
-        let client_id = req.client_id.clone();
-        let inbox = req.heartbeat_inbox.clone();
-        glommio::spawn_local(async move { node.heartbeats(client_id, inbox, alive, hurry).await })
-            .detach();
         Ok(())
     }
 
     /// A client read back from the file store at start-up (every shard has added it itself):
     /// registered here and heartbeaten; one that does not answer is removed as usual.
     pub(super) fn restore_client(self: &Rc<Self>, client: StoredClient) {
-        let Some(cp) = &self.control else {
-            return;
-        };
+        if let Some(cp) = &self.control {
+            self.track_client(cp, client.id, client.hb_inbox);
+        }
+    }
+
+    /// Enters a client in the registry and starts its heartbeats (the first one goes out
+    /// after a whole interval).
+    fn track_client(self: &Rc<Self>, cp: &ControlPlane, client_id: String, hb_inbox: String) {
         let alive = Rc::new(Cell::new(true));
         let hurry = Rc::new(Notify::new());
         cp.clients.borrow_mut().insert(
-            client.id.clone(),
+            client_id.clone(),
             ClientRecord {
-                hb_inbox: client.hb_inbox.clone(),
+                hb_inbox: hb_inbox.clone(),
                 alive: alive.clone(),
                 hurry: hurry.clone(),
             },
         );
         let node = self.clone();
-        glommio::spawn_local(async move {
-            node.heartbeats(client.id, client.hb_inbox, alive, hurry)
-                .await
-        })
+        glommio::spawn_local(
+            async move { node.heartbeats(client_id, hb_inbox, alive, hurry).await },
+        )
         .detach();
     }
 
