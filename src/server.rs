@@ -206,6 +206,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     let ncores = opts.cores.unwrap_or_else(online_cpus).max(1);
     let online = online_cpus();
     let io_memory = io_memory_per_executor(ncores);
+    let spin = opts.spin_before_park;
     probe_io_uring()?;
     let external = opts.streaming.nats_server.is_some();
     if !external {
@@ -264,11 +265,13 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         std::thread::Builder::new()
             .name(format!("stanza-core-{i}"))
             .spawn(move || {
-                let executor = match LocalExecutorBuilder::new(placement)
+                let mut builder = LocalExecutorBuilder::new(placement)
                     .name(&format!("stanza-core-{i}"))
-                    .io_memory(io_memory)
-                    .make()
-                {
+                    .io_memory(io_memory);
+                if !spin.is_zero() {
+                    builder = builder.spin_before_park(spin);
+                }
+                let executor = match builder.make() {
                     Ok(e) => e,
                     Err(e) => {
                         let _ = ready_tx.send(Err(ServerError::Executor(e.to_string())));

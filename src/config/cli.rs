@@ -455,6 +455,9 @@ pub struct Cli {
     /// Number of cores (shards) to run on (default: all online CPUs)
     #[arg(long = "cores", value_name = "N", help_heading = "NATS Server")]
     pub cores: Option<usize>,
+    /// How long an idle core polls before sleeping (stanza only; 0 disables; default 100us)
+    #[arg(long = "spin_before_park", value_name = "DURATION", value_parser = parse_duration, help_heading = "NATS Server")]
+    pub spin_before_park: Option<Duration>,
     /// Profiling HTTP port (accepted; stanza has no Go profiler)
     #[arg(long = "profile", value_name = "PORT", hide = true)]
     pub profile: Option<u16>,
@@ -704,6 +707,7 @@ impl Cli {
         set_some(&mut o.server_name, &self.name);
         set_some(&mut o.client_advertise, &self.client_advertise);
         set_some(&mut o.cores, &self.cores);
+        set(&mut o.spin_before_park, &self.spin_before_park);
         set_some(&mut o.http_port, &self.http_port);
         set_some(&mut o.https_port, &self.https_port);
         set_some(&mut o.pid_file, &self.pid_file);
@@ -899,6 +903,16 @@ mod tests {
         assert_eq!(cli.pass.as_deref(), Some("pw"));
         assert!(cli.debug_and_trace);
         assert_eq!(cli.cores, Some(1));
+        let (o, _) = parse(&["stanza"]).build_options().unwrap();
+        assert_eq!(o.spin_before_park, Duration::from_micros(100));
+        let (o, _) = parse(&["stanza", "-spin_before_park", "250us"])
+            .build_options()
+            .unwrap();
+        assert_eq!(o.spin_before_park, Duration::from_micros(250));
+        let (o, _) = parse(&["stanza", "--spin_before_park=0"])
+            .build_options()
+            .unwrap();
+        assert!(o.spin_before_park.is_zero());
     }
 
     #[test]
