@@ -103,6 +103,8 @@ pub struct Unwritten {
     pub records: Vec<u8>,
     /// Sequence of the first record.
     pub first_seq: u64,
+    /// How many records.
+    pub count: u64,
     /// (reply subject, guid) of each PubAck owed once the records are on disk.
     pub acks: Vec<(Bytes, Bytes)>,
 }
@@ -422,6 +424,7 @@ impl Shard {
                 stored.timestamp,
                 &stored.encoded,
             );
+            batch.count += 1;
             if let Some(reply) = &reply {
                 batch
                     .acks

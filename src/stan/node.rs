@@ -23,7 +23,7 @@ use shards::limits::{ChannelLimits, ResolvedLimits};
 use shards::pb::{ConnectRequest, Ping, PingResponse};
 use shards::shard::{Shard, ShardConfig, SubEnd};
 use shards::store::clients::{self, ClientLog};
-use shards::store::file::{FileStore, SliceLimits};
+use shards::store::file::{ChannelBatch, FileStore, SliceLimits};
 
 /// PubAcks that wait for a write: (reply subject, guid).
 type OwedAcks = Vec<(Bytes, Bytes)>;
@@ -210,7 +210,12 @@ impl Node {
             let mut records = Vec::with_capacity(batches.len());
             for (channel, batch) in batches {
                 owed.push((channel.clone(), batch.first_seq, batch.acks));
-                records.push((channel, batch.records));
+                records.push(ChannelBatch {
+                    channel,
+                    records: batch.records,
+                    first_seq: batch.first_seq,
+                    msgs: batch.count,
+                });
             }
             let failed = match &store {
                 Some(s) => s.write(records, sync).await,

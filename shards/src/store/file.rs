@@ -115,6 +115,17 @@ pub struct SliceLimits {
     pub archive_script: Option<PathBuf>,
 }
 
+/// One channel's records of a turn, framed (store::record), as the shard made them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelBatch {
+    pub channel: String,
+    pub records: Vec<u8>,
+    /// Sequence of the first record (a new slice is named after it).
+    pub first_seq: u64,
+    /// How many records (slice_max_msgs counts them).
+    pub msgs: u64,
+}
+
 /// The slice a channel appends to.
 struct OpenSlice {
     writer: SliceWriter,
@@ -231,34 +242,21 @@ impl FileStore {
         Ok(out)
     }
 
-    /// Writes the records of one turn, one append per channel, then makes them durable
-    /// (`sync`: fdatasync; otherwise DMA writes only). New slices start at `first_seq`.
     /// Appends each channel's records (one DMA write per channel, synced when `sync`) and
     /// returns the channels whose write failed, with the error. A failed channel's slice is cut
     /// back to what was on disk before and closed; its next records start a new slice.
-    pub async fn write(
-        &self,
-        batches: Vec<(String, Vec<u8>)>,
-        sync: bool,
-    ) -> Vec<(String, io::Error)> {
+    pub async fn write(&self, batches: Vec<ChannelBatch>, sync: bool) -> Vec<(String, io::Error)> {
         let mut failed = Vec::new();
-        for (channel, records) in &batches {
-            if let Err(e) = self.write_channel(channel, records, sync).await {
-                failed.push((channel.clone(), e));
+        for batch in batches {
+            if let Err(e) = self.write_channel(&batch, sync).await {
+                failed.push((batch.channel, e));
             }
         }
         failed
     }
 
-    async fn write_channel(&self, channel: &str, records: &[u8], sync: bool) -> io::Result<()> {
-        let first_seq = records
-            .get(8..16)
-            .map(|b| {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                u64::from_le_bytes(a)
-            })
-            .unwrap_or(0);
+    async fn write_channel(&self, batch: &ChannelBatch, sync: bool) -> io::Result<()> {
+        let (channel, first_seq) = (batch.channel.as_str(), batch.first_seq);
         let open = self.writers.borrow_mut().remove(channel);
         // A full slice is closed; the records go to a new one.
         let open = match open {
@@ -289,10 +287,10 @@ impl FileStore {
             }
         };
         let before = open.writer.len();
-        open.writer.append(records).await?;
+        open.writer.append(&batch.records).await?;
         match open.writer.commit_with(sync).await {
             Ok(()) => {
-                open.msgs += super::record::count(records);
+                open.msgs += batch.msgs;
                 self.writers.borrow_mut().insert(channel.to_string(), open);
                 Ok(())
             }

@@ -91,13 +91,6 @@ impl MemoryLog {
         true
     }
 
-    /// After recovery of a channel whose messages all expired: sequences go on from `last`.
-    pub fn set_last_seq(&mut self, last: u64) {
-        if self.msgs.is_empty() {
-            self.last_seq = self.last_seq.max(last);
-        }
-    }
-
     /// The first stored sequence; `last + 1` when empty (0 when nothing was ever stored).
     pub fn first_seq(&self) -> u64 {
         match self.msgs.front() {

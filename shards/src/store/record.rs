@@ -27,17 +27,6 @@ pub fn encode(out: &mut Vec<u8>, seq: u64, timestamp: i64, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-/// How many records a buffer of whole framed records holds.
-pub fn count(records: &[u8]) -> u64 {
-    let mut at = 0;
-    let mut n = 0;
-    while let Some(h) = header_at(records, at) {
-        at += HEADER_LEN + h.body_len as usize;
-        n += 1;
-    }
-    n
-}
-
 fn header_at(buf: &[u8], at: usize) -> Option<RecordHeader> {
     let h = buf.get(at..at + HEADER_LEN)?;
     let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
