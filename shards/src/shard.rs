@@ -95,6 +95,9 @@ pub struct Shard {
     unwritten: Option<FxHashMap<String, Unwritten>>,
 }
 
+/// PubAcks that wait for a write: (reply subject, guid).
+pub type OwedAcks = Vec<(Bytes, Bytes)>;
+
 /// File store: one channel's messages of this turn that are not on disk yet, and the PubAcks
 /// that wait for them.
 #[derive(Debug, Default)]
@@ -105,8 +108,8 @@ pub struct Unwritten {
     pub first_seq: u64,
     /// How many records.
     pub count: u64,
-    /// (reply subject, guid) of each PubAck owed once the records are on disk.
-    pub acks: Vec<(Bytes, Bytes)>,
+    /// The PubAcks owed once the records are on disk.
+    pub acks: OwedAcks,
 }
 
 /// Whether `out` delivers a message of `channel` at or after `first_seq`.
@@ -186,12 +189,7 @@ impl Shard {
     /// of the channel not taken for writing yet are returned, to be answered with the error too.
     ///
     /// `covered` counts the queued outputs a commit covers; it is reduced by those taken back.
-    pub fn rollback(
-        &mut self,
-        channel: &str,
-        first_seq: u64,
-        covered: &mut usize,
-    ) -> Vec<(Bytes, Bytes)> {
+    pub fn rollback(&mut self, channel: &str, first_seq: u64, covered: &mut usize) -> OwedAcks {
         let owed = self
             .unwritten
             .as_mut()

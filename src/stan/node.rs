@@ -21,12 +21,9 @@ use fxhash::FxHashMap;
 use prost::Message;
 use shards::limits::{ChannelLimits, ResolvedLimits};
 use shards::pb::{ConnectRequest, Ping, PingResponse};
-use shards::shard::{Shard, ShardConfig, SubEnd};
+use shards::shard::{OwedAcks, Shard, ShardConfig, SubEnd};
 use shards::store::clients::{self, ClientLog};
 use shards::store::file::{ChannelBatch, FileStore, SliceLimits};
-
-/// PubAcks that wait for a write: (reply subject, guid).
-type OwedAcks = Vec<(Bytes, Bytes)>;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -149,16 +146,29 @@ impl Node {
         if n.is_multiple_of(SLICE_SWEEP_TICKS) {
             let store = self.store.borrow().clone();
             if let Some(store) = store {
-                let firsts: Vec<(String, u64)> = self
+                let names: Vec<String> = self
                     .shard
                     .borrow()
                     .channels()
-                    .map(|c| (c.name.clone(), c.log.first_seq()))
+                    .map(|c| c.name.clone())
                     .collect();
-                for (name, first) in firsts {
-                    store.drop_slices_before(&name, first);
+                for name in names {
+                    self.drop_emptied_slices(&store, &name);
                 }
             }
+        }
+    }
+
+    /// Deletes (or archives) the slices of `channel` that hold only messages its limits
+    /// dropped.
+    fn drop_emptied_slices(&self, store: &FileStore, channel: &str) {
+        let first = self
+            .shard
+            .borrow()
+            .channel(channel)
+            .map(|c| c.log.first_seq());
+        if let Some(first) = first {
+            store.drop_slices_before(channel, first);
         }
     }
 
@@ -241,14 +251,7 @@ impl Node {
             }
             if let Some(s) = &store {
                 for (channel, _, _) in &owed {
-                    let first = self
-                        .shard
-                        .borrow()
-                        .channel(channel)
-                        .map(|c| c.log.first_seq());
-                    if let Some(first) = first {
-                        s.drop_slices_before(channel, first);
-                    }
+                    self.drop_emptied_slices(s, channel);
                 }
             }
             let outs = self.shard.borrow_mut().take_out_prefix(covered);
@@ -313,14 +316,7 @@ impl Node {
             )?;
             log::debug!("STAN: recovered channel {:?} ({n} messages)", r.name);
             // Limits applied at start-up may leave whole slices with nothing kept.
-            if let Some(first) = self
-                .shard
-                .borrow()
-                .channel(&r.name)
-                .map(|c| c.log.first_seq())
-            {
-                store.drop_slices_before(&r.name, first);
-            }
+            self.drop_emptied_slices(&store, &r.name);
         }
         // Every shard reads the registered clients itself (no mesh is running yet); shard 0
         // also compacts the log, keeps it open and resumes their heartbeats.
