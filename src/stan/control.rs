@@ -13,7 +13,7 @@ use fxhash::{FxHashMap, FxHashSet};
 use prost::Message;
 use shards::pb::{CloseRequest, CloseResponse, ConnectRequest, ConnectResponse};
 use shards::shard::ERR_UNKNOWN_CLIENT;
-use shards::store::clients::{self, StoredClient};
+use shards::store::clients::StoredClient;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
@@ -201,16 +201,12 @@ impl Node {
     ) -> Result<(), std::io::Error> {
         let log = self.client_log.borrow().clone();
         if let Some(log) = log {
-            let mut record = Vec::new();
-            clients::encode_add(
-                &mut record,
-                &StoredClient {
-                    id: req.client_id.clone(),
-                    hb_inbox: req.heartbeat_inbox.clone(),
-                    conn_id: req.conn_id.clone(),
-                },
-            );
-            log.append(record).await?;
+            log.add(&StoredClient {
+                id: req.client_id.clone(),
+                hb_inbox: req.heartbeat_inbox.clone(),
+                conn_id: req.conn_id.clone(),
+            })
+            .await?;
         }
         self.track_client(cp, req.client_id.clone(), req.heartbeat_inbox.clone());
         let conn_id = req.conn_id.clone();
@@ -268,9 +264,7 @@ impl Node {
         .await;
         let log = self.client_log.borrow().clone();
         if let Some(log) = log {
-            let mut record = Vec::new();
-            clients::encode_remove(&mut record, client_id);
-            if let Err(e) = log.append(record).await {
+            if let Err(e) = log.remove(client_id).await {
                 // It comes back at the next start and is removed then for missed heartbeats.
                 log::error!("STAN: [Client:{client_id}] cannot store the removal: {e}");
             }

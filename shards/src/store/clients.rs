@@ -164,8 +164,21 @@ impl ClientLog {
         ))
     }
 
-    /// Appends records (synced when the store syncs).
-    pub async fn append(&self, records: Vec<u8>) -> io::Result<()> {
+    /// Records a registered client (synced when the store syncs).
+    pub async fn add(&self, client: &StoredClient) -> io::Result<()> {
+        let mut record = Vec::new();
+        encode_add(&mut record, client);
+        self.append(record).await
+    }
+
+    /// Records a client's removal.
+    pub async fn remove(&self, id: &str) -> io::Result<()> {
+        let mut record = Vec::new();
+        encode_remove(&mut record, id);
+        self.append(record).await
+    }
+
+    async fn append(&self, records: Vec<u8>) -> io::Result<()> {
         let at = self.end.get();
         let len = records.len();
         self.end.set(at + len as u64);
