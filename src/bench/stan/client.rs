@@ -102,7 +102,8 @@ pub struct StanConn {
     sub_requests: String,
     close_requests: String,
     ack_subject: String,
-    reply_prefix: String,
+    /// `_INBOX.<nuid>`: replies come to `<prefix>.r.<n>`, subscriptions to `<prefix>.sub<sid>`.
+    inbox_prefix: String,
     next_sid: AtomicU64,
     next_request: AtomicU64,
     timeout: Duration,
@@ -194,12 +195,12 @@ impl StanConn {
         wait_for_pong(&mut reader, &mut pending)?;
 
         let nuid = crate::monitor::format::nuid();
-        let heartbeat_inbox = format!("_INBOX.{nuid}.hb");
-        let ack_subject = format!("_INBOX.{nuid}.acks");
-        let reply_prefix = format!("_INBOX.{nuid}.r");
+        let inbox_prefix = format!("_INBOX.{nuid}");
+        let heartbeat_inbox = format!("{inbox_prefix}.hb");
+        let ack_subject = format!("{inbox_prefix}.acks");
         writer.write_all(
             format!(
-                "SUB {heartbeat_inbox} {SID_HEARTBEATS}\r\nSUB {ack_subject} {SID_ACKS}\r\nSUB {reply_prefix}.* {SID_REPLIES}\r\n"
+                "SUB {heartbeat_inbox} {SID_HEARTBEATS}\r\nSUB {ack_subject} {SID_ACKS}\r\nSUB {inbox_prefix}.r.* {SID_REPLIES}\r\n"
             )
             .as_bytes(),
         )?;
@@ -222,7 +223,7 @@ impl StanConn {
             sub_requests: String::new(),
             close_requests: String::new(),
             ack_subject,
-            reply_prefix,
+            inbox_prefix,
             next_sid: AtomicU64::new(FIRST_SUB_SID),
             next_request: AtomicU64::new(0),
             timeout: opts.timeout,
@@ -256,7 +257,7 @@ impl StanConn {
         subscription: Option<u64>,
     ) -> Result<Bytes, ClientError> {
         let n = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let reply = format!("{}.{n}", self.reply_prefix);
+        let reply = format!("{}.r.{n}", self.inbox_prefix);
         let (tx, rx) = mpsc::channel();
         let waiter = match subscription {
             Some(sid) => Waiter::Subscribe(sid, tx),
@@ -331,7 +332,7 @@ impl StanConn {
         handler: Handler,
     ) -> Result<(), ClientError> {
         let sid = self.next_sid.fetch_add(1, Ordering::Relaxed);
-        let inbox = format!("{}.sub{sid}", self.reply_prefix.trim_end_matches(".r"));
+        let inbox = format!("{}.sub{sid}", self.inbox_prefix);
         lock(&self.shared.subs).insert(
             sid,
             Subscription {

@@ -167,6 +167,7 @@ fn show_progress(progress: Arc<Progress>, expected_pub: u64, expected_sub: u64) 
     eprint!("\r{}\r", " ".repeat(100));
 }
 
+#[derive(Default)]
 struct SubTrack {
     received: AtomicU64,
     /// Replay: the end marker has arrived.
@@ -205,12 +206,7 @@ fn start_subscriber(
     end_marker: Option<Arc<Vec<u8>>>,
 ) -> Result<Subscriber, BenchError> {
     let conn = connect(base, id.clone())?;
-    let track = Arc::new(SubTrack {
-        received: AtomicU64::new(0),
-        finished: AtomicBool::new(false),
-        first: AtomicU64::new(0),
-        last: AtomicU64::new(0),
-    });
+    let track = Arc::new(SubTrack::default());
     let t = track.clone();
     let handler = Box::new(move |msg: &shards::pb::MsgProto| {
         let now = now_nanos();
