@@ -17,6 +17,14 @@ fn stan_go() -> Option<std::path::PathBuf> {
     common::go_program("stan-go")
 }
 
+/// A temporary directory (removed when dropped) and an empty `data` store directory in it.
+fn store_dir(name: &str) -> (TempDir, std::path::PathBuf) {
+    let store = TempDir::new(name);
+    let data = store.0.join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    (store, data)
+}
+
 fn file_server(dir: &Path, extra: &[&str]) -> Server {
     let mut args = vec![
         "--cores",
@@ -41,10 +49,8 @@ fn item13_acknowledged_messages_survive_kill_9() {
         .unwrap_or(20);
     let mut rng = rand::rng();
     for i in 0..iterations {
-        let store = TempDir::new("crash");
+        let (store, data) = store_dir("crash");
         let acks = store.0.join("acks.txt");
-        let data = store.0.join("data");
-        std::fs::create_dir_all(&data).expect("mkdir");
         let mut srv = file_server(&data, &[]);
         let mut publisher = Command::new(&bin)
             .args(["crash_publisher", &srv.url()])
@@ -87,9 +93,7 @@ fn corrupt_record_is_a_clear_error_and_a_torn_tail_is_dropped() {
     let Some(bin) = stan_go() else {
         return;
     };
-    let store = TempDir::new("corrupt");
-    let data = store.0.join("data");
-    std::fs::create_dir_all(&data).expect("mkdir");
+    let (_store, data) = store_dir("corrupt");
     {
         let srv = file_server(&data, &[]);
         let mut cmd = Command::new(&bin);
@@ -136,9 +140,7 @@ fn slices_roll_and_dropped_slices_are_deleted() {
     let Some(bin) = stan_go() else {
         return;
     };
-    let store = TempDir::new("roll");
-    let data = store.0.join("data");
-    std::fs::create_dir_all(&data).expect("mkdir");
+    let (_store, data) = store_dir("roll");
     let limits = ["-mm", "100", "--file_slice_max_bytes", "10KB"];
     {
         let srv = file_server(&data, &limits);
@@ -173,9 +175,7 @@ fn aged_out_slices_are_deleted_without_new_writes() {
     let Some(bin) = stan_go() else {
         return;
     };
-    let store = TempDir::new("aged");
-    let data = store.0.join("data");
-    std::fs::create_dir_all(&data).expect("mkdir");
+    let (_store, data) = store_dir("aged");
     let srv = file_server(&data, &["-ma", "3s", "--file_slice_max_bytes", "10KB"]);
     let mut cmd = Command::new(&bin);
     cmd.args(["fill_channel", &srv.url()])
@@ -224,9 +224,7 @@ fn slices_roll_by_count_and_age_and_go_to_the_archive_script() {
     let Some(bin) = stan_go() else {
         return;
     };
-    let store = TempDir::new("archive");
-    let data = store.0.join("data");
-    std::fs::create_dir_all(&data).expect("mkdir");
+    let (store, data) = store_dir("archive");
     let log = store.0.join("archived.txt");
     let script = store.0.join("archive.sh");
     std::fs::write(
@@ -279,9 +277,7 @@ fn slices_roll_by_count_and_age_and_go_to_the_archive_script() {
     assert_eq!(slice_files(&data), vec!["slice.901.dat", "slice.951.dat"]);
     drop(srv);
 
-    let store = TempDir::new("age");
-    let data = store.0.join("data");
-    std::fs::create_dir_all(&data).expect("mkdir");
+    let (_store, data) = store_dir("age");
     let srv = file_server(&data, &["--file_slice_max_age", "1s"]);
     fill(&bin, &srv, 10);
     std::thread::sleep(Duration::from_millis(1200));
@@ -368,9 +364,7 @@ fn item48_registered_clients_survive_a_restart() {
     let Some(bin) = stan_go() else {
         return;
     };
-    let store = TempDir::new("clients");
-    let data = store.0.join("data");
-    std::fs::create_dir_all(&data).expect("mkdir");
+    let (_store, data) = store_dir("clients");
     let dir = data.to_string_lossy().into_owned();
     let args = ["--cores", "2", "-st", "file", "--dir", &dir];
     let port = common::free_port();
