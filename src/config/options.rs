@@ -10,7 +10,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// Measured here with one synchronous publisher: 100 us of polling before sleeping took it from
-/// about 4,800 to 9,300 msgs/s at the same or less server CPU per message.
+/// about 4,500 to 9,200 msgs/s (medians of 7 paired runs) at the same or less server CPU per
+/// message.
 pub const DEFAULT_SPIN_BEFORE_PARK: Duration = Duration::from_micros(100);
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
