@@ -105,7 +105,10 @@ fn corrupt_record_is_a_clear_error_and_a_torn_tail_is_dropped() {
         .expect("slices")
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "dat"))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("slice."))
+        })
         .expect("a slice");
     let original = std::fs::read(&slice).expect("read");
     // A flipped byte inside the second record: refused, naming the file and offset.
@@ -355,28 +358,28 @@ fn full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
     drop(mount);
 }
 
-/// Conformance 48, the client part: a client registered before a restart (here a kill -9) is
-/// still registered after it: its publishes on the same connection are accepted, its client
-/// ID is still taken while it answers heartbeats, and closing it frees the ID.
-#[test]
-fn item48_registered_clients_survive_a_restart() {
+/// Runs a stan.go case that prints "ready" where the server is to be restarted (on the same
+/// port, stopped with each signal of `stops` in turn) and then reads a line from stdin; it
+/// prints "done" at the end.
+fn restart_dialogue(case: &str, stops: &[i32]) {
     use std::io::{BufRead, BufReader, Write};
     let Some(bin) = stan_go() else {
         return;
     };
-    let (_store, data) = store_dir("clients");
+    let (_store, data) = store_dir(case);
     let dir = data.to_string_lossy().into_owned();
     let args = ["--cores", "2", "-st", "file", "--dir", &dir];
     let port = common::free_port();
-    let srv = Server::start_on(port, None, &args);
+    let mut srv = Server::start_on(port, None, &args);
     let mut client = Command::new(&bin)
-        .args(["client_survives_restart", &srv.url()])
+        .args([case, &srv.url()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("client");
     let stdout = client.stdout.take().expect("stdout");
+    let mut stdin = client.stdin.take().expect("stdin");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -385,28 +388,48 @@ fn item48_registered_clients_survive_a_restart() {
             }
         }
     });
-    let ready = rx.recv_timeout(Duration::from_secs(30));
-    assert_eq!(
-        ready.as_deref(),
-        Ok("ready"),
-        "the client did not get ready"
-    );
-    drop(srv);
-    let srv = Server::start_on(port, None, &args);
-    client
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"restarted\n")
-        .expect("tell the client");
-    let done = rx.recv_timeout(Duration::from_secs(60));
+    let mut outcome = String::new();
+    for &stop in stops {
+        let ready = rx.recv_timeout(Duration::from_secs(60));
+        if ready.as_deref() != Ok("ready") {
+            outcome = format!("the client did not get ready: {ready:?}");
+            break;
+        }
+        srv.signal_and_wait(stop, Duration::from_secs(10));
+        srv = Server::start_on(port, None, &args);
+        stdin.write_all(b"restarted\n").expect("tell the client");
+    }
+    if outcome.is_empty() {
+        let done = rx.recv_timeout(Duration::from_secs(60));
+        if done.as_deref() != Ok("done") {
+            outcome = format!("the client did not finish: {done:?}");
+        }
+    }
     let _ = client.kill();
     let out = client.wait_with_output().expect("client output");
-    assert_eq!(
-        done.as_deref(),
-        Ok("done"),
-        "client:\n{}\nserver:\n{}",
+    assert!(
+        outcome.is_empty(),
+        "{outcome}\nclient:\n{}\nserver:\n{}",
         String::from_utf8_lossy(&out.stderr),
         srv.log_text()
+    );
+}
+
+/// Conformance 48, the client part: a client registered before a restart (here a kill -9) is
+/// still registered after it: its publishes on the same connection are accepted, its client
+/// ID is still taken while it answers heartbeats, and closing it frees the ID.
+#[test]
+fn item48_registered_clients_survive_a_restart() {
+    restart_dialogue("client_survives_restart", &[libc::SIGKILL]);
+}
+
+/// Conformance 48 and 31: subscriptions of a live client come back after kill -9 with their
+/// unacked messages redelivered (flagged) and acked ones not; an offline durable survives a
+/// clean restart and resumes where it was.
+#[test]
+fn item48_item31_subscriptions_and_durables_survive_restarts() {
+    restart_dialogue(
+        "subscriptions_survive_restart",
+        &[libc::SIGKILL, libc::SIGTERM],
     );
 }

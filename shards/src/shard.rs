@@ -11,6 +11,7 @@
 use crate::channel::{is_valid_channel, Channel};
 use crate::limits::ResolvedLimits;
 use crate::pb::{self, Ack, SubscriptionRequest, SubscriptionResponse};
+use crate::store::subs::{RecoveredSub, SubJournal, SubRecord};
 use crate::subscription::{QueueGroup, Subscription};
 use crate::wire::{encode_pub_ack, PubMsgView};
 use bytes::Bytes;
@@ -93,6 +94,8 @@ pub struct Shard {
     /// File store: framed records appended this turn, per channel, not yet on disk. `None`
     /// with the memory store.
     unwritten: Option<FxHashMap<String, Unwritten>>,
+    /// File store: channels deleted (max_inactivity) whose files are still to be removed.
+    deleted: Vec<String>,
 }
 
 /// PubAcks that wait for a write: (reply subject, guid).
@@ -110,6 +113,20 @@ pub struct Unwritten {
     pub count: u64,
     /// The PubAcks owed once the records are on disk.
     pub acks: OwedAcks,
+    /// Subscription records of the channel (subs.dat).
+    pub subs: SubJournal,
+}
+
+/// The subscription journal of `channel` in the turn's unwritten records (file store only).
+fn journal<'a>(
+    unwritten: &'a mut Option<FxHashMap<String, Unwritten>>,
+    channel: &str,
+) -> Option<&'a mut SubJournal> {
+    let u = unwritten.as_mut()?;
+    if !u.contains_key(channel) {
+        u.insert(channel.to_string(), Unwritten::default());
+    }
+    u.get_mut(channel).map(|b| &mut b.subs)
 }
 
 /// Whether `out` delivers a message of `channel` at or after `first_seq`.
@@ -160,6 +177,7 @@ impl Shard {
             out: Vec::new(),
             stats: ShardStats::default(),
             unwritten: None,
+            deleted: Vec::new(),
         }
     }
 
@@ -168,9 +186,20 @@ impl Shard {
         self.unwritten = Some(FxHashMap::default());
     }
 
-    /// Whether stored messages wait to be written (output must then wait for the commit).
+    /// Whether stored messages or subscription changes wait to be written (output must then
+    /// wait for the commit).
     pub fn has_unwritten(&self) -> bool {
-        self.unwritten.as_ref().is_some_and(|u| !u.is_empty())
+        !self.deleted.is_empty()
+            || self
+                .unwritten
+                .as_ref()
+                .is_some_and(|u| u.values().any(|b| b.count > 0 || b.subs.gating))
+    }
+
+    /// Whether anything at all waits to be written (sends and acks of subscriptions too,
+    /// which hold no output back).
+    pub fn has_journal(&self) -> bool {
+        self.has_unwritten() || self.unwritten.as_ref().is_some_and(|u| !u.is_empty())
     }
 
     /// The records to write, per channel, and how much of the output they cover: the output
@@ -181,6 +210,12 @@ impl Shard {
             None => Vec::new(),
         };
         (batches, self.out.len())
+    }
+
+    /// Channels deleted since the last call, whose files are to be removed (before any write
+    /// taken after this call, which may belong to a channel created again under that name).
+    pub fn take_deleted(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.deleted)
     }
 
     /// Writing `channel`'s messages from `first_seq` on failed: they are removed as if never
@@ -215,8 +250,12 @@ impl Shard {
             let gone = sub.pending.split_off(&first_seq);
             for (seq, expiry) in gone {
                 self.timers.remove(&(expiry, id, seq));
+                if let Some(j) = journal(&mut self.unwritten, channel) {
+                    j.acked(id, seq);
+                }
             }
             sub.redeliveries.retain(|seq, _| *seq < first_seq);
+            self.note_put(id);
         }
         let mut index = 0;
         let mut removed_in_prefix = 0;
@@ -479,6 +518,239 @@ impl Shard {
         format!("{}{}.{}", self.cfg.ack_prefix, sub.id, sub.ack_generation)
     }
 
+    // ---- subscription log (file store) ----
+
+    /// What the subscription log keeps of a subscription (a queue member carries its group's
+    /// position).
+    fn sub_record(&self, sub: &Subscription) -> SubRecord {
+        let last_sent = if sub.is_queue() {
+            self.channels
+                .get(&sub.channel)
+                .and_then(|c| c.queues.get(&sub.queue))
+                .map_or(sub.last_sent, |g| g.last_sent)
+        } else {
+            sub.last_sent
+        };
+        SubRecord {
+            id: sub.id,
+            client_id: sub.client_id.clone(),
+            inbox: String::from_utf8_lossy(&sub.inbox).into_owned(),
+            durable_name: sub.durable_name.clone(),
+            queue: sub.queue.clone(),
+            is_durable: sub.is_durable,
+            offline: sub.offline,
+            ack_generation: sub.ack_generation,
+            max_in_flight: u32::try_from(sub.max_in_flight).unwrap_or(u32::MAX),
+            ack_wait_ns: sub.ack_wait_ns,
+            last_sent,
+        }
+    }
+
+    /// Logs a subscription's whole state (created, resumed, gone offline, position moved).
+    fn note_put(&mut self, id: u64) {
+        if self.unwritten.is_none() {
+            return;
+        }
+        let Some(sub) = self.subs.get(&id) else {
+            return;
+        };
+        let record = self.sub_record(sub);
+        let channel = sub.channel.clone();
+        if let Some(j) = journal(&mut self.unwritten, &channel) {
+            j.put(&record);
+        }
+    }
+
+    /// The subscription log of `channel` compacted: every subscription and its pending
+    /// messages, and how many records that is.
+    pub fn sub_snapshot(&self, channel: &str) -> (Vec<u8>, u64) {
+        let Some(ch) = self.channels.get(channel) else {
+            return (Vec::new(), 0);
+        };
+        let records: Vec<(SubRecord, Vec<u64>)> = ch
+            .plain
+            .iter()
+            .chain(ch.queues.values().flat_map(|g| g.members.iter()))
+            .filter_map(|id| self.subs.get(id))
+            .map(|s| (self.sub_record(s), s.pending.keys().copied().collect()))
+            .collect();
+        crate::store::subs::snapshot(records.iter().map(|(r, p)| (r, p.clone())))
+    }
+
+    /// Records a compacted subscription log of `channel` holds.
+    pub fn sub_live_records(&self, channel: &str) -> u64 {
+        let Some(ch) = self.channels.get(channel) else {
+            return 0;
+        };
+        ch.plain
+            .iter()
+            .chain(ch.queues.values().flat_map(|g| g.members.iter()))
+            .filter_map(|id| self.subs.get(id))
+            .map(|s| 1 + s.pending.len() as u64)
+            .sum()
+    }
+
+    /// Recovery: the subscriptions of a restored channel, read back from its log, once the
+    /// registered clients are known. Subscriptions of clients that are gone are dropped,
+    /// except durables, which come back offline (a durable queue group keeps one offline
+    /// shadow). Pending messages are redelivered before anything new.
+    ///
+    /// Returns whether the state differs from the log's (a subscription dropped or renumbered,
+    /// a queue member's pending handed on): the log is then to be rewritten from
+    /// `sub_snapshot`.
+    pub fn restore_subscriptions(
+        &mut self,
+        now: Now,
+        channel: &str,
+        recovered: Vec<RecoveredSub>,
+    ) -> bool {
+        let Some(ch) = self.channels.get(channel) else {
+            return !recovered.is_empty();
+        };
+        let mut changed = false;
+        let (first, last) = (ch.log.first_seq(), ch.log.last_seq());
+        let mut groups: std::collections::BTreeMap<String, Vec<RecoveredSub>> = Default::default();
+        let mut online = Vec::new();
+        for r in recovered {
+            if !r.record.queue.is_empty() {
+                groups.entry(r.record.queue.clone()).or_default().push(r);
+                continue;
+            }
+            let known = self.clients.contains_key(&r.record.client_id);
+            if !known && !r.record.is_durable {
+                changed = true;
+                continue;
+            }
+            let id = self.restore_one(now, channel, r, first, last, !known, &mut changed);
+            if let Some(ch) = self.channels.get_mut(channel) {
+                ch.plain.push(id);
+                if let Some(sub) = self.subs.get(&id) {
+                    if sub.is_durable {
+                        ch.durables.insert(
+                            Subscription::durable_key(&sub.client_id, channel, &sub.durable_name),
+                            id,
+                        );
+                    }
+                }
+            }
+            online.push(id);
+        }
+        for (name, mut members) in groups {
+            let durable = members.iter().any(|m| m.record.is_durable);
+            let group_last = members
+                .iter()
+                .map(|m| m.record.last_sent)
+                .max()
+                .unwrap_or(0)
+                .min(last);
+            let alive = |m: &RecoveredSub| {
+                !m.record.offline && self.clients.contains_key(&m.record.client_id)
+            };
+            let (mut live, ghosts): (Vec<_>, Vec<_>) = members.drain(..).partition(alive);
+            let shadow_only = live.is_empty()
+                && ghosts.len() == 1
+                && ghosts[0].record.offline
+                && ghosts[0].record.client_id.is_empty();
+            changed |= !ghosts.is_empty() && !shadow_only;
+            let mut orphaned = crate::store::subs::SeqRanges::default();
+            for g in &ghosts {
+                for seq in g.pending.within(first, last) {
+                    orphaned.insert(seq, seq + 1);
+                }
+            }
+            if live.is_empty() {
+                if !durable {
+                    continue;
+                }
+                // One offline shadow keeps the group's position and everything pending.
+                let Some(mut shadow) = ghosts.into_iter().next() else {
+                    continue;
+                };
+                shadow.record.client_id.clear();
+                shadow.pending = orphaned;
+                live.push(shadow);
+            } else if !orphaned.is_empty() {
+                let n = live.len();
+                for (i, seq) in orphaned.within(first, last).into_iter().enumerate() {
+                    live[i % n].pending.insert(seq, seq + 1);
+                }
+            }
+            let mut ids = Vec::new();
+            for m in live {
+                let shadow = m.record.client_id.is_empty();
+                ids.push(self.restore_one(now, channel, m, first, last, shadow, &mut changed));
+            }
+            if let Some(ch) = self.channels.get_mut(channel) {
+                ch.queues.insert(
+                    name,
+                    QueueGroup {
+                        members: ids.clone(),
+                        last_sent: group_last,
+                        durable,
+                        redeliveries: FxHashMap::default(),
+                    },
+                );
+            }
+            online.extend(ids);
+        }
+        for id in online {
+            if self.subs.get(&id).is_some_and(|s| !s.offline) {
+                self.start_delivery(now, id);
+            }
+        }
+        changed
+    }
+
+    /// One recovered subscription back in the shard (under a new ID if its old one is taken,
+    /// which happens only when the shard count changed: `changed` is then set). Returns its ID.
+    #[allow(clippy::too_many_arguments)]
+    fn restore_one(
+        &mut self,
+        now: Now,
+        channel: &str,
+        r: RecoveredSub,
+        first: u64,
+        last: u64,
+        offline: bool,
+        changed: &mut bool,
+    ) -> u64 {
+        let rec = r.record;
+        let id = if rec.id == 0 || self.subs.contains_key(&rec.id) {
+            *changed = true;
+            self.next_sub_id
+        } else {
+            rec.id
+        };
+        self.next_sub_id = self.next_sub_id.max(id + 1);
+        let ack_wait_ns = rec.ack_wait_ns.max(1_000_000_000);
+        let expiry = now.mono_ns + ack_wait_ns;
+        let mut pending = std::collections::BTreeMap::new();
+        for seq in r.pending.within(first, last) {
+            pending.insert(seq, expiry);
+            self.timers.insert((expiry, id, seq));
+        }
+        let offline = offline || rec.offline;
+        let sub = Subscription {
+            id,
+            client_id: rec.client_id,
+            channel: channel.to_string(),
+            inbox: Bytes::from(rec.inbox),
+            ack_generation: rec.ack_generation,
+            durable_name: rec.durable_name,
+            queue: rec.queue,
+            is_durable: rec.is_durable,
+            max_in_flight: (rec.max_in_flight as usize).max(1),
+            ack_wait_ns,
+            last_sent: rec.last_sent.min(last),
+            new_on_hold: !offline && !pending.is_empty(),
+            pending,
+            redeliveries: FxHashMap::default(),
+            offline,
+        };
+        self.subs.insert(id, sub);
+        id
+    }
+
     /// A subscription request already checked for format (payload, client ID present, ack
     /// wait, window, start position, channel name) by the core that received it.
     pub fn subscribe(
@@ -613,6 +885,7 @@ impl Shard {
             }
         }
         self.subs.insert(id, sub);
+        self.note_put(id);
         Ok(id)
     }
 
@@ -641,6 +914,7 @@ impl Shard {
             return Err(ERR_INVALID_SUB);
         };
         resume(sub, req);
+        self.note_put(id);
         Ok(id)
     }
 
@@ -674,6 +948,7 @@ impl Shard {
                 if let Some(sub) = self.subs.get_mut(&id) {
                     resume(sub, req);
                 }
+                self.note_put(id);
                 return Ok(id);
             }
             let id = self.new_queue_member(req, &name, durable)?;
@@ -684,6 +959,7 @@ impl Shard {
             {
                 g.members.push(id);
             }
+            self.note_put(id);
             return Ok(id);
         }
         let last_sent = self.start_last_sent(now, req);
@@ -699,6 +975,7 @@ impl Shard {
                 },
             );
         }
+        self.note_put(id);
         Ok(id)
     }
 
@@ -782,6 +1059,9 @@ impl Shard {
             if let Some(sub) = self.subs.get_mut(&id) {
                 sub.last_sent = next;
                 sub.pending.insert(next, expiry);
+                if let Some(j) = journal(&mut self.unwritten, &sub.channel) {
+                    j.sent(id, next);
+                }
             }
             self.timers.insert((expiry, id, next));
             self.send(inbox, payload);
@@ -839,6 +1119,9 @@ impl Shard {
             sub.pending.insert(next, expiry);
             let inbox = sub.inbox.clone();
             self.timers.insert((expiry, member, next));
+            if let Some(j) = journal(&mut self.unwritten, channel) {
+                j.sent(member, next);
+            }
             self.send(inbox, payload);
         }
     }
@@ -925,6 +1208,9 @@ impl Shard {
         let channel = sub.channel.clone();
         let queue = sub.queue.clone();
         self.timers.remove(&(expiry, id, seq));
+        if let Some(j) = journal(&mut self.unwritten, &channel) {
+            j.acked(id, seq);
+        }
         if !queue.is_empty() {
             if let Some(g) = self
                 .channels
@@ -1066,6 +1352,7 @@ impl Shard {
                 sub.offline = true;
                 sub.new_on_hold = false;
             }
+            self.note_put(id);
             return;
         }
         self.delete_subscription(id);
@@ -1080,6 +1367,9 @@ impl Shard {
         if let Some(sub) = self.subs.remove(&id) {
             for (seq, expiry) in sub.pending {
                 self.timers.remove(&(expiry, id, seq));
+            }
+            if let Some(j) = journal(&mut self.unwritten, &sub.channel) {
+                j.delete(id);
             }
         }
     }
@@ -1112,6 +1402,7 @@ impl Shard {
                     sub.client_id.clear();
                     sub.new_on_hold = false;
                 }
+                self.note_put(id);
                 return;
             }
             self.delete_subscription(id);
@@ -1140,6 +1431,9 @@ impl Shard {
             if let Some(s) = self.subs.get_mut(&target) {
                 s.pending.insert(seq, now.mono_ns);
                 self.timers.insert((now.mono_ns, target, seq));
+                if let Some(j) = journal(&mut self.unwritten, &channel) {
+                    j.sent(target, seq);
+                }
             }
         }
         self.deliver_queue(now, &channel, &queue);
@@ -1221,6 +1515,10 @@ impl Shard {
             .collect();
         for id in ids {
             self.delete_subscription(id);
+        }
+        if let Some(u) = self.unwritten.as_mut() {
+            u.remove(name);
+            self.deleted.push(name.to_string());
         }
         dir.unregister(name);
     }

@@ -438,7 +438,11 @@ fn failed_write_takes_the_messages_back() {
     assert_eq!(covered, 0, "no delivery of 2 or 3 goes out");
     assert_eq!(later.len(), 1, "the PubAck owed for 4 is refused too");
     assert!(h.shard.take_out().is_empty(), "nor of 4");
-    assert!(!h.shard.has_unwritten());
+    let (after, _) = h.shard.take_unwritten();
+    assert!(
+        after.iter().all(|(_, b)| b.count == 0 && b.acks.is_empty()),
+        "no message waits; only the subscription's position moved back"
+    );
     let ch = h.shard.channel("foo").unwrap();
     assert_eq!((ch.log.first_seq(), ch.log.last_seq()), (1, 1));
     // Publishing goes on from 2; only 1 waits for an ack.
@@ -450,4 +454,137 @@ fn failed_write_takes_the_messages_back() {
     h.ack(&ack_inbox, "foo", 2);
     h.advance(60 * SEC);
     assert!(h.msgs("in").is_empty(), "nothing taken back is redelivered");
+}
+
+/// A publish on a shard that persists: the PubAck is owed by the disk, not queued.
+fn publish_persisted(h: &mut H, channel: &str, data: &str) {
+    h.guid += 1;
+    let pm = PubMsg {
+        client_id: "me".into(),
+        guid: h.guid.to_string(),
+        subject: channel.into(),
+        data: Bytes::from(data.to_string()),
+        conn_id: Bytes::from_static(b"conn1"),
+        ..Default::default()
+    };
+    h.shard.publish(
+        h.now,
+        channel,
+        &Bytes::from(pm.encode_to_vec()),
+        Some(Bytes::from_static(b"acks")),
+        &h.dir,
+    );
+}
+
+/// What a commit would write for `channel`: its records and its subscription log.
+fn written(h: &mut H, channel: &str, records: &mut Vec<u8>, subs_log: &mut Vec<u8>) {
+    let (batches, _) = h.shard.take_unwritten();
+    for (name, b) in batches {
+        if name == channel {
+            records.extend_from_slice(&b.records);
+            subs_log.extend_from_slice(&b.subs.finish().0);
+        }
+    }
+}
+
+/// A shard started again from what `written` collected.
+fn restarted(records: &[u8], subs_log: &[u8], clients: &[&str]) -> H {
+    let mut h = H::new();
+    h.now.mono_ns += 3600 * SEC;
+    h.now.wall_ns += 3600 * SEC as i64;
+    h.shard.persist_messages();
+    h.shard.client_removed(h.now, "me");
+    for c in clients {
+        h.shard.client_added(c, Bytes::from_static(b"conn1"));
+    }
+    let (found, _) = shards::store::record::scan(records).unwrap();
+    let msgs = found.iter().map(|f| {
+        let start = f.offset + shards::store::record::HEADER_LEN;
+        let body = Bytes::copy_from_slice(&records[start..start + f.header.body_len as usize]);
+        (f.header.seq, f.header.timestamp, body)
+    });
+    let now = h.now;
+    h.shard.restore_channel(now, "foo", msgs, &h.dir).unwrap();
+    let (subs, _, _) = shards::store::subs::replay(subs_log).unwrap();
+    h.shard
+        .restore_subscriptions(now, "foo", subs.into_values().collect());
+    h
+}
+
+#[test]
+fn subscriptions_and_pending_acks_come_back_from_their_log() {
+    let mut h = H::new();
+    h.shard.persist_messages();
+    let mut durable = req("foo", "dur.in");
+    durable.durable_name = "dur".into();
+    durable.max_in_flight = 3;
+    let ack_inbox = h.subscribe(durable.clone()).ack_inbox;
+    let plain_ack = h.subscribe(req("foo", "plain.in")).ack_inbox;
+    for i in 1..=5 {
+        publish_persisted(&mut h, "foo", &format!("m{i}"));
+    }
+    assert_eq!(seqs(&h.msgs("dur.in")), vec![1, 2, 3], "a window of 3");
+    assert_eq!(seqs(&h.msgs("plain.in")), vec![1, 2, 3, 4, 5]);
+    h.ack(&ack_inbox, "foo", 1);
+    h.ack(&plain_ack, "foo", 2);
+    assert_eq!(seqs(&h.msgs("dur.in")), vec![4]);
+    let (mut records, mut subs_log) = (Vec::new(), Vec::new());
+    written(&mut h, "foo", &mut records, &mut subs_log);
+
+    // The client is still registered: both come back; what each had pending is redelivered,
+    // flagged, before anything new, and its acks go to the same ack inbox as before.
+    let mut h = restarted(&records, &subs_log, &["me"]);
+    let again = h.msgs("dur.in");
+    assert_eq!(seqs(&again), vec![2, 3, 4]);
+    assert!(again.iter().all(|m| m.redelivered));
+    let plain = h.msgs("plain.in");
+    assert_eq!(seqs(&plain), vec![1, 3, 4, 5]);
+    assert!(plain.iter().all(|m| m.redelivered));
+    h.ack(&ack_inbox, "foo", 2);
+    let next = h.msgs("dur.in");
+    assert_eq!(seqs(&next), vec![5]);
+    assert!(!next[0].redelivered);
+    assert_eq!(h.shard.channel("foo").unwrap().subscription_count(), 2);
+
+    // The client is gone: the plain subscription is dropped, the durable is offline, and a
+    // resume gets the unacked messages first.
+    let mut h = restarted(&records, &subs_log, &[]);
+    assert!(h.msgs("dur.in").is_empty() && h.msgs("plain.in").is_empty());
+    let ch = h.shard.channel("foo").unwrap();
+    assert_eq!(ch.subscription_count(), 1);
+    h.shard.client_added("me", Bytes::from_static(b"conn2"));
+    durable.inbox = "dur.new".into();
+    let resumed = h.subscribe(durable);
+    assert_eq!(resumed.error, "");
+    assert_eq!(seqs(&h.msgs("dur.new")), vec![2, 3, 4]);
+}
+
+#[test]
+fn a_durable_queue_group_comes_back_as_its_shadow() {
+    let mut h = H::new();
+    h.shard.persist_messages();
+    let mut member = req("foo", "q.in");
+    member.q_group = "grp".into();
+    member.durable_name = "dur".into();
+    h.subscribe(member.clone());
+    for i in 1..=3 {
+        publish_persisted(&mut h, "foo", &format!("m{i}"));
+    }
+    assert_eq!(seqs(&h.msgs("q.in")), vec![1, 2, 3]);
+    let (mut records, mut subs_log) = (Vec::new(), Vec::new());
+    written(&mut h, "foo", &mut records, &mut subs_log);
+    let mut h = restarted(&records, &subs_log, &[]);
+    let ch = h.shard.channel("foo").unwrap();
+    assert_eq!(ch.queues["dur:grp"].last_sent, 3);
+    assert_eq!(ch.queues["dur:grp"].members.len(), 1);
+    // A new member of another client takes the group over at its position.
+    h.shard.client_added("other", Bytes::from_static(b"conn9"));
+    member.client_id = "other".into();
+    member.inbox = "q.other".into();
+    assert_eq!(h.subscribe(member).error, "");
+    assert_eq!(
+        seqs(&h.msgs("q.other")),
+        vec![1, 2, 3],
+        "the unacked ones first"
+    );
 }

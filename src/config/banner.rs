@@ -50,10 +50,6 @@ pub fn unavailable_features(o: &Options) -> Vec<String> {
         "log rotation by size (log_size_limit)",
     );
     note(s.store == StoreType::Sql, "the SQL store");
-    note(
-        s.store == StoreType::File,
-        "persistence of subscriptions in the FILE store (messages and clients are stored)",
-    );
     note(s.ft_group.is_some(), "fault-tolerant mode (ft_group)");
     note(s.cluster.is_some(), "streaming clustering");
     note(s.partitioning, "partitioning");

@@ -23,6 +23,8 @@ const DUPLICATE_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
 
 struct ClientRecord {
     hb_inbox: String,
+    /// Kept for the compacted client log.
+    conn_id: Bytes,
     /// Cleared when the client is removed or replaced: its heartbeat task then stops.
     alive: Rc<Cell<bool>>,
     /// Wakes the heartbeat task early (a client with failed heartbeats pinged).
@@ -208,7 +210,14 @@ impl Node {
             })
             .await?;
         }
-        self.track_client(cp, req.client_id.clone(), req.heartbeat_inbox.clone());
+        self.track_client(
+            cp,
+            StoredClient {
+                id: req.client_id.clone(),
+                hb_inbox: req.heartbeat_inbox.clone(),
+                conn_id: req.conn_id.clone(),
+            },
+        );
         let conn_id = req.conn_id.clone();
         self.broadcast(|token| StanMsg::ClientAdded {
             client_id: req.client_id.clone(),
@@ -223,19 +232,25 @@ impl Node {
     /// registered here and heartbeaten; one that does not answer is removed as usual.
     pub(super) fn restore_client(self: &Rc<Self>, client: StoredClient) {
         if let Some(cp) = &self.control {
-            self.track_client(cp, client.id, client.hb_inbox);
+            self.track_client(cp, client);
         }
     }
 
     /// Enters a client in the registry and starts its heartbeats (the first one goes out
     /// after a whole interval).
-    fn track_client(self: &Rc<Self>, cp: &ControlPlane, client_id: String, hb_inbox: String) {
+    fn track_client(self: &Rc<Self>, cp: &ControlPlane, client: StoredClient) {
+        let StoredClient {
+            id: client_id,
+            hb_inbox,
+            conn_id,
+        } = client;
         let alive = Rc::new(Cell::new(true));
         let hurry = Rc::new(Notify::new());
         cp.clients.borrow_mut().insert(
             client_id.clone(),
             ClientRecord {
                 hb_inbox: hb_inbox.clone(),
+                conn_id,
                 alive: alive.clone(),
                 hurry: hurry.clone(),
             },
@@ -267,6 +282,21 @@ impl Node {
             if let Err(e) = log.remove(client_id).await {
                 // It comes back at the next start and is removed then for missed heartbeats.
                 log::error!("STAN: [Client:{client_id}] cannot store the removal: {e}");
+            }
+            let policy = super::node::compact_policy(&self.opts.streaming.file);
+            let registered = || {
+                cp.clients
+                    .borrow()
+                    .iter()
+                    .map(|(id, r)| StoredClient {
+                        id: id.clone(),
+                        hb_inbox: r.hb_inbox.clone(),
+                        conn_id: r.conn_id.clone(),
+                    })
+                    .collect()
+            };
+            if let Err(e) = log.compact_if_due(&policy, registered).await {
+                log::error!("STAN: cannot compact the client log: {e}");
             }
         }
         true

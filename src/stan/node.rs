@@ -24,10 +24,21 @@ use shards::pb::{ConnectRequest, Ping, PingResponse};
 use shards::shard::{OwedAcks, Shard, ShardConfig, SubEnd};
 use shards::store::clients::{self, ClientLog};
 use shards::store::file::{ChannelBatch, FileStore, SliceLimits};
+use shards::store::journal::{self, CompactPolicy};
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The file store's compact* options.
+pub(super) fn compact_policy(file: &crate::config::streaming::FileOptions) -> CompactPolicy {
+    CompactPolicy {
+        enabled: file.compact,
+        frag_percent: u64::try_from(file.compact_frag).unwrap_or(0),
+        interval: Duration::from_secs(u64::try_from(file.compact_interval).unwrap_or(0)),
+        min_size: u64::try_from(file.compact_min_size).unwrap_or(0),
+    }
+}
 
 /// How often a shard looks at its timers (redelivery, max_age, max_inactivity). Ack waits
 /// are whole seconds, so this bounds lateness well below what clients notice.
@@ -203,6 +214,13 @@ impl Node {
             self.publish(&o.subject, o.reply.as_deref(), &o.payload);
         }
         *self.scratch.borrow_mut() = out;
+        // Sends and acks of subscriptions are logged without holding anything back.
+        if self.shard.borrow().has_journal() {
+            self.committing.set(true);
+            if let Some(me) = self.rc() {
+                glommio::spawn_local(async move { me.commit_loop().await }).detach();
+            }
+        }
     }
 
     async fn commit_loop(self: Rc<Self>) {
@@ -211,20 +229,35 @@ impl Node {
         let store = self.store.borrow().clone();
         let sync = self.opts.streaming.file.sync;
         loop {
+            let deleted = self.shard.borrow_mut().take_deleted();
+            if let Some(s) = &store {
+                for channel in &deleted {
+                    s.delete_channel(channel).await;
+                }
+            }
             let (batches, mut covered) = self.shard.borrow_mut().take_unwritten();
-            if batches.is_empty() {
+            if batches.is_empty() && deleted.is_empty() {
                 break;
             }
             // Per channel: first sequence of the batch and the (reply, guid) PubAcks it owes.
             let mut owed: Vec<(String, u64, OwedAcks)> = Vec::new();
             let mut records = Vec::with_capacity(batches.len());
+            let mut with_subs = Vec::new();
             for (channel, batch) in batches {
+                let subs_sync = batch.subs.gating;
+                let (subs, sub_records) = batch.subs.finish();
+                if sub_records > 0 {
+                    with_subs.push(channel.clone());
+                }
                 owed.push((channel.clone(), batch.first_seq, batch.acks));
                 records.push(ChannelBatch {
                     channel,
                     records: batch.records,
                     first_seq: batch.first_seq,
                     msgs: batch.count,
+                    subs,
+                    sub_records,
+                    subs_sync,
                 });
             }
             let failed = match &store {
@@ -253,6 +286,7 @@ impl Node {
                 for (channel, _, _) in &owed {
                     self.drop_emptied_slices(s, channel);
                 }
+                self.compact_subs(s, &with_subs).await;
             }
             let outs = self.shard.borrow_mut().take_out_prefix(covered);
             for o in outs {
@@ -269,6 +303,18 @@ impl Node {
         }
         self.committing.set(false);
         self.flush();
+    }
+
+    /// Compacts the subscription logs (of channels just written to) that the compact* options
+    /// say are due. Runs in the commit task, the logs' only writer.
+    async fn compact_subs(&self, store: &FileStore, channels: &[String]) {
+        for channel in channels {
+            let live = self.shard.borrow().sub_live_records(channel);
+            if store.subs_compaction_due(channel, live) {
+                let (contents, records) = self.shard.borrow().sub_snapshot(channel);
+                store.rewrite_subs(channel, contents, records).await;
+            }
+        }
     }
 
     /// `--store file`: opens this shard's store and recovers the channels it owns (found in the
@@ -289,7 +335,8 @@ impl Node {
             max_age: s.file.slice_max_age,
             archive_script: s.file.slice_archive_script.clone(),
         };
-        let store = FileStore::open(&dir, buffer, slice_limits)
+        let compact = compact_policy(&s.file);
+        let store = FileStore::open(&dir, buffer, slice_limits, compact, s.file.sync)
             .await
             .map_err(|e| format!("cannot open the file store in {}: {e}", dir.display()))?;
         let me = self.core.id;
@@ -301,6 +348,7 @@ impl Node {
             )
             .await?;
         let now = time::now();
+        let mut sub_logs = Vec::new();
         for r in recovered {
             for (file, offset) in &r.truncated {
                 log::warn!(
@@ -315,6 +363,7 @@ impl Node {
                 &*self.dir,
             )?;
             log::debug!("STAN: recovered channel {:?} ({n} messages)", r.name);
+            sub_logs.push((r.name.clone(), r.subs, r.subs_log));
             // Limits applied at start-up may leave whole slices with nothing kept.
             self.drop_emptied_slices(&store, &r.name);
         }
@@ -348,6 +397,24 @@ impl Node {
             }
             for c in clients {
                 self.restore_client(c);
+            }
+        }
+        // Subscriptions once the clients are known (those of clients gone are dropped, or
+        // offline when durable). A log that no longer matches, or is due, is compacted.
+        for (name, subs, end) in sub_logs {
+            let count = subs.len();
+            let changed = self
+                .shard
+                .borrow_mut()
+                .restore_subscriptions(now, &name, subs);
+            let live = self.shard.borrow().sub_live_records(&name);
+            let due = journal::needs_compaction(&compact, end.end, end.records, live);
+            let rewrite = (changed || due).then(|| self.shard.borrow().sub_snapshot(&name));
+            store.open_subs(&name, end, rewrite).await.map_err(|e| {
+                format!("cannot open the subscriptions log of channel {name:?}: {e}")
+            })?;
+            if count > 0 {
+                log::debug!("STAN: recovered {count} subscriptions on channel {name:?}");
             }
         }
         self.shard.borrow_mut().persist_messages();

@@ -4,16 +4,16 @@
 //! 2 remove), then client ID, heartbeat inbox and connection ID, each as u16 LE length + bytes
 //! (a removal carries the ID only). At start-up the log is replayed and written back compacted.
 
+use super::journal::{self, put_str, AppendFile, Fields};
 use bytes::Bytes;
-use glommio::io::{BufferedFile, OpenOptions};
-use std::cell::Cell;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 use thiserror::Error;
 
 const ADD: u8 = 1;
 const REMOVE: u8 = 2;
-const HEADER: usize = 8;
+#[cfg(test)]
+const HEADER: usize = journal::HEADER;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredClient {
@@ -28,107 +28,76 @@ pub enum ClientLogError {
     Corrupt(usize),
 }
 
-fn put_field(out: &mut Vec<u8>, field: &[u8]) {
-    // Client IDs, inboxes and connection IDs are far below 64 KiB (the server checks IDs);
-    // a longer field is cut rather than written unreadable.
-    let len = field.len().min(u16::MAX as usize);
-    out.extend_from_slice(&(len as u16).to_le_bytes());
-    out.extend_from_slice(&field[..len]);
-}
-
-fn frame(out: &mut Vec<u8>, body: &[u8]) {
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
-    out.extend_from_slice(body);
-}
-
 pub fn encode_add(out: &mut Vec<u8>, c: &StoredClient) {
     let mut body = vec![ADD];
-    put_field(&mut body, c.id.as_bytes());
-    put_field(&mut body, c.hb_inbox.as_bytes());
-    put_field(&mut body, &c.conn_id);
-    frame(out, &body);
+    put_str(&mut body, c.id.as_bytes());
+    put_str(&mut body, c.hb_inbox.as_bytes());
+    put_str(&mut body, &c.conn_id);
+    journal::frame(out, &body);
 }
 
 pub fn encode_remove(out: &mut Vec<u8>, id: &str) {
     let mut body = vec![REMOVE];
-    put_field(&mut body, id.as_bytes());
-    frame(out, &body);
-}
-
-fn field<'a>(body: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
-    let len = u16::from_le_bytes([*body.get(*at)?, *body.get(*at + 1)?]) as usize;
-    let f = body.get(*at + 2..*at + 2 + len)?;
-    *at += 2 + len;
-    Some(f)
+    put_str(&mut body, id.as_bytes());
+    journal::frame(out, &body);
 }
 
 /// The clients registered at the end of the log, in registration order. A torn last record
 /// (cut short, or zeroes) ends the log; a bad record before the end is an error.
 pub fn replay(buf: &[u8]) -> Result<Vec<StoredClient>, ClientLogError> {
     let mut clients: Vec<StoredClient> = Vec::new();
-    let mut at = 0;
-    while at + HEADER <= buf.len() {
-        let len = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
-        let crc = u32::from_le_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
-        if len == 0 && crc == 0 {
-            break;
-        }
-        let Some(body) = buf.get(at + HEADER..at + HEADER + len) else {
-            break;
-        };
-        let last = at + HEADER + len == buf.len();
-        if crc32c::crc32c(body) != crc {
-            if last {
-                break;
-            }
-            return Err(ClientLogError::Corrupt(at));
-        }
-        let mut pos = 1;
-        let parsed = match body.first() {
-            Some(&ADD) => (|| {
-                let id = String::from_utf8(field(body, &mut pos)?.to_vec()).ok()?;
-                let hb = String::from_utf8(field(body, &mut pos)?.to_vec()).ok()?;
-                let conn = Bytes::copy_from_slice(field(body, &mut pos)?);
+    journal::replay(buf, |body| {
+        let mut f = Fields::new(body);
+        match f.u8()? {
+            ADD => {
+                let id = f.string()?;
+                let hb_inbox = f.string()?;
+                let conn_id = Bytes::copy_from_slice(f.bytes()?);
                 clients.retain(|c| c.id != id);
                 clients.push(StoredClient {
                     id,
-                    hb_inbox: hb,
-                    conn_id: conn,
+                    hb_inbox,
+                    conn_id,
                 });
-                Some(())
-            })(),
-            Some(&REMOVE) => field(body, &mut pos)
-                .and_then(|id| std::str::from_utf8(id).ok())
-                .map(|id| clients.retain(|c| c.id != id)),
-            _ => None,
-        };
-        if parsed.is_none() {
-            return Err(ClientLogError::Corrupt(at));
+            }
+            REMOVE => {
+                let id = f.string()?;
+                clients.retain(|c| c.id != id);
+            }
+            _ => return None,
         }
-        at += HEADER + len;
-    }
+        Some(())
+    })
+    .map_err(|e| ClientLogError::Corrupt(e.0))?;
     Ok(clients)
 }
 
 /// `clients.dat` of a store directory (empty when there is none yet).
 pub fn read(root: &Path) -> io::Result<Vec<StoredClient>> {
-    let path = root.join(FILE_NAME);
-    let buf = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
+    let buf = journal::read_file(&root.join(FILE_NAME))?;
     replay(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 pub const FILE_NAME: &str = "clients.dat";
 
+fn compacted(clients: &[StoredClient]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in clients {
+        encode_add(&mut out, c);
+    }
+    out
+}
+
 /// The open log, on the shard that owns the client registry.
 pub struct ClientLog {
-    file: BufferedFile,
-    end: Cell<u64>,
+    file: std::cell::RefCell<std::rc::Rc<AppendFile>>,
+    root: std::path::PathBuf,
     sync: bool,
+    /// Records in the file, and when it was last compacted (for the compaction rule).
+    records: std::cell::Cell<u64>,
+    compacted_at: std::cell::Cell<std::time::Instant>,
+    /// One writer at a time: a record appended to a file being replaced would be lost.
+    busy: glommio::sync::Semaphore,
 }
 
 impl ClientLog {
@@ -136,29 +105,15 @@ impl ClientLog {
     /// a new file, synced, renamed over the old one), and opens it for appending.
     pub async fn open(root: &Path, sync: bool) -> io::Result<(ClientLog, Vec<StoredClient>)> {
         let clients = read(root)?;
-        let mut compacted = Vec::new();
-        for c in &clients {
-            encode_add(&mut compacted, c);
-        }
-        let path = root.join(FILE_NAME);
-        let tmp = root.join(format!("{FILE_NAME}.tmp"));
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&compacted)?;
-            f.sync_data()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .buffered_open(&path)
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let file = AppendFile::rewrite(&root.join(FILE_NAME), &compacted(&clients), sync).await?;
         Ok((
             ClientLog {
-                file,
-                end: Cell::new(compacted.len() as u64),
+                file: std::cell::RefCell::new(std::rc::Rc::new(file)),
+                root: root.to_path_buf(),
                 sync,
+                records: std::cell::Cell::new(clients.len() as u64),
+                compacted_at: std::cell::Cell::new(std::time::Instant::now()),
+                busy: glommio::sync::Semaphore::new(1),
             },
             clients,
         ))
@@ -179,37 +134,51 @@ impl ClientLog {
     }
 
     async fn append(&self, records: Vec<u8>) -> io::Result<()> {
-        let at = self.end.get();
-        let len = records.len();
-        self.end.set(at + len as u64);
-        let written = self
-            .file
-            .write_at(records, at)
+        let _turn = self
+            .busy
+            .acquire_permit(1)
             .await
-            .map_err(|e| io::Error::other(e.to_string()));
-        let failed = match written {
-            Ok(n) if n == len => None,
-            Ok(n) => Some(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!("short write to {FILE_NAME} ({n} of {len} bytes)"),
-            )),
-            Err(e) => Some(e),
-        };
-        if let Some(e) = failed {
-            // The next record goes where this one failed, unless another append already went
-            // past it; a hole would end the log early at replay.
-            if self.end.get() == at + len as u64 {
-                self.end.set(at);
-            }
-            return Err(e);
-        }
-        if self.sync {
-            self.file
-                .fdatasync()
-                .await
-                .map_err(|e| io::Error::other(e.to_string()))?;
-        }
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let file = self.file.borrow().clone();
+        file.append(records).await?;
+        self.records.set(self.records.get() + 1);
         Ok(())
+    }
+
+    /// After a removal: rewrites the log with only the `registered()` clients when the
+    /// compaction rule says so and `policy.interval` passed since the last time. `registered`
+    /// is asked once no append is in progress, so the new file misses no record.
+    pub async fn compact_if_due(
+        &self,
+        policy: &journal::CompactPolicy,
+        registered: impl FnOnce() -> Vec<StoredClient>,
+    ) -> io::Result<bool> {
+        let _turn = self
+            .busy
+            .acquire_permit(1)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let registered = registered();
+        let size = self.file.borrow().len();
+        let due =
+            journal::needs_compaction(policy, size, self.records.get(), registered.len() as u64)
+                && self.compacted_at.get().elapsed() >= policy.interval;
+        if !due {
+            return Ok(false);
+        }
+        let file = AppendFile::rewrite(
+            &self.root.join(FILE_NAME),
+            &compacted(&registered),
+            self.sync,
+        )
+        .await?;
+        let old = std::mem::replace(&mut *self.file.borrow_mut(), std::rc::Rc::new(file));
+        if let Ok(old) = std::rc::Rc::try_unwrap(old) {
+            let _ = old.close().await;
+        }
+        self.records.set(registered.len() as u64);
+        self.compacted_at.set(std::time::Instant::now());
+        Ok(true)
     }
 }
 

@@ -3,8 +3,10 @@
 //! not depend on the shard count, so any number of cores finds every channel at start-up.
 //! Each process start opens a new slice per channel; older slices are only read.
 
+use super::journal::{self, AppendFile, CompactPolicy};
 use super::record::{scan, ScanEnd};
 use super::slice::{read_size_for, read_slice, warm_up, SliceWriter};
+use super::subs::{self, RecoveredSub};
 use bytes::Bytes;
 use fxhash::FxHashMap;
 use std::cell::RefCell;
@@ -92,6 +94,23 @@ pub struct Recovered {
     pub messages: Vec<(u64, i64, Bytes)>,
     /// Torn tails dropped, as (file, offset), for the log.
     pub truncated: Vec<(PathBuf, usize)>,
+    /// The channel's subscriptions from `subs.dat`, and what `open_subs` needs of that file.
+    pub subs: Vec<RecoveredSub>,
+    pub subs_log: SubsLogEnd,
+}
+
+/// Where a channel's `subs.dat` ends (a torn tail is cut there) and how many records it holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubsLogEnd {
+    pub end: u64,
+    pub records: u64,
+}
+
+/// A channel's open `subs.dat`.
+struct SubsLog {
+    file: AppendFile,
+    records: u64,
+    compacted_at: Instant,
 }
 
 fn slice_number(file_name: &str) -> Option<u64> {
@@ -124,6 +143,11 @@ pub struct ChannelBatch {
     pub first_seq: u64,
     /// How many records (slice_max_msgs counts them).
     pub msgs: u64,
+    /// Subscription records (store::subs) for `subs.dat`, how many, and whether they must be
+    /// synced (a subscription created or removed; sends and acks are not waited for).
+    pub subs: Vec<u8>,
+    pub sub_records: u64,
+    pub subs_sync: bool,
 }
 
 /// The slice a channel appends to.
@@ -149,6 +173,9 @@ pub struct FileStore {
     /// Every slice of every channel of this shard: (first sequence, path), in order.
     slices: RefCell<FxHashMap<String, Vec<(u64, PathBuf)>>>,
     slice_limits: SliceLimits,
+    sub_logs: RefCell<FxHashMap<String, SubsLog>>,
+    compact: CompactPolicy,
+    sync: bool,
 }
 
 impl FileStore {
@@ -157,6 +184,8 @@ impl FileStore {
         root: &Path,
         buffer_size: usize,
         slice_limits: SliceLimits,
+        compact: CompactPolicy,
+        sync: bool,
     ) -> io::Result<FileStore> {
         // A full disk must not keep the server from starting and serving what it stored.
         if let Err(e) = warm_up(root).await {
@@ -169,6 +198,9 @@ impl FileStore {
             writers: RefCell::new(FxHashMap::default()),
             slices: RefCell::new(FxHashMap::default()),
             slice_limits,
+            sub_logs: RefCell::new(FxHashMap::default()),
+            compact,
+            sync,
         })
     }
 
@@ -207,10 +239,30 @@ impl FileStore {
             self.slices
                 .borrow_mut()
                 .insert(name.clone(), slices.clone());
+            let subs_path = entry.path().join(subs::FILE_NAME);
+            let subs_buf = journal::read_file(&subs_path)
+                .map_err(|e| format!("cannot read {}: {e}", subs_path.display()))?;
+            let (found_subs, subs_end, subs_records) = match subs::replay(&subs_buf) {
+                Ok(r) => r,
+                Err(e) if truncate_bad_eof => {
+                    let kept = subs::replay(&subs_buf[..e.0]).unwrap_or_default();
+                    log::warn!("STAN: {}: {e}; dropped from there on", subs_path.display());
+                    kept
+                }
+                Err(e) => return Err(format!("{}: {e}", subs_path.display())),
+            };
+            if subs_end < subs_buf.len() {
+                log_torn_subs_tail(&subs_path, subs_end);
+            }
             let mut rec = Recovered {
                 name,
                 messages: Vec::new(),
                 truncated: Vec::new(),
+                subs: found_subs.into_values().collect(),
+                subs_log: SubsLogEnd {
+                    end: subs_end as u64,
+                    records: subs_records,
+                },
             };
             for (_, path) in slices {
                 let data = read_slice(&path, self.read_size)
@@ -243,16 +295,134 @@ impl FileStore {
     }
 
     /// Appends each channel's records (one DMA write per channel, synced when `sync`) and
-    /// returns the channels whose write failed, with the error. A failed channel's slice is cut
-    /// back to what was on disk before and closed; its next records start a new slice.
+    /// subscription records, and returns the channels whose message write failed, with the
+    /// error. A failed channel's slice is cut back to what was on disk before and closed; its
+    /// next records start a new slice. A failed subscription write is logged (the
+    /// subscriptions keep working; a restart may then redeliver or miss a change).
     pub async fn write(&self, batches: Vec<ChannelBatch>, sync: bool) -> Vec<(String, io::Error)> {
         let mut failed = Vec::new();
-        for batch in batches {
-            if let Err(e) = self.write_channel(&batch, sync).await {
-                failed.push((batch.channel, e));
+        for mut batch in batches {
+            if batch.msgs > 0 {
+                if let Err(e) = self.write_channel(&batch, sync).await {
+                    failed.push((batch.channel.clone(), e));
+                }
+            }
+            if batch.sub_records > 0 {
+                let records = std::mem::take(&mut batch.subs);
+                if let Err(e) = self
+                    .append_subs(&batch.channel, records, batch.sub_records, batch.subs_sync)
+                    .await
+                {
+                    log::error!(
+                        "STAN: cannot store the subscriptions of channel {:?}: {e}",
+                        batch.channel
+                    );
+                }
             }
         }
         failed
+    }
+
+    /// Opens a recovered channel's `subs.dat` for appending, first rewriting it as `rewrite`
+    /// (a compacted log and its record count) when given.
+    pub async fn open_subs(
+        &self,
+        channel: &str,
+        end: SubsLogEnd,
+        rewrite: Option<(Vec<u8>, u64)>,
+    ) -> io::Result<()> {
+        let path = self.channel_dir(channel).join(subs::FILE_NAME);
+        let (file, records) = match rewrite {
+            Some((contents, records)) => (
+                AppendFile::rewrite(&path, &contents, self.sync).await?,
+                records,
+            ),
+            None if end.records == 0 && !path.exists() => return Ok(()),
+            None => (
+                AppendFile::open_at(&path, end.end, self.sync).await?,
+                end.records,
+            ),
+        };
+        self.sub_logs.borrow_mut().insert(
+            channel.to_string(),
+            SubsLog {
+                file,
+                records,
+                compacted_at: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn append_subs(
+        &self,
+        channel: &str,
+        records: Vec<u8>,
+        count: u64,
+        sync: bool,
+    ) -> io::Result<()> {
+        let log = self.sub_logs.borrow_mut().remove(channel);
+        let mut log = match log {
+            Some(l) => l,
+            None => {
+                let dir = self.channel_dir(channel);
+                std::fs::create_dir_all(&dir)?;
+                SubsLog {
+                    file: AppendFile::open_at(&dir.join(subs::FILE_NAME), 0, self.sync).await?,
+                    records: 0,
+                    compacted_at: Instant::now(),
+                }
+            }
+        };
+        let result = log.file.append_with(records, sync).await;
+        if result.is_ok() {
+            log.records += count;
+        }
+        self.sub_logs.borrow_mut().insert(channel.to_string(), log);
+        result
+    }
+
+    /// Whether `channel`'s `subs.dat` is due for compaction, given how many records its
+    /// compacted form would hold (the compact* options).
+    pub fn subs_compaction_due(&self, channel: &str, live: u64) -> bool {
+        self.sub_logs.borrow().get(channel).is_some_and(|l| {
+            journal::needs_compaction(&self.compact, l.file.len(), l.records, live)
+                && l.compacted_at.elapsed() >= self.compact.interval
+        })
+    }
+
+    /// Replaces `channel`'s `subs.dat` with its compacted form. The caller writes nothing else
+    /// to it meanwhile (the commit task is the only writer).
+    pub async fn rewrite_subs(&self, channel: &str, contents: Vec<u8>, records: u64) {
+        let old = self.sub_logs.borrow_mut().remove(channel);
+        if let Some(old) = old {
+            let _ = old.file.close().await;
+        }
+        let opened = self
+            .open_subs(channel, SubsLogEnd::default(), Some((contents, records)))
+            .await;
+        if let Err(e) = opened {
+            log::error!("STAN: cannot compact the subscriptions of channel {channel:?}: {e}");
+        }
+    }
+
+    /// A channel deleted for inactivity: its files go.
+    pub async fn delete_channel(&self, channel: &str) {
+        let writer = self.writers.borrow_mut().remove(channel);
+        if let Some(w) = writer {
+            let _ = w.writer.close().await;
+        }
+        let subs_log = self.sub_logs.borrow_mut().remove(channel);
+        if let Some(l) = subs_log {
+            let _ = l.file.close().await;
+        }
+        self.slices.borrow_mut().remove(channel);
+        let dir = self.channel_dir(channel);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("STAN: cannot delete {}: {e}", dir.display());
+            }
+        }
     }
 
     async fn write_channel(&self, batch: &ChannelBatch, sync: bool) -> io::Result<()> {
@@ -333,6 +503,10 @@ impl FileStore {
 
     /// Closes every open slice (clean shutdown: no padding left).
     pub async fn close(&self) {
+        let sub_logs: Vec<SubsLog> = self.sub_logs.borrow_mut().drain().map(|(_, l)| l).collect();
+        for l in sub_logs {
+            let _ = l.file.close().await;
+        }
         let writers: Vec<SliceWriter> = self
             .writers
             .borrow_mut()
@@ -345,6 +519,13 @@ impl FileStore {
             }
         }
     }
+}
+
+fn log_torn_subs_tail(path: &Path, end: usize) {
+    log::warn!(
+        "STAN: {}: dropped a torn record tail at offset {end}",
+        path.display()
+    );
 }
 
 /// Renames a dropped slice `*.bak` and runs the archive script on it; a thread waits for the

@@ -2,8 +2,10 @@
 
 pub mod clients;
 pub mod file;
+pub mod journal;
 pub mod memory;
 pub mod record;
 pub mod slice;
+pub mod subs;
 
 pub use memory::{MemoryLog, StoredMsg};

@@ -1,0 +1,328 @@
+//! Typed append logs of the file store (`clients.dat`, `subs.dat`): CRC-framed records, a
+//! replay that ends at a torn tail and refuses corruption before it, and the open file that
+//! appends records (synced when the store syncs) and is rewritten whole when compacted.
+//!
+//! A record: body length (u32 LE), CRC-32C of the body (u32 LE), body. What a body holds is the
+//! caller's; `Fields` reads the little-endian integers and u16-length strings they are made of.
+
+use glommio::io::{BufferedFile, OpenOptions};
+use std::cell::Cell;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+pub const HEADER: usize = 8;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("corrupt record at offset {0}")]
+pub struct Corrupt(pub usize);
+
+/// Appends one framed record holding `body`.
+pub fn frame(out: &mut Vec<u8>, body: &[u8]) {
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    out.extend_from_slice(body);
+}
+
+/// Appends a string field: u16 LE length, then its bytes. IDs, inboxes and names are far below
+/// 64 KiB (the server checks them); a longer field is cut rather than written unreadable.
+pub fn put_str(out: &mut Vec<u8>, field: &[u8]) {
+    let len = field.len().min(u16::MAX as usize);
+    out.extend_from_slice(&(len as u16).to_le_bytes());
+    out.extend_from_slice(&field[..len]);
+}
+
+/// Reads a record body's fields in order; every read is bounds-checked.
+pub struct Fields<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Fields<'a> {
+    pub fn new(body: &'a [u8]) -> Self {
+        Fields { body, at: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let f = self.body.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(f)
+    }
+
+    pub fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    pub fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    pub fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    pub fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize;
+        self.take(len)
+    }
+
+    pub fn string(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?.to_vec()).ok()
+    }
+}
+
+/// Hands every record body to `apply`, in order, and returns where the log ends (the length to
+/// keep). A cut-short or zero last record is a torn tail and ends the log; a bad record before
+/// the end, or a body `apply` cannot read (it returns `None`), is corruption at its offset.
+pub fn replay(buf: &[u8], mut apply: impl FnMut(&[u8]) -> Option<()>) -> Result<usize, Corrupt> {
+    let mut at = 0;
+    while at + HEADER <= buf.len() {
+        let word = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+        let (len, crc) = (word(at) as usize, word(at + 4));
+        if len == 0 && crc == 0 {
+            break;
+        }
+        let Some(body) = buf.get(at + HEADER..at + HEADER + len) else {
+            break;
+        };
+        let last = at + HEADER + len == buf.len();
+        if crc32c::crc32c(body) != crc {
+            if last {
+                break;
+            }
+            return Err(Corrupt(at));
+        }
+        if apply(body).is_none() {
+            return Err(Corrupt(at));
+        }
+        at += HEADER + len;
+    }
+    Ok(at)
+}
+
+/// Reads a whole log file; a missing file is an empty log.
+pub fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+fn glommio_io<T>(e: glommio::GlommioError<T>) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// An open log being appended to.
+pub struct AppendFile {
+    file: BufferedFile,
+    path: PathBuf,
+    end: Cell<u64>,
+    sync: bool,
+}
+
+impl AppendFile {
+    /// Replaces the log with `contents` (written to a new file, synced, renamed over the old
+    /// one) and opens it for appending.
+    pub async fn rewrite(path: &Path, contents: &[u8], sync: bool) -> io::Result<AppendFile> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(contents)?;
+            f.sync_data()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        Self::open_at(path, contents.len() as u64, sync).await
+    }
+
+    /// Opens (or creates) the log to append at `end`, cutting off whatever follows (a torn
+    /// tail must not sit behind new records, where replay would take it for corruption).
+    pub async fn open_at(path: &Path, end: u64, sync: bool) -> io::Result<AppendFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .buffered_open(path)
+            .await
+            .map_err(glommio_io)?;
+        let size = file.file_size().await.map_err(glommio_io)?;
+        if size > end {
+            file.truncate(end).await.map_err(glommio_io)?;
+        }
+        Ok(AppendFile {
+            file,
+            path: path.to_path_buf(),
+            end: Cell::new(end),
+            sync,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes in the log.
+    pub fn len(&self) -> u64 {
+        self.end.get()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends framed records (and syncs when the store syncs).
+    pub async fn append(&self, records: Vec<u8>) -> io::Result<()> {
+        self.append_with(records, self.sync).await
+    }
+
+    /// Appends framed records, synced when `sync` (and the store syncs). A failed or short
+    /// write leaves the end where it was, so the next records overwrite the failed ones.
+    pub async fn append_with(&self, records: Vec<u8>, sync: bool) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let at = self.end.get();
+        let len = records.len();
+        self.end.set(at + len as u64);
+        let written = self.file.write_at(records, at).await.map_err(glommio_io);
+        let failed = match written {
+            Ok(n) if n == len => None,
+            Ok(n) => Some(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "short write to {} ({n} of {len} bytes)",
+                    self.path.display()
+                ),
+            )),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failed {
+            // Unless another append already went past it: a hole would end the log early.
+            if self.end.get() == at + len as u64 {
+                self.end.set(at);
+            }
+            return Err(e);
+        }
+        if sync && self.sync {
+            self.file.fdatasync().await.map_err(glommio_io)?;
+        }
+        Ok(())
+    }
+
+    pub async fn close(self) -> io::Result<()> {
+        self.file.close().await.map_err(glommio_io)
+    }
+}
+
+/// Whether a log of `size` bytes holding `total` records of which `live` still matter is due
+/// for compaction under the store's `compact*` options (the reference's rule: enabled, at least
+/// `min_size` bytes, and at least `frag` percent of the records dead).
+pub fn needs_compaction(policy: &CompactPolicy, size: u64, total: u64, live: u64) -> bool {
+    policy.enabled
+        && total > 0
+        && size >= policy.min_size
+        && total.saturating_sub(live).saturating_mul(100) >= policy.frag_percent * total
+}
+
+/// The `compact`, `compact_frag`, `compact_interval` and `compact_min_size` options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactPolicy {
+    pub enabled: bool,
+    pub frag_percent: u64,
+    pub interval: std::time::Duration,
+    pub min_size: u64,
+}
+
+impl Default for CompactPolicy {
+    fn default() -> Self {
+        CompactPolicy {
+            enabled: true,
+            frag_percent: 50,
+            interval: std::time::Duration::from_secs(300),
+            min_size: 1 << 20,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn log_of(bodies: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in bodies {
+            frame(&mut out, b);
+        }
+        out
+    }
+
+    fn bodies(buf: &[u8]) -> Result<(Vec<Vec<u8>>, usize), Corrupt> {
+        let mut seen = Vec::new();
+        let end = replay(buf, |b| {
+            seen.push(b.to_vec());
+            Some(())
+        })?;
+        Ok((seen, end))
+    }
+
+    #[test]
+    fn torn_tails_end_the_log_and_corruption_before_them_is_refused() {
+        let log = log_of(&[b"one", b"two"]);
+        let first = HEADER + 3;
+        assert_eq!(
+            bodies(&log),
+            Ok((vec![b"one".to_vec(), b"two".to_vec()], log.len()))
+        );
+        assert_eq!(
+            bodies(&log[..log.len() - 1]),
+            Ok((vec![b"one".to_vec()], first))
+        );
+        let mut zeroes = log.clone();
+        zeroes.extend_from_slice(&[0; 64]);
+        assert_eq!(bodies(&zeroes).map(|r| r.1), Ok(log.len()));
+        let mut flipped = log.clone();
+        flipped[HEADER] ^= 1;
+        assert_eq!(bodies(&flipped), Err(Corrupt(0)));
+        let mut last_flipped = log.clone();
+        last_flipped[first + HEADER] ^= 1;
+        assert_eq!(bodies(&last_flipped), Ok((vec![b"one".to_vec()], first)));
+        assert_eq!(replay(&log, |_| None), Err(Corrupt(0)));
+    }
+
+    #[test]
+    fn fields_are_bounds_checked() {
+        let mut body = vec![7];
+        body.extend_from_slice(&9u64.to_le_bytes());
+        put_str(&mut body, b"abc");
+        let mut f = Fields::new(&body);
+        assert_eq!(f.u8(), Some(7));
+        assert_eq!(f.u64(), Some(9));
+        assert_eq!(f.string().as_deref(), Some("abc"));
+        assert_eq!(f.u32(), None);
+        let mut short = Fields::new(&[5, 0, b'a']);
+        assert_eq!(short.bytes(), None);
+    }
+
+    #[test]
+    fn compaction_rule() {
+        let p = CompactPolicy::default();
+        assert!(!needs_compaction(&p, 2 << 20, 100, 60), "40% dead");
+        assert!(needs_compaction(&p, 2 << 20, 100, 50));
+        assert!(!needs_compaction(&p, 1000, 100, 0), "too small");
+        let off = CompactPolicy {
+            enabled: false,
+            ..p
+        };
+        assert!(!needs_compaction(&off, 2 << 20, 100, 0));
+    }
+
+    proptest! {
+        #[test]
+        fn replay_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = bodies(&bytes);
+        }
+    }
+}
