@@ -88,8 +88,28 @@ fn item49_another_cluster_id_is_refused() {
     );
 }
 
+/// The sequences a fresh deliver-all subscriber gets from `channel` (up to `count`).
+fn channel_seqs(bin: &Path, srv: &Server, channel: &str, count: usize) -> Vec<u64> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["channel_seqs", &srv.url()])
+        .env("STANZA_CHANNEL", channel)
+        .env("STANZA_COUNT", count.to_string());
+    let out = run_client(cmd, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("seqs "))
+        .unwrap_or_default();
+    line.split(',').filter_map(|s| s.parse().ok()).collect()
+}
+
+/// Corruption tests (issue 5): a flipped byte is found when the record is read (the message
+/// is skipped and the log names the file and offset), or at start-up when the slice must be
+/// scanned (no index): a clear error naming the file and offset, unless
+/// --file_truncate_bad_eof. A missing index is rebuilt; a record cut short is a torn tail,
+/// dropped; a zero-filled tail is no damage at all.
 #[test]
-fn corrupt_record_is_a_clear_error_and_a_torn_tail_is_dropped() {
+fn corruption_torn_tails_and_missing_indexes() {
     let Some(bin) = stan_go() else {
         return;
     };
@@ -100,40 +120,81 @@ fn corrupt_record_is_a_clear_error_and_a_torn_tail_is_dropped() {
         cmd.args(["item10_publish_sequences", &srv.url()]);
         run_client(cmd, Duration::from_secs(60));
     }
-    let slice_dir = data.join("channels").join("ch10");
-    let slice = std::fs::read_dir(&slice_dir)
-        .expect("slices")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("slice."))
-        })
-        .expect("a slice");
-    let original = std::fs::read(&slice).expect("read");
-    // A flipped byte inside the second record: refused, naming the file and offset.
+    let slice = data.join("channels").join("ch10").join("slice.1.dat");
+    let index = slice.with_extension("idx");
+    let original = std::fs::read(&slice).expect("read the slice");
+    let original_index = std::fs::read(&index).expect("read the index");
+    assert_eq!(original_index.len(), 200 * 16, "one entry per message");
+    let (found, _) = shards::store::record::scan(&original).expect("scan");
+    let all: Vec<u64> = (1..=200).collect();
+    let put_back = || {
+        std::fs::write(&slice, &original).expect("write");
+        std::fs::write(&index, &original_index).expect("write");
+    };
+
+    // A flipped byte inside record 2, index present: found when read back.
     let mut flipped = original.clone();
-    flipped[24 + 40] ^= 0xff;
+    flipped[found[1].offset + 30] ^= 0xff;
     std::fs::write(&slice, &flipped).expect("write");
+    {
+        let srv = file_server(&data, &[]);
+        let got = channel_seqs(&bin, &srv, "ch10", 199);
+        let want: Vec<u64> = all.iter().copied().filter(|s| *s != 2).collect();
+        assert_eq!(got, want, "every other message is served");
+        let needle = format!("CRC-32C mismatch at offset {}", found[1].offset);
+        assert!(
+            srv.wait_for_log(&needle, Duration::from_secs(5))
+                && srv.log_text().contains("slice.1.dat"),
+            "{}",
+            srv.log_text()
+        );
+    }
+    // The same without the index: the slice is scanned at start-up and refused.
+    std::fs::remove_file(&index).expect("remove the index");
     let dir = data.to_str().expect("utf-8");
     let err = common::fails_cleanly(&["-st", "file", "--dir", dir]);
     assert!(
-        err.contains("slice.1.dat") && err.contains("corrupt record at offset"),
+        err.contains("slice.1.dat")
+            && err.contains(&format!("corrupt record at offset {}", found[1].offset)),
         "{err}"
     );
-    // The operator's way out.
-    drop(file_server(&data, &["--file_truncate_bad_eof"]));
-    // A truncated last record is a torn tail: dropped with a warning, the rest served.
-    let (found, _) = shards::store::record::scan(&original).expect("scan");
+    // The operator's way out: what follows the damage is dropped.
+    {
+        let srv = file_server(&data, &["--file_truncate_bad_eof"]);
+        assert_eq!(channel_seqs(&bin, &srv, "ch10", 1), vec![1]);
+    }
+
+    // A missing index is rebuilt from its slice.
+    put_back();
+    std::fs::remove_file(&index).expect("remove the index");
+    {
+        let srv = file_server(&data, &[]);
+        assert_eq!(channel_seqs(&bin, &srv, "ch10", 200), all);
+    }
+    assert_eq!(std::fs::read(&index).expect("rebuilt"), original_index);
+
+    // A record cut short (a write a crash interrupted): dropped with a warning.
+    put_back();
     let last = found.last().expect("records");
-    let cut = last.offset + 30;
-    std::fs::write(&slice, &original[..cut]).expect("write");
+    std::fs::write(&slice, &original[..last.offset + 30]).expect("write");
+    {
+        let srv = file_server(&data, &[]);
+        assert!(
+            srv.wait_for_log("dropped a torn record tail", Duration::from_secs(5)),
+            "{}",
+            srv.log_text()
+        );
+        assert_eq!(channel_seqs(&bin, &srv, "ch10", 199), all[..199].to_vec());
+    }
+
+    // A zero-filled tail (a page padded by DMA, or preallocated): no damage.
+    put_back();
+    let mut padded = original.clone();
+    padded.extend_from_slice(&[0; 8192]);
+    std::fs::write(&slice, &padded).expect("write");
     let srv = file_server(&data, &[]);
-    assert!(
-        srv.wait_for_log("dropped a torn record tail", Duration::from_secs(5)),
-        "{}",
-        srv.log_text()
-    );
+    assert_eq!(channel_seqs(&bin, &srv, "ch10", 200), all);
+    assert!(!srv.log_text().contains("torn"), "{}", srv.log_text());
 }
 
 /// Slices roll at slice_max_bytes and slices holding only messages dropped by max_msgs are
@@ -185,9 +246,10 @@ fn aged_out_slices_are_deleted_without_new_writes() {
         .env("STANZA_COUNT", "2000");
     run_client(cmd, Duration::from_secs(60));
     let count = || {
-        std::fs::read_dir(data.join("channels").join("fill"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        slice_files(&data)
+            .iter()
+            .filter(|n| n.ends_with(".dat"))
+            .count()
     };
     assert!(count() > 3, "slices rolled: {}", count());
     let deadline = std::time::Instant::now() + Duration::from_secs(9);
@@ -213,6 +275,7 @@ fn slice_files(data: &Path) -> Vec<String> {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("slice."))
                 .collect()
         })
         .unwrap_or_default();
@@ -233,7 +296,7 @@ fn slices_roll_by_count_and_age_and_go_to_the_archive_script() {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"$1 $2 $3\" >> {}\nrm -f \"$2\"\n",
+            "#!/bin/sh\necho \"$1 $2 $3\" >> {}\nrm -f \"$2\" \"$3\"\n",
             log.display()
         ),
     )
@@ -277,7 +340,15 @@ fn slices_roll_by_count_and_age_and_go_to_the_archive_script() {
         )),
         "{lines:?}"
     );
-    assert_eq!(slice_files(&data), vec!["slice.901.dat", "slice.951.dat"]);
+    assert_eq!(
+        slice_files(&data),
+        vec![
+            "slice.901.dat",
+            "slice.901.idx",
+            "slice.951.dat",
+            "slice.951.idx"
+        ]
+    );
     drop(srv);
 
     let (_store, data) = store_dir("age");
@@ -285,7 +356,10 @@ fn slices_roll_by_count_and_age_and_go_to_the_archive_script() {
     fill(&bin, &srv, 10);
     std::thread::sleep(Duration::from_millis(1200));
     fill(&bin, &srv, 10);
-    assert_eq!(slice_files(&data), vec!["slice.1.dat", "slice.11.dat"]);
+    assert_eq!(
+        slice_files(&data),
+        vec!["slice.1.dat", "slice.1.idx", "slice.11.dat", "slice.11.idx"]
+    );
 }
 
 /// Unmounts the test's tmpfs when the test ends, before its directory is removed.
@@ -432,4 +506,96 @@ fn item48_item31_subscriptions_and_durables_survive_restarts() {
         "subscriptions_survive_restart",
         &[libc::SIGKILL, libc::SIGTERM],
     );
+}
+
+/// Runs a conformance case (tests/clients/stan-go) against a FILE-store server.
+fn on_file(case: &str, flags: &[&str]) {
+    let Some(bin) = stan_go() else {
+        return;
+    };
+    let (_store, data) = store_dir(case);
+    let monitor_port = common::free_port().to_string();
+    let mut args = vec!["-m", &monitor_port];
+    args.extend_from_slice(flags);
+    let srv = file_server(&data, &args);
+    let mut cmd = Command::new(bin);
+    cmd.args([case, &srv.url()]);
+    cmd.env("STANZA_MONITOR", format!("http://127.0.0.1:{monitor_port}"));
+    run_client(cmd, Duration::from_secs(90));
+}
+
+#[test]
+fn item24_item27_redelivery_and_durable_resume_on_file() {
+    on_file("item24_redelivery", &[]);
+    on_file("item27_durable_resume", &[]);
+}
+
+#[test]
+fn item31_durables_on_file() {
+    on_file("item31_durable_survives_connection_close", &[]);
+    on_file("item31_offline_durable_in_monitoring", &[]);
+}
+
+#[test]
+fn item42_item43_size_limits_on_file() {
+    on_file("item42_max_msgs", &["-mm", "5"]);
+    on_file("item42_channelsz_after_limit", &["-mm", "5"]);
+    on_file("item43_max_bytes_keeps_newest", &["-mb", "100"]);
+}
+
+#[test]
+fn item44_max_age_on_file() {
+    on_file("item44_max_age", &["-ma", "1s"]);
+}
+
+#[test]
+fn item46_max_inactivity_on_file() {
+    on_file("item46_max_inactivity", &["-mi", "1s"]);
+    on_file("item46_channel_disappears", &["-mi", "1s"]);
+}
+
+/// Conformance 47: a restart with smaller limits trims the stored messages at start-up (and
+/// the slices left with nothing kept go).
+#[test]
+fn item47_smaller_limits_trim_at_start_up() {
+    let Some(bin) = stan_go() else {
+        return;
+    };
+    let (_store, data) = store_dir("item47");
+    {
+        let srv = file_server(&data, &["--file_slice_max_msgs", "5"]);
+        fill(&bin, &srv, 20);
+    }
+    let srv = file_server(&data, &["-mm", "5"]);
+    assert_eq!(
+        channel_seqs(&bin, &srv, "fill", 20),
+        (16..=20).collect::<Vec<u64>>()
+    );
+    let dats = slice_files(&data)
+        .into_iter()
+        .filter(|n| n.ends_with(".dat"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        dats,
+        vec!["slice.16.dat"],
+        "slices wholly trimmed are deleted"
+    );
+}
+
+/// A channel deleted for inactivity loses its files: after a restart it is not there.
+#[test]
+fn item46_an_inactive_channel_is_deleted_from_disk() {
+    let Some(bin) = stan_go() else {
+        return;
+    };
+    let (_store, data) = store_dir("inactive");
+    let srv = file_server(&data, &["-mi", "1s"]);
+    fill(&bin, &srv, 3);
+    let channel_dir = data.join("channels").join("fill");
+    assert!(channel_dir.exists());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while channel_dir.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!channel_dir.exists(), "{}", srv.log_text());
 }

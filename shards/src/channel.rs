@@ -2,14 +2,15 @@
 //! subscriptions (plain and durable by id, queue groups by name, durables by key).
 
 use crate::limits::ChannelLimits;
-use crate::store::MemoryLog;
+use crate::store::file_log::FileLog;
+use crate::store::{ChannelLog, MemoryLog};
 use crate::subscription::QueueGroup;
 use fxhash::FxHashMap;
 
 #[derive(Debug)]
 pub struct Channel {
     pub name: String,
-    pub log: MemoryLog,
+    pub log: ChannelLog,
     pub limits: ChannelLimits,
     /// Plain subscriptions, online or (durables) offline.
     pub plain: Vec<u64>,
@@ -22,10 +23,15 @@ pub struct Channel {
 }
 
 impl Channel {
-    pub fn new(name: &str, limits: ChannelLimits, now_mono: u64) -> Self {
+    /// A new channel; `on_disk` for the file store (messages read back from disk on demand).
+    pub fn new(name: &str, limits: ChannelLimits, now_mono: u64, on_disk: bool) -> Self {
         Channel {
             name: name.to_string(),
-            log: MemoryLog::new(),
+            log: if on_disk {
+                ChannelLog::File(Box::new(FileLog::new()))
+            } else {
+                ChannelLog::Memory(MemoryLog::new())
+            },
             limits,
             plain: Vec::new(),
             queues: FxHashMap::default(),

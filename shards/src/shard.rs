@@ -11,7 +11,10 @@
 use crate::channel::{is_valid_channel, Channel};
 use crate::limits::ResolvedLimits;
 use crate::pb::{self, Ack, SubscriptionRequest, SubscriptionResponse};
+use crate::store::file_log::{FileLog, ReadPlan};
+use crate::store::index::SliceIndex;
 use crate::store::subs::{RecoveredSub, SubJournal, SubRecord};
+use crate::store::{ChannelLog, Lookup, StoredMsg};
 use crate::subscription::{QueueGroup, Subscription};
 use crate::wire::{encode_pub_ack, PubMsgView};
 use bytes::Bytes;
@@ -28,6 +31,10 @@ pub const ERR_DURABLE_QUEUE_NAME: &str =
     "stan: durable name of a durable queue subscriber can't contain the character ':'";
 pub const ERR_TOO_MANY_SUBS: &str = "too many subscriptions per channel";
 pub const ERR_TOO_MANY_CHANNELS: &str = "too many channels";
+
+/// A redelivery of a message that had to be read from disk first is tried again this much
+/// later.
+const READ_RETRY_NS: u64 = 20_000_000;
 
 /// Redeliveries due within this margin are sent in the same pass (the reference's 15 ms).
 const REDELIVERY_SLACK_NS: u64 = 15_000_000;
@@ -96,6 +103,8 @@ pub struct Shard {
     unwritten: Option<FxHashMap<String, Unwritten>>,
     /// File store: channels deleted (max_inactivity) whose files are still to be removed.
     deleted: Vec<String>,
+    /// File store: (channel, sequence) of messages wanted by a reader and not in memory.
+    reads_wanted: Vec<(String, u64)>,
 }
 
 /// PubAcks that wait for a write: (reply subject, guid).
@@ -178,6 +187,7 @@ impl Shard {
             stats: ShardStats::default(),
             unwritten: None,
             deleted: Vec::new(),
+            reads_wanted: Vec::new(),
         }
     }
 
@@ -278,28 +288,82 @@ impl Shard {
         self.out.drain(..n).collect()
     }
 
-    /// Recovery: a channel and its stored messages, read back from disk, before any client.
+    /// Recovery (file store, after `persist_messages`): a channel and the indexes of its
+    /// slices, before any client. Returns how many messages it keeps once its limits applied.
     pub fn restore_channel(
         &mut self,
         now: Now,
         name: &str,
-        messages: impl Iterator<Item = (u64, i64, Bytes)>,
+        slices: Vec<SliceIndex>,
         dir: &dyn ChannelDirectory,
     ) -> Result<u64, String> {
         self.lookup_or_create(now, name, dir)?;
         let Some(ch) = self.channels.get_mut(name) else {
             return Ok(0);
         };
-        let mut n = 0;
-        for (seq, ts, body) in messages {
-            if ch.log.restore(seq, ts, body) {
-                n += 1;
-            }
-        }
+        ch.log = ChannelLog::File(Box::new(FileLog::restore(slices)));
         let limits = ch.limits;
         ch.log.enforce_size_limits(&limits);
         ch.log.expire(&limits, now.wall_ns);
-        Ok(n)
+        Ok(ch.log.count())
+    }
+
+    // ---- reads from disk (file store) ----
+
+    fn want_read(&mut self, channel: &str, seq: u64) {
+        self.reads_wanted.push((channel.to_string(), seq));
+    }
+
+    /// Whether readers wait for messages to be read from disk.
+    pub fn has_reads(&self) -> bool {
+        !self.reads_wanted.is_empty()
+    }
+
+    /// The reads to make for the readers waiting (each counted as under way until `loaded`).
+    pub fn take_reads(&mut self) -> Vec<(String, ReadPlan)> {
+        let wanted = std::mem::take(&mut self.reads_wanted);
+        let mut plans = Vec::new();
+        for (channel, seq) in wanted {
+            if let Some(plan) = self
+                .channels
+                .get_mut(&channel)
+                .and_then(|c| c.log.plan_read(seq))
+            {
+                plans.push((channel, plan));
+            }
+        }
+        plans
+    }
+
+    /// A read is back: its messages are kept in memory and the channel's readers go on.
+    pub fn loaded(&mut self, now: Now, channel: &str, first_seq: u64, msgs: Vec<StoredMsg>) {
+        let Some(ch) = self.channels.get_mut(channel) else {
+            return;
+        };
+        ch.log.loaded(first_seq, msgs);
+        let held: Vec<u64> = ch
+            .plain
+            .iter()
+            .chain(ch.queues.values().flat_map(|g| g.members.iter()))
+            .copied()
+            .filter(|id| {
+                self.subs
+                    .get(id)
+                    .is_some_and(|s| s.new_on_hold && !s.offline)
+            })
+            .collect();
+        for id in held {
+            self.start_delivery(now, id);
+        }
+        self.deliver_channel(now, channel);
+    }
+
+    /// A commit wrote `count` messages of `channel` from `first_seq` on, into slice `slice`
+    /// from `offset` on: they may now leave memory.
+    pub fn written(&mut self, channel: &str, first_seq: u64, count: u64, slice: u64, offset: u64) {
+        if let Some(ch) = self.channels.get_mut(channel) {
+            ch.log.written(first_seq, count, slice, offset);
+        }
     }
 
     /// What to send, in order.
@@ -397,8 +461,11 @@ impl Shard {
         }
         dir.register(name)?;
         let limits = self.cfg.limits.for_channel(name);
-        self.channels
-            .insert(name.to_string(), Channel::new(name, limits, now.mono_ns));
+        let on_disk = self.unwritten.is_some();
+        self.channels.insert(
+            name.to_string(),
+            Channel::new(name, limits, now.mono_ns, on_disk),
+        );
         Ok(())
     }
 
@@ -1006,6 +1073,22 @@ impl Shard {
         let channel = sub.channel.clone();
         if sub.new_on_hold {
             let seqs: Vec<u64> = sub.pending.keys().copied().collect();
+            // Every pending message must be in memory first (file store): the redeliveries
+            // go out together, before anything new; `loaded` comes back here.
+            let not_loaded: Vec<u64> = match self.channels.get(&channel) {
+                Some(ch) => seqs
+                    .iter()
+                    .copied()
+                    .filter(|s| matches!(ch.log.get(*s), Lookup::NotLoaded))
+                    .collect(),
+                None => Vec::new(),
+            };
+            if !not_loaded.is_empty() {
+                for seq in not_loaded {
+                    self.want_read(&channel, seq);
+                }
+                return;
+            }
             for seq in seqs {
                 self.redeliver(now, id, seq);
             }
@@ -1050,9 +1133,22 @@ impl Shard {
                 return;
             };
             let next = (sub.last_sent + 1).max(ch.log.first_seq());
-            let Some(msg) = ch.log.get(next) else {
-                return;
+            let msg = match ch.log.get(next) {
+                Lookup::Found(m) => m,
+                Lookup::Missing => return,
+                Lookup::NotLoaded => {
+                    let channel = sub.channel.clone();
+                    self.want_read(&channel, next);
+                    return;
+                }
+                Lookup::Unreadable => {
+                    if let Some(sub) = self.subs.get_mut(&id) {
+                        sub.last_sent = next;
+                    }
+                    continue;
+                }
             };
+            let ahead = ch.log.read_ahead_from(next);
             let payload = msg.encoded.clone();
             let inbox = sub.inbox.clone();
             let expiry = now.mono_ns + sub.ack_wait_ns;
@@ -1061,6 +1157,9 @@ impl Shard {
                 sub.pending.insert(next, expiry);
                 if let Some(j) = journal(&mut self.unwritten, &sub.channel) {
                     j.sent(id, next);
+                }
+                if let Some(ahead) = ahead {
+                    self.reads_wanted.push((sub.channel.clone(), ahead));
                 }
             }
             self.timers.insert((expiry, id, next));
@@ -1094,9 +1193,25 @@ impl Shard {
                 return;
             };
             let next = (group.last_sent + 1).max(ch.log.first_seq());
-            let Some(msg) = ch.log.get(next) else {
-                return;
+            let msg = match ch.log.get(next) {
+                Lookup::Found(m) => m,
+                Lookup::Missing => return,
+                Lookup::NotLoaded => {
+                    self.want_read(channel, next);
+                    return;
+                }
+                Lookup::Unreadable => {
+                    if let Some(g) = self
+                        .channels
+                        .get_mut(channel)
+                        .and_then(|c| c.queues.get_mut(group_name))
+                    {
+                        g.last_sent = next;
+                    }
+                    continue;
+                }
             };
+            let ahead = ch.log.read_ahead_from(next);
             let Some(member) = self.best_member(group) else {
                 return;
             };
@@ -1121,6 +1236,9 @@ impl Shard {
             self.timers.insert((expiry, member, next));
             if let Some(j) = journal(&mut self.unwritten, channel) {
                 j.sent(member, next);
+            }
+            if let Some(ahead) = ahead {
+                self.want_read(channel, ahead);
             }
             self.send(inbox, payload);
         }
@@ -1149,11 +1267,26 @@ impl Shard {
         let queue = sub.queue.clone();
         let ack_wait = sub.ack_wait_ns;
         let inbox = sub.inbox.clone();
-        let stored = self
-            .channels
-            .get(&channel)
-            .and_then(|c| c.log.get(seq))
-            .and_then(|m| m.decode());
+        let lookup = self.channels.get(&channel).map(|c| match c.log.get(seq) {
+            Lookup::Found(m) => Ok(m.decode()),
+            Lookup::NotLoaded => Err(()),
+            Lookup::Missing | Lookup::Unreadable => Ok(None),
+        });
+        let stored = match lookup {
+            Some(Ok(decoded)) => decoded,
+            None => None,
+            Some(Err(())) => {
+                // On disk, not in memory: read it, and try again shortly.
+                self.want_read(&channel, seq);
+                self.timers.remove(&(old_expiry, id, seq));
+                let retry = now.mono_ns + READ_RETRY_NS;
+                if let Some(sub) = self.subs.get_mut(&id) {
+                    sub.pending.insert(seq, retry);
+                }
+                self.timers.insert((retry, id, seq));
+                return;
+            }
+        };
         self.timers.remove(&(old_expiry, id, seq));
         let Some(mut proto) = stored else {
             // Dropped by a limit: counts as acked, which may free a window slot.

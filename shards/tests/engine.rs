@@ -487,7 +487,7 @@ fn written(h: &mut H, channel: &str, records: &mut Vec<u8>, subs_log: &mut Vec<u
     }
 }
 
-/// A shard started again from what `written` collected.
+/// A shard started again from what `written` collected: the channel from its index only.
 fn restarted(records: &[u8], subs_log: &[u8], clients: &[&str]) -> H {
     let mut h = H::new();
     h.now.mono_ns += 3600 * SEC;
@@ -498,17 +498,36 @@ fn restarted(records: &[u8], subs_log: &[u8], clients: &[&str]) -> H {
         h.shard.client_added(c, Bytes::from_static(b"conn1"));
     }
     let (found, _) = shards::store::record::scan(records).unwrap();
-    let msgs = found.iter().map(|f| {
-        let start = f.offset + shards::store::record::HEADER_LEN;
-        let body = Bytes::copy_from_slice(&records[start..start + f.header.body_len as usize]);
-        (f.header.seq, f.header.timestamp, body)
-    });
+    let mut idx = shards::store::index::SliceIndex::new(1);
+    for f in &found {
+        idx.push(
+            f.offset as u64,
+            f.header.timestamp,
+            (f.end() - f.offset) as u64,
+        );
+    }
     let now = h.now;
-    h.shard.restore_channel(now, "foo", msgs, &h.dir).unwrap();
+    h.shard
+        .restore_channel(now, "foo", vec![idx], &h.dir)
+        .unwrap();
     let (subs, _, _) = shards::store::subs::replay(subs_log).unwrap();
     h.shard
         .restore_subscriptions(now, "foo", subs.into_values().collect());
+    serve_reads(&mut h, records);
     h
+}
+
+/// Does what the node does for reads from disk, from the slice bytes `slice`, until no reader
+/// waits.
+fn serve_reads(h: &mut H, slice: &[u8]) {
+    while h.shard.has_reads() {
+        for (channel, plan) in h.shard.take_reads() {
+            let buf = Bytes::copy_from_slice(&slice[plan.start as usize..plan.end as usize]);
+            let (msgs, bad) = shards::store::file_log::parse_read(&plan, &buf);
+            assert!(bad.is_empty(), "{bad:?}");
+            h.shard.loaded(h.now, &channel, plan.first_seq, msgs);
+        }
+    }
 }
 
 #[test]
@@ -541,6 +560,7 @@ fn subscriptions_and_pending_acks_come_back_from_their_log() {
     assert_eq!(seqs(&plain), vec![1, 3, 4, 5]);
     assert!(plain.iter().all(|m| m.redelivered));
     h.ack(&ack_inbox, "foo", 2);
+    serve_reads(&mut h, &records);
     let next = h.msgs("dur.in");
     assert_eq!(seqs(&next), vec![5]);
     assert!(!next[0].redelivered);
@@ -556,6 +576,7 @@ fn subscriptions_and_pending_acks_come_back_from_their_log() {
     durable.inbox = "dur.new".into();
     let resumed = h.subscribe(durable);
     assert_eq!(resumed.error, "");
+    serve_reads(&mut h, &records);
     assert_eq!(seqs(&h.msgs("dur.new")), vec![2, 3, 4]);
 }
 
@@ -582,6 +603,7 @@ fn a_durable_queue_group_comes_back_as_its_shadow() {
     member.client_id = "other".into();
     member.inbox = "q.other".into();
     assert_eq!(h.subscribe(member).error, "");
+    serve_reads(&mut h, &records);
     assert_eq!(
         seqs(&h.msgs("q.other")),
         vec![1, 2, 3],

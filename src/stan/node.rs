@@ -30,6 +30,21 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Shares of the replay task queue against the default queue's 1000: reads from disk for
+/// catching-up subscribers get a fifth of a busy core.
+const REPLAY_SHARES: usize = 250;
+
+/// A failed read: its messages, marked unreadable (delivery skips them).
+fn unreadable(plan: &shards::store::file_log::ReadPlan) -> Vec<shards::store::StoredMsg> {
+    (0..plan.offsets.len() as u64)
+        .map(|i| shards::store::StoredMsg {
+            seq: plan.first_seq + i,
+            timestamp: 0,
+            encoded: Bytes::new(),
+        })
+        .collect()
+}
+
 /// The file store's compact* options.
 pub(super) fn compact_policy(file: &crate::config::streaming::FileOptions) -> CompactPolicy {
     CompactPolicy {
@@ -78,6 +93,9 @@ pub struct Node {
     ticks: Cell<u64>,
     /// A commit (write + sync of this turn's messages) is in progress or scheduled.
     committing: Cell<bool>,
+    /// File store: the task queue reads back from disk run in, with fewer shares than the
+    /// default queue (publishes, acks, live deliveries), so catching up does not starve them.
+    replay_queue: Cell<Option<glommio::TaskQueueHandle>>,
     /// Monitoring snapshots being gathered: token -> (cores left, reports so far).
     gathers: RefCell<FxHashMap<u64, (usize, Vec<CoreSnapshot>)>>,
     gathered: Notify,
@@ -123,6 +141,7 @@ impl Node {
             store: RefCell::new(None),
             client_log: RefCell::new(None),
             committing: Cell::new(false),
+            replay_queue: Cell::new(None),
             ticks: Cell::new(0),
             gathers: RefCell::new(FxHashMap::default()),
             gathered: Notify::new(),
@@ -214,11 +233,67 @@ impl Node {
             self.publish(&o.subject, o.reply.as_deref(), &o.payload);
         }
         *self.scratch.borrow_mut() = out;
+        if self.shard.borrow().has_reads() {
+            self.start_reads();
+        }
         // Sends and acks of subscriptions are logged without holding anything back.
         if self.shard.borrow().has_journal() {
             self.committing.set(true);
             if let Some(me) = self.rc() {
                 glommio::spawn_local(async move { me.commit_loop().await }).detach();
+            }
+        }
+    }
+
+    /// Reads back from disk what catching-up subscribers wait for, each read in its own task
+    /// (in the replay queue); the messages go to the shard, which delivers them.
+    fn start_reads(&self) {
+        let plans = self.shard.borrow_mut().take_reads();
+        let store = self.store.borrow().clone();
+        let (Some(store), Some(me)) = (store, self.rc()) else {
+            return;
+        };
+        for (channel, plan) in plans {
+            let (store, me) = (store.clone(), me.clone());
+            let task = async move {
+                let msgs = match store.read_block(&channel, &plan).await {
+                    Ok(buf) => {
+                        let (msgs, bad) = shards::store::file_log::parse_read(&plan, &buf);
+                        let path = store.slice_path(&channel, plan.slice);
+                        for (offset, why) in bad {
+                            log::error!(
+                                "STAN: {}: {why} at offset {offset}: the message is skipped",
+                                path.display()
+                            );
+                        }
+                        msgs
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "STAN: reading channel {channel:?} (slice {}, bytes {}..{}) failed: {e}; those messages are skipped",
+                            plan.slice,
+                            plan.start,
+                            plan.end
+                        );
+                        unreadable(&plan)
+                    }
+                };
+                me.shard
+                    .borrow_mut()
+                    .loaded(time::now(), &channel, plan.first_seq, msgs);
+                me.flush();
+            };
+            let spawned = match self.replay_queue.get() {
+                Some(q) => glommio::spawn_local_into(task, q).map(|t| {
+                    t.detach();
+                }),
+                None => {
+                    glommio::spawn_local(task).detach();
+                    Ok(())
+                }
+            };
+            if let Err(e) = spawned {
+                log::error!("STAN: cannot start a read from disk: {e}");
             }
         }
     }
@@ -243,7 +318,9 @@ impl Node {
             let mut owed: Vec<(String, u64, OwedAcks)> = Vec::new();
             let mut records = Vec::with_capacity(batches.len());
             let mut with_subs = Vec::new();
+            let mut counts: FxHashMap<String, (u64, u64)> = FxHashMap::default();
             for (channel, batch) in batches {
+                counts.insert(channel.clone(), (batch.first_seq, batch.count));
                 let subs_sync = batch.subs.gating;
                 let (subs, sub_records) = batch.subs.finish();
                 if sub_records > 0 {
@@ -260,10 +337,22 @@ impl Node {
                     subs_sync,
                 });
             }
-            let failed = match &store {
+            let outcome = match &store {
                 Some(s) => s.write(records, sync).await,
-                None => Vec::new(),
+                None => Default::default(),
             };
+            for (channel, landed) in &outcome.landed {
+                if let Some(&(first, count)) = counts.get(channel) {
+                    self.shard.borrow_mut().written(
+                        channel,
+                        first,
+                        count,
+                        landed.slice,
+                        landed.offset,
+                    );
+                }
+            }
+            let failed = outcome.failed;
             // Failed channels first: their messages are taken back before anything covered by
             // this commit goes out, so no delivery of them leaves the server.
             let mut refused: Vec<(Bytes, Bytes, String)> = Vec::new();
@@ -336,9 +425,22 @@ impl Node {
             archive_script: s.file.slice_archive_script.clone(),
         };
         let compact = compact_policy(&s.file);
-        let store = FileStore::open(&dir, buffer, slice_limits, compact, s.file.sync)
+        let mut store = FileStore::open(&dir, buffer, slice_limits, compact, s.file.sync)
             .await
             .map_err(|e| format!("cannot open the file store in {}: {e}", dir.display()))?;
+        if s.file.file_descriptors_limit > 0 {
+            // The limit is the process's: each shard keeps its share of slices open for reading.
+            let share = s.file.file_descriptors_limit as usize / self.core.ncores.max(1);
+            store.set_max_readers(share);
+        }
+        let queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(REPLAY_SHARES),
+            glommio::Latency::NotImportant,
+            "stan-replay",
+        );
+        self.replay_queue.set(Some(queue));
+        // Channels created from here on keep their messages on disk.
+        self.shard.borrow_mut().persist_messages();
         let me = self.core.id;
         let ncores = self.core.ncores;
         let recovered = store
@@ -356,12 +458,10 @@ impl Node {
                     file.display()
                 );
             }
-            let n = self.shard.borrow_mut().restore_channel(
-                now,
-                &r.name,
-                r.messages.into_iter(),
-                &*self.dir,
-            )?;
+            let n = self
+                .shard
+                .borrow_mut()
+                .restore_channel(now, &r.name, r.slices, &*self.dir)?;
             log::debug!("STAN: recovered channel {:?} ({n} messages)", r.name);
             sub_logs.push((r.name.clone(), r.subs, r.subs_log));
             // Limits applied at start-up may leave whole slices with nothing kept.
@@ -417,7 +517,6 @@ impl Node {
                 log::debug!("STAN: recovered {count} subscriptions on channel {name:?}");
             }
         }
-        self.shard.borrow_mut().persist_messages();
         *self.store.borrow_mut() = Some(Rc::new(store));
         Ok(())
     }

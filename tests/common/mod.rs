@@ -257,7 +257,25 @@ impl RawClient {
 }
 
 /// Runs a client program, killing it after `timeout`; panics with its output on failure.
-pub fn run_client(mut cmd: Command, timeout: Duration) -> Output {
+pub fn run_client(cmd: Command, timeout: Duration) -> Output {
+    let shown = format!("{cmd:?}");
+    let out = run_bounded(cmd, timeout);
+    let text = format!(
+        "{shown}\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "client failed ({:?}):\n{text}",
+        out.status
+    );
+    println!("{text}");
+    out
+}
+
+/// Runs a program to its end, killing it at `timeout`, and returns what it printed.
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
     let shown = format!("{cmd:?}");
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -275,19 +293,7 @@ pub fn run_client(mut cmd: Command, timeout: Duration) -> Output {
             }
         }
     }
-    let out = child.wait_with_output().expect("client output");
-    let text = format!(
-        "{shown}\n--- stdout\n{}\n--- stderr\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "client failed ({:?}):\n{text}",
-        out.status
-    );
-    println!("{text}");
-    out
+    child.wait_with_output().expect("client output")
 }
 
 pub fn repo_path(rel: &str) -> PathBuf {
@@ -357,10 +363,10 @@ impl Server {
 
 /// Runs stanza expecting it to refuse to start: exit status 1, no panic. Returns its stderr.
 pub fn fails_cleanly(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_stanza"))
-        .args(args)
-        .output()
-        .expect("run");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stanza"));
+    cmd.args(args);
+    // A server that starts instead of failing is stopped after the bound and reported.
+    let out = run_bounded(cmd, Duration::from_secs(30));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("panicked"), "{err}");

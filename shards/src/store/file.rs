@@ -3,15 +3,19 @@
 //! not depend on the shard count, so any number of cores finds every channel at start-up.
 //! Each process start opens a new slice per channel; older slices are only read.
 
+use super::file_log::ReadPlan;
+use super::index::{self, SliceIndex};
 use super::journal::{self, AppendFile, CompactPolicy};
 use super::record::{scan, ScanEnd};
 use super::slice::{read_size_for, read_slice, warm_up, SliceWriter};
 use super::subs::{self, RecoveredSub};
 use bytes::Bytes;
 use fxhash::FxHashMap;
+use glommio::io::{DmaFile, OpenOptions};
 use std::cell::RefCell;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -91,7 +95,8 @@ pub fn check_server_file(root: &Path, cluster_id: &str) -> Result<(), String> {
 /// A channel read back from disk: its name and its records in order.
 pub struct Recovered {
     pub name: String,
-    pub messages: Vec<(u64, i64, Bytes)>,
+    /// Where each kept message is (the slices' indexes), oldest slice first.
+    pub slices: Vec<SliceIndex>,
     /// Torn tails dropped, as (file, offset), for the log.
     pub truncated: Vec<(PathBuf, usize)>,
     /// The channel's subscriptions from `subs.dat`, and what `open_subs` needs of that file.
@@ -150,16 +155,61 @@ pub struct ChannelBatch {
     pub subs_sync: bool,
 }
 
+/// Slices kept open for reading per shard unless file_descriptors_limit says otherwise.
+pub const DEFAULT_MAX_READERS: usize = 256;
+
+/// The first sequence a slice file is named after (0 for anything else).
+fn first_of(path: &Path) -> u64 {
+    path.file_name()
+        .and_then(|n| slice_number(&n.to_string_lossy()))
+        .unwrap_or(0)
+}
+
+/// Where a channel's records of one write went: the slice (its first sequence) and the offset
+/// of the first record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Landed {
+    pub slice: u64,
+    pub offset: u64,
+}
+
+/// What a write did: per channel, where its records went, or why they could not be written.
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    pub landed: Vec<(String, Landed)>,
+    pub failed: Vec<(String, io::Error)>,
+}
+
+/// The index entries of framed records appended at `offset`.
+fn index_entries(records: &[u8], offset: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.len() / 8);
+    let mut at = 0;
+    while let Some(h) = super::record::header_at(records, at) {
+        index::encode_entry(&mut out, offset + at as u64, h.timestamp);
+        at += super::record::HEADER_LEN + h.body_len as usize;
+    }
+    out
+}
+
 /// The slice a channel appends to.
 struct OpenSlice {
     writer: SliceWriter,
+    /// The slice's index file (appended after each write, not synced: recovery completes a
+    /// short index from the slice).
+    index: AppendFile,
+    first_seq: u64,
     msgs: u64,
     opened: Instant,
 }
 
+/// Index entries hold 32-bit offsets: a slice is closed before it reaches 4 GiB, whatever
+/// the limits.
+const MAX_SLICE_BYTES: u64 = (u32::MAX as u64) - (256 << 20);
+
 impl OpenSlice {
     fn is_full(&self, limits: &SliceLimits) -> bool {
-        (limits.max_bytes > 0 && self.writer.len() >= limits.max_bytes)
+        self.writer.len() >= MAX_SLICE_BYTES
+            || (limits.max_bytes > 0 && self.writer.len() >= limits.max_bytes)
             || (limits.max_msgs > 0 && self.msgs >= limits.max_msgs)
             || (!limits.max_age.is_zero() && self.opened.elapsed() >= limits.max_age)
     }
@@ -176,6 +226,11 @@ pub struct FileStore {
     sub_logs: RefCell<FxHashMap<String, SubsLog>>,
     compact: CompactPolicy,
     sync: bool,
+    /// Slices open for reading back, by (channel, slice first sequence), with when each was
+    /// last used: at most `max_readers` stay open (file_descriptors_limit).
+    readers: RefCell<FxHashMap<(String, u64), (Rc<DmaFile>, u64)>>,
+    reads: std::cell::Cell<u64>,
+    max_readers: usize,
 }
 
 impl FileStore {
@@ -201,6 +256,9 @@ impl FileStore {
             sub_logs: RefCell::new(FxHashMap::default()),
             compact,
             sync,
+            readers: RefCell::new(FxHashMap::default()),
+            reads: std::cell::Cell::new(0),
+            max_readers: DEFAULT_MAX_READERS,
         })
     }
 
@@ -236,9 +294,6 @@ impl FileStore {
                 })
                 .collect();
             slices.sort();
-            self.slices
-                .borrow_mut()
-                .insert(name.clone(), slices.clone());
             let subs_path = entry.path().join(subs::FILE_NAME);
             let subs_buf = journal::read_file(&subs_path)
                 .map_err(|e| format!("cannot read {}: {e}", subs_path.display()))?;
@@ -256,7 +311,7 @@ impl FileStore {
             }
             let mut rec = Recovered {
                 name,
-                messages: Vec::new(),
+                slices: Vec::new(),
                 truncated: Vec::new(),
                 subs: found_subs.into_values().collect(),
                 subs_log: SubsLogEnd {
@@ -264,34 +319,84 @@ impl FileStore {
                     records: subs_records,
                 },
             };
-            for (_, path) in slices {
-                let data = read_slice(&path, self.read_size)
-                    .await
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                let data = Bytes::from(data);
-                let (found, end) = match scan(&data) {
-                    Ok(r) => r,
-                    Err(e) if truncate_bad_eof => {
-                        let offset = match e {
-                            super::record::ScanError::Corrupt { offset, .. } => offset,
-                        };
-                        let found = scan(&data[..offset]).map(|r| r.0).unwrap_or_default();
-                        (found, ScanEnd::TornTail { offset })
+            let mut kept = Vec::new();
+            for (first_seq, path) in slices {
+                match self
+                    .recover_slice(&path, first_seq, truncate_bad_eof, &mut rec.truncated)
+                    .await?
+                {
+                    Some(idx) => {
+                        rec.slices.push(idx);
+                        kept.push((first_seq, path));
                     }
-                    Err(e) => return Err(format!("{}: {e}", path.display())),
-                };
-                if let ScanEnd::TornTail { offset } = end {
-                    rec.truncated.push((path.clone(), offset));
-                }
-                for f in found {
-                    let start = f.offset + super::record::HEADER_LEN;
-                    let body = data.slice(start..start + f.header.body_len as usize);
-                    rec.messages.push((f.header.seq, f.header.timestamp, body));
+                    None => remove_slice_files(&path),
                 }
             }
+            self.slices.borrow_mut().insert(rec.name.clone(), kept);
             out.push(rec);
         }
         Ok(out)
+    }
+
+    /// One slice at start-up, from its index when the index is whole and agrees with the
+    /// slice's last records; otherwise from the slice itself (its index is then written
+    /// again). A torn tail is cut off the file. `None` for a slice with no record.
+    async fn recover_slice(
+        &self,
+        path: &Path,
+        first_seq: u64,
+        truncate_bad_eof: bool,
+        truncated: &mut Vec<(PathBuf, usize)>,
+    ) -> Result<Option<SliceIndex>, String> {
+        let idx_path = path.with_extension("idx");
+        let from_index = match std::fs::read(&idx_path) {
+            Ok(buf) => index::decode(first_seq, &buf),
+            Err(_) => None,
+        };
+        if let Some(mut idx) = from_index.filter(|i| !i.is_empty()) {
+            if let Some(end) = check_tail(path, &mut idx, truncated)? {
+                if end.added > 0 {
+                    rewrite_index(&idx_path, &idx)?;
+                }
+                return Ok(Some(idx));
+            }
+            log::warn!(
+                "STAN: {} does not match {}: rebuilding it",
+                idx_path.display(),
+                path.display()
+            );
+        }
+        let data = read_slice(path, self.read_size)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let (found, end) = match scan(&data) {
+            Ok(r) => r,
+            Err(e) if truncate_bad_eof => {
+                let offset = match e {
+                    super::record::ScanError::Corrupt { offset, .. } => offset,
+                };
+                let found = scan(&data[..offset]).map(|r| r.0).unwrap_or_default();
+                (found, ScanEnd::TornTail { offset })
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        if let ScanEnd::TornTail { offset } = end {
+            cut_slice(path, offset as u64)?;
+            truncated.push((path.to_path_buf(), offset));
+        }
+        let mut idx = SliceIndex::new(found.first().map_or(first_seq, |f| f.header.seq));
+        for f in &found {
+            idx.push(
+                f.offset as u64,
+                f.header.timestamp,
+                (f.end() - f.offset) as u64,
+            );
+        }
+        if idx.is_empty() {
+            return Ok(None);
+        }
+        rewrite_index(&idx_path, &idx)?;
+        Ok(Some(idx))
     }
 
     /// Appends each channel's records (one DMA write per channel, synced when `sync`) and
@@ -299,12 +404,13 @@ impl FileStore {
     /// error. A failed channel's slice is cut back to what was on disk before and closed; its
     /// next records start a new slice. A failed subscription write is logged (the
     /// subscriptions keep working; a restart may then redeliver or miss a change).
-    pub async fn write(&self, batches: Vec<ChannelBatch>, sync: bool) -> Vec<(String, io::Error)> {
-        let mut failed = Vec::new();
+    pub async fn write(&self, batches: Vec<ChannelBatch>, sync: bool) -> WriteOutcome {
+        let mut out = WriteOutcome::default();
         for mut batch in batches {
             if batch.msgs > 0 {
-                if let Err(e) = self.write_channel(&batch, sync).await {
-                    failed.push((batch.channel.clone(), e));
+                match self.write_channel(&batch, sync).await {
+                    Ok(landed) => out.landed.push((batch.channel.clone(), landed)),
+                    Err(e) => out.failed.push((batch.channel.clone(), e)),
                 }
             }
             if batch.sub_records > 0 {
@@ -320,7 +426,66 @@ impl FileStore {
                 }
             }
         }
-        failed
+        out
+    }
+
+    /// Bounds how many slices stay open for reading (from file_descriptors_limit).
+    pub fn set_max_readers(&mut self, n: usize) {
+        self.max_readers = n.max(1);
+    }
+
+    /// Reads the bytes of a planned read (`plan.start..plan.end` of the slice) with one DMA
+    /// read.
+    pub async fn read_block(&self, channel: &str, plan: &ReadPlan) -> io::Result<Bytes> {
+        let file = self.reader(channel, plan.slice).await?;
+        let len = usize::try_from(plan.end - plan.start)
+            .map_err(|_| io::Error::other("read too large"))?;
+        let read = file
+            .read_at(plan.start, len)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if read.len() < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} bytes where {len} were indexed", read.len()),
+            ));
+        }
+        Ok(Bytes::copy_from_slice(&read[..len]))
+    }
+
+    /// The path of a channel's slice.
+    pub fn slice_path(&self, channel: &str, slice: u64) -> PathBuf {
+        self.channel_dir(channel).join(format!("slice.{slice}.dat"))
+    }
+
+    async fn reader(&self, channel: &str, slice: u64) -> io::Result<Rc<DmaFile>> {
+        let stamp = self.reads.get() + 1;
+        self.reads.set(stamp);
+        let key = (channel.to_string(), slice);
+        if let Some((f, used)) = self.readers.borrow_mut().get_mut(&key) {
+            *used = stamp;
+            return Ok(f.clone());
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .dma_open(self.slice_path(channel, slice))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let file = Rc::new(file);
+        let mut readers = self.readers.borrow_mut();
+        while readers.len() >= self.max_readers {
+            let Some(oldest) = readers
+                .iter()
+                .min_by_key(|(_, (_, u))| *u)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            // Closed when the last read using it is done (glommio closes on drop).
+            readers.remove(&oldest);
+        }
+        readers.insert(key, (file.clone(), stamp));
+        Ok(file)
     }
 
     /// Opens a recovered channel's `subs.dat` for appending, first rewriting it as `rewrite`
@@ -410,6 +575,7 @@ impl FileStore {
     pub async fn delete_channel(&self, channel: &str) {
         let writer = self.writers.borrow_mut().remove(channel);
         if let Some(w) = writer {
+            let _ = w.index.close().await;
             let _ = w.writer.close().await;
         }
         let subs_log = self.sub_logs.borrow_mut().remove(channel);
@@ -417,6 +583,7 @@ impl FileStore {
             let _ = l.file.close().await;
         }
         self.slices.borrow_mut().remove(channel);
+        self.readers.borrow_mut().retain(|(c, _), _| c != channel);
         let dir = self.channel_dir(channel);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != io::ErrorKind::NotFound {
@@ -425,12 +592,13 @@ impl FileStore {
         }
     }
 
-    async fn write_channel(&self, batch: &ChannelBatch, sync: bool) -> io::Result<()> {
+    async fn write_channel(&self, batch: &ChannelBatch, sync: bool) -> io::Result<Landed> {
         let (channel, first_seq) = (batch.channel.as_str(), batch.first_seq);
         let open = self.writers.borrow_mut().remove(channel);
         // A full slice is closed; the records go to a new one.
         let open = match open {
             Some(o) if o.is_full(&self.slice_limits) => {
+                let _ = o.index.close().await;
                 o.writer.close().await?;
                 None
             }
@@ -443,6 +611,7 @@ impl FileStore {
                 std::fs::create_dir_all(&dir)?;
                 let path = dir.join(format!("slice.{first_seq}.dat"));
                 let w = SliceWriter::create(&path, self.buffer_size).await?;
+                let index = AppendFile::open_at(&path.with_extension("idx"), 0, false).await?;
                 let mut slices = self.slices.borrow_mut();
                 let list = slices.entry(channel.to_string()).or_default();
                 // A slice abandoned empty after a failed write is created again.
@@ -451,6 +620,8 @@ impl FileStore {
                 }
                 OpenSlice {
                     writer: w,
+                    index,
+                    first_seq,
                     msgs: 0,
                     opened: Instant::now(),
                 }
@@ -461,11 +632,22 @@ impl FileStore {
         match open.writer.commit_with(sync).await {
             Ok(()) => {
                 open.msgs += batch.msgs;
+                let entries = index_entries(&batch.records, before);
+                let landed = Landed {
+                    slice: open.first_seq,
+                    offset: before,
+                };
+                let indexed = open.index.append_with(entries, false).await;
                 self.writers.borrow_mut().insert(channel.to_string(), open);
-                Ok(())
+                if let Err(e) = indexed {
+                    // The records are safe; recovery rebuilds the index from the slice.
+                    log::warn!("STAN: cannot append to the index of channel {channel:?}: {e}");
+                }
+                Ok(landed)
             }
             Err(e) => {
                 let path = open.writer.path().to_path_buf();
+                let _ = open.index.close().await;
                 if let Err(cut) = open.writer.abandon(before).await {
                     log::error!(
                         "cannot cut {} back to {before} bytes after a failed write: {cut}",
@@ -490,13 +672,12 @@ impl FileStore {
             drop += 1;
         }
         for (_, path) in list.drain(..drop) {
+            self.readers
+                .borrow_mut()
+                .remove(&(channel.to_string(), first_of(&path)));
             match &self.slice_limits.archive_script {
                 Some(script) => archive(script, channel, &path),
-                None => {
-                    if let Err(e) = std::fs::remove_file(&path) {
-                        log::warn!("STAN: cannot delete {}: {e}", path.display());
-                    }
-                }
+                None => remove_slice_files(&path),
             }
         }
     }
@@ -507,15 +688,103 @@ impl FileStore {
         for l in sub_logs {
             let _ = l.file.close().await;
         }
-        let writers: Vec<SliceWriter> = self
-            .writers
-            .borrow_mut()
-            .drain()
-            .map(|(_, o)| o.writer)
-            .collect();
-        for w in writers {
-            if let Err(e) = w.close().await {
+        let writers: Vec<OpenSlice> = self.writers.borrow_mut().drain().map(|(_, o)| o).collect();
+        for o in writers {
+            let _ = o.index.close().await;
+            if let Err(e) = o.writer.close().await {
                 log::warn!("STAN: closing a slice: {e}");
+            }
+        }
+    }
+}
+
+/// How an index's last entry compared with its slice: how many records were found after it
+/// (and added to the index).
+struct TailCheck {
+    added: usize,
+}
+
+/// Reads the slice from the index's last entry on: that record must be whole and carry the
+/// entry's sequence and timestamp; records after it (written, not indexed: a crash between
+/// the two) are added to the index; a torn tail after them is cut off the file. `None` when
+/// the slice disagrees with the index.
+fn check_tail(
+    path: &Path,
+    idx: &mut SliceIndex,
+    truncated: &mut Vec<(PathBuf, usize)>,
+) -> Result<Option<TailCheck>, String> {
+    use std::os::unix::fs::FileExt;
+    let last = idx.len() - 1;
+    let from = u64::from(idx.offsets[last]);
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let size = file
+        .metadata()
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
+        .len();
+    if size < from {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; (size - from) as usize];
+    file.read_exact_at(&mut buf, from)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let Ok((found, end)) = scan(&buf) else {
+        return Ok(None);
+    };
+    let Some(first) = found.first() else {
+        return Ok(None);
+    };
+    if first.offset != 0
+        || first.header.seq != idx.last_seq()
+        || first.header.timestamp != idx.timestamps[last]
+    {
+        return Ok(None);
+    }
+    idx.end = from + first.end() as u64;
+    for f in &found[1..] {
+        idx.push(
+            from + f.offset as u64,
+            f.header.timestamp,
+            (f.end() - f.offset) as u64,
+        );
+    }
+    if let ScanEnd::TornTail { offset } = end {
+        let at = from + offset as u64;
+        cut_slice(path, at)?;
+        truncated.push((path.to_path_buf(), at as usize));
+    }
+    Ok(Some(TailCheck {
+        added: found.len() - 1,
+    }))
+}
+
+/// Cuts a torn tail off a slice file.
+fn cut_slice(path: &Path, len: u64) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len))
+        .map_err(|e| format!("cannot truncate {}: {e}", path.display()))
+}
+
+/// Writes a slice's index file whole (a new file renamed over the old one).
+fn rewrite_index(path: &Path, idx: &SliceIndex) -> Result<(), String> {
+    let mut buf = Vec::with_capacity(idx.len() * index::ENTRY_LEN);
+    for (o, t) in idx.offsets.iter().zip(&idx.timestamps) {
+        index::encode_entry(&mut buf, u64::from(*o), *t);
+    }
+    let tmp = path.with_extension("idx.tmp");
+    std::fs::write(&tmp, &buf)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Deletes a slice and its index.
+fn remove_slice_files(path: &Path) {
+    for p in [path.to_path_buf(), path.with_extension("idx")] {
+        if let Err(e) = std::fs::remove_file(&p) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("STAN: cannot delete {}: {e}", p.display());
             }
         }
     }
@@ -539,6 +808,14 @@ fn archive(script: &Path, channel: &str, slice: &Path) {
         return;
     }
     let idx = slice.with_extension("idx.bak");
+    if let Err(e) = std::fs::rename(slice.with_extension("idx"), &idx) {
+        if e.kind() != io::ErrorKind::NotFound {
+            log::warn!(
+                "STAN: cannot rename the index of {} for archiving: {e}",
+                slice.display()
+            );
+        }
+    }
     let spawned = std::process::Command::new(script)
         .arg(channel)
         .arg(&bak)

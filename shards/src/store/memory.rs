@@ -182,6 +182,28 @@ impl MemoryLog {
         self.last_seq = seq - 1;
     }
 
+    /// Continues numbering after `seq` (the file store's tail after recovery: the stored
+    /// messages are on disk, the next one appended gets `seq + 1`).
+    pub fn resume_after(&mut self, seq: u64, timestamp: i64) {
+        self.last_seq = seq;
+        self.last_timestamp = timestamp;
+    }
+
+    /// The oldest message held, if any.
+    pub fn front(&self) -> Option<&StoredMsg> {
+        self.msgs.front()
+    }
+
+    /// Forgets the oldest message held.
+    pub fn drop_front(&mut self) {
+        self.pop_front();
+    }
+
+    /// The messages held, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &StoredMsg> {
+        self.msgs.iter()
+    }
+
     fn pop_front(&mut self) {
         if let Some(m) = self.msgs.pop_front() {
             self.bytes -= m.size();

@@ -27,7 +27,8 @@ pub fn encode(out: &mut Vec<u8>, seq: u64, timestamp: i64, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-fn header_at(buf: &[u8], at: usize) -> Option<RecordHeader> {
+/// The header of the record at `at`, if the bytes are there.
+pub fn header_at(buf: &[u8], at: usize) -> Option<RecordHeader> {
     let h = buf.get(at..at + HEADER_LEN)?;
     let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
     let u64_at = |i: usize| {

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -141,5 +143,31 @@ func init() {
 		}
 		must(again.Close(), "close")
 		fmt.Println("done")
+	}
+}
+
+// Reads channel $STANZA_CHANNEL from the start and prints the sequences received, once
+// $STANZA_COUNT arrived or nothing came for a second: "seqs 1,2,3".
+func init() {
+	cases["channel_seqs"] = func() {
+		want, err := strconv.Atoi(os.Getenv("STANZA_COUNT"))
+		must(err, "STANZA_COUNT")
+		sc := connect("channel-reader")
+		defer sc.Close()
+		got := make(chan uint64, want+16)
+		_, err = sc.Subscribe(os.Getenv("STANZA_CHANNEL"), func(m *stan.Msg) { got <- m.Sequence },
+			stan.DeliverAllAvailable())
+		must(err, "subscribe")
+		var seqs []string
+		for len(seqs) < want {
+			select {
+			case s := <-got:
+				seqs = append(seqs, strconv.FormatUint(s, 10))
+			case <-time.After(time.Second):
+				fmt.Println("seqs " + strings.Join(seqs, ","))
+				return
+			}
+		}
+		fmt.Println("seqs " + strings.Join(seqs, ","))
 	}
 }
