@@ -599,3 +599,67 @@ fn item46_an_inactive_channel_is_deleted_from_disk() {
     }
     assert!(!channel_dir.exists(), "{}", srv.log_text());
 }
+
+/// With every slice limit 0, a channel's slices follow a quarter of its own limits.
+#[test]
+fn automatic_slice_limits_follow_the_channel_limits() {
+    let Some(bin) = stan_go() else {
+        return;
+    };
+    let (_store, data) = store_dir("autoslice");
+    let srv = file_server(&data, &["--file_slice_max_bytes", "0", "-mm", "40"]);
+    fill(&bin, &srv, 40);
+    let dats: Vec<String> = slice_files(&data)
+        .into_iter()
+        .filter(|n| n.ends_with(".dat"))
+        .collect();
+    assert_eq!(
+        dats,
+        vec![
+            "slice.1.dat",
+            "slice.11.dat",
+            "slice.21.dat",
+            "slice.31.dat"
+        ]
+    );
+}
+
+/// compact*: with the thresholds at their lowest, the subscription log and the client log are
+/// rewritten as soon as most of their records are dead: after the client closed, both hold
+/// nothing.
+#[test]
+fn subscription_and_client_logs_are_compacted_while_running() {
+    let Some(bin) = stan_go() else {
+        return;
+    };
+    let (_store, data) = store_dir("compact");
+    let srv = file_server(
+        &data,
+        &[
+            "--file_compact_min_size",
+            "0",
+            "--file_compact_interval",
+            "0",
+        ],
+    );
+    let mut cmd = Command::new(&bin);
+    cmd.args(["item10_publish_sequences", &srv.url()]);
+    run_client(cmd, Duration::from_secs(60));
+    let subs = data.join("channels").join("ch10").join("subs.dat");
+    let clients = data.join("clients.dat");
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(u64::MAX);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (size(&subs) > 0 || size(&clients) > 0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!((size(&subs), size(&clients)), (0, 0), "{}", srv.log_text());
+    // Without compaction the same run leaves its history behind.
+    let (_store, data) = store_dir("nocompact");
+    let srv = file_server(&data, &["--file_compact_enabled=false"]);
+    let mut cmd = Command::new(&bin);
+    cmd.args(["item10_publish_sequences", &srv.url()]);
+    run_client(cmd, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    let subs = data.join("channels").join("ch10").join("subs.dat");
+    assert!(size(&subs) > 0 && size(&data.join("clients.dat")) > 0);
+}

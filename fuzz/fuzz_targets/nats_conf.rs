@@ -3,13 +3,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stanza::config::{conf, Options};
+use stanza::config::{load, Options};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(map) = conf::parse_str(text, "fuzz.conf") {
-            let mut options = Options::default();
-            let _ = options.apply_conf(&map);
-        }
+        let mut options = Options::default();
+        let _ = load::apply_text(&mut options, text, "fuzz.conf");
     }
 });

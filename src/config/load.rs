@@ -89,6 +89,17 @@ pub fn apply_files(
     Ok(warnings)
 }
 
+/// A configuration given as text (NATS format) applied to `options`, as one file for both
+/// NATS and streaming; returns its warnings. The fuzz target drives the whole path with it.
+pub fn apply_text(
+    options: &mut Options,
+    text: &str,
+    name: &str,
+) -> Result<Vec<String>, ConfigError> {
+    let root = de::document(conf::parse_str(text, name)?, name);
+    apply_one_file(options, &root)
+}
+
 /// One file for both NATS and streaming; returns its warnings.
 fn apply_one_file(options: &mut Options, root: &Spanned) -> Result<Vec<String>, ConfigError> {
     let nats_unknown = apply_nats(options, root)?;

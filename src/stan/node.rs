@@ -327,6 +327,9 @@ impl Node {
                     with_subs.push(channel.clone());
                 }
                 owed.push((channel.clone(), batch.first_seq, batch.acks));
+                let slice_limits = store
+                    .as_ref()
+                    .and_then(|s| self.auto_slice_limits(s, &channel));
                 records.push(ChannelBatch {
                     channel,
                     records: batch.records,
@@ -335,6 +338,7 @@ impl Node {
                     subs,
                     sub_records,
                     subs_sync,
+                    slice_limits,
                 });
             }
             let outcome = match &store {
@@ -392,6 +396,22 @@ impl Node {
         }
         self.committing.set(false);
         self.flush();
+    }
+
+    /// With no slice limit configured, a channel's slices follow its own limits: a quarter of
+    /// each (the reference's automatic limits).
+    fn auto_slice_limits(&self, store: &FileStore, channel: &str) -> Option<SliceLimits> {
+        let configured = store.slice_limits();
+        if !configured.is_unset() {
+            return None;
+        }
+        let shard = self.shard.borrow();
+        let limits = shard.channel(channel)?.limits;
+        Some(configured.auto_for(
+            u64::try_from(limits.max_msgs).unwrap_or(0),
+            u64::try_from(limits.max_bytes).unwrap_or(0),
+            limits.max_age,
+        ))
     }
 
     /// Compacts the subscription logs (of channels just written to) that the compact* options

@@ -134,9 +134,31 @@ pub struct SliceLimits {
     pub max_msgs: u64,
     pub max_age: Duration,
     /// Run as `script <channel> <slice>.bak <index>.bak` for each slice dropped by the channel
-    /// limits, after renaming it `*.bak`; the script is expected to delete it. This store
-    /// keeps no index file: the third argument names a file that does not exist.
+    /// limits, after renaming both `*.bak`; the script is expected to delete them.
     pub archive_script: Option<PathBuf>,
+}
+
+impl SliceLimits {
+    /// Whether no slice limit is set (the channel's limits then give automatic ones).
+    pub fn is_unset(&self) -> bool {
+        self.max_bytes == 0 && self.max_msgs == 0 && self.max_age.is_zero()
+    }
+
+    /// The reference's automatic slice limits: a quarter of the channel's max_msgs, max_bytes
+    /// and max_age (the age at least 1 s); none where the channel has none.
+    pub fn auto_for(&self, max_msgs: u64, max_bytes: u64, max_age: Duration) -> SliceLimits {
+        let age = if max_age.is_zero() {
+            Duration::ZERO
+        } else {
+            (max_age / 4).max(Duration::from_secs(1))
+        };
+        SliceLimits {
+            max_bytes: max_bytes / 4,
+            max_msgs: max_msgs / 4,
+            max_age: age,
+            archive_script: self.archive_script.clone(),
+        }
+    }
 }
 
 /// One channel's records of a turn, framed (store::record), as the shard made them.
@@ -153,7 +175,12 @@ pub struct ChannelBatch {
     pub subs: Vec<u8>,
     pub sub_records: u64,
     pub subs_sync: bool,
+    /// The channel's own slice limits (automatic ones), instead of the store's.
+    pub slice_limits: Option<SliceLimits>,
 }
+
+/// A slice open for reading, and when it was last used.
+type OpenReader = (Rc<DmaFile>, u64);
 
 /// Slices kept open for reading per shard unless file_descriptors_limit says otherwise.
 pub const DEFAULT_MAX_READERS: usize = 256;
@@ -228,7 +255,7 @@ pub struct FileStore {
     sync: bool,
     /// Slices open for reading back, by (channel, slice first sequence), with when each was
     /// last used: at most `max_readers` stay open (file_descriptors_limit).
-    readers: RefCell<FxHashMap<(String, u64), (Rc<DmaFile>, u64)>>,
+    readers: RefCell<FxHashMap<(String, u64), OpenReader>>,
     reads: std::cell::Cell<u64>,
     max_readers: usize,
 }
@@ -430,6 +457,10 @@ impl FileStore {
     }
 
     /// Bounds how many slices stay open for reading (from file_descriptors_limit).
+    pub fn slice_limits(&self) -> &SliceLimits {
+        &self.slice_limits
+    }
+
     pub fn set_max_readers(&mut self, n: usize) {
         self.max_readers = n.max(1);
     }
@@ -597,7 +628,7 @@ impl FileStore {
         let open = self.writers.borrow_mut().remove(channel);
         // A full slice is closed; the records go to a new one.
         let open = match open {
-            Some(o) if o.is_full(&self.slice_limits) => {
+            Some(o) if o.is_full(batch.slice_limits.as_ref().unwrap_or(&self.slice_limits)) => {
                 let _ = o.index.close().await;
                 o.writer.close().await?;
                 None
@@ -855,6 +886,19 @@ mod tests {
             assert_eq!(channel_name_from_dir(&d).as_deref(), Some(name));
         }
         assert_eq!(channel_name_from_dir("bad%zz"), None);
+    }
+
+    #[test]
+    fn automatic_slice_limits_are_a_quarter_of_the_channel_limits() {
+        let none = SliceLimits::default();
+        assert!(none.is_unset());
+        let auto = none.auto_for(1000, 4 << 20, Duration::from_secs(2));
+        assert_eq!(
+            (auto.max_msgs, auto.max_bytes, auto.max_age),
+            (250, 1 << 20, Duration::from_secs(1)),
+            "the age at least 1 s"
+        );
+        assert!(none.auto_for(0, 0, Duration::ZERO).is_unset());
     }
 
     #[test]
