@@ -1338,17 +1338,19 @@ impl Shard {
             return false;
         };
         sub.redeliveries.remove(&seq);
-        let channel = sub.channel.clone();
-        let queue = sub.queue.clone();
         self.timers.remove(&(expiry, id, seq));
-        if let Some(j) = journal(&mut self.unwritten, &channel) {
+        // Borrowed, not cloned: this runs once per ack.
+        let Some(sub) = self.subs.get(&id) else {
+            return true;
+        };
+        if let Some(j) = journal(&mut self.unwritten, &sub.channel) {
             j.acked(id, seq);
         }
-        if !queue.is_empty() {
+        if sub.is_queue() {
             if let Some(g) = self
                 .channels
-                .get_mut(&channel)
-                .and_then(|c| c.queues.get_mut(&queue))
+                .get_mut(&sub.channel)
+                .and_then(|c| c.queues.get_mut(&sub.queue))
             {
                 g.redeliveries.remove(&seq);
             }

@@ -665,6 +665,7 @@ impl Core {
                     header_len: r.header_len,
                     payload: &r.payload,
                     backing: None,
+                    subject_backing: None,
                 };
                 let local = self.sublist.borrow_mut().matches(&r.subject);
                 if r.plain {
@@ -776,13 +777,16 @@ pub struct MsgRef<'a> {
     /// The buffer the slices above live in: shared, not copied, when the message goes to
     /// another core.
     pub backing: Option<&'a Bytes>,
+    /// The subject's own buffer when it lives apart (a server-made message): shared too.
+    pub subject_backing: Option<&'a Bytes>,
 }
 
 impl MsgRef<'_> {
     /// A part of this message as `Bytes`: a slice of the backing buffer when there is one.
     pub fn share(&self, part: &[u8]) -> Bytes {
-        match self.backing {
-            Some(b) if contains(b, part) => b.slice_ref(part),
+        match (self.backing, self.subject_backing) {
+            (Some(b), _) if contains(b, part) => b.slice_ref(part),
+            (_, Some(b)) if contains(b, part) => b.slice_ref(part),
             _ => Bytes::copy_from_slice(part),
         }
     }
@@ -802,6 +806,7 @@ impl crate::nats::parser::Publish {
             header_len: self.header_len,
             payload: self.payload(),
             backing: Some(&self.frame),
+            subject_backing: None,
         }
     }
 }

@@ -230,7 +230,7 @@ impl Node {
         let mut out = std::mem::take(&mut *self.scratch.borrow_mut());
         self.shard.borrow_mut().swap_out(&mut out);
         for o in out.drain(..) {
-            self.publish(&o.subject, o.reply.as_deref(), &o.payload);
+            self.publish_out(&o);
         }
         *self.scratch.borrow_mut() = out;
         if self.shard.borrow().has_reads() {
@@ -383,7 +383,7 @@ impl Node {
             }
             let outs = self.shard.borrow_mut().take_out_prefix(covered);
             for o in outs {
-                self.publish(&o.subject, o.reply.as_deref(), &o.payload);
+                self.publish_out(&o);
             }
             for (_, _, acks) in owed {
                 for (reply, guid) in acks {
@@ -550,6 +550,22 @@ impl Node {
     }
 
     pub fn publish(&self, subject: &[u8], reply: Option<&[u8]>, payload: &Bytes) {
+        self.publish_with(subject, None, reply, payload);
+    }
+
+    /// `publish` of a subject held in its own `Bytes` (deliveries, replies): it is shared with
+    /// another core instead of copied.
+    fn publish_out(&self, o: &shards::shard::Out) {
+        self.publish_with(&o.subject, Some(&o.subject), o.reply.as_deref(), &o.payload);
+    }
+
+    fn publish_with(
+        &self,
+        subject: &[u8],
+        subject_backing: Option<&Bytes>,
+        reply: Option<&[u8]>,
+        payload: &Bytes,
+    ) {
         if let Some(ext) = self.external.borrow().as_ref() {
             ext.publish(subject, reply, payload);
             return;
@@ -562,6 +578,7 @@ impl Node {
                 header_len: 0,
                 payload,
                 backing: Some(payload),
+                subject_backing,
             },
         );
     }
@@ -580,6 +597,7 @@ impl Node {
             header_len: 0,
             payload,
             backing: Some(payload),
+            subject_backing: Some(subject),
         };
         InternalHandler::on_publish(self, &msg);
     }
