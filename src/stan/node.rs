@@ -169,6 +169,7 @@ impl Node {
         let now = time::now();
         self.shard.borrow_mut().tick(now, &*self.dir);
         self.flush();
+        self.write_journal();
         // About once a second: slices whose messages aged out (max_age) on channels that
         // receive nothing new are deleted too.
         let n = self.ticks.get().wrapping_add(1);
@@ -236,12 +237,18 @@ impl Node {
         if self.shard.borrow().has_reads() {
             self.start_reads();
         }
-        // Sends and acks of subscriptions are logged without holding anything back.
-        if self.shard.borrow().has_journal() {
-            self.committing.set(true);
-            if let Some(me) = self.rc() {
-                glommio::spawn_local(async move { me.commit_loop().await }).detach();
-            }
+    }
+
+    /// Sends and acks of subscriptions hold nothing back and need no sync: they go to disk with
+    /// the next commit of messages, or at the latest at the next tick, not after every turn
+    /// (a commit in progress holds the shard's output back).
+    fn write_journal(&self) {
+        if self.committing.get() || !self.shard.borrow().has_journal() {
+            return;
+        }
+        self.committing.set(true);
+        if let Some(me) = self.rc() {
+            glommio::spawn_local(async move { me.commit_loop().await }).detach();
         }
     }
 
@@ -543,6 +550,19 @@ impl Node {
 
     /// Clean shutdown of the file store.
     pub async fn close_store(&self) {
+        // The journal's sends and acks not written yet go to disk before the files close.
+        if let Some(me) = self.rc() {
+            for _ in 0..200 {
+                if !self.committing.get() {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            if !self.committing.get() && self.shard.borrow().has_journal() {
+                self.committing.set(true);
+                me.commit_loop().await;
+            }
+        }
         let store = self.store.borrow().clone();
         if let Some(s) = store {
             s.close().await;

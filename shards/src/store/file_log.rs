@@ -23,6 +23,8 @@ pub const TAIL_BYTES: u64 = 8 << 20;
 pub const CACHE_BYTES: u64 = 32 << 20;
 /// About how much one read brings back.
 pub const BLOCK_BYTES: u64 = 1 << 20;
+/// Blocks kept read (or being read) ahead of a reader.
+pub const READ_AHEAD: usize = 3;
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -198,19 +200,33 @@ impl FileLog {
         t
     }
 
-    /// When `seq` was just served from the middle of a block read back, the start of the next
-    /// block to read ahead of the reader, if that is neither in memory nor being read.
+    /// When `seq` was just served from the start or the middle of a block read back: the
+    /// start of the next block to read so that `READ_AHEAD` blocks are in memory or on their
+    /// way ahead of the reader, if one is missing.
     pub fn read_ahead_from(&self, seq: u64) -> Option<u64> {
         let (first, b) = self.block_of(seq)?;
-        if seq != first + b.msgs.len() as u64 / 2 {
+        if seq != first && seq != first + b.msgs.len() as u64 / 2 {
             return None;
         }
-        let next = b.end(first);
-        let wanted = next <= self.indexed
-            && self.tail.get(next).is_none()
-            && self.block_of(next).is_none()
-            && !self.is_reading(next);
-        wanted.then_some(next)
+        let mut next = b.end(first);
+        for _ in 0..READ_AHEAD {
+            if next > self.indexed || self.tail.get(next).is_some() {
+                return None;
+            }
+            if let Some((f, b)) = self.block_of(next) {
+                next = b.end(f);
+            } else if let Some((_, end)) = self
+                .reading
+                .range(..=next)
+                .next_back()
+                .filter(|(_, end)| next < **end)
+            {
+                next = *end;
+            } else {
+                return Some(next);
+            }
+        }
+        None
     }
 
     fn is_reading(&self, seq: u64) -> bool {

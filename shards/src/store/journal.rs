@@ -113,9 +113,12 @@ fn glommio_io<T>(e: glommio::GlommioError<T>) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-/// An open log being appended to.
+/// An open log being appended to. Records are written with a plain `pwrite` into the page
+/// cache (microseconds, and no extra io_uring round trip holding up the commit that wrote
+/// them); only the sync, when asked for, is an asynchronous io_uring operation.
 pub struct AppendFile {
     file: BufferedFile,
+    writer: std::fs::File,
     path: PathBuf,
     end: Cell<u64>,
     sync: bool,
@@ -151,8 +154,10 @@ impl AppendFile {
         if size > end {
             file.truncate(end).await.map_err(glommio_io)?;
         }
+        let writer = std::fs::OpenOptions::new().write(true).open(path)?;
         Ok(AppendFile {
             file,
+            writer,
             path: path.to_path_buf(),
             end: Cell::new(end),
             sync,
@@ -186,18 +191,13 @@ impl AppendFile {
         let at = self.end.get();
         let len = records.len();
         self.end.set(at + len as u64);
-        let written = self.file.write_at(records, at).await.map_err(glommio_io);
-        let failed = match written {
-            Ok(n) if n == len => None,
-            Ok(n) => Some(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!(
-                    "short write to {} ({n} of {len} bytes)",
-                    self.path.display()
-                ),
-            )),
-            Err(e) => Some(e),
-        };
+        let written = std::os::unix::fs::FileExt::write_all_at(&self.writer, &records, at);
+        let failed = written.err().map(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("writing {} bytes to {}: {e}", len, self.path.display()),
+            )
+        });
         if let Some(e) = failed {
             // Unless another append already went past it: a hole would end the log early.
             if self.end.get() == at + len as u64 {
