@@ -14,6 +14,17 @@ pub struct ChannelLimits {
     pub max_inactivity: Duration,
 }
 
+impl ChannelLimits {
+    /// With max_age: messages stored at or before this time (ns since the epoch) have expired.
+    pub fn age_cutoff(&self, now_ns: i64) -> Option<i64> {
+        if self.max_age.is_zero() {
+            return None;
+        }
+        let age = i64::try_from(self.max_age.as_nanos()).unwrap_or(i64::MAX);
+        Some(now_ns.saturating_sub(age))
+    }
+}
+
 impl Default for ChannelLimits {
     /// The reference's `DefaultStoreLimits`.
     fn default() -> Self {

@@ -64,7 +64,8 @@ impl H {
         self.shard.tick(self.now, &self.dir);
     }
 
-    fn publish(&mut self, channel: &str, data: &str) -> PubAck {
+    /// A PubMsg of client "me" with the next guid.
+    fn pub_msg(&mut self, channel: &str, data: &str) -> Bytes {
         self.guid += 1;
         let pm = PubMsg {
             client_id: "me".into(),
@@ -74,7 +75,11 @@ impl H {
             conn_id: Bytes::from_static(b"conn1"),
             ..Default::default()
         };
-        let payload = Bytes::from(pm.encode_to_vec());
+        Bytes::from(pm.encode_to_vec())
+    }
+
+    fn publish(&mut self, channel: &str, data: &str) -> PubAck {
+        let payload = self.pub_msg(channel, data);
         self.shard.publish(
             self.now,
             channel,
@@ -401,24 +406,7 @@ fn failed_write_takes_the_messages_back() {
     let mut h = H::new();
     h.shard.persist_messages();
     let ack_inbox = h.subscribe(req("foo", "in")).ack_inbox;
-    let publish = |h: &mut H, data: &str| {
-        h.guid += 1;
-        let pm = PubMsg {
-            client_id: "me".into(),
-            guid: h.guid.to_string(),
-            subject: "foo".into(),
-            data: Bytes::from(data.to_string()),
-            conn_id: Bytes::from_static(b"conn1"),
-            ..Default::default()
-        };
-        h.shard.publish(
-            h.now,
-            "foo",
-            &Bytes::from(pm.encode_to_vec()),
-            Some(Bytes::from_static(b"acks")),
-            &h.dir,
-        );
-    };
+    let publish = |h: &mut H, data: &str| publish_persisted(h, "foo", data);
     publish(&mut h, "one");
     let (batches, covered) = h.shard.take_unwritten();
     assert_eq!(batches.len(), 1);
@@ -458,19 +446,11 @@ fn failed_write_takes_the_messages_back() {
 
 /// A publish on a shard that persists: the PubAck is owed by the disk, not queued.
 fn publish_persisted(h: &mut H, channel: &str, data: &str) {
-    h.guid += 1;
-    let pm = PubMsg {
-        client_id: "me".into(),
-        guid: h.guid.to_string(),
-        subject: channel.into(),
-        data: Bytes::from(data.to_string()),
-        conn_id: Bytes::from_static(b"conn1"),
-        ..Default::default()
-    };
+    let payload = h.pub_msg(channel, data);
     h.shard.publish(
         h.now,
         channel,
-        &Bytes::from(pm.encode_to_vec()),
+        &payload,
         Some(Bytes::from_static(b"acks")),
         &h.dir,
     );

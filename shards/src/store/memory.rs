@@ -146,11 +146,9 @@ impl MemoryLog {
 
     /// Drops messages older than max_age. Returns how many were dropped.
     pub fn expire(&mut self, limits: &ChannelLimits, now_ns: i64) -> u64 {
-        if limits.max_age.is_zero() {
+        let Some(cutoff) = limits.age_cutoff(now_ns) else {
             return 0;
-        }
-        let cutoff =
-            now_ns.saturating_sub(i64::try_from(limits.max_age.as_nanos()).unwrap_or(i64::MAX));
+        };
         let mut dropped = 0;
         while self.msgs.front().is_some_and(|m| m.timestamp <= cutoff) {
             self.pop_front();
