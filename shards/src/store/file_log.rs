@@ -284,7 +284,10 @@ impl FileLog {
     /// A planned read is back: its messages (an empty body for a record that could not be
     /// read) are kept for the readers, the least recently used blocks making room.
     pub fn loaded(&mut self, first_seq: u64, msgs: Vec<StoredMsg>) {
-        self.reading.remove(&first_seq);
+        // Only what this log asked for (not a read for a channel deleted and created again).
+        if self.reading.remove(&first_seq).is_none() {
+            return;
+        }
         let end = first_seq + msgs.len() as u64;
         if msgs.is_empty() || end <= self.first {
             return;

@@ -271,7 +271,7 @@ pub fn replay(buf: &[u8]) -> Result<(BTreeMap<u64, RecoveredSub>, usize, u64), j
                 let count = f.u64()?;
                 let end = first.checked_add(count)?;
                 // A run for a subscription deleted (or never put) is simply dropped.
-                if let Some(s) = subs.get_mut(&id) {
+                if let Some(s) = subs.get_mut(&id).filter(|_| count > 0) {
                     if kind == SENT {
                         s.pending.insert(first, end);
                         s.record.last_sent = s.record.last_sent.max(end - 1);
@@ -395,6 +395,17 @@ mod tests {
         let mut bad = log.clone();
         bad[10] ^= 0x40;
         assert_eq!(replay(&bad).unwrap_err(), journal::Corrupt(0));
+    }
+
+    #[test]
+    fn an_empty_run_is_nothing() {
+        let mut log = Vec::new();
+        encode_put(&mut log, &record(1));
+        encode_id(&mut log, SENT, 1, Some((0, 0)));
+        encode_id(&mut log, ACKED, 1, Some((0, 0)));
+        let (subs, _, _) = replay(&log).unwrap();
+        assert_eq!(subs[&1].record.last_sent, 0);
+        assert!(subs[&1].pending.is_empty());
     }
 
     #[test]
