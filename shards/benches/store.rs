@@ -1,12 +1,17 @@
 //! The store's hot paths: appending to a channel's memory log (every publish), framing records
-//! for the file store (every publish with `-st file`), scanning a slice back (recovery and
-//! replay from disk), and the DMA write and read of a slice on the machine's temp directory.
+//! for the file store (every publish with `-st file`), scanning a slice back (recovery),
+//! the file store's read-back path (planning a block, checking its records, serving them),
+//! indexing written messages, the subscription journal (a send and an ack per delivery),
+//! reading indexes at start-up, and the DMA write and read of a slice on the temp directory.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use glommio::LocalExecutorBuilder;
+use shards::store::file_log::{parse_read, FileLog, Lookup};
+use shards::store::index;
 use shards::store::memory::MemoryLog;
 use shards::store::record;
 use shards::store::slice::{read_slice, warm_up, SliceWriter};
+use shards::store::subs::SubJournal;
 use std::time::{Duration, Instant};
 
 const MSGS: usize = 10_000;
@@ -122,5 +127,114 @@ fn on_disk(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, in_memory, on_disk);
+/// A file-store channel of `MSGS` written messages (indexed, mostly out of memory) and the
+/// slice bytes they were written as.
+fn written_log() -> (FileLog, bytes::Bytes) {
+    let mut log = FileLog::new();
+    let mut slice = Vec::new();
+    for i in 0..MSGS {
+        let m = log.append(b"bench.channel", b"", &PAYLOAD, i as i64);
+        record::encode(&mut slice, m.seq, m.timestamp, &m.encoded);
+    }
+    log.written(1, MSGS as u64, 1, 0);
+    (log, bytes::Bytes::from(slice))
+}
+
+fn read_back(c: &mut Criterion) {
+    let mut group = c.benchmark_group("file_log");
+    group.throughput(Throughput::Elements(MSGS as u64));
+    group.bench_function("index_written_128B", |b| {
+        b.iter_batched(
+            || {
+                let mut log = FileLog::new();
+                for i in 0..MSGS {
+                    log.append(b"bench.channel", b"", &PAYLOAD, i as i64);
+                }
+                log
+            },
+            |mut log| {
+                log.written(1, MSGS as u64, 1, 0);
+                log.count()
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    let (log, slice) = written_log();
+    // Plan a read of the whole channel, check every record, keep it: what one block costs.
+    group.bench_function("plan_parse_load_128B", |b| {
+        b.iter_batched(
+            || FileLog::restore(vec![index_of(&slice)]),
+            |mut log| {
+                let mut seq = 1;
+                while let Some(plan) = log.plan_read(seq) {
+                    let buf = slice.slice(plan.start as usize..plan.end as usize);
+                    let (msgs, _) = parse_read(&plan, &buf);
+                    seq = plan.first_seq + msgs.len() as u64;
+                    log.loaded(plan.first_seq, msgs);
+                }
+                seq
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    let mut loaded = FileLog::restore(vec![index_of(&slice)]);
+    let mut seq = 1;
+    while let Some(plan) = loaded.plan_read(seq) {
+        let buf = slice.slice(plan.start as usize..plan.end as usize);
+        let (msgs, _) = parse_read(&plan, &buf);
+        seq = plan.first_seq + msgs.len() as u64;
+        loaded.loaded(plan.first_seq, msgs);
+    }
+    group.bench_function("get_from_blocks", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for s in 1..=MSGS as u64 {
+                if let Lookup::Found(m) = loaded.get(s) {
+                    n += m.encoded.len();
+                }
+                if loaded.read_ahead_from(s).is_some() {
+                    n += 1;
+                }
+            }
+            n
+        })
+    });
+    group.bench_function("journal_send_and_ack", |b| {
+        b.iter(|| {
+            let mut j = SubJournal::default();
+            for s in 1..=MSGS as u64 {
+                j.sent(7, s);
+            }
+            for s in 1..=MSGS as u64 {
+                j.acked(7, s);
+            }
+            j.finish().1
+        })
+    });
+    let mut idx_file = Vec::new();
+    let idx = index_of(&slice);
+    for (o, t) in idx.offsets.iter().zip(&idx.timestamps) {
+        index::encode_entry(&mut idx_file, u64::from(*o), *t);
+    }
+    group.bench_function("decode_index", |b| {
+        b.iter(|| index::decode(1, &idx_file).map(|i| i.len()))
+    });
+    drop(log);
+    group.finish();
+}
+
+fn index_of(slice: &[u8]) -> index::SliceIndex {
+    let found = record::scan(slice).map(|r| r.0).unwrap_or_default();
+    let mut idx = index::SliceIndex::new(1);
+    for f in &found {
+        idx.push(
+            f.offset as u64,
+            f.header.timestamp,
+            (f.end() - f.offset) as u64,
+        );
+    }
+    idx
+}
+
+criterion_group!(benches, in_memory, read_back, on_disk);
 criterion_main!(benches);
