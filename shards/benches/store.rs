@@ -127,17 +127,17 @@ fn on_disk(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A file-store channel of `MSGS` written messages (indexed, mostly out of memory) and the
-/// slice bytes they were written as.
-fn written_log() -> (FileLog, bytes::Bytes) {
-    let mut log = FileLog::new();
-    let mut slice = Vec::new();
-    for i in 0..MSGS {
-        let m = log.append(b"bench.channel", b"", &PAYLOAD, i as i64);
-        record::encode(&mut slice, m.seq, m.timestamp, &m.encoded);
+/// Reads a whole channel back from `slice` as the node does: plan a block, check its
+/// records, keep it, until nothing is left to read.
+fn load_all(log: &mut FileLog, slice: &bytes::Bytes) -> u64 {
+    let mut seq = 1;
+    while let Some(plan) = log.plan_read(seq) {
+        let buf = slice.slice(plan.start as usize..plan.end as usize);
+        let (msgs, _) = parse_read(&plan, &buf);
+        seq = plan.first_seq + msgs.len() as u64;
+        log.loaded(plan.first_seq, msgs);
     }
-    log.written(1, MSGS as u64, 1, 0);
-    (log, bytes::Bytes::from(slice))
+    seq
 }
 
 fn read_back(c: &mut Criterion) {
@@ -159,32 +159,17 @@ fn read_back(c: &mut Criterion) {
             criterion::BatchSize::LargeInput,
         )
     });
-    let (log, slice) = written_log();
+    let slice = bytes::Bytes::from(framed(MSGS));
     // Plan a read of the whole channel, check every record, keep it: what one block costs.
     group.bench_function("plan_parse_load_128B", |b| {
         b.iter_batched(
             || FileLog::restore(vec![index_of(&slice)]),
-            |mut log| {
-                let mut seq = 1;
-                while let Some(plan) = log.plan_read(seq) {
-                    let buf = slice.slice(plan.start as usize..plan.end as usize);
-                    let (msgs, _) = parse_read(&plan, &buf);
-                    seq = plan.first_seq + msgs.len() as u64;
-                    log.loaded(plan.first_seq, msgs);
-                }
-                seq
-            },
+            |mut log| load_all(&mut log, &slice),
             criterion::BatchSize::LargeInput,
         )
     });
     let mut loaded = FileLog::restore(vec![index_of(&slice)]);
-    let mut seq = 1;
-    while let Some(plan) = loaded.plan_read(seq) {
-        let buf = slice.slice(plan.start as usize..plan.end as usize);
-        let (msgs, _) = parse_read(&plan, &buf);
-        seq = plan.first_seq + msgs.len() as u64;
-        loaded.loaded(plan.first_seq, msgs);
-    }
+    load_all(&mut loaded, &slice);
     group.bench_function("get_from_blocks", |b| {
         b.iter(|| {
             let mut n = 0;
@@ -219,21 +204,12 @@ fn read_back(c: &mut Criterion) {
     group.bench_function("decode_index", |b| {
         b.iter(|| index::decode(1, &idx_file).map(|i| i.len()))
     });
-    drop(log);
     group.finish();
 }
 
 fn index_of(slice: &[u8]) -> index::SliceIndex {
     let found = record::scan(slice).map(|r| r.0).unwrap_or_default();
-    let mut idx = index::SliceIndex::new(1);
-    for f in &found {
-        idx.push(
-            f.offset as u64,
-            f.header.timestamp,
-            (f.end() - f.offset) as u64,
-        );
-    }
-    idx
+    index::SliceIndex::from_found(1, &found)
 }
 
 criterion_group!(benches, in_memory, read_back, on_disk);

@@ -41,6 +41,15 @@ impl Channel {
         }
     }
 
+    /// Every subscription record of the channel: plain ones (incl. offline durables), then
+    /// every queue member or shadow.
+    pub fn subscription_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.plain
+            .iter()
+            .chain(self.queues.values().flat_map(|g| g.members.iter()))
+            .copied()
+    }
+
     /// Subscription records counted against max_subs: plain (incl. offline durables) and
     /// every queue member or shadow.
     pub fn subscription_count(&self) -> usize {

@@ -342,10 +342,7 @@ impl Shard {
         };
         ch.log.loaded(first_seq, msgs);
         let held: Vec<u64> = ch
-            .plain
-            .iter()
-            .chain(ch.queues.values().flat_map(|g| g.members.iter()))
-            .copied()
+            .subscription_ids()
             .filter(|id| {
                 self.subs
                     .get(id)
@@ -635,13 +632,11 @@ impl Shard {
             return (Vec::new(), 0);
         };
         let records: Vec<(SubRecord, Vec<u64>)> = ch
-            .plain
-            .iter()
-            .chain(ch.queues.values().flat_map(|g| g.members.iter()))
-            .filter_map(|id| self.subs.get(id))
+            .subscription_ids()
+            .filter_map(|id| self.subs.get(&id))
             .map(|s| (self.sub_record(s), s.pending.keys().copied().collect()))
             .collect();
-        crate::store::subs::snapshot(records.iter().map(|(r, p)| (r, p.clone())))
+        crate::store::subs::snapshot(records.iter().map(|(r, p)| (r, p.as_slice())))
     }
 
     /// Records a compacted subscription log of `channel` holds.
@@ -649,10 +644,8 @@ impl Shard {
         let Some(ch) = self.channels.get(channel) else {
             return 0;
         };
-        ch.plain
-            .iter()
-            .chain(ch.queues.values().flat_map(|g| g.members.iter()))
-            .filter_map(|id| self.subs.get(id))
+        ch.subscription_ids()
+            .filter_map(|id| self.subs.get(&id))
             .map(|s| 1 + s.pending.len() as u64)
             .sum()
     }
@@ -688,7 +681,9 @@ impl Shard {
                 changed = true;
                 continue;
             }
-            let id = self.restore_one(now, channel, r, first, last, !known, &mut changed);
+            let old_id = r.record.id;
+            let id = self.restore_one(now, channel, r, first, last, !known);
+            changed |= id != old_id;
             if let Some(ch) = self.channels.get_mut(channel) {
                 ch.plain.push(id);
                 if let Some(sub) = self.subs.get(&id) {
@@ -745,7 +740,10 @@ impl Shard {
             let mut ids = Vec::new();
             for m in live {
                 let shadow = m.record.client_id.is_empty();
-                ids.push(self.restore_one(now, channel, m, first, last, shadow, &mut changed));
+                let old_id = m.record.id;
+                let id = self.restore_one(now, channel, m, first, last, shadow);
+                changed |= id != old_id;
+                ids.push(id);
             }
             if let Some(ch) = self.channels.get_mut(channel) {
                 ch.queues.insert(
@@ -769,8 +767,7 @@ impl Shard {
     }
 
     /// One recovered subscription back in the shard (under a new ID if its old one is taken,
-    /// which happens only when the shard count changed: `changed` is then set). Returns its ID.
-    #[allow(clippy::too_many_arguments)]
+    /// which happens only when the shard count changed). Returns its ID.
     fn restore_one(
         &mut self,
         now: Now,
@@ -779,11 +776,9 @@ impl Shard {
         first: u64,
         last: u64,
         offline: bool,
-        changed: &mut bool,
     ) -> u64 {
         let rec = r.record;
         let id = if rec.id == 0 || self.subs.contains_key(&rec.id) {
-            *changed = true;
             self.next_sub_id
         } else {
             rec.id
@@ -1445,15 +1440,11 @@ impl Shard {
             .ack_inbox_owner(&req.inbox)
             .filter(|id| self.subs.get(id).is_some_and(|s| s.channel == ch.name));
         let id = by_ack.or_else(|| {
-            ch.plain
-                .iter()
-                .chain(ch.queues.values().flat_map(|g| g.members.iter()))
-                .copied()
-                .find(|id| {
-                    self.subs
-                        .get(id)
-                        .is_some_and(|s| !s.offline && s.inbox.as_ref() == req.inbox.as_bytes())
-                })
+            ch.subscription_ids().find(|id| {
+                self.subs
+                    .get(id)
+                    .is_some_and(|s| !s.offline && s.inbox.as_ref() == req.inbox.as_bytes())
+            })
         });
         let Some(id) = id else {
             return Err(ERR_INVALID_SUB);
@@ -1622,10 +1613,8 @@ impl Shard {
             if !limits.max_inactivity.is_zero() {
                 let idle = now.mono_ns.saturating_sub(ch.last_activity);
                 let online_subs = ch
-                    .plain
-                    .iter()
-                    .chain(ch.queues.values().flat_map(|g| g.members.iter()))
-                    .any(|id| self.subs.get(id).is_some_and(|s| !s.offline));
+                    .subscription_ids()
+                    .any(|id| self.subs.get(&id).is_some_and(|s| !s.offline));
                 if online_subs {
                     ch.last_activity = now.mono_ns;
                 } else if u128::from(idle) >= limits.max_inactivity.as_nanos() {
@@ -1642,12 +1631,7 @@ impl Shard {
         let Some(ch) = self.channels.remove(name) else {
             return;
         };
-        let ids: Vec<u64> = ch
-            .plain
-            .iter()
-            .chain(ch.queues.values().flat_map(|g| g.members.iter()))
-            .copied()
-            .collect();
+        let ids: Vec<u64> = ch.subscription_ids().collect();
         for id in ids {
             self.delete_subscription(id);
         }

@@ -79,14 +79,7 @@ impl H {
     }
 
     fn publish(&mut self, channel: &str, data: &str) -> PubAck {
-        let payload = self.pub_msg(channel, data);
-        self.shard.publish(
-            self.now,
-            channel,
-            &payload,
-            Some(Bytes::from_static(b"acks")),
-            &self.dir,
-        );
+        publish_persisted(self, channel, data);
         let acks: Vec<PubAck> = self
             .drain_to("acks")
             .iter()
@@ -444,7 +437,7 @@ fn failed_write_takes_the_messages_back() {
     assert!(h.msgs("in").is_empty(), "nothing taken back is redelivered");
 }
 
-/// A publish on a shard that persists: the PubAck is owed by the disk, not queued.
+/// A publish; on a shard that persists the PubAck is owed by the disk, not queued.
 fn publish_persisted(h: &mut H, channel: &str, data: &str) {
     let payload = h.pub_msg(channel, data);
     h.shard.publish(
@@ -478,14 +471,7 @@ fn restarted(records: &[u8], subs_log: &[u8], clients: &[&str]) -> H {
         h.shard.client_added(c, Bytes::from_static(b"conn1"));
     }
     let (found, _) = shards::store::record::scan(records).unwrap();
-    let mut idx = shards::store::index::SliceIndex::new(1);
-    for f in &found {
-        idx.push(
-            f.offset as u64,
-            f.header.timestamp,
-            (f.end() - f.offset) as u64,
-        );
-    }
+    let idx = shards::store::index::SliceIndex::from_found(1, &found);
     let now = h.now;
     h.shard
         .restore_channel(now, "foo", vec![idx], &h.dir)

@@ -325,9 +325,7 @@ impl Node {
             let mut owed: Vec<(String, u64, OwedAcks)> = Vec::new();
             let mut records = Vec::with_capacity(batches.len());
             let mut with_subs = Vec::new();
-            let mut counts: FxHashMap<String, (u64, u64)> = FxHashMap::default();
             for (channel, batch) in batches {
-                counts.insert(channel.clone(), (batch.first_seq, batch.count));
                 let subs_sync = batch.subs.gating;
                 let (subs, sub_records) = batch.subs.finish();
                 if sub_records > 0 {
@@ -352,16 +350,10 @@ impl Node {
                 Some(s) => s.write(records, sync).await,
                 None => Default::default(),
             };
-            for (channel, landed) in &outcome.landed {
-                if let Some(&(first, count)) = counts.get(channel) {
-                    self.shard.borrow_mut().written(
-                        channel,
-                        first,
-                        count,
-                        landed.slice,
-                        landed.offset,
-                    );
-                }
+            for (channel, l) in &outcome.landed {
+                self.shard
+                    .borrow_mut()
+                    .written(channel, l.first_seq, l.msgs, l.slice, l.offset);
             }
             let failed = outcome.failed;
             // Failed channels first: their messages are taken back before anything covered by
@@ -534,9 +526,11 @@ impl Node {
                 .shard
                 .borrow_mut()
                 .restore_subscriptions(now, &name, subs);
-            let live = self.shard.borrow().sub_live_records(&name);
-            let due = journal::needs_compaction(&compact, end.end, end.records, live);
-            let rewrite = (changed || due).then(|| self.shard.borrow().sub_snapshot(&name));
+            let due = || {
+                let live = self.shard.borrow().sub_live_records(&name);
+                journal::needs_compaction(&compact, end.end, end.records, live)
+            };
+            let rewrite = (changed || due()).then(|| self.shard.borrow().sub_snapshot(&name));
             store.open_subs(&name, end, rewrite).await.map_err(|e| {
                 format!("cannot open the subscriptions log of channel {name:?}: {e}")
             })?;

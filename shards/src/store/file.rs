@@ -196,6 +196,9 @@ fn first_of(path: &Path) -> u64 {
 /// of the first record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Landed {
+    /// The records written: `msgs` from `first_seq` on.
+    pub first_seq: u64,
+    pub msgs: u64,
     pub slice: u64,
     pub offset: u64,
 }
@@ -411,14 +414,7 @@ impl FileStore {
             cut_slice(path, offset as u64)?;
             truncated.push((path.to_path_buf(), offset));
         }
-        let mut idx = SliceIndex::new(found.first().map_or(first_seq, |f| f.header.seq));
-        for f in &found {
-            idx.push(
-                f.offset as u64,
-                f.header.timestamp,
-                (f.end() - f.offset) as u64,
-            );
-        }
+        let idx = SliceIndex::from_found(first_seq, &found);
         if idx.is_empty() {
             return Ok(None);
         }
@@ -665,6 +661,8 @@ impl FileStore {
                 open.msgs += batch.msgs;
                 let entries = index_entries(&batch.records, before);
                 let landed = Landed {
+                    first_seq: batch.first_seq,
+                    msgs: batch.msgs,
                     slice: open.first_seq,
                     offset: before,
                 };
@@ -773,11 +771,7 @@ fn check_tail(
     }
     idx.end = from + first.end() as u64;
     for f in &found[1..] {
-        idx.push(
-            from + f.offset as u64,
-            f.header.timestamp,
-            (f.end() - f.offset) as u64,
-        );
+        idx.push_found(from, f);
     }
     if let ScanEnd::TornTail { offset } = end {
         let at = from + offset as u64;

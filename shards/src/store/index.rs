@@ -4,7 +4,7 @@
 //! an index that is missing, inconsistent, or disagrees with its slice is rebuilt from the
 //! slice.
 
-use super::record::HEADER_LEN;
+use super::record::{Found, HEADER_LEN};
 
 pub const ENTRY_LEN: usize = 16;
 
@@ -71,6 +71,24 @@ impl SliceIndex {
         self.offsets.push(offset as u32);
         self.timestamps.push(timestamp);
         self.end = offset + record_len;
+    }
+
+    /// Indexes a record a scan found in bytes that start at `base` in the slice file.
+    pub fn push_found(&mut self, base: u64, f: &Found) {
+        self.push(
+            base + f.offset as u64,
+            f.header.timestamp,
+            (f.end() - f.offset) as u64,
+        );
+    }
+
+    /// The index of the records a scan of a whole slice found (`first_seq` when it found none).
+    pub fn from_found(first_seq: u64, found: &[Found]) -> SliceIndex {
+        let mut idx = SliceIndex::new(found.first().map_or(first_seq, |f| f.header.seq));
+        for f in found {
+            idx.push_found(0, f);
+        }
+        idx
     }
 }
 

@@ -288,11 +288,11 @@ pub fn replay(buf: &[u8]) -> Result<(BTreeMap<u64, RecoveredSub>, usize, u64), j
 }
 
 /// The compacted form of a channel's subscriptions: one put each, then their pending runs.
-pub fn snapshot<'a>(subs: impl Iterator<Item = (&'a SubRecord, Vec<u64>)>) -> (Vec<u8>, u64) {
+pub fn snapshot<'a>(subs: impl Iterator<Item = (&'a SubRecord, &'a [u64])>) -> (Vec<u8>, u64) {
     let mut journal = SubJournal::default();
     for (record, pending) in subs {
         journal.put(record);
-        for seq in pending {
+        for &seq in pending {
             journal.sent(record.id, seq);
         }
     }
