@@ -245,12 +245,7 @@ fn aged_out_slices_are_deleted_without_new_writes() {
     cmd.args(["fill_channel", &srv.url()])
         .env("STANZA_COUNT", "2000");
     run_client(cmd, Duration::from_secs(60));
-    let count = || {
-        slice_files(&data)
-            .iter()
-            .filter(|n| n.ends_with(".dat"))
-            .count()
-    };
+    let count = || slice_dats(&data).len();
     assert!(count() > 3, "slices rolled: {}", count());
     let deadline = std::time::Instant::now() + Duration::from_secs(9);
     while count() > 1 && std::time::Instant::now() < deadline {
@@ -268,6 +263,14 @@ fn fill(bin: &Path, srv: &Server, count: usize) {
     cmd.args(["fill_channel", &srv.url()])
         .env("STANZA_COUNT", count.to_string());
     run_client(cmd, Duration::from_secs(60));
+}
+
+/// The slice data files of channel "fill", sorted by name.
+fn slice_dats(data: &Path) -> Vec<String> {
+    slice_files(data)
+        .into_iter()
+        .filter(|n| n.ends_with(".dat"))
+        .collect()
 }
 
 fn slice_files(data: &Path) -> Vec<String> {
@@ -571,10 +574,7 @@ fn item47_smaller_limits_trim_at_start_up() {
         channel_seqs(&bin, &srv, "fill", 20),
         (16..=20).collect::<Vec<u64>>()
     );
-    let dats = slice_files(&data)
-        .into_iter()
-        .filter(|n| n.ends_with(".dat"))
-        .collect::<Vec<_>>();
+    let dats = slice_dats(&data);
     assert_eq!(
         dats,
         vec!["slice.16.dat"],
@@ -609,10 +609,7 @@ fn automatic_slice_limits_follow_the_channel_limits() {
     let (_store, data) = store_dir("autoslice");
     let srv = file_server(&data, &["--file_slice_max_bytes", "0", "-mm", "40"]);
     fill(&bin, &srv, 40);
-    let dats: Vec<String> = slice_files(&data)
-        .into_iter()
-        .filter(|n| n.ends_with(".dat"))
-        .collect();
+    let dats = slice_dats(&data);
     assert_eq!(
         dats,
         vec![
