@@ -71,13 +71,17 @@ fn encode_id(out: &mut Vec<u8>, kind: u8, id: u64, run: Option<(u64, u64)>) {
     journal::frame(out, &body[..len]);
 }
 
-/// A run of consecutive sequences sent to (or acked by) one subscription, not written yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Run {
-    kind: u8,
-    id: u64,
-    first: u64,
-    count: u64,
+/// A run of consecutive sequences, not written yet: (first, count).
+type Run = (u64, u64);
+
+/// The open runs of one subscription: its sends and its acks are extended independently, so
+/// that a replaying subscriber (ack 1, send 1025, ack 2, send 1026, ...) keeps two runs, not
+/// a record per message. Written sends first, then acks: every ack in the run is of a message
+/// sent before it, in this run or an earlier record.
+#[derive(Debug, Default, Clone, Copy)]
+struct OpenRuns {
+    sent: Option<Run>,
+    acked: Option<Run>,
 }
 
 /// The subscription records of one channel made during a turn, to be written with the turn's
@@ -86,65 +90,91 @@ struct Run {
 pub struct SubJournal {
     records: Vec<u8>,
     count: u64,
-    run: Option<Run>,
+    open: fxhash::FxHashMap<u64, OpenRuns>,
     /// A put or delete is waiting: replies must wait for the write (a subscription
     /// acknowledged to its client is on disk). Sends and acks do not hold anything back.
     pub gating: bool,
 }
 
+fn contains(run: Option<Run>, seq: u64) -> bool {
+    run.is_some_and(|(first, count)| seq >= first && seq - first < count)
+}
+
+/// `run` grown by `seq` if it directly follows it.
+fn extended(run: Option<Run>, seq: u64) -> Option<Run> {
+    run.filter(|(first, count)| first.checked_add(*count) == Some(seq))
+        .map(|(first, count)| (first, count + 1))
+}
+
 impl SubJournal {
     pub fn is_empty(&self) -> bool {
-        self.count == 0 && self.run.is_none()
+        self.count == 0 && self.open.is_empty()
     }
 
-    fn close_run(&mut self) {
-        if let Some(r) = self.run.take() {
-            encode_id(&mut self.records, r.kind, r.id, Some((r.first, r.count)));
+    fn write_run(&mut self, kind: u8, id: u64, run: Option<Run>) {
+        if let Some(run) = run {
+            encode_id(&mut self.records, kind, id, Some(run));
             self.count += 1;
         }
     }
 
+    /// Writes the open runs of `id`, sends before acks.
+    fn close_runs(&mut self, id: u64) {
+        if let Some(runs) = self.open.remove(&id) {
+            self.write_run(SENT, id, runs.sent);
+            self.write_run(ACKED, id, runs.acked);
+        }
+    }
+
     pub fn put(&mut self, s: &SubRecord) {
-        self.close_run();
+        self.close_runs(s.id);
         encode_put(&mut self.records, s);
         self.count += 1;
         self.gating = true;
     }
 
     pub fn delete(&mut self, id: u64) {
-        self.close_run();
+        self.close_runs(id);
         encode_id(&mut self.records, DELETE, id, None);
         self.count += 1;
         self.gating = true;
     }
 
     pub fn sent(&mut self, id: u64, seq: u64) {
-        self.extend_run(SENT, id, seq);
-    }
-
-    pub fn acked(&mut self, id: u64, seq: u64) {
-        self.extend_run(ACKED, id, seq);
-    }
-
-    fn extend_run(&mut self, kind: u8, id: u64, seq: u64) {
-        if let Some(r) = self.run.as_mut() {
-            if r.kind == kind && r.id == id && r.first + r.count == seq {
-                r.count += 1;
+        let runs = self.open.get(&id).copied().unwrap_or_default();
+        // A sequence acked in the open run and sent again (reused after a failed write) must
+        // land after that ack.
+        if !contains(runs.acked, seq) {
+            if let Some(grown) = extended(runs.sent, seq) {
+                self.open.entry(id).or_default().sent = Some(grown);
                 return;
             }
         }
-        self.close_run();
-        self.run = Some(Run {
-            kind,
-            id,
-            first: seq,
-            count: 1,
-        });
+        if runs.sent.is_some() || contains(runs.acked, seq) {
+            self.close_runs(id);
+        }
+        self.open.entry(id).or_default().sent = Some((seq, 1));
+    }
+
+    pub fn acked(&mut self, id: u64, seq: u64) {
+        let runs = self.open.get(&id).copied().unwrap_or_default();
+        if let Some(grown) = extended(runs.acked, seq) {
+            self.open.entry(id).or_default().acked = Some(grown);
+            return;
+        }
+        if runs.acked.is_some() {
+            self.close_runs(id);
+        }
+        self.open.entry(id).or_default().acked = Some((seq, 1));
     }
 
     /// The framed records and how many there are.
     pub fn finish(mut self) -> (Vec<u8>, u64) {
-        self.close_run();
+        let mut ids: Vec<u64> = self.open.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.close_runs(id);
+        }
         (self.records, self.count)
     }
 }
@@ -395,6 +425,30 @@ mod tests {
         let mut bad = log.clone();
         bad[10] ^= 0x40;
         assert_eq!(replay(&bad).unwrap_err(), journal::Corrupt(0));
+    }
+
+    #[test]
+    fn a_replaying_subscriber_keeps_one_send_run_and_one_ack_run() {
+        let mut j = SubJournal::default();
+        for seq in 1..=1024 {
+            j.sent(7, seq);
+        }
+        // The steady state of a full window: each ack frees a slot for the next send.
+        for seq in 1..=10_000 {
+            j.acked(7, seq);
+            j.sent(7, seq + 1024);
+        }
+        let mut with_put = SubJournal::default();
+        with_put.put(&record(7));
+        let (mut log, _) = with_put.finish();
+        let (records, count) = j.finish();
+        assert_eq!(count, 2);
+        log.extend_from_slice(&records);
+        let (subs, _, _) = replay(&log).unwrap();
+        assert_eq!(
+            subs[&7].pending.within(0, u64::MAX),
+            (10_001..=11_024).collect::<Vec<_>>()
+        );
     }
 
     #[test]
