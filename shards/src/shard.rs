@@ -10,13 +10,13 @@
 
 use crate::channel::{is_valid_channel, Channel};
 use crate::limits::ResolvedLimits;
-use crate::pb::{self, Ack, SubscriptionRequest, SubscriptionResponse};
+use crate::pb::{self, SubscriptionRequest, SubscriptionResponse};
 use crate::store::file_log::{FileLog, ReadPlan};
 use crate::store::index::SliceIndex;
 use crate::store::subs::{RecoveredSub, SubJournal, SubRecord};
 use crate::store::{ChannelLog, Lookup, StoredMsg};
-use crate::subscription::{QueueGroup, Subscription};
-use crate::wire::{encode_pub_ack, PubMsgView};
+use crate::subscription::{Pending, QueueGroup, Subscription};
+use crate::wire::{encode_pub_ack, AckView, PubMsgView};
 use bytes::Bytes;
 use fxhash::FxHashMap;
 use prost::Message;
@@ -93,8 +93,9 @@ pub struct Shard {
     conns: FxHashMap<Bytes, String>,
     channels: FxHashMap<String, Channel>,
     subs: FxHashMap<u64, Subscription>,
-    /// (expiry, subscription, sequence) of every pending message: the shard's one timer.
-    timers: BTreeSet<(u64, u64, u64)>,
+    /// (deadline, subscription) of every subscription with pending messages: the shard's one
+    /// timer. One entry per subscription, not per message: sends and acks do not touch it.
+    timers: BTreeSet<(u64, u64)>,
     next_sub_id: u64,
     out: Vec<Out>,
     pub stats: ShardStats,
@@ -105,6 +106,13 @@ pub struct Shard {
     deleted: Vec<String>,
     /// File store: (channel, sequence) of messages wanted by a reader and not in memory.
     reads_wanted: Vec<(String, u64)>,
+}
+
+/// Who an ack made room for.
+#[derive(Debug, PartialEq, Eq)]
+enum Room {
+    Plain(u64),
+    Queue { channel: String, queue: String },
 }
 
 /// PubAcks that wait for a write: (reply subject, guid).
@@ -136,6 +144,18 @@ fn journal<'a>(
         u.insert(channel.to_string(), Unwritten::default());
     }
     u.get_mut(channel).map(|b| &mut b.subs)
+}
+
+/// Makes sure `sub` has a timer entry no later than `deadline`.
+fn arm(timers: &mut BTreeSet<(u64, u64)>, sub: &mut Subscription, deadline: u64) {
+    if sub.armed.is_some_and(|at| at <= deadline) {
+        return;
+    }
+    if let Some(at) = sub.armed {
+        timers.remove(&(at, sub.id));
+    }
+    timers.insert((deadline, sub.id));
+    sub.armed = Some(deadline);
 }
 
 /// Whether `out` delivers a message of `channel` at or after `first_seq`.
@@ -257,9 +277,8 @@ impl Shard {
                 continue;
             };
             sub.last_sent = sub.last_sent.min(keep_last);
-            let gone = sub.pending.split_off(&first_seq);
-            for (seq, expiry) in gone {
-                self.timers.remove(&(expiry, id, seq));
+            let gone = sub.pending.split_off(first_seq);
+            for (seq, _) in gone {
                 if let Some(j) = journal(&mut self.unwritten, channel) {
                     j.acked(id, seq);
                 }
@@ -634,7 +653,7 @@ impl Shard {
         let records: Vec<(SubRecord, Vec<u64>)> = ch
             .subscription_ids()
             .filter_map(|id| self.subs.get(&id))
-            .map(|s| (self.sub_record(s), s.pending.keys().copied().collect()))
+            .map(|s| (self.sub_record(s), s.pending.seqs().collect()))
             .collect();
         crate::store::subs::snapshot(records.iter().map(|(r, p)| (r, p.as_slice())))
     }
@@ -786,10 +805,9 @@ impl Shard {
         self.next_sub_id = self.next_sub_id.max(id + 1);
         let ack_wait_ns = rec.ack_wait_ns.max(1_000_000_000);
         let expiry = now.mono_ns + ack_wait_ns;
-        let mut pending = std::collections::BTreeMap::new();
+        let mut pending = Pending::default();
         for seq in r.pending.within(first, last) {
             pending.insert(seq, expiry);
-            self.timers.insert((expiry, id, seq));
         }
         let offline = offline || rec.offline;
         let sub = Subscription {
@@ -806,10 +824,14 @@ impl Shard {
             last_sent: rec.last_sent.min(last),
             new_on_hold: !offline && !pending.is_empty(),
             pending,
+            armed: None,
             redeliveries: FxHashMap::default(),
             offline,
         };
         self.subs.insert(id, sub);
+        if let Some(sub) = self.subs.get_mut(&id).filter(|s| !s.pending.is_empty()) {
+            arm(&mut self.timers, sub, expiry);
+        }
         id
     }
 
@@ -875,7 +897,8 @@ impl Shard {
             max_in_flight: window(req),
             ack_wait_ns: ack_wait_ns(req),
             last_sent: 0,
-            pending: Default::default(),
+            pending: Pending::default(),
+            armed: None,
             redeliveries: FxHashMap::default(),
             offline: false,
             new_on_hold: false,
@@ -1067,7 +1090,7 @@ impl Shard {
         };
         let channel = sub.channel.clone();
         if sub.new_on_hold {
-            let seqs: Vec<u64> = sub.pending.keys().copied().collect();
+            let seqs: Vec<u64> = sub.pending.seqs().collect();
             // Every pending message must be in memory first (file store): the redeliveries
             // go out together, before anything new; `loaded` comes back here.
             let not_loaded: Vec<u64> = match self.channels.get(&channel) {
@@ -1117,48 +1140,58 @@ impl Shard {
     }
 
     fn deliver_plain(&mut self, now: Now, id: u64) {
-        loop {
-            let Some(sub) = self.subs.get(&id) else {
-                return;
-            };
-            if sub.offline || sub.new_on_hold || sub.is_stalled() || sub.is_queue() {
-                return;
-            }
-            let Some(ch) = self.channels.get(&sub.channel) else {
-                return;
-            };
+        // Borrowed apart once: this loop runs for every message a subscriber gets.
+        let Shard {
+            subs,
+            channels,
+            unwritten,
+            timers,
+            out,
+            stats,
+            reads_wanted,
+            ..
+        } = self;
+        let Some(sub) = subs.get_mut(&id) else {
+            return;
+        };
+        if sub.offline || sub.new_on_hold || sub.is_queue() {
+            return;
+        }
+        let Some(ch) = channels.get(&sub.channel) else {
+            return;
+        };
+        let mut journal = journal(unwritten, &sub.channel);
+        let expiry = now.mono_ns + sub.ack_wait_ns;
+        while !sub.is_stalled() {
             let next = (sub.last_sent + 1).max(ch.log.first_seq());
             let msg = match ch.log.get(next) {
                 Lookup::Found(m) => m,
                 Lookup::Missing => return,
                 Lookup::NotLoaded => {
-                    let channel = sub.channel.clone();
-                    self.want_read(&channel, next);
+                    reads_wanted.push((sub.channel.clone(), next));
                     return;
                 }
                 Lookup::Unreadable => {
-                    if let Some(sub) = self.subs.get_mut(&id) {
-                        sub.last_sent = next;
-                    }
+                    sub.last_sent = next;
                     continue;
                 }
             };
-            let ahead = ch.log.read_ahead_from(next);
-            let payload = msg.encoded.clone();
-            let inbox = sub.inbox.clone();
-            let expiry = now.mono_ns + sub.ack_wait_ns;
-            if let Some(sub) = self.subs.get_mut(&id) {
-                sub.last_sent = next;
-                sub.pending.insert(next, expiry);
-                if let Some(j) = journal(&mut self.unwritten, &sub.channel) {
-                    j.sent(id, next);
-                }
-                if let Some(ahead) = ahead {
-                    self.reads_wanted.push((sub.channel.clone(), ahead));
-                }
+            if let Some(ahead) = ch.log.read_ahead_from(next) {
+                reads_wanted.push((sub.channel.clone(), ahead));
             }
-            self.timers.insert((expiry, id, next));
-            self.send(inbox, payload);
+            sub.last_sent = next;
+            sub.pending.insert(next, expiry);
+            arm(timers, sub, expiry);
+            if let Some(j) = journal.as_deref_mut() {
+                j.sent(id, next);
+            }
+            stats.out_msgs += 1;
+            stats.out_bytes += msg.encoded.len() as u64;
+            out.push(Out {
+                subject: sub.inbox.clone(),
+                reply: None,
+                payload: msg.encoded.clone(),
+            });
         }
     }
 
@@ -1227,8 +1260,8 @@ impl Shard {
             };
             let expiry = now.mono_ns + sub.ack_wait_ns;
             sub.pending.insert(next, expiry);
+            arm(&mut self.timers, sub, expiry);
             let inbox = sub.inbox.clone();
-            self.timers.insert((expiry, member, next));
             if let Some(j) = journal(&mut self.unwritten, channel) {
                 j.sent(member, next);
             }
@@ -1255,7 +1288,7 @@ impl Shard {
         let Some(sub) = self.subs.get(&id) else {
             return;
         };
-        let Some(&old_expiry) = sub.pending.get(&seq) else {
+        let Some(old_expiry) = sub.pending.get(seq) else {
             return;
         };
         let channel = sub.channel.clone();
@@ -1273,16 +1306,14 @@ impl Shard {
             Some(Err(())) => {
                 // On disk, not in memory: read it, and try again shortly.
                 self.want_read(&channel, seq);
-                self.timers.remove(&(old_expiry, id, seq));
                 let retry = now.mono_ns + READ_RETRY_NS;
                 if let Some(sub) = self.subs.get_mut(&id) {
                     sub.pending.insert(seq, retry);
+                    arm(&mut self.timers, sub, retry);
                 }
-                self.timers.insert((retry, id, seq));
                 return;
             }
         };
-        self.timers.remove(&(old_expiry, id, seq));
         let Some(mut proto) = stored else {
             // Dropped by a limit: counts as acked, which may free a window slot.
             self.remove_pending(id, seq);
@@ -1320,8 +1351,8 @@ impl Shard {
         }
         if let Some(sub) = self.subs.get_mut(&id) {
             sub.pending.insert(seq, expiry);
+            arm(&mut self.timers, sub, expiry);
         }
-        self.timers.insert((expiry, id, seq));
         self.send(inbox, Bytes::from(proto.encode_to_vec()));
     }
 
@@ -1329,11 +1360,12 @@ impl Shard {
         let Some(sub) = self.subs.get_mut(&id) else {
             return false;
         };
-        let Some(expiry) = sub.pending.remove(&seq) else {
+        if sub.pending.remove(seq).is_none() {
             return false;
-        };
-        sub.redeliveries.remove(&seq);
-        self.timers.remove(&(expiry, id, seq));
+        }
+        if !sub.redeliveries.is_empty() {
+            sub.redeliveries.remove(&seq);
+        }
         // Borrowed, not cloned: this runs once per ack.
         let Some(sub) = self.subs.get(&id) else {
             return true;
@@ -1346,6 +1378,7 @@ impl Shard {
                 .channels
                 .get_mut(&sub.channel)
                 .and_then(|c| c.queues.get_mut(&sub.queue))
+                .filter(|g| !g.redeliveries.is_empty())
             {
                 g.redeliveries.remove(&seq);
             }
@@ -1357,25 +1390,52 @@ impl Shard {
 
     /// An Ack published on an ack inbox this shard handed out (`<prefix><id>.<generation>`).
     /// Unknown inboxes, channels and sequences are ignored.
-    pub fn ack(&mut self, now: Now, ack_subject: &str, payload: &Bytes) {
-        let Some(id) = self.ack_inbox_owner(ack_subject) else {
-            return;
-        };
-        let Ok(ack) = Ack::decode(payload.clone()) else {
-            return;
-        };
-        let Some(sub) = self.subs.get(&id) else {
-            return;
-        };
-        if sub.channel != ack.subject {
-            return;
+    pub fn ack(&mut self, now: Now, ack_subject: &str, payload: &[u8]) {
+        if let Some(room) = self.take_ack(ack_subject, payload) {
+            self.deliver_to(now, room);
+        }
+    }
+
+    /// Several acks: every pending entry goes first, then each subscription (or queue group)
+    /// that got room is given what it can take, once, instead of once per ack.
+    pub fn acks<'a>(&mut self, now: Now, acks: impl IntoIterator<Item = (&'a str, &'a [u8])>) {
+        let mut rooms: Vec<Room> = Vec::new();
+        for (subject, payload) in acks {
+            if let Some(room) = self.take_ack(subject, payload) {
+                if !rooms.contains(&room) {
+                    rooms.push(room);
+                }
+            }
+        }
+        for room in rooms {
+            self.deliver_to(now, room);
+        }
+    }
+
+    fn deliver_to(&mut self, now: Now, room: Room) {
+        match room {
+            Room::Plain(id) => self.deliver_plain(now, id),
+            Room::Queue { channel, queue } => self.deliver_queue(now, &channel, &queue),
+        }
+    }
+
+    /// Removes what an ack acknowledges; says who got room in its window.
+    fn take_ack(&mut self, ack_subject: &str, payload: &[u8]) -> Option<Room> {
+        let id = self.ack_inbox_owner(ack_subject)?;
+        let ack = AckView::parse(payload).ok()?;
+        let sub = self.subs.get(&id)?;
+        if sub.channel.as_bytes() != ack.subject {
+            return None;
+        }
+        if sub.queue.is_empty() {
+            return self
+                .remove_pending(id, ack.sequence)
+                .then_some(Room::Plain(id));
         }
         let channel = sub.channel.clone();
         let queue = sub.queue.clone();
-        let mut acked_by = None;
-        if self.remove_pending(id, ack.sequence) {
-            acked_by = Some(id);
-        } else if !queue.is_empty() {
+        let mut acked = self.remove_pending(id, ack.sequence);
+        if !acked {
             // An ack for a message pending on another member of the group applies there.
             let members = self
                 .channels
@@ -1383,21 +1443,11 @@ impl Shard {
                 .and_then(|c| c.queues.get(&queue))
                 .map(|g| g.members.clone())
                 .unwrap_or_default();
-            for m in members {
-                if self.remove_pending(m, ack.sequence) {
-                    acked_by = Some(m);
-                    break;
-                }
-            }
+            acked = members
+                .into_iter()
+                .any(|m| self.remove_pending(m, ack.sequence));
         }
-        if acked_by.is_none() {
-            return;
-        }
-        if queue.is_empty() {
-            self.deliver_plain(now, id);
-        } else {
-            self.deliver_queue(now, &channel, &queue);
-        }
+        acked.then_some(Room::Queue { channel, queue })
     }
 
     /// The subscription an ack inbox of this shard names: `<prefix><id>.<generation>`, with a
@@ -1491,8 +1541,8 @@ impl Shard {
 
     fn delete_subscription(&mut self, id: u64) {
         if let Some(sub) = self.subs.remove(&id) {
-            for (seq, expiry) in sub.pending {
-                self.timers.remove(&(expiry, id, seq));
+            if let Some(at) = sub.armed {
+                self.timers.remove(&(at, id));
             }
             if let Some(j) = journal(&mut self.unwritten, &sub.channel) {
                 j.delete(id);
@@ -1542,7 +1592,7 @@ impl Shard {
         let pending: Vec<u64> = self
             .subs
             .get(&id)
-            .map(|s| s.pending.keys().copied().collect())
+            .map(|s| s.pending.seqs().collect())
             .unwrap_or_default();
         self.delete_subscription(id);
         if let Some(g) = self
@@ -1556,7 +1606,7 @@ impl Shard {
             let target = others[i % others.len()];
             if let Some(s) = self.subs.get_mut(&target) {
                 s.pending.insert(seq, now.mono_ns);
-                self.timers.insert((now.mono_ns, target, seq));
+                arm(&mut self.timers, s, now.mono_ns);
                 if let Some(j) = journal(&mut self.unwritten, &channel) {
                     j.sent(target, seq);
                 }
@@ -1571,38 +1621,53 @@ impl Shard {
     pub fn tick(&mut self, now: Now, dir: &dyn ChannelDirectory) {
         let horizon = now.mono_ns + REDELIVERY_SLACK_NS;
         let mut due = Vec::new();
-        while let Some(&first) = self.timers.first() {
-            if first.0 > horizon {
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > horizon {
                 break;
             }
             self.timers.pop_first();
-            due.push(first);
+            if let Some(sub) = self.subs.get_mut(&id) {
+                sub.armed = None;
+            }
+            due.push(id);
         }
-        for (expiry, id, seq) in due {
-            let Some(sub) = self.subs.get(&id) else {
-                continue;
-            };
-            if sub.pending.get(&seq) != Some(&expiry) {
-                continue;
-            }
-            let hb_failed = self
-                .clients
-                .get(&sub.client_id)
-                .is_some_and(|c| c.failed_heartbeat);
-            if sub.offline || (hb_failed && !sub.is_queue()) {
-                // Not delivered to now; tried again one ack wait later.
-                let next = now.mono_ns + sub.ack_wait_ns;
-                if let Some(s) = self.subs.get_mut(&id) {
-                    s.pending.insert(seq, next);
-                }
-                self.timers.insert((next, id, seq));
-                continue;
-            }
-            // Put the entry back so redeliver finds and replaces it.
-            self.timers.insert((expiry, id, seq));
-            self.redeliver(now, id, seq);
+        for id in due {
+            self.expire(now, id, horizon);
         }
         self.apply_age_and_inactivity(now, dir);
+    }
+
+    /// Redelivers a subscription's messages whose ack wait ends by `horizon`, soonest first,
+    /// and sets its timer for the next one.
+    fn expire(&mut self, now: Now, id: u64, horizon: u64) {
+        let Some(sub) = self.subs.get(&id) else {
+            return;
+        };
+        let hb_failed = self
+            .clients
+            .get(&sub.client_id)
+            .is_some_and(|c| c.failed_heartbeat);
+        let hold = sub.offline || (hb_failed && !sub.is_queue());
+        for (expiry, seq) in sub.pending.due_by(horizon) {
+            let Some(sub) = self.subs.get_mut(&id) else {
+                return;
+            };
+            if sub.pending.get(seq) != Some(expiry) {
+                continue;
+            }
+            if hold {
+                // Not delivered to now; tried again one ack wait later.
+                let next = now.mono_ns + sub.ack_wait_ns;
+                sub.pending.insert(seq, next);
+                continue;
+            }
+            self.redeliver(now, id, seq);
+        }
+        if let Some(sub) = self.subs.get_mut(&id) {
+            if let Some(next) = sub.pending.earliest() {
+                arm(&mut self.timers, sub, next);
+            }
+        }
     }
 
     fn apply_age_and_inactivity(&mut self, now: Now, dir: &dyn ChannelDirectory) {

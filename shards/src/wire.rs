@@ -1,6 +1,7 @@
 //! The protobuf messages on the publish path, read and written by hand: a `PubMsg` is read as
 //! borrowed slices of the received payload (no allocation, no copy of the data), and the
-//! `PubAck` and first-delivery `MsgProto` are written straight into one exact-size buffer.
+//! `PubAck` and first-delivery `MsgProto` are written straight into one exact-size buffer;
+//! an `Ack`, which comes back for every delivery, is read in place too.
 //! Everything else goes through prost. The encodings are byte-identical to prost's (tested).
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -130,6 +131,34 @@ impl<'a> PubMsgView<'a> {
     }
 }
 
+/// An `Ack` (subject, sequence) read in place: one arrives for every message delivered.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AckView<'a> {
+    pub subject: &'a [u8],
+    pub sequence: u64,
+}
+
+impl<'a> AckView<'a> {
+    /// Reads an `Ack`; unknown fields are skipped, a later field replaces an earlier one.
+    pub fn parse(buf: &'a [u8]) -> Result<Self, WireError> {
+        let mut view = AckView::default();
+        let mut at = 0;
+        while at < buf.len() {
+            let key = read_varint(buf, &mut at)?;
+            let (field, wire_type) = (key >> 3, key & 7);
+            match (field, wire_type) {
+                (1, 2) => view.subject = read_len(buf, &mut at)?,
+                (2, 0) => view.sequence = read_varint(buf, &mut at)?,
+                (1, _) => return Err(WireError::WireType(field, wire_type, 2)),
+                (2, _) => return Err(WireError::WireType(field, wire_type, 0)),
+                (0, _) => return Err(WireError::BadWireType(wire_type)),
+                _ => skip(buf, &mut at, field, wire_type, 0)?,
+            }
+        }
+        Ok(view)
+    }
+}
+
 fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
@@ -217,7 +246,7 @@ pub fn encode_msg(seq: u64, subject: &[u8], reply: &[u8], data: &[u8], timestamp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::{MsgProto, PubAck, PubMsg};
+    use crate::pb::{Ack, MsgProto, PubAck, PubMsg};
     use proptest::prelude::*;
     use prost::Message;
 
@@ -263,6 +292,24 @@ mod tests {
             if PubMsg::decode(buf.as_slice()).is_ok() {
                 // prost also checks UTF-8 (which the reference does not); structure must agree.
                 prop_assert!(ours.is_ok());
+            }
+        }
+
+        #[test]
+        fn ack_view_reads_what_prost_writes(subject in ".{0,30}", sequence in any::<u64>()) {
+            let buf = Ack { subject: subject.clone(), sequence }.encode_to_vec();
+            let v = AckView::parse(&buf).unwrap();
+            prop_assert_eq!(v.subject, subject.as_bytes());
+            prop_assert_eq!(v.sequence, sequence);
+        }
+
+        #[test]
+        fn ack_view_never_panics_and_agrees_with_prost(buf in prop::collection::vec(any::<u8>(), 0..64)) {
+            let ours = AckView::parse(&buf);
+            if let Ok(theirs) = Ack::decode(buf.as_slice()) {
+                let ours = ours.unwrap();
+                prop_assert_eq!(ours.subject, theirs.subject.as_bytes());
+                prop_assert_eq!(ours.sequence, theirs.sequence);
             }
         }
 
