@@ -101,6 +101,11 @@ pub struct Node {
     gathered: Notify,
     /// The output buffer swapped with the shard's at each flush (no allocation per message).
     scratch: RefCell<Vec<shards::shard::Out>>,
+    /// Publishes and acks of this turn, handled together once the task that received them
+    /// yields: one clock reading and one flush for a whole read of the socket, not per message.
+    batched: RefCell<Vec<StanMsg>>,
+    /// A task to handle `batched` is spawned and has not run yet.
+    batch_scheduled: Cell<bool>,
     next_token: Cell<u64>,
     me: RefCell<Weak<Node>>,
 }
@@ -138,6 +143,8 @@ impl Node {
             opts: Rc::new(opts.clone()),
             waiters: RefCell::new(FxHashMap::default()),
             scratch: RefCell::new(Vec::new()),
+            batched: RefCell::new(Vec::new()),
+            batch_scheduled: Cell::new(false),
             store: RefCell::new(None),
             client_log: RefCell::new(None),
             committing: Cell::new(false),
@@ -752,20 +759,85 @@ impl Node {
         }
     }
 
+    /// Keeps a publish or an ack for the end of the turn (see `batched`).
+    fn batch(&self, msg: StanMsg) {
+        self.batched.borrow_mut().push(msg);
+        if self.batch_scheduled.replace(true) {
+            return;
+        }
+        if let Some(me) = self.rc() {
+            // glommio runs a spawned task at once, up to its first wait: yield first, so that
+            // the receiving task finishes its whole read before the batch is handled.
+            glommio::spawn_local(async move {
+                futures_lite::future::yield_now().await;
+                me.batch_scheduled.set(false);
+                me.handle_batched();
+            })
+            .detach();
+        }
+    }
+
+    /// Handles the publishes and acks kept this turn, in the order they came.
+    fn handle_batched(&self) {
+        let batch = std::mem::take(&mut *self.batched.borrow_mut());
+        if batch.is_empty() {
+            return;
+        }
+        let now = time::now();
+        {
+            let mut shard = self.shard.borrow_mut();
+            let mut rest = batch.as_slice();
+            while let Some(first) = rest.first() {
+                if let StanMsg::Publish {
+                    channel,
+                    reply,
+                    payload,
+                } = first
+                {
+                    let channel = std::str::from_utf8(channel).unwrap_or("");
+                    shard.publish(now, channel, payload, reply.clone(), &*self.dir);
+                    rest = &rest[1..];
+                    continue;
+                }
+                // A run of acks: room made by all of them is filled once.
+                let run = rest
+                    .iter()
+                    .take_while(|m| matches!(m, StanMsg::Ack { .. }))
+                    .count()
+                    .max(1);
+                shard.acks(
+                    now,
+                    rest[..run].iter().filter_map(|m| match m {
+                        StanMsg::Ack { subject, payload } => {
+                            Some((std::str::from_utf8(subject).unwrap_or(""), payload.as_ref()))
+                        }
+                        _ => None,
+                    }),
+                );
+                rest = &rest[run..];
+            }
+        }
+        // Keep the buffer's capacity for the next turn.
+        let mut batch = batch;
+        batch.clear();
+        let mut kept = self.batched.borrow_mut();
+        if kept.is_empty() {
+            *kept = batch;
+        }
+        drop(kept);
+        self.flush();
+    }
+
     fn handle(&self, from: usize, msg: StanMsg) {
+        if matches!(msg, StanMsg::Publish { .. } | StanMsg::Ack { .. }) {
+            self.batch(msg);
+            return;
+        }
+        // Anything else sees the state the publishes and acks before it left.
+        self.handle_batched();
         let now = time::now();
         match msg {
-            StanMsg::Publish {
-                channel,
-                reply,
-                payload,
-            } => {
-                let channel = std::str::from_utf8(&channel).unwrap_or("");
-                self.shard
-                    .borrow_mut()
-                    .publish(now, channel, &payload, reply, &*self.dir);
-                self.flush();
-            }
+            StanMsg::Publish { .. } | StanMsg::Ack { .. } => {}
             StanMsg::Subscribe { req, reply } => {
                 self.shard
                     .borrow_mut()
@@ -774,11 +846,6 @@ impl Node {
             }
             StanMsg::Unsubscribe { req, end, reply } => {
                 self.shard.borrow_mut().unsubscribe(now, &req, end, reply);
-                self.flush();
-            }
-            StanMsg::Ack { subject, payload } => {
-                let subject = std::str::from_utf8(&subject).unwrap_or("");
-                self.shard.borrow_mut().ack(now, subject, &payload);
                 self.flush();
             }
             StanMsg::Reply { token } => {
