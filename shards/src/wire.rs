@@ -159,6 +159,62 @@ impl<'a> AckView<'a> {
     }
 }
 
+/// A delivered `MsgProto` read in place (what a client needs: sequence, subject, data and the
+/// redelivery flag), for clients that read many messages, such as `stanza bench`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MsgView<'a> {
+    pub sequence: u64,
+    pub subject: &'a [u8],
+    pub data: &'a [u8],
+    pub redelivered: bool,
+}
+
+impl<'a> MsgView<'a> {
+    pub fn parse(buf: &'a [u8]) -> Result<Self, WireError> {
+        let mut view = MsgView::default();
+        let mut at = 0;
+        while at < buf.len() {
+            let key = read_varint(buf, &mut at)?;
+            let (field, wire_type) = (key >> 3, key & 7);
+            match (field, wire_type) {
+                (0, _) => return Err(WireError::BadWireType(wire_type)),
+                (1, 0) => view.sequence = read_varint(buf, &mut at)?,
+                (2, 2) => view.subject = read_len(buf, &mut at)?,
+                (4, 2) => view.data = read_len(buf, &mut at)?,
+                (6, 0) => view.redelivered = read_varint(buf, &mut at)? != 0,
+                (1 | 5 | 6 | 7 | 10, _) if wire_type != 0 => {
+                    return Err(WireError::WireType(field, wire_type, 0))
+                }
+                (2 | 3 | 4, _) if wire_type != 2 => {
+                    return Err(WireError::WireType(field, wire_type, 2))
+                }
+                _ => skip(buf, &mut at, field, wire_type, 0)?,
+            }
+        }
+        Ok(view)
+    }
+}
+
+/// Appends an `Ack` of `sequence` on `subject`, encoded as prost would.
+pub fn encode_ack_into(out: &mut Vec<u8>, subject: &[u8], sequence: u64) {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    if !subject.is_empty() {
+        out.push(0x0a);
+        varint(out, subject.len() as u64);
+        out.extend_from_slice(subject);
+    }
+    if sequence != 0 {
+        out.push(0x10);
+        varint(out, sequence);
+    }
+}
+
 fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
@@ -311,6 +367,35 @@ mod tests {
                 prop_assert_eq!(ours.subject, theirs.subject.as_bytes());
                 prop_assert_eq!(ours.sequence, theirs.sequence);
             }
+        }
+
+        #[test]
+        fn msg_view_reads_what_prost_writes(seq in any::<u64>(), subject in ".{0,20}", reply in ".{0,10}",
+                                            data in prop::collection::vec(any::<u8>(), 0..100), ts in any::<i64>(),
+                                            redelivered in any::<bool>(), count in any::<u32>(), crc in any::<u32>()) {
+            let m = MsgProto { sequence: seq, subject: subject.clone(), reply, data: data.clone().into(), timestamp: ts, redelivered, redelivery_count: count, crc32: crc };
+            let buf = m.encode_to_vec();
+            let v = MsgView::parse(&buf).unwrap();
+            prop_assert_eq!(v, MsgView { sequence: seq, subject: subject.as_bytes(), data: &data, redelivered });
+        }
+
+        #[test]
+        fn msg_view_never_panics_and_agrees_with_prost(buf in prop::collection::vec(any::<u8>(), 0..120)) {
+            let ours = MsgView::parse(&buf);
+            if let Ok(m) = MsgProto::decode(buf.as_slice()) {
+                let v = ours.unwrap();
+                prop_assert_eq!(v.sequence, m.sequence);
+                prop_assert_eq!(v.subject, m.subject.as_bytes());
+                prop_assert_eq!(v.data, m.data.as_ref());
+                prop_assert_eq!(v.redelivered, m.redelivered);
+            }
+        }
+
+        #[test]
+        fn ack_encoding_matches_prost(subject in ".{0,30}", sequence in any::<u64>()) {
+            let mut ours = Vec::new();
+            encode_ack_into(&mut ours, subject.as_bytes(), sequence);
+            prop_assert_eq!(ours, Ack { subject, sequence }.encode_to_vec());
         }
 
         #[test]

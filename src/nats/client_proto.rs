@@ -51,6 +51,10 @@ pub fn next_op(buf: &mut BytesMut) -> Result<Option<ServerOp>, ClientProtoError>
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, &line[line.len()..]),
     };
+    let is = |name: &[u8]| verb.eq_ignore_ascii_case(name);
+    if is(b"MSG") || is(b"HMSG") {
+        return parse_msg(buf, eol, is(b"HMSG"));
+    }
     let verb = verb.to_ascii_uppercase();
     match verb.as_slice() {
         b"PING" => {
@@ -79,49 +83,89 @@ pub fn next_op(buf: &mut BytesMut) -> Result<Option<ServerOp>, ClientProtoError>
             line.truncate(eol);
             Ok(Some(ServerOp::Info(line.slice(start..))))
         }
-        b"MSG" | b"HMSG" => parse_msg(buf, eol, verb.as_slice() == b"HMSG"),
         _ => Err(ClientProtoError::Unknown(
             String::from_utf8_lossy(&verb).into_owned(),
         )),
     }
 }
 
+/// The decimal number in `field`, if it is one.
+fn number(field: &[u8]) -> Option<usize> {
+    if field.is_empty() || field.len() > 19 {
+        return None;
+    }
+    field.iter().try_fold(0usize, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + usize::from(b - b'0'))
+    })
+}
+
+/// Reads a MSG / HMSG frame in place: a subscriber of a busy channel reads one per message.
 fn parse_msg(
     buf: &mut BytesMut,
     eol: usize,
     headers: bool,
 ) -> Result<Option<ServerOp>, ClientProtoError> {
     let kind = if headers { "HMSG" } else { "MSG" };
-    let line = String::from_utf8_lossy(&buf[..eol]).into_owned();
-    let fields: Vec<&str> = line.split_ascii_whitespace().skip(1).collect();
-    let malformed = || ClientProtoError::Malformed(kind, line.clone());
+    let malformed = |buf: &BytesMut| {
+        ClientProtoError::Malformed(kind, String::from_utf8_lossy(&buf[..eol]).into_owned())
+    };
     // MSG <subject> <sid> [reply] <size>; HMSG <subject> <sid> [reply] <hdr size> <size>
-    let sizes = if headers { 2 } else { 1 };
-    if fields.len() < 2 + sizes || fields.len() > 3 + sizes {
-        return Err(malformed());
+    let mut fields: [(usize, usize); 6] = [(0, 0); 6];
+    let mut count = 0;
+    let mut at = 0;
+    let line = &buf[..eol];
+    while at < line.len() {
+        if line[at] == b' ' || line[at] == b'\t' {
+            at += 1;
+            continue;
+        }
+        let start = at;
+        while at < line.len() && line[at] != b' ' && line[at] != b'\t' {
+            at += 1;
+        }
+        if count == fields.len() {
+            return Err(malformed(buf));
+        }
+        fields[count] = (start, at);
+        count += 1;
     }
-    let total: usize = fields[fields.len() - 1].parse().map_err(|_| malformed())?;
-    let header_len: usize = if headers {
-        fields[fields.len() - 2].parse().map_err(|_| malformed())?
+    // The verb is field 0.
+    let field = |i: usize| &line[fields[i].0..fields[i].1];
+    let sizes = if headers { 2 } else { 1 };
+    let args = count.saturating_sub(1);
+    if args < 2 + sizes || args > 3 + sizes {
+        return Err(malformed(buf));
+    }
+    let Some(total) = number(field(count - 1)) else {
+        return Err(malformed(buf));
+    };
+    let header_len = if headers {
+        match number(field(count - 2)) {
+            Some(n) => n,
+            None => return Err(malformed(buf)),
+        }
     } else {
         0
     };
     if header_len > total || total > 64 << 20 {
-        return Err(malformed());
+        return Err(malformed(buf));
     }
-    let sid: u64 = fields[1].parse().map_err(|_| malformed())?;
-    let has_reply = fields.len() == 3 + sizes;
+    let Some(sid) = number(field(2)).map(|n| n as u64) else {
+        return Err(malformed(buf));
+    };
+    let reply_at = (args == 3 + sizes).then_some(fields[3]);
+    let subject_at = fields[1];
     let needed = eol + 2 + total + 2;
     if buf.len() < needed {
         return Ok(None);
     }
     if &buf[eol + 2 + total..needed] != b"\r\n" {
-        return Err(malformed());
+        return Err(malformed(buf));
     }
-    let subject = Bytes::copy_from_slice(fields[0].as_bytes());
-    let reply = has_reply.then(|| Bytes::copy_from_slice(fields[2].as_bytes()));
     let mut frame = buf.split_to(needed).freeze();
     frame.truncate(eol + 2 + total);
+    let subject = frame.slice(subject_at.0..subject_at.1);
+    let reply = reply_at.map(|(a, b)| frame.slice(a..b));
     // Headers are not used by the streaming server: only the payload after them.
     let payload = frame.slice(eol + 2 + header_len..);
     Ok(Some(ServerOp::Msg {

@@ -10,6 +10,7 @@ use crate::stan::external::{parse_urls, NatsUrl};
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use shards::pb;
+use shards::wire::{encode_ack_into, MsgView};
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -68,11 +69,13 @@ pub fn now_nanos() -> u64 {
         .unwrap_or(0)
 }
 
-type Handler = Box<dyn FnMut(&pb::MsgProto) + Send>;
+type Handler = Box<dyn FnMut(&MsgView<'_>) + Send>;
 
 struct Subscription {
     handler: Handler,
     ack_inbox: Option<String>,
+    /// Reused for every Ack encoded.
+    ack_scratch: Vec<u8>,
 }
 
 enum Waiter {
@@ -137,7 +140,9 @@ fn pub_frame(out: &mut Vec<u8>, subject: &str, reply: Option<&str>, payload: &[u
         out.push(b' ');
         out.extend_from_slice(reply.as_bytes());
     }
-    out.extend_from_slice(format!(" {}\r\n", payload.len()).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(itoa::Buffer::new().format(payload.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\r\n");
 }
@@ -338,6 +343,7 @@ impl StanConn {
             Subscription {
                 handler,
                 ack_inbox: None,
+                ack_scratch: Vec::new(),
             },
         );
         self.shared
@@ -520,17 +526,19 @@ fn on_msg(
             }
         }
         sid => {
-            let msg = pb::MsgProto::decode(payload)
+            // Read in place and acked straight into the reply buffer: at replay rates the
+            // client's own allocations would be what limits the measurement.
+            let msg = MsgView::parse(&payload)
                 .map_err(|e| ClientError::Server(format!("bad MsgProto: {e}")))?;
             let mut subs = lock(&shared.subs);
             if let Some(sub) = subs.get_mut(&sid) {
                 (sub.handler)(&msg);
                 if let Some(ack_inbox) = &sub.ack_inbox {
-                    let ack = pb::Ack {
-                        subject: msg.subject.clone(),
-                        sequence: msg.sequence,
-                    };
-                    pub_frame(replies, ack_inbox, None, &ack.encode_to_vec());
+                    let mut ack = std::mem::take(&mut sub.ack_scratch);
+                    ack.clear();
+                    encode_ack_into(&mut ack, msg.subject, msg.sequence);
+                    pub_frame(replies, ack_inbox, None, &ack);
+                    sub.ack_scratch = ack;
                 }
             }
         }

@@ -208,9 +208,9 @@ fn start_subscriber(
     let conn = connect(base, id.clone())?;
     let track = Arc::new(SubTrack::default());
     let t = track.clone();
-    let handler = Box::new(move |msg: &shards::pb::MsgProto| {
+    let handler = Box::new(move |msg: &shards::wire::MsgView<'_>| {
         let now = now_nanos();
-        if end_marker.as_deref().map(Vec::as_slice) == Some(msg.data.as_ref()) {
+        if end_marker.as_deref().map(Vec::as_slice) == Some(msg.data) {
             t.last.store(now, Ordering::Relaxed);
             t.finished.store(true, Ordering::Relaxed);
             return;
