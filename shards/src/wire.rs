@@ -185,7 +185,7 @@ impl<'a> MsgView<'a> {
                 (1 | 5 | 6 | 7 | 10, _) if wire_type != 0 => {
                     return Err(WireError::WireType(field, wire_type, 0))
                 }
-                (2 | 3 | 4, _) if wire_type != 2 => {
+                (2..=4, _) if wire_type != 2 => {
                     return Err(WireError::WireType(field, wire_type, 2))
                 }
                 _ => skip(buf, &mut at, field, wire_type, 0)?,
