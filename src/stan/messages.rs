@@ -6,6 +6,9 @@ use shards::pb::{SubscriptionRequest, UnsubscribeRequest};
 use shards::shard::SubEnd;
 
 pub enum StanMsg {
+    /// Publishes and acks of one turn for the same shard, in the order they came: one mesh
+    /// message instead of one each.
+    Batch(Vec<StanMsg>),
     /// To the channel's owner.
     Publish {
         channel: Bytes,

@@ -106,6 +106,10 @@ pub struct Node {
     batched: RefCell<Vec<StanMsg>>,
     /// A task to handle `batched` is spawned and has not run yet.
     batch_scheduled: Cell<bool>,
+    /// Publishes and acks of this turn for other shards, per shard, sent as one mesh message
+    /// each when the receiving task yields (or before anything else for that shard).
+    remote_batches: RefCell<Vec<Vec<StanMsg>>>,
+    remote_scheduled: Cell<bool>,
     next_token: Cell<u64>,
     me: RefCell<Weak<Node>>,
 }
@@ -145,6 +149,8 @@ impl Node {
             scratch: RefCell::new(Vec::new()),
             batched: RefCell::new(Vec::new()),
             batch_scheduled: Cell::new(false),
+            remote_batches: RefCell::new((0..core.ncores).map(|_| Vec::new()).collect()),
+            remote_scheduled: Cell::new(false),
             store: RefCell::new(None),
             client_log: RefCell::new(None),
             committing: Cell::new(false),
@@ -214,11 +220,44 @@ impl Node {
     pub fn send_to(&self, shard: usize, msg: StanMsg) {
         if shard == self.core.id {
             self.handle(shard, msg);
-        } else if shard < self.core.ncores {
-            self.core
-                .outbox
-                .push(shard, MeshMsg::Internal(Box::new(msg)));
+            return;
         }
+        if shard >= self.core.ncores {
+            return;
+        }
+        if matches!(msg, StanMsg::Publish { .. } | StanMsg::Ack { .. }) {
+            if let Some(batch) = self.remote_batches.borrow_mut().get_mut(shard) {
+                batch.push(msg);
+            }
+            if !self.remote_scheduled.replace(true) {
+                if let Some(me) = self.rc() {
+                    glommio::spawn_local(async move {
+                        futures_lite::future::yield_now().await;
+                        me.remote_scheduled.set(false);
+                        for shard in 0..me.core.ncores {
+                            me.send_remote_batch(shard);
+                        }
+                    })
+                    .detach();
+                }
+            }
+            return;
+        }
+        // Whatever was batched for that shard goes before this.
+        self.send_remote_batch(shard);
+        self.core
+            .outbox
+            .push(shard, MeshMsg::Internal(Box::new(msg)));
+    }
+
+    fn send_remote_batch(&self, shard: usize) {
+        let batch = match self.remote_batches.borrow_mut().get_mut(shard) {
+            Some(b) if !b.is_empty() => std::mem::take(b),
+            _ => return,
+        };
+        self.core
+            .outbox
+            .push(shard, MeshMsg::Internal(Box::new(StanMsg::Batch(batch))));
     }
 
     /// Publishes what the state machine queued, in order. With the file store, output waits
@@ -833,11 +872,16 @@ impl Node {
             self.batch(msg);
             return;
         }
+        if let StanMsg::Batch(msgs) = msg {
+            self.batched.borrow_mut().extend(msgs);
+            self.handle_batched();
+            return;
+        }
         // Anything else sees the state the publishes and acks before it left.
         self.handle_batched();
         let now = time::now();
         match msg {
-            StanMsg::Publish { .. } | StanMsg::Ack { .. } => {}
+            StanMsg::Publish { .. } | StanMsg::Ack { .. } | StanMsg::Batch(_) => {}
             StanMsg::Subscribe { req, reply } => {
                 self.shard
                     .borrow_mut()
