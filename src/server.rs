@@ -206,7 +206,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     let ncores = opts.cores.unwrap_or_else(online_cpus).max(1);
     let online = online_cpus();
     let io_memory = io_memory_per_executor(ncores);
-    let spin = opts.spin_before_park;
+    let spin = opts.spin_before_park();
     probe_io_uring()?;
     let external = opts.streaming.nats_server.is_some();
     if !external {

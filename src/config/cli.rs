@@ -707,7 +707,7 @@ impl Cli {
         set_some(&mut o.server_name, &self.name);
         set_some(&mut o.client_advertise, &self.client_advertise);
         set_some(&mut o.cores, &self.cores);
-        set(&mut o.spin_before_park, &self.spin_before_park);
+        set_some(&mut o.spin_before_park, &self.spin_before_park);
         set_some(&mut o.http_port, &self.http_port);
         set_some(&mut o.https_port, &self.https_port);
         set_some(&mut o.pid_file, &self.pid_file);
@@ -904,15 +904,42 @@ mod tests {
         assert!(cli.debug_and_trace);
         assert_eq!(cli.cores, Some(1));
         let (o, _) = parse(&["stanza"]).build_options().unwrap();
-        assert_eq!(o.spin_before_park, Duration::from_micros(100));
-        let (o, _) = parse(&["stanza", "-spin_before_park", "250us"])
+        assert_eq!(o.spin_before_park(), Duration::from_micros(100));
+        let (o, _) = parse(&["stanza", "-st", "file", "--dir", "/tmp/x"])
             .build_options()
             .unwrap();
-        assert_eq!(o.spin_before_park, Duration::from_micros(250));
+        assert_eq!(
+            o.spin_before_park(),
+            Duration::ZERO,
+            "the disk wait outlasts it"
+        );
+        let (o, _) = parse(&[
+            "stanza",
+            "-st",
+            "file",
+            "--dir",
+            "/tmp/x",
+            "--file_sync=false",
+        ])
+        .build_options()
+        .unwrap();
+        assert_eq!(o.spin_before_park(), Duration::from_micros(100));
+        let (o, _) = parse(&[
+            "stanza",
+            "-st",
+            "file",
+            "-dir",
+            "/tmp/x",
+            "-spin_before_park",
+            "250us",
+        ])
+        .build_options()
+        .unwrap();
+        assert_eq!(o.spin_before_park(), Duration::from_micros(250));
         let (o, _) = parse(&["stanza", "--spin_before_park=0"])
             .build_options()
             .unwrap();
-        assert!(o.spin_before_park.is_zero());
+        assert!(o.spin_before_park().is_zero());
     }
 
     #[test]
