@@ -257,6 +257,46 @@ fn redelivery_counts_and_expiry_order() {
     assert!(h.msgs("in").is_empty());
 }
 
+/// One timer entry per subscription: acks leave it in place (it fires early and finds nothing
+/// due, or only what is due), and it always comes back for what is still pending.
+#[test]
+fn the_subscription_timer_redelivers_only_what_is_due_in_expiry_order() {
+    let mut h = H::new();
+    let mut r = req("foo", "in");
+    r.ack_wait_in_secs = 1;
+    r.max_in_flight = 10;
+    let ack_inbox = h.subscribe(r).ack_inbox;
+    for d in ["a", "b", "c"] {
+        h.publish("foo", d);
+    }
+    assert_eq!(seqs(&h.msgs("in")), vec![1, 2, 3]);
+    // Half an ack wait later: 4 and 5 are sent, expiring after 1-3.
+    h.advance(500_000_000);
+    h.publish("foo", "d");
+    h.publish("foo", "e");
+    assert_eq!(seqs(&h.msgs("in")), vec![4, 5]);
+    // Acks out of order: 2 and 4.
+    h.ack(&ack_inbox, "foo", 2);
+    h.ack(&ack_inbox, "foo", 4);
+    // 1 and 3 expire; 5 is not due yet.
+    h.advance(500_000_000);
+    let again = h.msgs("in");
+    assert_eq!(seqs(&again), vec![1, 3]);
+    assert!(again.iter().all(|m| m.redelivered));
+    h.ack(&ack_inbox, "foo", 1);
+    h.ack(&ack_inbox, "foo", 3);
+    // 5 expires next, alone.
+    h.advance(500_000_000);
+    assert_eq!(seqs(&h.msgs("in")), vec![5]);
+    h.ack(&ack_inbox, "foo", 5);
+    // Nothing pending: the timer fires (or not) and sends nothing, now or later.
+    for _ in 0..4 {
+        h.advance(SEC);
+        assert!(h.msgs("in").is_empty());
+    }
+    assert_eq!(h.shard.next_deadline(), None);
+}
+
 #[test]
 fn durable_close_and_resume() {
     let mut h = H::new();
