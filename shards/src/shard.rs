@@ -1402,7 +1402,9 @@ impl Shard {
         let mut rooms: Vec<Room> = Vec::new();
         for (subject, payload) in acks {
             if let Some(room) = self.take_ack(subject, payload) {
-                if !rooms.contains(&room) {
+                // Acks of one subscription come together; filling one twice costs a look at
+                // its window, so only neighbours are merged (no quadratic search).
+                if rooms.last() != Some(&room) {
                     rooms.push(room);
                 }
             }
