@@ -301,11 +301,15 @@ impl Node {
     /// Reads back from disk what catching-up subscribers wait for, each read in its own task
     /// (in the replay queue); the messages go to the shard, which delivers them.
     fn start_reads(&self) {
-        let plans = self.shard.borrow_mut().take_reads();
+        // Before the store is in place (start-up restores subscriptions first) the wanted
+        // reads stay queued: taking them marks their blocks as being read, and dropping them
+        // then would leave those messages unreadable for good (a restored durable's pending
+        // messages were never redelivered when a tick came in between, seen under load).
         let store = self.store.borrow().clone();
         let (Some(store), Some(me)) = (store, self.rc()) else {
             return;
         };
+        let plans = self.shard.borrow_mut().take_reads();
         for (channel, plan) in plans {
             let (store, me) = (store.clone(), me.clone());
             let task = async move {
