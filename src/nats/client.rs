@@ -182,6 +182,7 @@ fn server_info(core: &Core, cid: u64, client_ip: String) -> wire::ServerInfo {
         connect_urls: Vec::new(),
         stanza_version: env!("CARGO_PKG_VERSION"),
         stanza_core: core.id,
+        stanza_cores: core.ncores,
     }
 }
 

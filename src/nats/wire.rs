@@ -93,6 +93,9 @@ pub struct ServerInfo {
     pub stanza_version: &'static str,
     /// The core (shard) that owns this connection.
     pub stanza_core: usize,
+    /// How many cores (shards) the server runs: with `stanza_core`, a load tool can tell
+    /// whether a connection lives on the core of the channel it uses.
+    pub stanza_cores: usize,
 }
 
 /// The nats-server release whose client protocol stanza speaks; clients gate features

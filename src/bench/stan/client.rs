@@ -1,7 +1,7 @@
 //! A small blocking NATS Streaming client for `stanza bench`. One connection per STAN client; a
 //! reader thread answers PINGs and heartbeats, settles PubAcks against the publish window and
-//! hands delivered messages to their subscription's handler, acknowledging them in one write per
-//! read. Connect, subscribe and close are request/reply with a deadline.
+//! hands delivered messages to their subscription's handler, acknowledging them in writes of
+//! about 16 KiB as it goes. Connect, subscribe and close are request/reply with a deadline.
 
 use super::link::{self, LinkReader, LinkWriter};
 use super::window::{PublishWindow, WindowError};
@@ -110,6 +110,9 @@ pub struct StanConn {
     next_sid: AtomicU64,
     next_request: AtomicU64,
     timeout: Duration,
+    /// A stanza server's core holding this connection and its number of cores (INFO's
+    /// `stanza_core` and `stanza_cores`).
+    server_core: Option<(u64, u64)>,
 }
 
 /// Reads the server's INFO line in plain text (TLS, if any, starts after it).
@@ -232,6 +235,10 @@ impl StanConn {
             next_sid: AtomicU64::new(FIRST_SUB_SID),
             next_request: AtomicU64::new(0),
             timeout: opts.timeout,
+            server_core: info
+                .get("stanza_core")
+                .and_then(|v| v.as_u64())
+                .zip(info.get("stanza_cores").and_then(|v| v.as_u64())),
         };
         let request = pb::ConnectRequest {
             client_id: opts.client_id.clone(),
@@ -321,6 +328,12 @@ impl StanConn {
     /// Waits until every publish so far is acknowledged.
     pub fn wait_acks(&self, timeout: Duration) -> Result<(), ClientError> {
         Ok(self.shared.window.wait_idle(timeout)?)
+    }
+
+    /// Which core of a stanza server holds this connection, and how many it runs; None for
+    /// other servers.
+    pub fn server_core(&self) -> Option<(u64, u64)> {
+        self.server_core
     }
 
     pub fn window(&self) -> &PublishWindow {
@@ -438,6 +451,12 @@ fn read_loop(mut reader: LinkReader, mut pending: BytesMut, shared: Arc<Shared>)
     shared.window.fail(&reason);
 }
 
+/// Acks (and other replies) go out once this much is buffered, not only after a whole read:
+/// one read can hold the subscription's entire MaxInflight window, and acking it in one write
+/// makes the server send the next window in one burst, so server and client take turns
+/// instead of working at once. nats.go's flusher likewise writes while the reader goes on.
+const ACK_FLUSH_BYTES: usize = 16 * 1024;
+
 fn read_until_closed(
     reader: &mut LinkReader,
     pending: &mut BytesMut,
@@ -464,6 +483,10 @@ fn read_until_closed(
                     &mut replies,
                 )?,
                 ServerOp::Info(_) | ServerOp::Pong | ServerOp::Ok => {}
+            }
+            if replies.len() >= ACK_FLUSH_BYTES {
+                shared.out.write_all(&replies)?;
+                replies.clear();
             }
         }
         if !replies.is_empty() {

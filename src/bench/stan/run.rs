@@ -502,6 +502,7 @@ fn run_phases(
     };
     wait_subscribers(&live, expected, queue, false, deadline, args.timeout)?;
     let sub_samples = samples_of(&live, args.msg_size, false);
+    let mut placement = placement_of(&live, channels);
     for s in live {
         let _ = s.conn.close();
     }
@@ -521,6 +522,7 @@ fn run_phases(
         }
         wait_subscribers(&replayers, expected, false, true, deadline, args.timeout)?;
         replay_samples = samples_of(&replayers, args.msg_size, true);
+        placement = placement_of(&replayers, channels);
         for s in replayers {
             let _ = s.conn.close();
         }
@@ -529,14 +531,16 @@ fn run_phases(
         .lock()
         .map(|h| h.clone())
         .unwrap_or_else(|_| new_histogram());
-    Ok(Report::new(
+    let mut report = Report::new(
         published.samples,
         sub_samples,
         &replay_samples,
         &published.ack_latency,
         &delivery,
         channels.len(),
-    ))
+    );
+    (report.subscriber_cores, report.channel_cores) = placement.into_iter().unzip();
+    Ok(report)
 }
 
 fn publish_markers(
@@ -555,6 +559,18 @@ fn publish_markers(
         .and_then(|()| conn.wait_acks(Duration::from_secs(args.timeout)));
     sent.and_then(|()| conn.close())
         .map_err(|e| BenchError::Client(id, e))
+}
+
+/// (core holding the connection, core owning the channel) of each subscriber, when the
+/// server is stanza.
+fn placement_of(subs: &[Subscriber], channels: &[String]) -> Vec<(u64, u64)> {
+    subs.iter()
+        .filter_map(|s| {
+            let (core, cores) = s.conn.server_core()?;
+            let owner = shards::shard_for(channels.get(s.channel)?, cores as usize) as u64;
+            Some((core, owner))
+        })
+        .collect()
 }
 
 fn samples_of(subs: &[Subscriber], msg_size: usize, from_subscribe: bool) -> Vec<Sample> {

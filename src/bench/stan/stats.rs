@@ -161,6 +161,13 @@ pub struct Report {
     pub replay: Option<RateFigures>,
     pub publish_to_puback: Option<Latency>,
     pub publish_to_delivery: Option<Latency>,
+    /// For a stanza server, per subscriber (the replaying ones in a replay run): the core
+    /// holding its connection and the core owning its channel. Figures differ with them: a
+    /// subscriber on its channel's core costs no hop between cores.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subscriber_cores: Vec<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub channel_cores: Vec<u64>,
     #[serde(skip)]
     pub pub_samples: Vec<Sample>,
     #[serde(skip)]
@@ -192,6 +199,8 @@ impl Report {
             replay: RateFigures::of(replay),
             publish_to_puback: Latency::from_histogram(acks),
             publish_to_delivery: Latency::from_histogram(deliveries),
+            subscriber_cores: Vec::new(),
+            channel_cores: Vec::new(),
             pub_samples,
             sub_samples,
         }
