@@ -4,7 +4,7 @@
 
 use crate::config::options::Authorization;
 use crate::config::Options;
-use crate::mesh::Batch;
+use crate::mesh::{Batch, MeshMsg};
 use crate::nats::client;
 use crate::nats::core::{CloseReason, Core, GlobalCounters};
 use crate::stan::directory::SharedDirectory;
@@ -404,7 +404,12 @@ async fn run_core(
         glommio::spawn_local(async move {
             while let Some(batch) = stream.recv().await {
                 for msg in batch {
-                    core.on_mesh(peer, msg);
+                    match msg {
+                        MeshMsg::ConnMove(moved) => {
+                            crate::nats::handover::adopt(&core, peer, moved)
+                        }
+                        other => core.on_mesh(peer, other),
+                    }
                 }
                 core.wait_stalled(None).await;
             }

@@ -109,19 +109,23 @@ fn run_all(server: &Server, store: &str) {
                 "{what}"
             );
         }
-        // Each subscriber (replaying, in a replay run) names the server core holding it.
+        // Each subscriber (replaying, in a replay run) names the server core holding it and
+        // the core owning its channel.
         let subscribers = report["subscribers"]
             .as_u64()
             .unwrap_or(0)
             .max(u64::from(s.replayed > 0));
-        for key in ["subscriber_cores", "channel_cores"] {
-            let cores: Vec<u64> = report[key]
+        let cores = |key: &str| -> Vec<u64> {
+            report[key]
                 .as_array()
                 .map(|a| a.iter().filter_map(|c| c.as_u64()).collect())
-                .unwrap_or_default();
-            assert_eq!(cores.len() as u64, subscribers, "{what}: {key}: {report}");
-            assert!(cores.iter().all(|c| *c < 2), "{what}: {key}: {report}");
-        }
+                .unwrap_or_default()
+        };
+        let (held_by, owners) = (cores("subscriber_cores"), cores("channel_cores"));
+        assert_eq!(held_by.len() as u64, subscribers, "{what}: {report}");
+        assert!(held_by.iter().all(|c| *c < 2), "{what}: {report}");
+        // A subscriber's connection moves to its channel's core at its first subscription.
+        assert_eq!(held_by, owners, "{what}: {report}");
     }
 }
 

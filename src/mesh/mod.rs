@@ -56,6 +56,44 @@ pub enum MeshMsg {
     /// A message for the server-side handler of internal subjects (the streaming layer), which
     /// core NATS carries without knowing its type.
     Internal(Box<dyn std::any::Any + Send>),
+    /// A connection handed to the receiving core (`nats::handover`).
+    ConnMove(Box<crate::nats::handover::MovedConn>),
+    /// From the core a connection left: a message that matched one of its subscriptions
+    /// there, for the core that holds it now.
+    ToConn {
+        cid: u64,
+        sid: Bytes,
+        msg: Routed,
+    },
+    /// From the core that took a connection over, to every other core: its subscriptions are
+    /// there now. Applied at once, so no core routes a message to both cores or to neither.
+    InterestMove {
+        cid: u64,
+        /// The core the connection left.
+        left: usize,
+        changes: Vec<InterestChange>,
+    },
+    /// To the core a connection left, from a third core: it applied the `InterestMove`, so it
+    /// sends nothing more for that connection there.
+    MoveApplied {
+        cid: u64,
+    },
+    /// To the core that took a connection over, from the one it left: every message for it
+    /// that the new core routed to the old one before taking it over has been forwarded.
+    ForwardDone {
+        cid: u64,
+    },
+}
+
+/// How one subscription of a moved connection changes the interest map.
+#[derive(Debug, Clone)]
+pub struct InterestChange {
+    pub subject: Bytes,
+    pub queue: Option<Bytes>,
+    /// The core the connection left has no other subscriber for it.
+    pub drop_left: bool,
+    /// The core that took it over had no subscriber for it before.
+    pub add_new: bool,
 }
 
 pub type Batch = Vec<MeshMsg>;

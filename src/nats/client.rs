@@ -5,6 +5,7 @@
 
 use crate::nats::auth;
 use crate::nats::core::{ClientConn, CloseReason, ConnectOptions, Core, LocalSub};
+use crate::nats::handover;
 use crate::nats::parser::{ClientOp, Parser, ParserLimits, ProtocolError, Publish};
 use crate::nats::subject;
 use crate::nats::transport::{SharedStream, Transport};
@@ -70,10 +71,12 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
             }
         },
     };
+    conn.plain_tcp.set(matches!(transport, Transport::Plain(_)));
     let stream = SharedStream::new(transport);
 
-    let writer = glommio::spawn_local(write_loop(core.clone(), conn.clone(), stream.clone(), fd));
     if !core.global.try_open(core.opts.max_connections) {
+        let writer =
+            glommio::spawn_local(write_loop(core.clone(), conn.clone(), stream.clone(), fd));
         conn.send_err(errors::MAX_CONNECTIONS);
         conn.close(CloseReason::MaxConnectionsExceeded);
         writer.await;
@@ -85,30 +88,91 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
         peer_text(&peer)
     );
     core.conns.borrow_mut().insert(cid, conn.clone());
+    let parser = parser_for(&core);
+    run(core, conn, stream, fd, parser, BytesMut::new()).await;
+}
+
+fn parser_for(core: &Core) -> Parser {
+    Parser::new(ParserLimits {
+        max_control_line: core.opts.max_control_line,
+        max_payload: core.opts.max_payload,
+    })
+}
+
+/// Serves a registered connection (new, or moved here from another core with its unparsed
+/// input) until it closes or moves on.
+pub async fn run(
+    core: Rc<Core>,
+    conn: Rc<ClientConn>,
+    stream: SharedStream,
+    fd: RawFd,
+    parser: Parser,
+    unparsed: BytesMut,
+) {
+    let cid = conn.cid;
+    let peer = conn.peer.get();
+    let writer = glommio::spawn_local(write_loop(core.clone(), conn.clone(), stream.clone(), fd));
     let pinger = glommio::spawn_local(ping_loop(core.clone(), conn.clone(), fd));
-    let auth_timer = core
-        .auth
-        .borrow()
-        .required()
+    let auth_timer = (core.auth.borrow().required() && !conn.connected.get())
         .then(|| glommio::spawn_local(auth_timeout(core.clone(), conn.clone(), fd)));
 
-    let reason = read_loop(&core, &conn, stream).await;
+    let reason = match read_loop(&core, &conn, stream.clone(), parser, unparsed).await {
+        ReadEnd::Closed(reason) => reason,
+        ReadEnd::Move {
+            to,
+            parser,
+            unparsed,
+        } => {
+            drop(pinger);
+            drop(auth_timer);
+            conn.stop_writer.set(true);
+            conn.wake_writer.notify();
+            writer.await;
+            match handover::hand_over(&core, &conn, stream, unparsed, parser, to) {
+                Ok(()) => return,
+                Err(e) => {
+                    // Nothing moved: the socket is still this core's, but its tasks are
+                    // gone; the client reconnects.
+                    log::warn!("cid:{cid} - could not move to core {to}: {e}");
+                    close_here(&core, &conn);
+                    shutdown(fd, libc::SHUT_RDWR);
+                    return;
+                }
+            }
+        }
+    };
     conn.close(reason);
     log::debug!(
         "{} - cid:{cid} - Client connection closed: {:?}",
         peer_text(&peer),
         conn.closed.get().unwrap_or(reason)
     );
+    close_here(&core, &conn);
+    drop(pinger);
+    drop(auth_timer);
+    writer.await;
+}
+
+/// Unregisters a closed connection from this core.
+fn close_here(core: &Core, conn: &ClientConn) {
     let subs: Vec<Rc<LocalSub>> = conn.subs.borrow_mut().drain().map(|(_, s)| s).collect();
     for sub in &subs {
         core.remove_subscription(sub);
     }
-    core.conns.borrow_mut().remove(&cid);
+    core.conns.borrow_mut().remove(&conn.cid);
     core.global.close();
     core.global.release(core.id);
-    drop(pinger);
-    drop(auth_timer);
-    writer.await;
+}
+
+/// How a connection's reader stopped.
+enum ReadEnd {
+    Closed(CloseReason),
+    /// At an operation boundary, to move to another core with what it has not parsed.
+    Move {
+        to: usize,
+        parser: Parser,
+        unparsed: BytesMut,
+    },
 }
 
 /// TLS on the client port, as nats-server does it: INFO in the clear, then the client starts
@@ -160,7 +224,7 @@ fn peer_text(peer: &Option<std::net::SocketAddr>) -> String {
     peer.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
 }
 
-fn server_info(core: &Core, cid: u64, client_ip: String) -> wire::ServerInfo {
+pub(crate) fn server_info(core: &Core, cid: u64, client_ip: String) -> wire::ServerInfo {
     let opts = &core.opts;
     wire::ServerInfo {
         server_id: core.server_id.to_string(),
@@ -201,19 +265,25 @@ async fn read_loop(
     core: &Rc<Core>,
     conn: &Rc<ClientConn>,
     mut stream: SharedStream,
-) -> CloseReason {
-    let mut parser = Parser::new(ParserLimits {
-        max_control_line: core.opts.max_control_line,
-        max_payload: core.opts.max_payload,
-    });
-    let mut buf = BytesMut::new();
+    mut parser: Parser,
+    mut buf: BytesMut,
+) -> ReadEnd {
     let mut chunk = vec![0u8; MIN_READ_CHUNK];
     let mut small_reads = 0u32;
     let mut pongs_owed = 0usize;
     loop {
         loop {
             if conn.is_closed() {
-                return conn.closed.get().unwrap_or(CloseReason::ClientClosed);
+                return ReadEnd::Closed(conn.closed.get().unwrap_or(CloseReason::ClientClosed));
+            }
+            if pongs_owed == 0 {
+                if let Some(to) = conn.move_to.take() {
+                    return ReadEnd::Move {
+                        to,
+                        parser,
+                        unparsed: buf,
+                    };
+                }
             }
             match parser.parse(&mut buf) {
                 Ok(Some(op)) => match handle(core, conn, op) {
@@ -226,17 +296,17 @@ async fn read_loop(
                     Next::Pong => pongs_owed += 1,
                     Next::Connect(opts) => {
                         if let Next::Close(reason) = finish_connect(core, conn, *opts).await {
-                            return reason;
+                            return ReadEnd::Closed(reason);
                         }
                     }
                     Next::ConfirmNoResponders(p) => {
                         glommio::spawn_local(confirm_no_responders(core.clone(), conn.clone(), p))
                             .detach();
                     }
-                    Next::Close(reason) => return reason,
+                    Next::Close(reason) => return ReadEnd::Closed(reason),
                 },
                 Ok(None) => break,
-                Err(e) => return protocol_error(conn, &e),
+                Err(e) => return ReadEnd::Closed(protocol_error(conn, &e)),
             }
         }
         if pongs_owed > 0 {
@@ -246,12 +316,12 @@ async fn read_loop(
             // briefly for bytes that trail the PING, then for every core to see them.
             if conn.writes_ping_early() {
                 match within(EARLY_PING_GRACE, stream.read(&mut chunk)).await {
-                    Some(Ok(0)) => return CloseReason::ClientClosed,
+                    Some(Ok(0)) => return ReadEnd::Closed(CloseReason::ClientClosed),
                     Some(Ok(n)) => {
                         buf.extend_from_slice(&chunk[..n]);
                         continue;
                     }
-                    Some(Err(_)) => return CloseReason::ReadError,
+                    Some(Err(_)) => return ReadEnd::Closed(CloseReason::ReadError),
                     None => {}
                 }
             }
@@ -261,12 +331,19 @@ async fn read_loop(
             }
             pongs_owed = 0;
         }
+        if let Some(to) = conn.move_to.take() {
+            return ReadEnd::Move {
+                to,
+                parser,
+                unparsed: buf,
+            };
+        }
         core.wait_stalled(Some(conn.cid)).await;
         core.outbox.until_uncongested().await;
         let n = match stream.read(&mut chunk).await {
-            Ok(0) => return CloseReason::ClientClosed,
+            Ok(0) => return ReadEnd::Closed(CloseReason::ClientClosed),
             Ok(n) => n,
-            Err(_) => return CloseReason::ReadError,
+            Err(_) => return ReadEnd::Closed(CloseReason::ReadError),
         };
         buf.extend_from_slice(&chunk[..n]);
         adapt_read_chunk(&mut chunk, n, &mut small_reads);
@@ -390,6 +467,14 @@ fn handle_pub(core: &Core, conn: &ClientConn, p: Publish) -> Next {
         .set(conn.in_bytes.get() + p.payload().len() as u64);
     if let Some(handler) = core.internal_handler() {
         if handler.on_publish(&p.msg_ref()) {
+            if !conn.home_considered.get() {
+                if let Some(home) = handler.home_core(&p.msg_ref()) {
+                    conn.home_considered.set(true);
+                    if home != core.id && home < core.ncores && handover::may_move(core, conn) {
+                        conn.move_to.set(Some(home));
+                    }
+                }
+            }
             send_ok(conn);
             return Next::Continue;
         }
@@ -465,6 +550,10 @@ async fn write_loop(core: Rc<Core>, conn: Rc<ClientConn>, mut stream: SharedStre
     let deadline = core.opts.write_deadline;
     let mut spare: Vec<u8> = Vec::new();
     loop {
+        if conn.stop_writer.get() {
+            // Moving: what is left in `out` travels with the connection.
+            return;
+        }
         if conn.out.borrow().is_empty() {
             if conn.is_closed() {
                 break;

@@ -179,6 +179,19 @@ pub struct ClientConn {
     pub pings_out: Cell<u32>,
     /// A valid CONNECT was received.
     pub connected: Cell<bool>,
+    /// Plain TCP (a TLS session cannot move to another core).
+    pub plain_tcp: Cell<bool>,
+    /// The first STAN subscription has been seen: the connection moves at most once.
+    pub home_considered: Cell<bool>,
+    /// Asked to move to this core at the reader's next operation boundary.
+    pub move_to: Cell<Option<usize>>,
+    /// Moved to this core: this is the stub the old core keeps, and it forwards.
+    pub moved_to: Cell<Option<usize>>,
+    /// Just moved here: its own output waits until the old core has forwarded what it had
+    /// (`nats::handover`).
+    pub held: RefCell<Option<Vec<u8>>>,
+    /// The writer stops without closing the socket (the connection is moving).
+    pub stop_writer: Cell<bool>,
     max_pending: usize,
 }
 
@@ -200,6 +213,12 @@ impl ClientConn {
             started: std::time::SystemTime::now(),
             pings_out: Cell::new(0),
             connected: Cell::new(false),
+            plain_tcp: Cell::new(false),
+            home_considered: Cell::new(false),
+            move_to: Cell::new(None),
+            moved_to: Cell::new(None),
+            held: RefCell::new(None),
+            stop_writer: Cell::new(false),
             max_pending,
         }
     }
@@ -225,14 +244,39 @@ impl ClientConn {
         self.wake_writer.notify();
     }
 
+    /// Where output goes: the held buffer while a move completes, unless it is a message
+    /// forwarded by the old core (which must go first).
+    fn output(&self, forwarded: bool) -> std::cell::RefMut<'_, Vec<u8>> {
+        if !forwarded {
+            if let Ok(held) = std::cell::RefMut::filter_map(self.held.borrow_mut(), Option::as_mut)
+            {
+                return held;
+            }
+        }
+        self.out.borrow_mut()
+    }
+
     /// Queues protocol bytes for the writer.
     pub fn send(&self, bytes: &[u8]) {
-        self.out.borrow_mut().extend_from_slice(bytes);
+        self.output(false).extend_from_slice(bytes);
         self.wake_writer.notify();
     }
 
     pub fn send_err(&self, text: &str) {
-        wire::push_err(&mut self.out.borrow_mut(), text);
+        wire::push_err(&mut self.output(false), text);
+        self.wake_writer.notify();
+    }
+
+    pub fn send_info(&self, info: &wire::ServerInfo) {
+        wire::push_info(&mut self.output(false), info);
+        self.wake_writer.notify();
+    }
+
+    /// The old core has forwarded everything: held output follows it.
+    pub fn release_held(&self) {
+        if let Some(held) = self.held.borrow_mut().take() {
+            self.out.borrow_mut().extend_from_slice(&held);
+        }
         self.wake_writer.notify();
     }
 }
@@ -267,6 +311,11 @@ pub trait InternalHandler {
     fn on_publish(&self, msg: &MsgRef<'_>) -> bool;
     /// A `MeshMsg::Internal` sent by the handler on another core.
     fn on_mesh(&self, from: usize, msg: Box<dyn std::any::Any + Send>);
+    /// For a publish it handled: the core its sender would best live on (the streaming
+    /// layer: the core of the channel a subscription request names), if it has one.
+    fn home_core(&self, _msg: &MsgRef<'_>) -> Option<usize> {
+        None
+    }
 }
 
 pub struct Core {
@@ -298,6 +347,8 @@ pub struct Core {
     internal: RefCell<Option<Rc<dyn InternalHandler>>>,
     /// TLS on the client port: every connection upgrades after the INFO line.
     tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
+    /// Connections that moved to another core and whose stubs still forward.
+    pub moving_out: RefCell<FxHashMap<u64, crate::nats::handover::MovingOut>>,
 }
 
 impl Core {
@@ -333,6 +384,7 @@ impl Core {
             next_barrier: Cell::new(0),
             internal: RefCell::new(None),
             tls: RefCell::new(None),
+            moving_out: RefCell::new(FxHashMap::default()),
         }
     }
 
@@ -352,7 +404,8 @@ impl Core {
         self.internal.borrow().clone()
     }
 
-    /// Client IDs are unique across cores: `(cid - 1) % ncores` is the owning core.
+    /// Client IDs are unique across cores: `(cid - 1) % ncores` is the core that accepted the
+    /// connection (it may move once, `nats::handover`).
     pub fn next_cid(&self) -> u64 {
         let n = self.next_conn.get();
         self.next_conn.set(n + 1);
@@ -430,6 +483,121 @@ impl Core {
         }
     }
 
+    /// How many local subscriptions share (subject, queue).
+    pub fn local_interest_count(&self, subject: &Bytes, queue: Option<&Bytes>) -> usize {
+        self.local_interest
+            .borrow()
+            .get(&(subject.clone(), queue.cloned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// A subscription of a connection moved here from `left`: into the sublist, counted, and
+    /// `left` out of this core's interest map when it has no other subscriber; the other
+    /// cores learn it from one `InterestMove`. Says whether it is this core's first on it.
+    pub fn install_moved_subscription(
+        &self,
+        sub: Rc<LocalSub>,
+        left: usize,
+        drop_left: bool,
+    ) -> bool {
+        self.sublist
+            .borrow_mut()
+            .insert(&sub.subject, sub.queue.as_ref(), SubRef(sub.clone()));
+        if drop_left {
+            self.interest
+                .borrow_mut()
+                .remove(&sub.subject, sub.queue.as_ref(), &left);
+        }
+        let mut li = self.local_interest.borrow_mut();
+        let n = li
+            .entry((sub.subject.clone(), sub.queue.clone()))
+            .or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    /// Applies another core's `InterestMove`; on the core the connection left, counts the
+    /// notice and tells the new core that everything before it was forwarded.
+    fn apply_interest_move(
+        &self,
+        from: usize,
+        cid: u64,
+        left: usize,
+        changes: &[crate::mesh::InterestChange],
+    ) {
+        {
+            let mut interest = self.interest.borrow_mut();
+            for c in changes {
+                if c.drop_left && left != self.id {
+                    interest.remove(&c.subject, c.queue.as_ref(), &left);
+                }
+                if c.add_new {
+                    interest.insert(&c.subject, c.queue.as_ref(), from);
+                }
+            }
+        }
+        if left == self.id {
+            self.outbox.push(from, MeshMsg::ForwardDone { cid });
+            self.move_notice(cid);
+        } else {
+            self.outbox.push(left, MeshMsg::MoveApplied { cid });
+        }
+    }
+
+    /// One more core will send nothing to a moved connection's stubs; after the last, they
+    /// leave the sublist.
+    fn move_notice(&self, cid: u64) {
+        let done = {
+            let mut moving = self.moving_out.borrow_mut();
+            match moving.get_mut(&cid) {
+                Some(m) => {
+                    m.waiting = m.waiting.saturating_sub(1);
+                    if m.waiting == 0 {
+                        moving.remove(&cid)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            }
+        };
+        let Some(gone) = done else {
+            return;
+        };
+        for (sub, announced_dropped) in &gone.subs {
+            if !self.sublist.borrow_mut().remove(
+                &sub.subject,
+                sub.queue.as_ref(),
+                &SubRef(sub.clone()),
+            ) {
+                continue;
+            }
+            let key = (sub.subject.clone(), sub.queue.clone());
+            let left = {
+                let mut li = self.local_interest.borrow_mut();
+                match li.get_mut(&key) {
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        *n
+                    }
+                    Some(_) => {
+                        li.remove(&key);
+                        0
+                    }
+                    None => 0,
+                }
+            };
+            // The move told the others what this core had then; correct them if a local
+            // subscriber came or went since.
+            if *announced_dropped && left > 0 {
+                self.broadcast_interest(sub, true);
+            } else if !announced_dropped && left == 0 {
+                self.broadcast_interest(sub, false);
+            }
+        }
+    }
+
     /// Removes a subscription from its connection and the sublist.
     pub fn unsubscribe(&self, conn: &ClientConn, sid: &Bytes) {
         let sub = conn.subs.borrow_mut().remove(sid);
@@ -440,9 +608,32 @@ impl Core {
 
     /// Writes one message to a local subscriber; false if it could not take it.
     fn deliver(&self, sub: &Rc<LocalSub>, msg: &MsgRef<'_>) -> bool {
+        self.deliver_as(sub, msg, false)
+    }
+
+    /// `forwarded`: sent on by the core the connection left, ahead of any held output.
+    fn deliver_as(&self, sub: &Rc<LocalSub>, msg: &MsgRef<'_>, forwarded: bool) -> bool {
         let Some(conn) = sub.conn.upgrade() else {
             return false;
         };
+        if let Some(to) = conn.moved_to.get() {
+            self.outbox.push(
+                to,
+                MeshMsg::ToConn {
+                    cid: conn.cid,
+                    sid: sub.sid.clone(),
+                    msg: Routed {
+                        subject: msg.share(msg.subject),
+                        reply: msg.reply.map(|r| msg.share(r)),
+                        header_len: msg.header_len,
+                        payload: msg.share(msg.payload),
+                        plain: true,
+                        queues: Vec::new(),
+                    },
+                },
+            );
+            return true;
+        }
         if conn.is_closed() {
             return false;
         }
@@ -454,7 +645,7 @@ impl Core {
         sub.delivered.set(delivered);
         let headers = conn.opts.borrow().headers;
         let pending = {
-            let mut out = conn.out.borrow_mut();
+            let mut out = conn.output(forwarded);
             wire::push_msg(
                 &mut out,
                 msg.subject,
@@ -705,6 +896,45 @@ impl Core {
                     h.on_mesh(from, m);
                 }
             }
+            MeshMsg::ToConn { cid, sid, msg } => {
+                let sub = self
+                    .conns
+                    .borrow()
+                    .get(&cid)
+                    .and_then(|c| c.subs.borrow().get(&sid).cloned());
+                if let Some(sub) = sub {
+                    let m = MsgRef {
+                        subject: &msg.subject,
+                        reply: msg.reply.as_deref(),
+                        header_len: msg.header_len,
+                        payload: &msg.payload,
+                        backing: None,
+                        subject_backing: None,
+                    };
+                    self.deliver_as(&sub, &m, true);
+                }
+            }
+            MeshMsg::InterestMove { cid, left, changes } => {
+                self.apply_interest_move(from, cid, left, &changes)
+            }
+            MeshMsg::MoveApplied { cid } => self.move_notice(cid),
+            MeshMsg::ForwardDone { cid } => {
+                let conn = self.conns.borrow().get(&cid).cloned();
+                if let Some(conn) = conn {
+                    conn.release_held();
+                    // An INFO after the CONNECT is one clients take at any time: it tells
+                    // them which core holds them now.
+                    let ip = conn
+                        .peer
+                        .get()
+                        .map(|p| p.ip().to_string())
+                        .unwrap_or_default();
+                    let info = crate::nats::client::server_info(self, cid, ip);
+                    conn.send_info(&info);
+                }
+            }
+            // Adopted by the server loop, which owns the core's Rc (see server.rs).
+            MeshMsg::ConnMove(_) => {}
             MeshMsg::Barrier { id } => self.outbox.push(from, MeshMsg::BarrierAck { id }),
             MeshMsg::BarrierAck { id } => {
                 let mut barriers = self.barriers.borrow_mut();

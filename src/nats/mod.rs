@@ -4,6 +4,7 @@ pub mod auth;
 pub mod client;
 pub mod client_proto;
 pub mod core;
+pub mod handover;
 pub mod parser;
 pub mod subject;
 pub mod sublist;

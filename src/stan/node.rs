@@ -1001,4 +1001,14 @@ impl InternalHandler for Node {
             self.handle(from, *m);
         }
     }
+
+    /// A subscription request's client is best served from its channel's core: deliveries
+    /// and acks then never cross between cores.
+    fn home_core(&self, msg: &MsgRef<'_>) -> Option<usize> {
+        if self.subjects.classify(msg.subject) != Some(Kind::Subscribe) {
+            return None;
+        }
+        let req = requests::check_subscription(&msg.share(msg.payload)).ok()?;
+        Some(shards::shard_for(&req.subject, self.core.ncores))
+    }
 }

@@ -90,6 +90,25 @@ struct Shared {
     window: PublishWindow,
     waiters: Mutex<HashMap<String, Waiter>>,
     subs: Mutex<HashMap<u64, Subscription>>,
+    /// A stanza server's core holding this connection and its number of cores (INFO's
+    /// `stanza_core` and `stanza_cores`; a later INFO says where the connection moved).
+    server_core: Mutex<Option<(u64, u64)>>,
+}
+
+impl Shared {
+    fn note_info(&self, info: &[u8]) {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(info) {
+            if let Some(core) = server_core_of(&v) {
+                *lock(&self.server_core) = Some(core);
+            }
+        }
+    }
+}
+
+fn server_core_of(info: &serde_json::Value) -> Option<(u64, u64)> {
+    info.get("stanza_core")
+        .and_then(|v| v.as_u64())
+        .zip(info.get("stanza_cores").and_then(|v| v.as_u64()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,9 +129,6 @@ pub struct StanConn {
     next_sid: AtomicU64,
     next_request: AtomicU64,
     timeout: Duration,
-    /// A stanza server's core holding this connection and its number of cores (INFO's
-    /// `stanza_core` and `stanza_cores`).
-    server_core: Option<(u64, u64)>,
 }
 
 /// Reads the server's INFO line in plain text (TLS, if any, starts after it).
@@ -217,6 +233,7 @@ impl StanConn {
             window: PublishWindow::new(opts.max_pub_acks_inflight.max(1)),
             waiters: Mutex::new(HashMap::new()),
             subs: Mutex::new(HashMap::new()),
+            server_core: Mutex::new(server_core_of(&info)),
         });
         let reader_shared = shared.clone();
         let handle = std::thread::Builder::new()
@@ -235,10 +252,6 @@ impl StanConn {
             next_sid: AtomicU64::new(FIRST_SUB_SID),
             next_request: AtomicU64::new(0),
             timeout: opts.timeout,
-            server_core: info
-                .get("stanza_core")
-                .and_then(|v| v.as_u64())
-                .zip(info.get("stanza_cores").and_then(|v| v.as_u64())),
         };
         let request = pb::ConnectRequest {
             client_id: opts.client_id.clone(),
@@ -333,7 +346,7 @@ impl StanConn {
     /// Which core of a stanza server holds this connection, and how many it runs; None for
     /// other servers.
     pub fn server_core(&self) -> Option<(u64, u64)> {
-        self.server_core
+        *lock(&self.shared.server_core)
     }
 
     pub fn window(&self) -> &PublishWindow {
@@ -482,7 +495,8 @@ fn read_until_closed(
                     payload,
                     &mut replies,
                 )?,
-                ServerOp::Info(_) | ServerOp::Pong | ServerOp::Ok => {}
+                ServerOp::Info(info) => shared.note_info(&info),
+                ServerOp::Pong | ServerOp::Ok => {}
             }
             if replies.len() >= ACK_FLUSH_BYTES {
                 shared.out.write_all(&replies)?;
