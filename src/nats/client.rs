@@ -4,7 +4,7 @@
 //! authentication timeout.
 
 use crate::nats::auth;
-use crate::nats::core::{ClientConn, CloseReason, ConnectOptions, Core, LocalSub};
+use crate::nats::core::{ClientConn, CloseReason, ConnectOptions, Core, Handled, Homed, LocalSub};
 use crate::nats::handover;
 use crate::nats::parser::{ClientOp, Parser, ParserLimits, ProtocolError, Publish};
 use crate::nats::subject;
@@ -466,17 +466,30 @@ fn handle_pub(core: &Core, conn: &ClientConn, p: Publish) -> Next {
     conn.in_bytes
         .set(conn.in_bytes.get() + p.payload().len() as u64);
     if let Some(handler) = core.internal_handler() {
-        if handler.on_publish(&p.msg_ref()) {
-            if !conn.home_considered.get() {
-                if let Some(home) = handler.home_core(&p.msg_ref()) {
-                    conn.home_considered.set(true);
+        match handler.on_publish(&p.msg_ref()) {
+            Handled::No => {}
+            Handled::Yes => {
+                send_ok(conn);
+                return Next::Continue;
+            }
+            Handled::Channel {
+                core: home,
+                subscription,
+            } => {
+                let reason = if subscription {
+                    Homed::BySubscription
+                } else {
+                    Homed::ByPublish
+                };
+                if conn.homed.get() < reason {
+                    conn.homed.set(reason);
                     if home != core.id && home < core.ncores && handover::may_move(core, conn) {
                         conn.move_to.set(Some(home));
                     }
                 }
+                send_ok(conn);
+                return Next::Continue;
             }
-            send_ok(conn);
-            return Next::Continue;
         }
     }
     let found = core.publish(Some(conn), &p.msg_ref());

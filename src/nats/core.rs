@@ -181,8 +181,8 @@ pub struct ClientConn {
     pub connected: Cell<bool>,
     /// Plain TCP (a TLS session cannot move to another core).
     pub plain_tcp: Cell<bool>,
-    /// The first STAN subscription has been seen: the connection moves at most once.
-    pub home_considered: Cell<bool>,
+    /// Which streaming request placed it (a publish may move it, then a subscription).
+    pub homed: Cell<Homed>,
     /// Asked to move to this core at the reader's next operation boundary.
     pub move_to: Cell<Option<usize>>,
     /// Moved to this core: this is the stub the old core keeps, and it forwards.
@@ -214,7 +214,7 @@ impl ClientConn {
             pings_out: Cell::new(0),
             connected: Cell::new(false),
             plain_tcp: Cell::new(false),
-            home_considered: Cell::new(false),
+            homed: Cell::new(Homed::Accepted),
             move_to: Cell::new(None),
             moved_to: Cell::new(None),
             held: RefCell::new(None),
@@ -307,15 +307,37 @@ impl PartialEq for SubRef {
 /// it client publishes on those subjects and the mesh messages addressed to it, and knows
 /// nothing else about it.
 pub trait InternalHandler {
-    /// Handles a client publish if its subject belongs to the handler; returns whether it did.
-    fn on_publish(&self, msg: &MsgRef<'_>) -> bool;
+    /// Handles a client publish if its subject belongs to the handler; says whether it did,
+    /// and which core owns the channel it was about.
+    fn on_publish(&self, msg: &MsgRef<'_>) -> Handled;
     /// A `MeshMsg::Internal` sent by the handler on another core.
     fn on_mesh(&self, from: usize, msg: Box<dyn std::any::Any + Send>);
-    /// For a publish it handled: the core its sender would best live on (the streaming
-    /// layer: the core of the channel a subscription request names), if it has one.
-    fn home_core(&self, _msg: &MsgRef<'_>) -> Option<usize> {
-        None
-    }
+}
+
+/// What the internal handler did with a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Not one of its subjects: core NATS routes it.
+    No,
+    Yes,
+    /// A streaming publish (`subscription: false`) or subscription request on a channel that
+    /// `core` owns: the sender's connection would best live there.
+    Channel {
+        core: usize,
+        subscription: bool,
+    },
+}
+
+/// Why a connection is on the core it is on (it moves at most twice: `nats::handover`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Homed {
+    /// Where it was accepted.
+    #[default]
+    Accepted,
+    /// On the channel of its first streaming publish.
+    ByPublish,
+    /// On the channel of its first streaming subscription: final.
+    BySubscription,
 }
 
 pub struct Core {

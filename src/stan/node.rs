@@ -13,7 +13,7 @@ use super::time;
 use crate::config::Options;
 use crate::mesh::MeshMsg;
 use crate::monitor::snapshot::{self, CoreSnapshot};
-use crate::nats::core::{Core, InternalHandler, MsgRef};
+use crate::nats::core::{Core, Handled, InternalHandler, MsgRef};
 use crate::util::notify::Notify;
 use crate::util::timeout::within;
 use bytes::Bytes;
@@ -943,9 +943,12 @@ impl Node {
 }
 
 impl InternalHandler for Node {
-    fn on_publish(&self, msg: &MsgRef<'_>) -> bool {
+    /// Publishes and subscription requests name the core of their channel: the sender's
+    /// connection is best served from there (deliveries, acks and PubAcks then never cross
+    /// between cores).
+    fn on_publish(&self, msg: &MsgRef<'_>) -> Handled {
         let Some(kind) = self.subjects.classify(msg.subject) else {
-            return false;
+            return Handled::No;
         };
         let reply = msg.reply.map(|r| msg.share(r));
         let payload = msg.share(msg.payload);
@@ -962,11 +965,19 @@ impl InternalHandler for Node {
                         payload,
                     },
                 );
+                return Handled::Channel {
+                    core: shard,
+                    subscription: false,
+                };
             }
             Kind::Subscribe => match requests::check_subscription(&payload) {
                 Ok(req) => {
                     let shard = shards::shard_for(&req.subject, ncores);
                     self.send_to(shard, StanMsg::Subscribe { req, reply });
+                    return Handled::Channel {
+                        core: shard,
+                        subscription: true,
+                    };
                 }
                 Err(e) => self.reply(reply.as_ref(), requests::sub_error(e)),
             },
@@ -993,22 +1004,12 @@ impl InternalHandler for Node {
             Kind::Close => self.send_to(0, StanMsg::Close { payload, reply }),
             Kind::Ping => self.ping(&payload, reply.as_ref()),
         }
-        true
+        Handled::Yes
     }
 
     fn on_mesh(&self, from: usize, msg: Box<dyn std::any::Any + Send>) {
         if let Ok(m) = msg.downcast::<StanMsg>() {
             self.handle(from, *m);
         }
-    }
-
-    /// A subscription request's client is best served from its channel's core: deliveries
-    /// and acks then never cross between cores.
-    fn home_core(&self, msg: &MsgRef<'_>) -> Option<usize> {
-        if self.subjects.classify(msg.subject) != Some(Kind::Subscribe) {
-            return None;
-        }
-        let req = requests::check_subscription(&msg.share(msg.payload)).ok()?;
-        Some(shards::shard_for(&req.subject, self.core.ncores))
     }
 }

@@ -11,11 +11,12 @@ import (
 )
 
 func init() {
-	// A connection moves to the core of the channel of its first subscription (about half of
-	// these clients land elsewhere on two cores). Each client has publishes in flight to
-	// another channel and a core NATS subscription when it subscribes, while a publisher keeps
-	// feeding the channel it reads: every PubAck comes back without error, the subscriber gets
-	// every message exactly once and in order, and the core NATS subscription still works.
+	// A connection moves to the core of the channel of its first publish, then to that of its
+	// first subscription (about half of these clients land elsewhere each time on two cores).
+	// Each client has publishes in flight to one channel and a core NATS subscription when it
+	// subscribes to another, while a publisher keeps feeding the channel it reads: every
+	// PubAck comes back without error, the subscriber gets every message exactly once and in
+	// order, and the core NATS subscription still works.
 	cases["connections_move_to_their_channel"] = func() {
 		const clients = 8
 		const stored = 300
