@@ -45,7 +45,9 @@ fn committed_batches_read_back_and_survive_an_abandoned_writer() {
     let d = dir.clone();
     run(move || async move {
         warm_up(&d).await.expect("warm up");
-        let mut w = SliceWriter::create(&p, 64 << 10).await.expect("create");
+        let mut w = SliceWriter::create(&p, 64 << 10, false)
+            .await
+            .expect("create");
         for turn in 0..50u64 {
             w.append(&batch(turn * 20 + 1, 20)).await.expect("append");
             w.commit().await.expect("commit");
@@ -84,7 +86,7 @@ fn closed_slice_has_no_padding() {
     let (p, d) = (path.clone(), dir.clone());
     run(move || async move {
         warm_up(&d).await.expect("warm up");
-        let mut w = SliceWriter::create(&p, 4096).await.expect("create");
+        let mut w = SliceWriter::create(&p, 4096, true).await.expect("create");
         w.append(&batch(1, 3)).await.expect("append");
         w.commit().await.expect("commit");
         // The padding after a commit is zeroes.

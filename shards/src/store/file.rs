@@ -637,7 +637,7 @@ impl FileStore {
                 let dir = self.channel_dir(channel);
                 std::fs::create_dir_all(&dir)?;
                 let path = dir.join(format!("slice.{first_seq}.dat"));
-                let w = SliceWriter::create(&path, self.buffer_size).await?;
+                let w = SliceWriter::create(&path, self.buffer_size, self.sync).await?;
                 let index = AppendFile::open_at(&path.with_extension("idx"), 0, false).await?;
                 let mut slices = self.slices.borrow_mut();
                 let list = slices.entry(channel.to_string()).or_default();
