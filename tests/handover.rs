@@ -1,9 +1,9 @@
-//! A connection moves to the core of the channel of its first STAN publish, then of its first
-//! STAN subscription (src/nats/handover.rs): driven by stan.go with publishes in flight, a
-//! live publisher on the channel read, and core NATS traffic both ways on the moved
-//! connection, on the memory store (two and three cores) and on the file store. (That
-//! subscribers end on their channel's core is checked by tests/bench_tool.rs through
-//! `stanza bench`'s placement report.)
+//! A connection moves, once, to the core of the channel of its first STAN publish or
+//! subscription (src/nats/handover.rs): driven by stan.go with publishes in flight, live
+//! publishing on the channel read, and core NATS traffic both ways on the moved connection,
+//! on the memory store (two and three cores) and on the file store. (That subscribers end on
+//! their channel's core is checked by tests/bench_tool.rs through `stanza bench`'s placement
+//! report.)
 
 mod common;
 

@@ -106,6 +106,8 @@ pub struct Shard {
     deleted: Vec<String>,
     /// File store: (channel, sequence) of messages wanted by a reader and not in memory.
     reads_wanted: Vec<(String, u64)>,
+    /// Who acks taken since the last `fill_acked` made room for (neighbours merged).
+    acked_rooms: Vec<Room>,
 }
 
 /// Who an ack made room for.
@@ -144,6 +146,20 @@ fn journal<'a>(
         u.insert(channel.to_string(), Unwritten::default());
     }
     u.get_mut(channel).map(|b| &mut b.subs)
+}
+
+/// A decimal number made of ASCII digits only (no sign, no spaces), as `str::parse` takes
+/// it; None when empty, not digits, or above u64.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// Makes sure `sub` has a timer entry no later than `deadline`.
@@ -208,6 +224,7 @@ impl Shard {
             unwritten: None,
             deleted: Vec::new(),
             reads_wanted: Vec::new(),
+            acked_rooms: Vec::new(),
         }
     }
 
@@ -1390,28 +1407,45 @@ impl Shard {
 
     /// An Ack published on an ack inbox this shard handed out (`<prefix><id>.<generation>`).
     /// Unknown inboxes, channels and sequences are ignored.
-    pub fn ack(&mut self, now: Now, ack_subject: &str, payload: &[u8]) {
-        if let Some(room) = self.take_ack(ack_subject, payload) {
-            self.deliver_to(now, room);
-        }
+    pub fn ack(&mut self, now: Now, ack_subject: &[u8], payload: &[u8]) {
+        self.take_ack_now(ack_subject, payload);
+        self.fill_acked(now);
     }
 
     /// Several acks: every pending entry goes first, then each subscription (or queue group)
     /// that got room is given what it can take, once, instead of once per ack.
-    pub fn acks<'a>(&mut self, now: Now, acks: impl IntoIterator<Item = (&'a str, &'a [u8])>) {
-        let mut rooms: Vec<Room> = Vec::new();
+    pub fn acks<'a>(&mut self, now: Now, acks: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
         for (subject, payload) in acks {
-            if let Some(room) = self.take_ack(subject, payload) {
-                // Acks of one subscription come together; filling one twice costs a look at
-                // its window, so only neighbours are merged (no quadratic search).
-                if rooms.last() != Some(&room) {
-                    rooms.push(room);
-                }
+            self.take_ack_now(subject, payload);
+        }
+        self.fill_acked(now);
+    }
+
+    /// Removes what an ack acknowledges now and remembers who got room; `fill_acked` fills
+    /// it. Lets a caller take acks as it reads them, without keeping them.
+    pub fn take_ack_now(&mut self, ack_subject: &[u8], payload: &[u8]) {
+        if let Some(room) = self.take_ack(ack_subject, payload) {
+            // Acks of one subscription come together; filling one twice costs a look at its
+            // window, so only neighbours are merged (no quadratic search).
+            if self.acked_rooms.last() != Some(&room) {
+                self.acked_rooms.push(room);
             }
         }
+    }
+
+    /// Gives each subscription (or queue group) that acks made room for what it can take.
+    pub fn fill_acked(&mut self, now: Now) {
+        if self.acked_rooms.is_empty() {
+            return;
+        }
+        let rooms = std::mem::take(&mut self.acked_rooms);
         for room in rooms {
             self.deliver_to(now, room);
         }
+    }
+
+    pub fn has_acked_rooms(&self) -> bool {
+        !self.acked_rooms.is_empty()
     }
 
     fn deliver_to(&mut self, now: Now, room: Room) {
@@ -1422,7 +1456,7 @@ impl Shard {
     }
 
     /// Removes what an ack acknowledges; says who got room in its window.
-    fn take_ack(&mut self, ack_subject: &str, payload: &[u8]) -> Option<Room> {
+    fn take_ack(&mut self, ack_subject: &[u8], payload: &[u8]) -> Option<Room> {
         let id = self.ack_inbox_owner(ack_subject)?;
         let ack = AckView::parse(payload).ok()?;
         let sub = self.subs.get(&id)?;
@@ -1454,11 +1488,11 @@ impl Shard {
 
     /// The subscription an ack inbox of this shard names: `<prefix><id>.<generation>`, with a
     /// generation it has had.
-    fn ack_inbox_owner(&self, inbox: &str) -> Option<u64> {
-        let tail = inbox.strip_prefix(&self.cfg.ack_prefix)?;
-        let (id, generation) = tail.split_once('.')?;
-        let id: u64 = id.parse().ok()?;
-        let generation: u32 = generation.parse().ok()?;
+    fn ack_inbox_owner(&self, inbox: &[u8]) -> Option<u64> {
+        let tail = inbox.strip_prefix(self.cfg.ack_prefix.as_bytes())?;
+        let dot = tail.iter().position(|&b| b == b'.')?;
+        let id = decimal(&tail[..dot])?;
+        let generation = u32::try_from(decimal(&tail[dot + 1..])?).ok()?;
         let sub = self.subs.get(&id)?;
         (generation <= sub.ack_generation).then_some(id)
     }
@@ -1489,7 +1523,7 @@ impl Shard {
             return Err(ERR_UNKNOWN_CHANNEL);
         };
         let by_ack = self
-            .ack_inbox_owner(&req.inbox)
+            .ack_inbox_owner(req.inbox.as_bytes())
             .filter(|id| self.subs.get(id).is_some_and(|s| s.channel == ch.name));
         let id = by_ack.or_else(|| {
             ch.subscription_ids().find(|id| {

@@ -131,8 +131,11 @@ impl H {
             subject: channel.into(),
             sequence: seq,
         };
-        self.shard
-            .ack(self.now, ack_inbox, &Bytes::from(a.encode_to_vec()));
+        self.shard.ack(
+            self.now,
+            ack_inbox.as_bytes(),
+            &Bytes::from(a.encode_to_vec()),
+        );
     }
 }
 

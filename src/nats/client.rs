@@ -4,7 +4,7 @@
 //! authentication timeout.
 
 use crate::nats::auth;
-use crate::nats::core::{ClientConn, CloseReason, ConnectOptions, Core, Handled, Homed, LocalSub};
+use crate::nats::core::{ClientConn, CloseReason, ConnectOptions, Core, Handled, LocalSub};
 use crate::nats::handover;
 use crate::nats::parser::{ClientOp, Parser, ParserLimits, ProtocolError, Publish};
 use crate::nats::subject;
@@ -123,6 +123,10 @@ pub async fn run(
             parser,
             unparsed,
         } => {
+            // Every core has applied this core's interest changes (the connection's own
+            // SUBs among them) before the move's notice can reach them, so none applies an
+            // older "add" after it.
+            core.sync.wait_synced(core.sync.current()).await;
             drop(pinger);
             drop(auth_timer);
             conn.stop_writer.set(true);
@@ -472,20 +476,13 @@ fn handle_pub(core: &Core, conn: &ClientConn, p: Publish) -> Next {
                 send_ok(conn);
                 return Next::Continue;
             }
-            Handled::Channel {
-                core: home,
-                subscription,
-            } => {
-                let reason = if subscription {
-                    Homed::BySubscription
-                } else {
-                    Homed::ByPublish
-                };
-                if conn.homed.get() < reason {
-                    conn.homed.set(reason);
-                    if home != core.id && home < core.ncores && handover::may_move(core, conn) {
-                        conn.move_to.set(Some(home));
-                    }
+            Handled::Channel { core: home } => {
+                if !conn.placed.replace(true)
+                    && home != core.id
+                    && home < core.ncores
+                    && handover::may_move(core, conn)
+                {
+                    conn.move_to.set(Some(home));
                 }
                 send_ok(conn);
                 return Next::Continue;

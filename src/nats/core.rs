@@ -181,8 +181,8 @@ pub struct ClientConn {
     pub connected: Cell<bool>,
     /// Plain TCP (a TLS session cannot move to another core).
     pub plain_tcp: Cell<bool>,
-    /// Which streaming request placed it (a publish may move it, then a subscription).
-    pub homed: Cell<Homed>,
+    /// Its first streaming publish or subscription has placed it: it moves at most once.
+    pub placed: Cell<bool>,
     /// Asked to move to this core at the reader's next operation boundary.
     pub move_to: Cell<Option<usize>>,
     /// Moved to this core: this is the stub the old core keeps, and it forwards.
@@ -214,7 +214,7 @@ impl ClientConn {
             pings_out: Cell::new(0),
             connected: Cell::new(false),
             plain_tcp: Cell::new(false),
-            homed: Cell::new(Homed::Accepted),
+            placed: Cell::new(false),
             move_to: Cell::new(None),
             moved_to: Cell::new(None),
             held: RefCell::new(None),
@@ -320,24 +320,11 @@ pub enum Handled {
     /// Not one of its subjects: core NATS routes it.
     No,
     Yes,
-    /// A streaming publish (`subscription: false`) or subscription request on a channel that
-    /// `core` owns: the sender's connection would best live there.
+    /// A streaming publish or subscription request on a channel that `core` owns: the
+    /// sender's connection would best live there.
     Channel {
         core: usize,
-        subscription: bool,
     },
-}
-
-/// Why a connection is on the core it is on (it moves at most twice: `nats::handover`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub enum Homed {
-    /// Where it was accepted.
-    #[default]
-    Accepted,
-    /// On the channel of its first streaming publish.
-    ByPublish,
-    /// On the channel of its first streaming subscription: final.
-    BySubscription,
 }
 
 pub struct Core {

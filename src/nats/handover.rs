@@ -3,10 +3,10 @@
 //! A connection is placed at accept time, before anything says which channels its client will
 //! use. A streaming subscriber on another core than its channel pays for every delivery and
 //! every ack twice (a hop between cores each way, and on a busy machine an executor wake-up
-//! each); a publisher, for every publish and PubAck. So a plain-TCP connection moves to the
-//! channel's core at its client's first STAN publish, and again (at most) at its first STAN
-//! subscription, which then decides for good (`Homed`). A move happens at an operation
-//! boundary of the reader:
+//! each); a publisher, for every publish and PubAck. So a plain-TCP connection moves, once, to
+//! the core of the channel of its client's first STAN publish or subscription, at an
+//! operation boundary of its reader (only once: a second move could meet the stubs of the
+//! first, and the notices of two moves could reach a third core in either order):
 //!
 //! 1. The old core stops reading and writing it, and sends the socket (a duplicate of its
 //!    descriptor), its unparsed input, its unwritten output and its subscriptions
@@ -27,7 +27,7 @@
 
 use crate::mesh::{InterestChange, MeshMsg};
 use crate::nats::client;
-use crate::nats::core::{ClientConn, ConnectOptions, Core, Homed, LocalSub};
+use crate::nats::core::{ClientConn, ConnectOptions, Core, LocalSub};
 use crate::nats::parser::Parser;
 use crate::nats::transport::{SharedStream, Transport};
 use bytes::{Bytes, BytesMut};
@@ -61,7 +61,6 @@ pub struct MovedConn {
     pub parser: Parser,
     pub counters: [u64; 4],
     pub pings_out: u32,
-    pub homed: Homed,
     pub peer: Option<std::net::SocketAddr>,
     pub started: std::time::SystemTime,
 }
@@ -153,7 +152,6 @@ pub fn hand_over(
             conn.out_bytes.get(),
         ],
         pings_out: conn.pings_out.get(),
-        homed: conn.homed.get(),
         peer: conn.peer.get(),
         started: conn.started,
     };
@@ -188,7 +186,7 @@ pub fn adopt(core: &Rc<Core>, from: usize, mut moved: Box<MovedConn>) {
     *conn.opts.borrow_mut() = std::mem::take(&mut moved.opts);
     conn.connected.set(true);
     conn.plain_tcp.set(true);
-    conn.homed.set(moved.homed);
+    conn.placed.set(true);
     conn.peer.set(moved.peer);
     let [in_msgs, out_msgs, in_bytes, out_bytes] = moved.counters;
     conn.in_msgs.set(in_msgs);

@@ -805,6 +805,11 @@ impl Node {
     /// Keeps a publish or an ack for the end of the turn (see `batched`).
     fn batch(&self, msg: StanMsg) {
         self.batched.borrow_mut().push(msg);
+        self.schedule_batch();
+    }
+
+    /// Handles what was kept, once, when the task that read it yields.
+    fn schedule_batch(&self) {
         if self.batch_scheduled.replace(true) {
             return;
         }
@@ -820,15 +825,17 @@ impl Node {
         }
     }
 
-    /// Handles the publishes and acks kept this turn, in the order they came.
+    /// Handles the publishes and acks kept this turn, in the order they came, and fills the
+    /// room that acks taken at once made.
     fn handle_batched(&self) {
         let batch = std::mem::take(&mut *self.batched.borrow_mut());
-        if batch.is_empty() {
+        if batch.is_empty() && !self.shard.borrow().has_acked_rooms() {
             return;
         }
         let now = time::now();
         {
             let mut shard = self.shard.borrow_mut();
+            shard.fill_acked(now);
             let mut rest = batch.as_slice();
             while let Some(first) = rest.first() {
                 if let StanMsg::Publish {
@@ -852,7 +859,7 @@ impl Node {
                     now,
                     rest[..run].iter().filter_map(|m| match m {
                         StanMsg::Ack { subject, payload } => {
-                            Some((std::str::from_utf8(subject).unwrap_or(""), payload.as_ref()))
+                            Some((subject.as_ref(), payload.as_ref()))
                         }
                         _ => None,
                     }),
@@ -950,6 +957,19 @@ impl InternalHandler for Node {
         let Some(kind) = self.subjects.classify(msg.subject) else {
             return Handled::No;
         };
+        if kind
+            == (Kind::Ack {
+                shard: self.core.id,
+            })
+        {
+            // An ack for this core is taken at once, in place (nothing is kept but who got
+            // room); only filling that room waits for the end of the turn.
+            self.shard
+                .borrow_mut()
+                .take_ack_now(msg.subject, msg.payload);
+            self.schedule_batch();
+            return Handled::Yes;
+        }
         let reply = msg.reply.map(|r| msg.share(r));
         let payload = msg.share(msg.payload);
         let ncores = self.core.ncores;
@@ -965,19 +985,13 @@ impl InternalHandler for Node {
                         payload,
                     },
                 );
-                return Handled::Channel {
-                    core: shard,
-                    subscription: false,
-                };
+                return Handled::Channel { core: shard };
             }
             Kind::Subscribe => match requests::check_subscription(&payload) {
                 Ok(req) => {
                     let shard = shards::shard_for(&req.subject, ncores);
                     self.send_to(shard, StanMsg::Subscribe { req, reply });
-                    return Handled::Channel {
-                        core: shard,
-                        subscription: true,
-                    };
+                    return Handled::Channel { core: shard };
                 }
                 Err(e) => self.reply(reply.as_ref(), requests::sub_error(e)),
             },

@@ -11,14 +11,14 @@ import (
 )
 
 func init() {
-	// A connection moves to the core of the channel of its first publish, then to that of its
-	// first subscription (about half of these clients land elsewhere each time on two cores).
-	// Each client has publishes in flight to one channel and a core NATS subscription when it
-	// subscribes to another, while a publisher keeps feeding the channel it reads: every
-	// PubAck comes back without error, the subscriber gets every message exactly once and in
-	// order, and the core NATS subscription still works.
+	// A connection moves, once, to the core of the channel of its first publish (about half of
+	// these clients land elsewhere on two cores). Each client then has publishes in flight to
+	// that channel and a core NATS subscription, and subscribes to another channel which a
+	// publisher keeps feeding: every PubAck comes back without error, the subscriber gets
+	// every message exactly once and in order, and core NATS works both ways. Half of the
+	// clients subscribe first, so that their connection moves for the subscription.
 	cases["connections_move_to_their_channel"] = func() {
-		const clients = 8
+		const clients = 12
 		const stored = 300
 		const live = 300
 		feeder := connect("mv-feeder")
@@ -58,28 +58,39 @@ func moveOne(i, stored, live int, feeder stan.Conn, errs chan<- string) {
 	defer echo.Unsubscribe()
 	must(nc.Flush(), "flush")
 
-	// Publishes in flight while the subscription (and so the move) happens.
+	// Even clients publish first (their connection moves at the first publish, with the rest
+	// of the publishes and their PubAcks in flight, and the subscription follows); odd ones
+	// subscribe first (the move happens at the subscription, with deliveries starting).
 	var acked, ackErrs atomic.Int64
 	pubDone := make(chan struct{})
 	const inflight = 500
-	for n := 0; n < inflight; n++ {
-		_, err := sc.PublishAsync(fmt.Sprintf("mv.write.%d", i), []byte("w"), func(_ string, err error) {
+	publish := func() bool {
+		for n := 0; n < inflight; n++ {
+			_, err := sc.PublishAsync(fmt.Sprintf("mv.write.%d", i), []byte("w"), func(_ string, err error) {
+				if err != nil {
+					ackErrs.Add(1)
+				}
+				if acked.Add(1) == inflight {
+					close(pubDone)
+				}
+			})
 			if err != nil {
-				ackErrs.Add(1)
+				errs <- id + ": publish: " + err.Error()
+				return false
 			}
-			if acked.Add(1) == inflight {
-				close(pubDone)
-			}
-		})
-		if err != nil {
-			errs <- id + ": publish: " + err.Error()
-			return
 		}
+		return true
+	}
+	if i%2 == 0 && !publish() {
+		return
 	}
 	got := make(chan uint64, stored+live+10)
 	_, err = sc.Subscribe(readCh, func(m *stan.Msg) { got <- m.Sequence }, stan.DeliverAllAvailable())
 	if err != nil {
 		errs <- id + ": subscribe: " + err.Error()
+		return
+	}
+	if i%2 == 1 && !publish() {
 		return
 	}
 	feedDone := make(chan struct{})
