@@ -1748,3 +1748,26 @@ impl Shard {
         self.timers.first().map(|t| t.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+    use proptest::prelude::*;
+
+    #[test]
+    fn decimal_takes_digits_only() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(decimal(b"18446744073709551616"), None);
+        for bad in [&b""[..], b"+1", b"-1", b" 1", b"1 ", b"1a", b"0x1"] {
+            assert_eq!(decimal(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decimal_agrees_with_parse_on_digit_strings(s in "[0-9]{1,22}") {
+            prop_assert_eq!(decimal(s.as_bytes()), s.parse::<u64>().ok());
+        }
+    }
+}
