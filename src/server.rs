@@ -211,6 +211,29 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     let external = opts.streaming.nats_server.is_some();
     if !external {
         check_port_free(&opts.host, opts.port)?;
+        // Both listeners bind with SO_REUSEPORT, so the kernel would let them share one port
+        // and split connections between them: refuse it, as the reference's bind does.
+        let from_addr = |a: &Option<String>| {
+            a.as_deref()
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+        };
+        let monitors = [
+            opts.http_port,
+            opts.https_port,
+            from_addr(&opts.http),
+            from_addr(&opts.https),
+        ];
+        if monitors
+            .into_iter()
+            .flatten()
+            .any(|m| m != 0 && m == opts.port)
+        {
+            return Err(ServerError::Listen {
+                addr: format!("monitoring on the client port {}", opts.port),
+                source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            });
+        }
     }
     if opts.streaming.store == crate::config::streaming::StoreType::File {
         if let Some(dir) = &opts.streaming.dir {

@@ -80,6 +80,20 @@ fn port_in_use_is_a_clear_error() {
     assert!(err.contains("Error listening on port: 127.0.0.1:"), "{err}");
 }
 
+/// Both listeners bind with SO_REUSEPORT: on one port they would share it and split the
+/// connections between NATS and HTTP.
+#[test]
+fn monitoring_on_the_client_port_is_refused() {
+    let port = common::free_port().to_string();
+    for flag in ["-m", "-ms"] {
+        let err = fails_cleanly(&["-a", "127.0.0.1", "-p", &port, flag, &port]);
+        assert!(
+            err.contains(&format!("monitoring on the client port {port}")),
+            "{flag}: {err}"
+        );
+    }
+}
+
 #[test]
 fn bad_config_is_a_clear_error_with_position() {
     let dir = TempDir::new("badconf");
