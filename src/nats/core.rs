@@ -464,32 +464,35 @@ impl Core {
     }
 
     pub fn remove_subscription(&self, sub: &Rc<LocalSub>) {
+        if self.unlist(sub) == Some(0) {
+            self.broadcast_interest(sub, false);
+        }
+    }
+
+    /// Takes a subscription out of the sublist and off the local count of its (subject,
+    /// queue); says how many local ones are left on it, None if it was not listed.
+    fn unlist(&self, sub: &Rc<LocalSub>) -> Option<usize> {
         let removed = self.sublist.borrow_mut().remove(
             &sub.subject,
             sub.queue.as_ref(),
             &SubRef(sub.clone()),
         );
         if !removed {
-            return;
+            return None;
         }
         let key = (sub.subject.clone(), sub.queue.clone());
-        let last = {
-            let mut li = self.local_interest.borrow_mut();
-            match li.get_mut(&key) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    li.remove(&key);
-                    true
-                }
-                None => false,
+        let mut li = self.local_interest.borrow_mut();
+        Some(match li.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                *n
             }
-        };
-        if last {
-            self.broadcast_interest(sub, false);
-        }
+            Some(_) => {
+                li.remove(&key);
+                0
+            }
+            None => 0,
+        })
     }
 
     /// How many local subscriptions share (subject, queue).
@@ -575,27 +578,8 @@ impl Core {
             return;
         };
         for (sub, announced_dropped) in &gone.subs {
-            if !self.sublist.borrow_mut().remove(
-                &sub.subject,
-                sub.queue.as_ref(),
-                &SubRef(sub.clone()),
-            ) {
+            let Some(left) = self.unlist(sub) else {
                 continue;
-            }
-            let key = (sub.subject.clone(), sub.queue.clone());
-            let left = {
-                let mut li = self.local_interest.borrow_mut();
-                match li.get_mut(&key) {
-                    Some(n) if *n > 1 => {
-                        *n -= 1;
-                        *n
-                    }
-                    Some(_) => {
-                        li.remove(&key);
-                        0
-                    }
-                    None => 0,
-                }
             };
             // The move told the others what this core had then; correct them if a local
             // subscriber came or went since.
