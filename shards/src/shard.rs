@@ -136,16 +136,36 @@ pub struct Unwritten {
     pub subs: SubJournal,
 }
 
+/// The turn's unwritten records of `channel` (file store only). The name is copied only
+/// when the channel first has some in this turn, not at every publish.
+fn unwritten_of<'a>(
+    unwritten: &'a mut Option<FxHashMap<String, Unwritten>>,
+    channel: &str,
+) -> Option<&'a mut Unwritten> {
+    let u = unwritten.as_mut()?;
+    if !u.contains_key(channel) {
+        u.insert(channel.to_string(), Unwritten::default());
+    }
+    u.get_mut(channel)
+}
+
 /// The subscription journal of `channel` in the turn's unwritten records (file store only).
 fn journal<'a>(
     unwritten: &'a mut Option<FxHashMap<String, Unwritten>>,
     channel: &str,
 ) -> Option<&'a mut SubJournal> {
-    let u = unwritten.as_mut()?;
-    if !u.contains_key(channel) {
-        u.insert(channel.to_string(), Unwritten::default());
+    unwritten_of(unwritten, channel).map(|b| &mut b.subs)
+}
+
+/// `part` as a slice of `whole` when it lies inside it (no copy), else a copy.
+fn share(whole: &Bytes, part: &[u8]) -> Bytes {
+    let start = whole.as_ptr() as usize;
+    let p = part.as_ptr() as usize;
+    if p >= start && p + part.len() <= start + whole.len() {
+        whole.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
     }
-    u.get_mut(channel).map(|b| &mut b.subs)
 }
 
 /// A decimal number made of ASCII digits only (no sign, no spaces), as `str::parse` takes
@@ -550,8 +570,7 @@ impl Shard {
             .log
             .append(channel.as_bytes(), pm.reply, pm.data, now.wall_ns);
         let mut ack_owed_by_disk = false;
-        if let Some(unwritten) = self.unwritten.as_mut() {
-            let batch = unwritten.entry(channel.to_string()).or_default();
+        if let Some(batch) = unwritten_of(&mut self.unwritten, channel) {
             if batch.records.is_empty() {
                 batch.first_seq = stored.seq;
             }
@@ -563,9 +582,7 @@ impl Shard {
             );
             batch.count += 1;
             if let Some(reply) = &reply {
-                batch
-                    .acks
-                    .push((reply.clone(), Bytes::copy_from_slice(pm.guid)));
+                batch.acks.push((reply.clone(), share(payload, pm.guid)));
             }
             ack_owed_by_disk = true;
         }
