@@ -94,6 +94,15 @@ pub struct MovingOut {
     pub waiting: usize,
 }
 
+/// Why a connection could not be handed over (it is then closed where it is).
+#[derive(Debug, thiserror::Error)]
+pub enum HandOverError {
+    #[error("not a plain TCP connection")]
+    NotPlainTcp,
+    #[error("cannot duplicate the socket: {0}")]
+    Dup(std::io::Error),
+}
+
 /// Whether a connection may move: plain TCP, connected, more than one core, and no queue
 /// subscription (a queue group's spread over cores is left as it is).
 pub fn may_move(core: &Core, conn: &ClientConn) -> bool {
@@ -113,16 +122,16 @@ pub fn hand_over(
     unparsed: BytesMut,
     parser: Parser,
     to: usize,
-) -> Result<(), String> {
+) -> Result<(), HandOverError> {
     let fd = match &*stream.0.borrow() {
         Transport::Plain(s) => std::os::fd::AsRawFd::as_raw_fd(s),
-        _ => return Err("not a plain TCP connection".into()),
+        _ => return Err(HandOverError::NotPlainTcp),
     };
     // SAFETY: duplicates a descriptor this connection owns; the copy travels in MovedConn.
     // Close-on-exec, as every socket of the process (an archive script must not inherit it).
     let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
     if copy < 0 {
-        return Err(format!("dup: {}", std::io::Error::last_os_error()));
+        return Err(HandOverError::Dup(std::io::Error::last_os_error()));
     }
     let subs: Vec<Rc<LocalSub>> = conn.subs.borrow().values().cloned().collect();
     let moved_subs = subs
