@@ -157,17 +157,6 @@ fn journal<'a>(
     unwritten_of(unwritten, channel).map(|b| &mut b.subs)
 }
 
-/// `part` as a slice of `whole` when it lies inside it (no copy), else a copy.
-fn share(whole: &Bytes, part: &[u8]) -> Bytes {
-    let start = whole.as_ptr() as usize;
-    let p = part.as_ptr() as usize;
-    if p >= start && p + part.len() <= start + whole.len() {
-        whole.slice_ref(part)
-    } else {
-        Bytes::copy_from_slice(part)
-    }
-}
-
 /// A decimal number made of ASCII digits only (no sign, no spaces), as `str::parse` takes
 /// it; None when empty, not digits, or above u64.
 fn decimal(digits: &[u8]) -> Option<u64> {
@@ -582,7 +571,9 @@ impl Shard {
             );
             batch.count += 1;
             if let Some(reply) = &reply {
-                batch.acks.push((reply.clone(), share(payload, pm.guid)));
+                let guid = crate::wire::slice_within(payload, pm.guid)
+                    .unwrap_or_else(|| Bytes::copy_from_slice(pm.guid));
+                batch.acks.push((reply.clone(), guid));
             }
             ack_owed_by_disk = true;
         }

@@ -843,14 +843,7 @@ impl Core {
     pub fn on_mesh(&self, from: usize, msg: MeshMsg) {
         match msg {
             MeshMsg::Deliver(r) => {
-                let m = MsgRef {
-                    subject: &r.subject,
-                    reply: r.reply.as_deref(),
-                    header_len: r.header_len,
-                    payload: &r.payload,
-                    backing: None,
-                    subject_backing: None,
-                };
+                let m = MsgRef::of_routed(&r);
                 let local = self.sublist.borrow_mut().matches(&r.subject);
                 if r.plain {
                     for sub in &local.plain {
@@ -896,15 +889,7 @@ impl Core {
                     .get(&cid)
                     .and_then(|c| c.subs.borrow().get(&sid).cloned());
                 if let Some(sub) = sub {
-                    let m = MsgRef {
-                        subject: &msg.subject,
-                        reply: msg.reply.as_deref(),
-                        header_len: msg.header_len,
-                        payload: &msg.payload,
-                        backing: None,
-                        subject_backing: None,
-                    };
-                    self.deliver_as(&sub, &m, true);
+                    self.deliver_as(&sub, &MsgRef::of_routed(&msg), true);
                 }
             }
             MeshMsg::InterestMove { cid, left, changes } => {
@@ -1007,18 +992,24 @@ pub struct MsgRef<'a> {
 impl MsgRef<'_> {
     /// A part of this message as `Bytes`: a slice of the backing buffer when there is one.
     pub fn share(&self, part: &[u8]) -> Bytes {
-        match (self.backing, self.subject_backing) {
-            (Some(b), _) if contains(b, part) => b.slice_ref(part),
-            (_, Some(b)) if contains(b, part) => b.slice_ref(part),
-            _ => Bytes::copy_from_slice(part),
+        [self.backing, self.subject_backing]
+            .into_iter()
+            .flatten()
+            .find_map(|b| shards::wire::slice_within(b, part))
+            .unwrap_or_else(|| Bytes::copy_from_slice(part))
+    }
+
+    /// A message another core sent, as a reference to route or deliver here.
+    pub fn of_routed(r: &Routed) -> MsgRef<'_> {
+        MsgRef {
+            subject: &r.subject,
+            reply: r.reply.as_deref(),
+            header_len: r.header_len,
+            payload: &r.payload,
+            backing: None,
+            subject_backing: None,
         }
     }
-}
-
-fn contains(outer: &[u8], part: &[u8]) -> bool {
-    let start = outer.as_ptr() as usize;
-    let p = part.as_ptr() as usize;
-    p >= start && p + part.len() <= start + outer.len()
 }
 
 impl crate::nats::parser::Publish {
