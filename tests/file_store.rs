@@ -65,6 +65,7 @@ fn item13_acknowledged_messages_survive_kill_9() {
         let _ = publisher.kill();
         let _ = publisher.wait();
         let srv = file_server(&data, &[]);
+        assert_no_zeroes_left(&data);
         let mut verify = Command::new(&bin);
         verify
             .args(["crash_verify", &srv.url()])
@@ -72,6 +73,29 @@ fn item13_acknowledged_messages_survive_kill_9() {
         let out = run_client(verify, Duration::from_secs(120));
         if i == 0 {
             println!("{}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+}
+
+/// After recovery no slice ends with the zeroes its writer wrote ahead of the records: each
+/// ends with the last byte of a record (a timestamp varint, never 0) or is empty.
+fn assert_no_zeroes_left(data: &Path) {
+    let channels = std::fs::read_dir(data.join("channels")).expect("channels dir");
+    for channel in channels.flatten() {
+        for file in std::fs::read_dir(channel.path())
+            .expect("channel dir")
+            .flatten()
+        {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("slice.") && name.ends_with(".dat")) {
+                continue;
+            }
+            let bytes = std::fs::read(file.path()).expect("read slice");
+            assert!(
+                bytes.last().is_none_or(|b| *b != 0),
+                "{name}: {} bytes ending in zeroes after recovery",
+                bytes.len()
+            );
         }
     }
 }

@@ -98,3 +98,65 @@ fn closed_slice_has_no_padding() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn zeroes_written_ahead_never_cover_records() {
+    let dir = scratch("ahead");
+    let path = dir.join("msgs.1.dat");
+    let (p, d) = (path.clone(), dir.clone());
+    run(move || async move {
+        warm_up(&d).await.expect("warm up");
+        let mut w = SliceWriter::create(&p, 64 << 10, true)
+            .await
+            .expect("create");
+        // Batches of 1 to 300 records (about 6 MiB in all): commits cross the end of several
+        // zero runs, some while the run is still being written.
+        let mut seq = 1;
+        for turn in 0..2000u64 {
+            let n = 1 + (turn * 37) % 300;
+            w.append(&batch(seq, n)).await.expect("append");
+            w.commit().await.expect("commit");
+            seq += n;
+        }
+        let written = w.len();
+        std::mem::forget(w);
+        let size = std::fs::metadata(&p).expect("meta").len();
+        assert!(
+            size > written,
+            "zeroes ahead of the records: {size} <= {written}"
+        );
+        assert!(size <= written + (4 << 20) + 4096, "{size} vs {written}");
+        let data = read_slice(&p, read_size_for(&d)).await.expect("read");
+        let (found, end) = scan(&data).expect("scan");
+        assert_eq!(end, ScanEnd::Clean);
+        assert_eq!(found.len() as u64, seq - 1);
+        for (i, f) in found.iter().enumerate() {
+            assert_eq!(f.header.seq, i as u64 + 1);
+            assert_eq!(f.body(&data), format!("message {}", i + 1).as_bytes());
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_abandoned_slice_keeps_only_what_earlier_commits_wrote() {
+    let dir = scratch("abandon");
+    let path = dir.join("msgs.1.dat");
+    let (p, d) = (path.clone(), dir.clone());
+    run(move || async move {
+        warm_up(&d).await.expect("warm up");
+        let mut w = SliceWriter::create(&p, 64 << 10, false)
+            .await
+            .expect("create");
+        w.append(&batch(1, 100)).await.expect("append");
+        w.commit().await.expect("commit");
+        let keep = w.len();
+        w.append(&batch(101, 100)).await.expect("append");
+        w.abandon(keep).await.expect("abandon");
+        assert_eq!(std::fs::metadata(&p).expect("meta").len(), keep);
+        let (found, end) = scan(&std::fs::read(&p).expect("read")).expect("scan");
+        assert_eq!(found.len(), 100);
+        assert_eq!(end, ScanEnd::Clean);
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -410,11 +410,14 @@ impl FileStore {
             }
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        if let ScanEnd::TornTail { offset } = end {
-            cut_slice(path, offset as u64)?;
-            truncated.push((path.to_path_buf(), offset));
-        }
         let idx = SliceIndex::from_found(first_seq, &found);
+        match end {
+            ScanEnd::TornTail { offset } => {
+                cut_slice(path, offset as u64)?;
+                truncated.push((path.to_path_buf(), offset));
+            }
+            ScanEnd::Clean => trim_zeroes(path, data.len() as u64, idx.end),
+        }
         if idx.is_empty() {
             return Ok(None);
         }
@@ -773,14 +776,28 @@ fn check_tail(
     for f in &found[1..] {
         idx.push_found(from, f);
     }
-    if let ScanEnd::TornTail { offset } = end {
-        let at = from + offset as u64;
-        cut_slice(path, at)?;
-        truncated.push((path.to_path_buf(), at as usize));
+    match end {
+        ScanEnd::TornTail { offset } => {
+            let at = from + offset as u64;
+            cut_slice(path, at)?;
+            truncated.push((path.to_path_buf(), at as usize));
+        }
+        ScanEnd::Clean => trim_zeroes(path, size, idx.end),
     }
     Ok(Some(TailCheck {
         added: found.len() - 1,
     }))
+}
+
+/// Gives back the zeroes a slice's writer wrote ahead of its records and a crash left behind
+/// (the slice is never appended to again). Failing costs only disk space, so it is logged.
+fn trim_zeroes(path: &Path, size: u64, records_end: u64) {
+    if size <= records_end {
+        return;
+    }
+    if let Err(e) = cut_slice(path, records_end) {
+        log::warn!("STAN: {e} (zeroes after its last record)");
+    }
 }
 
 /// Cuts a torn tail off a slice file.

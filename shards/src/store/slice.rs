@@ -8,6 +8,7 @@ use futures_lite::AsyncReadExt;
 use glommio::io::{DmaFile, DmaStreamReaderBuilder, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// Largest DMA read issued, whatever the device allows (practical notes: min(128 KiB, limit)).
 const MAX_READ: usize = 128 << 10;
@@ -56,11 +57,22 @@ fn device_limit(dir: &Path) -> Option<usize> {
     Some(kb * 1024)
 }
 
+/// Zeroes are written ahead of the records, so that commits overwrite blocks the file already
+/// has: an append past the end of the file makes ext4 allocate blocks and grow the file under
+/// its exclusive inode lock, which io_uring cannot do in line (it hands the write to a kernel
+/// worker thread), and with O_DSYNC every such write also waits for a journal commit. The first
+/// run is this long; each next one twice the last, up to `ZERO_RUN_MAX`, so a quiet channel
+/// keeps little zeroed space and a busy one few runs.
+const ZERO_RUN_FIRST: u64 = 64 << 10;
+const ZERO_RUN_MAX: u64 = 4 << 20;
+/// Largest DMA buffer one zero run writes at a time.
+const ZERO_WRITE: usize = 1 << 20;
+
 /// Appends records to one slice file. The writer keeps the file's unfinished last page in
 /// memory and rewrites it at each commit, always zero-padded: what follows the last record on
 /// disk is zeroes, never bytes of a recycled buffer (which could hold another slice's records).
 pub struct SliceWriter {
-    file: DmaFile,
+    file: Rc<DmaFile>,
     path: PathBuf,
     /// File offset where `tail` starts (page-aligned).
     tail_pos: u64,
@@ -70,6 +82,12 @@ pub struct SliceWriter {
     max_write: usize,
     /// Opened O_DSYNC: writes need no fdatasync after them.
     dsync: bool,
+    /// Zeroes are on disk from the end of the records up to here.
+    zeroed: u64,
+    /// The zero run being written (ends where it says when it succeeds) and its length.
+    zeroing: Option<(glommio::task::JoinHandle<io::Result<u64>>, u64)>,
+    /// Length of the next zero run; 0 once one failed (a full disk: the records get the rest).
+    next_run: u64,
 }
 
 const PAGE: usize = 4096;
@@ -88,14 +106,63 @@ impl SliceWriter {
             .dma_open(path)
             .await
             .map_err(to_io)?;
-        Ok(SliceWriter {
-            file,
+        let mut writer = SliceWriter {
+            file: Rc::new(file),
             path: path.to_path_buf(),
             tail_pos: 0,
             tail: Vec::new(),
             max_write: max_write.max(PAGE).next_multiple_of(PAGE),
             dsync,
-        })
+            zeroed: 0,
+            zeroing: None,
+            next_run: ZERO_RUN_FIRST,
+        };
+        // The first run is waited for: the first commits would wait for it anyway.
+        writer.zero_ahead();
+        writer.finish_zeroing().await;
+        Ok(writer)
+    }
+
+    /// End of what is on disk of the records, padding included.
+    fn written_end(&self) -> u64 {
+        self.tail_pos + self.tail.len().next_multiple_of(PAGE) as u64
+    }
+
+    /// Starts the next zero run once less than half of the last run is left ahead of the records.
+    fn zero_ahead(&mut self) {
+        if self.next_run == 0 || self.zeroing.is_some() {
+            return;
+        }
+        let from = self.zeroed.max(self.written_end());
+        let left = self.zeroed.saturating_sub(self.written_end());
+        if left > self.next_run / 4 {
+            return;
+        }
+        let len = self.next_run;
+        let file = self.file.clone();
+        let run = glommio::spawn_local(write_zeroes(file, from, len)).detach();
+        self.zeroing = Some((run, len));
+    }
+
+    /// Waits for the zero run in flight, if any.
+    async fn finish_zeroing(&mut self) {
+        let Some((run, len)) = self.zeroing.take() else {
+            return;
+        };
+        match run.await {
+            Some(Ok(end)) => {
+                self.zeroed = end;
+                self.next_run = (len * 2).min(ZERO_RUN_MAX);
+            }
+            Some(Err(e)) => {
+                log::debug!(
+                    "STAN: no more zeroes written ahead in {}: {e}",
+                    self.path.display()
+                );
+                self.next_run = 0;
+            }
+            None => self.next_run = 0,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -119,6 +186,10 @@ impl SliceWriter {
 
     /// Writes everything appended (the last page zero-padded), then syncs when `sync`.
     pub async fn commit_with(&mut self, sync: bool) -> io::Result<()> {
+        // A zero run must land before records are written over its range.
+        if self.written_end() > self.zeroed {
+            self.finish_zeroing().await;
+        }
         let mut written = 0;
         while written < self.tail.len() {
             let chunk = (self.tail.len() - written).min(self.max_write);
@@ -151,6 +222,7 @@ impl SliceWriter {
         if sync && !self.dsync {
             self.file.fdatasync().await.map_err(to_io)?;
         }
+        self.zero_ahead();
         Ok(())
     }
 
@@ -161,19 +233,50 @@ impl SliceWriter {
 
     /// Gives the file up after a failed commit: it is cut back to `keep` bytes (what earlier
     /// commits wrote), so that nothing of the failed records stays behind it, and closed.
-    pub async fn abandon(self, keep: u64) -> io::Result<()> {
+    pub async fn abandon(mut self, keep: u64) -> io::Result<()> {
+        self.finish_zeroing().await;
         let cut = self.file.truncate(keep).await.map_err(to_io);
-        let closed = self.file.close().await.map_err(to_io);
+        let closed = close_shared(self.file).await;
         cut.and(closed)
     }
 
     /// Commits and trims the zero padding (clean shutdown).
     pub async fn close(mut self) -> io::Result<()> {
         self.commit().await?;
+        self.finish_zeroing().await;
         let len = self.len();
         self.file.truncate(len).await.map_err(to_io)?;
-        self.file.close().await.map_err(to_io)
+        close_shared(self.file).await
     }
+}
+
+/// Closes a file shared with a zero run (none is in flight by then: the caller waited for it).
+async fn close_shared(file: Rc<DmaFile>) -> io::Result<()> {
+    match Rc::try_unwrap(file) {
+        Ok(file) => file.close().await.map_err(to_io),
+        // Dropping the last reference closes it.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Writes `len` zero bytes at `from` and returns where they end. A short write (a full disk)
+/// is an error: the zeroes that did land are harmless, records overwrite them.
+async fn write_zeroes(file: Rc<DmaFile>, from: u64, len: u64) -> io::Result<u64> {
+    let mut at = from;
+    while at < from + len {
+        let chunk = ((from + len - at) as usize).min(ZERO_WRITE);
+        let mut buf = file.alloc_dma_buffer(chunk);
+        buf.as_bytes_mut().fill(0);
+        let done = file.write_at(buf, at).await.map_err(to_io)?;
+        if done < chunk {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("short write of zeroes ({done} of {chunk} bytes)"),
+            ));
+        }
+        at += chunk as u64;
+    }
+    Ok(at)
 }
 
 /// Reads a whole slice file with sequential DMA reads of `read_size` (a power of two).
