@@ -9,14 +9,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
-/// Measured here with one synchronous publisher: 100 us of polling before sleeping took it from
-/// about 4,500 to 9,200 msgs/s (medians of 7 paired runs) at the same or less server CPU per
-/// message. Not when every commit is synced to disk: the wait for the disk outlasts the polling,
-/// which then only burns CPU (paired runs, file store with sync: one synchronous publisher
-/// 1,860-2,270 msgs/s polling vs 2,370-2,660 not; async publishing 218-265k vs 314-398k msgs/s
-/// at 2.9-3.9 vs 1.8-2.2 us of server CPU per message).
-pub const DEFAULT_SPIN_BEFORE_PARK: Duration = Duration::from_micros(100);
-
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct User {
     #[serde(alias = "username")]
@@ -106,7 +98,7 @@ pub struct Options {
     /// stanza only: how long an idle core polls for work before it sleeps. Sleeping costs a
     /// `membarrier()` (an IPI to every core of the process) and a wake-up later; request/reply
     /// traffic such as synchronous publishing pays that at every message. 0 disables; `None`
-    /// chooses (`spin_before_park()`).
+    /// is 0 (`spin_before_park()`).
     #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
     pub spin_before_park: Option<Duration>,
     #[serde(deserialize_with = "size::deserialize")]
@@ -233,16 +225,16 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
 }
 
 impl Options {
-    /// The polling before sleeping in force: as set, or 100 us unless the file store syncs
-    /// every commit (see `DEFAULT_SPIN_BEFORE_PARK`).
+    /// The polling before sleeping in force: as set, else none. Measured here (2026-12-02,
+    /// stan-bench, 200k async publishes of 128 B): 100 us of polling cost 27-28 CPU ticks of
+    /// the server on the file store without sync against 19-23 without polling, 15-18 against
+    /// 12-15 on the memory store, and 24-28 against 19-23 for one publisher and one subscriber,
+    /// at the same or lower rates; one stan.go synchronous publisher got no faster (13.5-13.9k
+    /// against 13.0-14.3k msgs/s, memory store). Only a client as quick as `stanza bench`
+    /// gains from it when publishing synchronously (18.6-19.1k against 14.6-15.1k msgs/s, for
+    /// 30% more CPU per message), so it is the operator's choice.
     pub fn spin_before_park(&self) -> Duration {
-        let syncs_to_disk = self.streaming.store == crate::config::streaming::StoreType::File
-            && self.streaming.file.sync;
-        self.spin_before_park.unwrap_or(if syncs_to_disk {
-            Duration::ZERO
-        } else {
-            DEFAULT_SPIN_BEFORE_PARK
-        })
+        self.spin_before_park.unwrap_or(Duration::ZERO)
     }
 
     /// Settles keys that depend on others once the file is read (`listen`, the authorization
