@@ -51,7 +51,14 @@ fn item13_acknowledged_messages_survive_kill_9() {
     for i in 0..iterations {
         let (store, data) = store_dir("crash");
         let acks = store.0.join("acks.txt");
-        let mut srv = file_server(&data, &[]);
+        // Every other run without sync (slices through the page cache, which a killed process
+        // leaves to the kernel): a PubAck still means the message survives the process.
+        let flags: &[&str] = if i % 2 == 1 {
+            &["--file_sync=false"]
+        } else {
+            &[]
+        };
+        let mut srv = file_server(&data, flags);
         let mut publisher = Command::new(&bin)
             .args(["crash_publisher", &srv.url()])
             .env("STANZA_ACK_FILE", &acks)
@@ -400,6 +407,16 @@ impl Drop for Mounted {
 
 #[test]
 fn full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
+    full_disk(&[]);
+}
+
+/// The same without sync: slices are then written through the page cache.
+#[test]
+fn full_disk_without_sync_refuses_publishes_and_loses_nothing_acknowledged() {
+    full_disk(&["--file_sync=false"]);
+}
+
+fn full_disk(flags: &[&str]) {
     let Some(bin) = stan_go() else {
         return;
     };
@@ -421,7 +438,7 @@ fn full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
     let data = dir.0.join("data");
     std::fs::create_dir_all(&data).expect("mkdir");
 
-    let mut srv = file_server(&data, &[]);
+    let mut srv = file_server(&data, flags);
     let mut cmd = Command::new(&bin);
     cmd.args(["full_disk_publish", &srv.url()]);
     let out = run_client(cmd, Duration::from_secs(60));
@@ -450,7 +467,7 @@ fn full_disk_refuses_publishes_and_loses_nothing_acknowledged() {
         .arg(&dir.0)
         .status();
     assert!(grown.is_ok_and(|s| s.success()), "remount the tmpfs larger");
-    let srv = file_server(&data, &[]);
+    let srv = file_server(&data, flags);
     let mut cmd = Command::new(&bin);
     cmd.args(["full_disk_verify", &srv.url()]);
     cmd.env("STANZA_COUNT", acked.to_string());

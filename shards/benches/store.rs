@@ -87,7 +87,7 @@ fn on_disk(c: &mut Criterion) {
         return;
     }
     let batch = framed(500); // about 80 KiB of 128 B messages
-    let mut group = c.benchmark_group("store_dma");
+    let mut group = c.benchmark_group("store_slice");
     group.throughput(Throughput::Bytes(batch.len() as u64));
     let run = |iters: u64, read: bool| -> Duration {
         let dir = dir.clone();
@@ -105,7 +105,7 @@ fn on_disk(c: &mut Criterion) {
             let start = Instant::now();
             for _ in 0..iters {
                 let _ = w.append(&batch).await;
-                let _ = w.commit_with(false).await;
+                let _ = w.commit().await;
             }
             let wrote = start.elapsed();
             let _ = w.close().await;

@@ -1,6 +1,8 @@
-//! Slice files through real glommio DMA on the machine's disk: group-committed appends read
-//! back record for record, a writer abandoned without close (a crash after a commit) leaves a
-//! zero-padded tail that recovery reads cleanly, and a truncated file is a torn tail.
+//! Slice files on the machine's disk, both writers (DMA and O_DSYNC for a synced store, the
+//! page cache for an unsynced one): group-committed appends read back record for record with
+//! DMA reads, a writer abandoned without close (a crash after a commit) leaves a tail that
+//! recovery reads cleanly (zero padding and zeroes written ahead for DMA), and a truncated file
+//! is a torn tail.
 
 use glommio::{LocalExecutorBuilder, Placement};
 use shards::store::record::{encode, scan, ScanEnd};
@@ -39,13 +41,22 @@ fn batch(from: u64, n: u64) -> Vec<u8> {
 
 #[test]
 fn committed_batches_read_back_and_survive_an_abandoned_writer() {
-    let dir = scratch("commit");
+    commit_and_crash("commit-dma", true);
+}
+
+#[test]
+fn committed_batches_read_back_and_survive_an_abandoned_page_cache_writer() {
+    commit_and_crash("commit-cached", false);
+}
+
+fn commit_and_crash(tag: &str, sync: bool) {
+    let dir = scratch(tag);
     let path = dir.join("msgs.1.dat");
     let p = path.clone();
     let d = dir.clone();
     run(move || async move {
         warm_up(&d).await.expect("warm up");
-        let mut w = SliceWriter::create(&p, 64 << 10, false)
+        let mut w = SliceWriter::create(&p, 64 << 10, sync)
             .await
             .expect("create");
         for turn in 0..50u64 {
@@ -141,22 +152,28 @@ fn zeroes_written_ahead_never_cover_records() {
 #[test]
 fn an_abandoned_slice_keeps_only_what_earlier_commits_wrote() {
     let dir = scratch("abandon");
-    let path = dir.join("msgs.1.dat");
-    let (p, d) = (path.clone(), dir.clone());
+    let d = dir.clone();
     run(move || async move {
         warm_up(&d).await.expect("warm up");
-        let mut w = SliceWriter::create(&p, 64 << 10, false)
-            .await
-            .expect("create");
-        w.append(&batch(1, 100)).await.expect("append");
-        w.commit().await.expect("commit");
-        let keep = w.len();
-        w.append(&batch(101, 100)).await.expect("append");
-        w.abandon(keep).await.expect("abandon");
-        assert_eq!(std::fs::metadata(&p).expect("meta").len(), keep);
-        let (found, end) = scan(&std::fs::read(&p).expect("read")).expect("scan");
-        assert_eq!(found.len(), 100);
-        assert_eq!(end, ScanEnd::Clean);
+        for sync in [true, false] {
+            let p = d.join(format!("msgs.{sync}.dat"));
+            let mut w = SliceWriter::create(&p, 64 << 10, sync)
+                .await
+                .expect("create");
+            w.append(&batch(1, 100)).await.expect("append");
+            w.commit().await.expect("commit");
+            let keep = w.len();
+            w.append(&batch(101, 100)).await.expect("append");
+            w.abandon(keep).await.expect("abandon");
+            assert_eq!(
+                std::fs::metadata(&p).expect("meta").len(),
+                keep,
+                "sync {sync}"
+            );
+            let (found, end) = scan(&std::fs::read(&p).expect("read")).expect("scan");
+            assert_eq!(found.len(), 100);
+            assert_eq!(end, ScanEnd::Clean);
+        }
     });
     let _ = std::fs::remove_dir_all(&dir);
 }

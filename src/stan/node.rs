@@ -359,7 +359,6 @@ impl Node {
         // Let the rest of this turn's requests join the same write.
         futures_lite::future::yield_now().await;
         let store = self.store.borrow().clone();
-        let sync = self.opts.streaming.file.sync;
         loop {
             let deleted = self.shard.borrow_mut().take_deleted();
             if let Some(s) = &store {
@@ -397,7 +396,7 @@ impl Node {
                 });
             }
             let outcome = match &store {
-                Some(s) => s.write(records, sync).await,
+                Some(s) => s.write(records).await,
                 None => Default::default(),
             };
             for (channel, l) in &outcome.landed {

@@ -425,16 +425,16 @@ impl FileStore {
         Ok(Some(idx))
     }
 
-    /// Appends each channel's records (one DMA write per channel, synced when `sync`) and
+    /// Appends each channel's records (one write per channel, synced when the store syncs) and
     /// subscription records, and returns the channels whose message write failed, with the
     /// error. A failed channel's slice is cut back to what was on disk before and closed; its
     /// next records start a new slice. A failed subscription write is logged (the
     /// subscriptions keep working; a restart may then redeliver or miss a change).
-    pub async fn write(&self, batches: Vec<ChannelBatch>, sync: bool) -> WriteOutcome {
+    pub async fn write(&self, batches: Vec<ChannelBatch>) -> WriteOutcome {
         let mut out = WriteOutcome::default();
         for mut batch in batches {
             if batch.msgs > 0 {
-                match self.write_channel(&batch, sync).await {
+                match self.write_channel(&batch).await {
                     Ok(landed) => out.landed.push((batch.channel.clone(), landed)),
                     Err(e) => out.failed.push((batch.channel.clone(), e)),
                 }
@@ -622,7 +622,7 @@ impl FileStore {
         }
     }
 
-    async fn write_channel(&self, batch: &ChannelBatch, sync: bool) -> io::Result<Landed> {
+    async fn write_channel(&self, batch: &ChannelBatch) -> io::Result<Landed> {
         let (channel, first_seq) = (batch.channel.as_str(), batch.first_seq);
         let open = self.writers.borrow_mut().remove(channel);
         // A full slice is closed; the records go to a new one.
@@ -659,7 +659,7 @@ impl FileStore {
         };
         let before = open.writer.len();
         open.writer.append(&batch.records).await?;
-        match open.writer.commit_with(sync).await {
+        match open.writer.commit().await {
             Ok(()) => {
                 open.msgs += batch.msgs;
                 let entries = index_entries(&batch.records, before);

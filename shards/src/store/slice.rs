@@ -10,6 +10,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+pub use super::cached_slice::CachedSlice;
+
 /// Largest DMA read issued, whatever the device allows (practical notes: min(128 KiB, limit)).
 const MAX_READ: usize = 128 << 10;
 
@@ -68,10 +70,84 @@ const ZERO_RUN_MAX: u64 = 4 << 20;
 /// Largest DMA buffer one zero run writes at a time.
 const ZERO_WRITE: usize = 1 << 20;
 
-/// Appends records to one slice file. The writer keeps the file's unfinished last page in
-/// memory and rewrites it at each commit, always zero-padded: what follows the last record on
-/// disk is zeroes, never bytes of a recycled buffer (which could hold another slice's records).
-pub struct SliceWriter {
+/// Appends records to one slice file: with DMA when every commit is synced, through the page
+/// cache when none is (see `CachedSlice`).
+pub enum SliceWriter {
+    Direct(DirectSlice),
+    Cached(CachedSlice),
+}
+
+impl SliceWriter {
+    /// Creates (or truncates) a slice file. `max_write` bounds one DMA write. `sync`: every
+    /// commit is on the device when it completes.
+    pub async fn create(path: &Path, max_write: usize, sync: bool) -> io::Result<SliceWriter> {
+        if sync {
+            DirectSlice::create(path, max_write)
+                .await
+                .map(SliceWriter::Direct)
+        } else {
+            CachedSlice::create(path).map(SliceWriter::Cached)
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            SliceWriter::Direct(w) => w.path(),
+            SliceWriter::Cached(w) => w.path(),
+        }
+    }
+
+    /// Bytes appended so far.
+    pub fn len(&self) -> u64 {
+        match self {
+            SliceWriter::Direct(w) => w.len(),
+            SliceWriter::Cached(w) => w.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends already framed records (written at the next commit).
+    pub async fn append(&mut self, records: &[u8]) -> io::Result<()> {
+        match self {
+            SliceWriter::Direct(w) => w.append(records).await,
+            SliceWriter::Cached(w) => w.append(records),
+        }
+    }
+
+    /// Writes everything appended: on the device (synced slices) or in the page cache once it
+    /// returns.
+    pub async fn commit(&mut self) -> io::Result<()> {
+        match self {
+            SliceWriter::Direct(w) => w.commit().await,
+            SliceWriter::Cached(w) => w.commit(),
+        }
+    }
+
+    /// Gives the file up after a failed commit, cut back to `keep` bytes.
+    pub async fn abandon(self, keep: u64) -> io::Result<()> {
+        match self {
+            SliceWriter::Direct(w) => w.abandon(keep).await,
+            SliceWriter::Cached(w) => w.abandon(keep),
+        }
+    }
+
+    /// Commits what is left and closes the file (clean shutdown).
+    pub async fn close(self) -> io::Result<()> {
+        match self {
+            SliceWriter::Direct(w) => w.close().await,
+            SliceWriter::Cached(w) => w.close(),
+        }
+    }
+}
+
+/// Appends records to one slice file with DMA. The writer keeps the file's unfinished last page
+/// in memory and rewrites it at each commit, always zero-padded: what follows the last record
+/// on disk is zeroes, never bytes of a recycled buffer (which could hold another slice's
+/// records).
+pub struct DirectSlice {
     file: Rc<DmaFile>,
     path: PathBuf,
     /// File offset where `tail` starts (page-aligned).
@@ -80,8 +156,6 @@ pub struct SliceWriter {
     /// commit.
     tail: Vec<u8>,
     max_write: usize,
-    /// Opened O_DSYNC: writes need no fdatasync after them.
-    dsync: bool,
     /// Zeroes are on disk from the end of the records up to here.
     zeroed: u64,
     /// The zero run being written (ends where it says when it succeeds) and its length.
@@ -92,27 +166,26 @@ pub struct SliceWriter {
 
 const PAGE: usize = 4096;
 
-impl SliceWriter {
-    /// Creates (or truncates) a slice file. `max_write` bounds one DMA write. `dsync`: every
-    /// write is on the device when it completes (O_DSYNC), so a synced commit waits for one
-    /// operation instead of a write and then an fdatasync.
-    pub async fn create(path: &Path, max_write: usize, dsync: bool) -> io::Result<SliceWriter> {
+impl DirectSlice {
+    /// Creates (or truncates) a slice file, opened O_DSYNC: every write is on the device when
+    /// it completes, so a commit waits for one operation instead of a write and an fdatasync.
+    /// `max_write` bounds one DMA write.
+    pub async fn create(path: &Path, max_write: usize) -> io::Result<DirectSlice> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .custom_flags(if dsync { libc::O_DSYNC } else { 0 })
+            .custom_flags(libc::O_DSYNC)
             .dma_open(path)
             .await
             .map_err(to_io)?;
-        let mut writer = SliceWriter {
+        let mut writer = DirectSlice {
             file: Rc::new(file),
             path: path.to_path_buf(),
             tail_pos: 0,
             tail: Vec::new(),
             max_write: max_write.max(PAGE).next_multiple_of(PAGE),
-            dsync,
             zeroed: 0,
             zeroing: None,
             next_run: ZERO_RUN_FIRST,
@@ -184,8 +257,8 @@ impl SliceWriter {
         Ok(())
     }
 
-    /// Writes everything appended (the last page zero-padded), then syncs when `sync`.
-    pub async fn commit_with(&mut self, sync: bool) -> io::Result<()> {
+    /// Writes everything appended (the last page zero-padded), on the device once it returns.
+    pub async fn commit(&mut self) -> io::Result<()> {
         // A zero run must land before records are written over its range.
         if self.written_end() > self.zeroed {
             self.finish_zeroing().await;
@@ -219,16 +292,8 @@ impl SliceWriter {
         let full = self.tail.len() / PAGE * PAGE;
         self.tail.drain(..full);
         self.tail_pos += full as u64;
-        if sync && !self.dsync {
-            self.file.fdatasync().await.map_err(to_io)?;
-        }
         self.zero_ahead();
         Ok(())
-    }
-
-    /// `commit_with(true)`.
-    pub async fn commit(&mut self) -> io::Result<()> {
-        self.commit_with(true).await
     }
 
     /// Gives the file up after a failed commit: it is cut back to `keep` bytes (what earlier
