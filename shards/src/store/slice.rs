@@ -1,6 +1,6 @@
-//! Slice files on glommio DMA (O_DIRECT): a writer that appends the records of one event-loop
-//! turn and commits them at once (one sync per turn when sync_on_flush is on), and a reader for
-//! recovery and replay. It applies the fixes of shared/practical-notes.md: a warm-up of the
+//! Slice files: a writer that appends the records of one event-loop turn and commits them at
+//! once (with glommio DMA to an O_DSYNC file when the store syncs, through the page cache when
+//! it does not), and a DMA reader for recovery and replay. It applies the fixes of shared/practical-notes.md: a warm-up of the
 //! device's IOPOLL probe before the first DMA file, read sizes capped to the device's request
 //! limit, power-of-two reader buffers.
 
@@ -201,7 +201,8 @@ impl DirectSlice {
         self.tail_pos + self.tail.len().next_multiple_of(PAGE) as u64
     }
 
-    /// Starts the next zero run once less than half of the last run is left ahead of the records.
+    /// Starts the next zero run once less than a quarter of its length (half of the last run,
+    /// until the runs stop growing) is left zeroed ahead of the records.
     fn zero_ahead(&mut self) {
         if self.next_run == 0 || self.zeroing.is_some() {
             return;
