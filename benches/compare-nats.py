@@ -43,9 +43,12 @@ SCENARIOS = [
 
 
 
+STANZA_EXTRA = []
+
+
 def start(kind, port, cores):
     if kind == "stanza":
-        cmd = [STANZA, "-a", "127.0.0.1", "-p", str(port), "--cores", str(cores)]
+        cmd = [STANZA, "-a", "127.0.0.1", "-p", str(port), "--cores", str(cores)] + STANZA_EXTRA
         env = None
     else:
         cmd = [shutil.which("nats-server"), "-a", "127.0.0.1", "-p", str(port)]
@@ -83,7 +86,9 @@ def main():
     ap.add_argument("--msgs", type=int, default=1_000_000, help="messages per run (all publishers)")
     ap.add_argument("--cores", type=int, default=os.cpu_count())
     ap.add_argument("--only", help="run scenarios whose name contains this text")
+    ap.add_argument("--stanza-args", default="", help="extra flags for stanza, e.g. --spin_before_park=100us")
     args = ap.parse_args()
+    STANZA_EXTRA.extend(args.stanza_args.split())
 
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     if not shutil.which("nats-server"):
