@@ -78,8 +78,10 @@ fn in_memory(c: &mut Criterion) {
     group.finish();
 }
 
-/// DMA write (no sync) of 64 KiB batches and a sequential read of the slice, inside one
-/// glommio executor: the whole timed loop runs there, so executor start-up is not measured.
+/// Commits of 80 KiB batches, as a synced store writes them (DMA, O_DSYNC, zeroes written
+/// ahead) and as an unsynced one does (through the page cache), and a sequential DMA read of
+/// the slice, inside one glommio executor: the whole timed loop runs there, so executor
+/// start-up is not measured.
 fn on_disk(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("stanza-bench-store-{}", std::process::id()));
     if std::fs::create_dir_all(&dir).is_err() {
@@ -89,7 +91,7 @@ fn on_disk(c: &mut Criterion) {
     let batch = framed(500); // about 80 KiB of 128 B messages
     let mut group = c.benchmark_group("store_slice");
     group.throughput(Throughput::Bytes(batch.len() as u64));
-    let run = |iters: u64, read: bool| -> Duration {
+    let run = |iters: u64, read: bool, sync: bool| -> Duration {
         let dir = dir.clone();
         let batch = batch.clone();
         let ex = LocalExecutorBuilder::default().make();
@@ -99,7 +101,7 @@ fn on_disk(c: &mut Criterion) {
         ex.run(async move {
             let _ = warm_up(&dir).await;
             let path = dir.join("slice.1.dat");
-            let Ok(mut w) = SliceWriter::create(&path, 64 << 10, false).await else {
+            let Ok(mut w) = SliceWriter::create(&path, 64 << 10, sync).await else {
                 return Duration::ZERO;
             };
             let start = Instant::now();
@@ -117,11 +119,14 @@ fn on_disk(c: &mut Criterion) {
             start.elapsed()
         })
     };
-    group.bench_function("write_batch_nosync", |b| {
-        b.iter_custom(|iters| run(iters, false))
+    group.bench_function("write_batch_dsync", |b| {
+        b.iter_custom(|iters| run(iters, false, true))
+    });
+    group.bench_function("write_batch_page_cache", |b| {
+        b.iter_custom(|iters| run(iters, false, false))
     });
     group.bench_function("read_slice_per_batch", |b| {
-        b.iter_custom(|iters| run(iters, true))
+        b.iter_custom(|iters| run(iters, true, false))
     });
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);
