@@ -540,20 +540,27 @@ impl Shard {
         } else {
             std::str::from_utf8(pm.client_id).is_ok_and(|id| self.client_valid(id, pm.conn_id))
         };
-        if pm.guid.is_empty()
-            || pm.subject != channel.as_bytes()
-            || !is_valid_channel(channel)
-            || !client_ok
-        {
+        if pm.guid.is_empty() || pm.subject != channel.as_bytes() || !client_ok {
             self.pub_ack(reply, pm.guid, ERR_INVALID_PUB);
             return;
         }
-        if let Err(e) = self.lookup_or_create(now, channel, dir) {
-            self.pub_ack(reply, pm.guid, &e);
-            return;
-        }
-        let Some(ch) = self.channels.get_mut(channel) else {
-            return;
+        // One lookup for a known channel; a new name is checked before it is created.
+        let ch = match self.channels.get_mut(channel) {
+            Some(ch) => ch,
+            None => {
+                if !is_valid_channel(channel) {
+                    self.pub_ack(reply, pm.guid, ERR_INVALID_PUB);
+                    return;
+                }
+                if let Err(e) = self.lookup_or_create(now, channel, dir) {
+                    self.pub_ack(reply, pm.guid, &e);
+                    return;
+                }
+                let Some(ch) = self.channels.get_mut(channel) else {
+                    return;
+                };
+                ch
+            }
         };
         let stored = ch
             .log

@@ -1,0 +1,91 @@
+//! The shard's work for one stored publish, without sockets: decode the PubMsg, check its
+//! client, append to the channel's file-store log and to the turn's batch, owe the PubAck;
+//! every 256 publishes the batch is taken and marked written, as a commit does. The PubMsgs
+//! are slices of one shared buffer, as they come out of a connection's read buffer.
+
+use bytes::{Bytes, BytesMut};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use prost::Message;
+use shards::limits::StoreLimits;
+use shards::pb::PubMsg;
+use shards::shard::{ChannelDirectory, Now, Shard, ShardConfig};
+
+const TURN: usize = 256;
+
+struct Dir;
+
+impl ChannelDirectory for Dir {
+    fn register(&self, _name: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn unregister(&self, _name: &str) {}
+}
+
+/// `TURN` PubMsgs of 128 B for channel "bench", as slices of one buffer.
+fn pub_msgs() -> Vec<Bytes> {
+    let mut buf = BytesMut::new();
+    let mut ends = Vec::new();
+    for i in 0..TURN {
+        let pm = PubMsg {
+            client_id: "bench-client".into(),
+            guid: format!("M7lqKBkbWyUpQNXnF8Oc{i:04}"),
+            subject: "bench".into(),
+            data: Bytes::from(vec![b'x'; 128]),
+            conn_id: Bytes::from_static(b"conn-1"),
+            ..Default::default()
+        };
+        buf.extend_from_slice(&pm.encode_to_vec());
+        ends.push(buf.len());
+    }
+    let buf = buf.freeze();
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let m = buf.slice(start..end);
+            start = end;
+            m
+        })
+        .collect()
+}
+
+fn publish(c: &mut Criterion) {
+    let Ok(limits) = StoreLimits::default().build() else {
+        eprintln!("SKIPPED: default limits do not build");
+        return;
+    };
+    let mut shard = Shard::new(ShardConfig {
+        shard: 0,
+        ack_prefix: "_STAN.ack.bench.0.".into(),
+        limits,
+        replace_durable: false,
+    });
+    shard.persist_messages();
+    shard.client_added("bench-client", Bytes::from_static(b"conn-1"));
+    let msgs = pub_msgs();
+    let reply = Bytes::from_static(b"_STAN.acks.Xq8Yz1sNdRuFZcI0bN2f3g");
+    let mut now = Now {
+        wall_ns: 1_700_000_000_000_000_000,
+        mono_ns: 1_000_000_000,
+    };
+    let mut group = c.benchmark_group("shard");
+    group.throughput(Throughput::Elements(TURN as u64));
+    group.bench_function("stored_publish_128B", |b| {
+        b.iter(|| {
+            now.mono_ns += 1_000;
+            now.wall_ns += 1_000;
+            for m in &msgs {
+                shard.publish(now, "bench", m, Some(reply.clone()), &Dir);
+            }
+            let (batches, _) = shard.take_unwritten();
+            for (channel, batch) in &batches {
+                shard.written(channel, batch.first_seq, batch.count, 1, 0);
+            }
+            black_box(batches);
+            black_box(shard.take_out());
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, publish);
+criterion_main!(benches);
