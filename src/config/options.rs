@@ -232,7 +232,7 @@ impl Options {
     /// at the same or lower rates; one stan.go synchronous publisher got no faster (13.5-13.9k
     /// against 13.0-14.3k msgs/s, memory store). Only a client as quick as `stanza bench`
     /// gains from it when publishing synchronously (18.6-19.1k against 14.6-15.1k msgs/s, for
-    /// 30% more CPU per message), so it is the operator's choice.
+    /// 30-40% more CPU per message), so it is the operator's choice.
     pub fn spin_before_park(&self) -> Duration {
         self.spin_before_park.unwrap_or(Duration::ZERO)
     }
