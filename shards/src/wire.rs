@@ -195,7 +195,6 @@ impl<'a> MsgView<'a> {
     }
 }
 
-/// Appends an `Ack` of `sequence` on `subject`, encoded as prost would.
 /// `part` as a slice of `whole` (no copy) when it lies inside it.
 pub fn slice_within(whole: &Bytes, part: &[u8]) -> Option<Bytes> {
     let start = whole.as_ptr() as usize;
@@ -203,6 +202,7 @@ pub fn slice_within(whole: &Bytes, part: &[u8]) -> Option<Bytes> {
     (p >= start && p + part.len() <= start + whole.len()).then(|| whole.slice_ref(part))
 }
 
+/// Appends an `Ack` of `sequence` on `subject`, encoded as prost would.
 pub fn encode_ack_into(out: &mut Vec<u8>, subject: &[u8], sequence: u64) {
     fn varint(out: &mut Vec<u8>, mut v: u64) {
         while v >= 0x80 {
