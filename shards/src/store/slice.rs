@@ -1,8 +1,8 @@
 //! Slice files: a writer that appends the records of one event-loop turn and commits them at
 //! once (with glommio DMA to an O_DSYNC file when the store syncs, through the page cache when
-//! it does not), and a DMA reader for recovery and replay. It applies the fixes of shared/practical-notes.md: a warm-up of the
-//! device's IOPOLL probe before the first DMA file, read sizes capped to the device's request
-//! limit, power-of-two reader buffers.
+//! it does not), and a DMA reader for recovery and replay. It applies the fixes of
+//! shared/practical-notes.md: a warm-up of the device's IOPOLL probe before the first DMA
+//! file, read sizes capped to the device's request limit, power-of-two reader buffers.
 
 use futures_lite::AsyncReadExt;
 use glommio::io::{DmaFile, DmaStreamReaderBuilder, OpenOptions};
@@ -207,14 +207,13 @@ impl DirectSlice {
         if self.next_run == 0 || self.zeroing.is_some() {
             return;
         }
-        let from = self.zeroed.max(self.written_end());
-        let left = self.zeroed.saturating_sub(self.written_end());
-        if left > self.next_run / 4 {
+        let end = self.written_end();
+        if self.zeroed.saturating_sub(end) > self.next_run / 4 {
             return;
         }
         let len = self.next_run;
         let file = self.file.clone();
-        let run = glommio::spawn_local(write_zeroes(file, from, len)).detach();
+        let run = glommio::spawn_local(write_zeroes(file, self.zeroed.max(end), len)).detach();
         self.zeroing = Some((run, len));
     }
 
@@ -260,6 +259,13 @@ impl DirectSlice {
 
     /// Writes everything appended (the last page zero-padded), on the device once it returns.
     pub async fn commit(&mut self) -> io::Result<()> {
+        self.write_tail().await?;
+        self.zero_ahead();
+        Ok(())
+    }
+
+    /// The write of `commit`, without starting the next zero run.
+    async fn write_tail(&mut self) -> io::Result<()> {
         // A zero run must land before records are written over its range.
         if self.written_end() > self.zeroed {
             self.finish_zeroing().await;
@@ -293,7 +299,6 @@ impl DirectSlice {
         let full = self.tail.len() / PAGE * PAGE;
         self.tail.drain(..full);
         self.tail_pos += full as u64;
-        self.zero_ahead();
         Ok(())
     }
 
@@ -306,9 +311,10 @@ impl DirectSlice {
         cut.and(closed)
     }
 
-    /// Commits and trims the zero padding (clean shutdown).
+    /// Commits and trims the zero padding and the zeroes ahead (clean shutdown, or a full
+    /// slice): no new zero run starts, only to be cut off.
     pub async fn close(mut self) -> io::Result<()> {
-        self.commit().await?;
+        self.write_tail().await?;
         self.finish_zeroing().await;
         let len = self.len();
         self.file.truncate(len).await.map_err(to_io)?;
