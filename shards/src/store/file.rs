@@ -411,13 +411,7 @@ impl FileStore {
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         let idx = SliceIndex::from_found(first_seq, &found);
-        match end {
-            ScanEnd::TornTail { offset } => {
-                cut_slice(path, offset as u64)?;
-                truncated.push((path.to_path_buf(), offset));
-            }
-            ScanEnd::Clean => trim_zeroes(path, data.len() as u64, idx.end),
-        }
+        settle_end(path, end, 0, data.len() as u64, idx.end, truncated)?;
         if idx.is_empty() {
             return Ok(None);
         }
@@ -776,28 +770,38 @@ fn check_tail(
     for f in &found[1..] {
         idx.push_found(from, f);
     }
+    settle_end(path, end, from, size, idx.end, truncated)?;
+    Ok(Some(TailCheck {
+        added: found.len() - 1,
+    }))
+}
+
+/// Acts on how a slice of `size` bytes, scanned from file offset `from`, ended: a torn tail is
+/// cut off and reported; the zeroes a slice's writer wrote ahead of its records and a crash
+/// left after `records_end` are given back (the slice is never appended to again; failing to
+/// costs only disk space, so it is logged).
+fn settle_end(
+    path: &Path,
+    end: ScanEnd,
+    from: u64,
+    size: u64,
+    records_end: u64,
+    truncated: &mut Vec<(PathBuf, usize)>,
+) -> Result<(), String> {
     match end {
         ScanEnd::TornTail { offset } => {
             let at = from + offset as u64;
             cut_slice(path, at)?;
             truncated.push((path.to_path_buf(), at as usize));
         }
-        ScanEnd::Clean => trim_zeroes(path, size, idx.end),
+        ScanEnd::Clean if size > records_end => {
+            if let Err(e) = cut_slice(path, records_end) {
+                log::warn!("STAN: {e} (zeroes after its last record)");
+            }
+        }
+        ScanEnd::Clean => {}
     }
-    Ok(Some(TailCheck {
-        added: found.len() - 1,
-    }))
-}
-
-/// Gives back the zeroes a slice's writer wrote ahead of its records and a crash left behind
-/// (the slice is never appended to again). Failing costs only disk space, so it is logged.
-fn trim_zeroes(path: &Path, size: u64, records_end: u64) {
-    if size <= records_end {
-        return;
-    }
-    if let Err(e) = cut_slice(path, records_end) {
-        log::warn!("STAN: {e} (zeroes after its last record)");
-    }
+    Ok(())
 }
 
 /// Cuts a torn tail off a slice file.
