@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Appends records to one slice file through the page cache.
-pub struct CachedSlice {
+pub(super) struct CachedSlice {
     file: File,
     path: PathBuf,
     /// Bytes committed.
@@ -44,10 +44,6 @@ impl CachedSlice {
     /// Bytes appended so far.
     pub fn len(&self) -> u64 {
         self.written + self.pending.len() as u64
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Appends already framed records (written at the next commit).

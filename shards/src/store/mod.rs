@@ -1,6 +1,6 @@
 //! Message stores owned by a shard. The memory store lives here; the file store joins it.
 
-pub mod cached_slice;
+mod cached_slice;
 pub mod clients;
 pub mod file;
 pub mod file_log;

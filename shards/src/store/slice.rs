@@ -10,7 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-pub use super::cached_slice::CachedSlice;
+use super::cached_slice::CachedSlice;
 
 /// Largest DMA read issued, whatever the device allows (practical notes: min(128 KiB, limit)).
 const MAX_READ: usize = 128 << 10;
@@ -72,7 +72,9 @@ const ZERO_WRITE: usize = 1 << 20;
 
 /// Appends records to one slice file: with DMA when every commit is synced, through the page
 /// cache when none is (see `CachedSlice`).
-pub enum SliceWriter {
+pub struct SliceWriter(Writer);
+
+enum Writer {
     Direct(DirectSlice),
     Cached(CachedSlice),
 }
@@ -81,27 +83,26 @@ impl SliceWriter {
     /// Creates (or truncates) a slice file. `max_write` bounds one DMA write. `sync`: every
     /// commit is on the device when it completes.
     pub async fn create(path: &Path, max_write: usize, sync: bool) -> io::Result<SliceWriter> {
-        if sync {
-            DirectSlice::create(path, max_write)
-                .await
-                .map(SliceWriter::Direct)
+        let writer = if sync {
+            Writer::Direct(DirectSlice::create(path, max_write).await?)
         } else {
-            CachedSlice::create(path).map(SliceWriter::Cached)
-        }
+            Writer::Cached(CachedSlice::create(path)?)
+        };
+        Ok(SliceWriter(writer))
     }
 
     pub fn path(&self) -> &Path {
-        match self {
-            SliceWriter::Direct(w) => w.path(),
-            SliceWriter::Cached(w) => w.path(),
+        match &self.0 {
+            Writer::Direct(w) => w.path(),
+            Writer::Cached(w) => w.path(),
         }
     }
 
     /// Bytes appended so far.
     pub fn len(&self) -> u64 {
-        match self {
-            SliceWriter::Direct(w) => w.len(),
-            SliceWriter::Cached(w) => w.len(),
+        match &self.0 {
+            Writer::Direct(w) => w.len(),
+            Writer::Cached(w) => w.len(),
         }
     }
 
@@ -111,34 +112,34 @@ impl SliceWriter {
 
     /// Appends already framed records (written at the next commit).
     pub async fn append(&mut self, records: &[u8]) -> io::Result<()> {
-        match self {
-            SliceWriter::Direct(w) => w.append(records).await,
-            SliceWriter::Cached(w) => w.append(records),
+        match &mut self.0 {
+            Writer::Direct(w) => w.append(records).await,
+            Writer::Cached(w) => w.append(records),
         }
     }
 
     /// Writes everything appended: on the device (synced slices) or in the page cache once it
     /// returns.
     pub async fn commit(&mut self) -> io::Result<()> {
-        match self {
-            SliceWriter::Direct(w) => w.commit().await,
-            SliceWriter::Cached(w) => w.commit(),
+        match &mut self.0 {
+            Writer::Direct(w) => w.commit().await,
+            Writer::Cached(w) => w.commit(),
         }
     }
 
     /// Gives the file up after a failed commit, cut back to `keep` bytes.
     pub async fn abandon(self, keep: u64) -> io::Result<()> {
-        match self {
-            SliceWriter::Direct(w) => w.abandon(keep).await,
-            SliceWriter::Cached(w) => w.abandon(keep),
+        match self.0 {
+            Writer::Direct(w) => w.abandon(keep).await,
+            Writer::Cached(w) => w.abandon(keep),
         }
     }
 
     /// Commits what is left and closes the file (clean shutdown).
     pub async fn close(self) -> io::Result<()> {
-        match self {
-            SliceWriter::Direct(w) => w.close().await,
-            SliceWriter::Cached(w) => w.close(),
+        match self.0 {
+            Writer::Direct(w) => w.close().await,
+            Writer::Cached(w) => w.close(),
         }
     }
 }
@@ -147,7 +148,7 @@ impl SliceWriter {
 /// in memory and rewrites it at each commit, always zero-padded: what follows the last record
 /// on disk is zeroes, never bytes of a recycled buffer (which could hold another slice's
 /// records).
-pub struct DirectSlice {
+struct DirectSlice {
     file: Rc<DmaFile>,
     path: PathBuf,
     /// File offset where `tail` starts (page-aligned).
@@ -245,10 +246,6 @@ impl DirectSlice {
     /// Bytes appended so far.
     pub fn len(&self) -> u64 {
         self.tail_pos + self.tail.len() as u64
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Appends already framed records (written at the next commit).
