@@ -8,7 +8,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use prost::Message;
 use shards::limits::StoreLimits;
 use shards::pb::PubMsg;
-use shards::shard::{ChannelDirectory, Now, Shard, ShardConfig};
+use shards::shard::{ChannelDirectory, Incoming, Now, Shard, ShardConfig};
 
 const TURN: usize = 256;
 
@@ -74,7 +74,12 @@ fn publish(c: &mut Criterion) {
             now.mono_ns += 1_000;
             now.wall_ns += 1_000;
             for m in &msgs {
-                shard.publish(now, "bench", m, Some(reply.clone()), &Dir);
+                let incoming = Incoming {
+                    pub_msg: m,
+                    reply: Some(reply.as_ref()),
+                    frame: Some(m),
+                };
+                shard.publish(now, "bench", incoming, &Dir);
             }
             let (batches, _) = shard.take_unwritten();
             for (channel, batch) in &batches {

@@ -3,6 +3,7 @@
 
 pub mod channel;
 pub mod limits;
+pub mod owed_acks;
 pub mod shard;
 pub mod store;
 pub mod subscription;

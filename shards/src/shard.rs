@@ -117,8 +117,29 @@ enum Room {
     Queue { channel: String, queue: String },
 }
 
-/// PubAcks that wait for a write: (reply subject, guid).
-pub type OwedAcks = Vec<(Bytes, Bytes)>;
+pub use crate::owed_acks::OwedAcks;
+
+/// A publish as a shard takes it.
+pub struct Incoming<'a> {
+    /// The `PubMsg`.
+    pub pub_msg: &'a [u8],
+    pub reply: Option<&'a [u8]>,
+    /// What the parts were read in, if they lie in it: a PubAck queued for later shares its
+    /// reply subject instead of copying it.
+    pub frame: Option<&'a Bytes>,
+}
+
+impl Incoming<'_> {
+    /// The reply subject as `Bytes` of its own.
+    fn reply_bytes(&self) -> Option<Bytes> {
+        let reply = self.reply?;
+        Some(
+            self.frame
+                .and_then(|f| crate::wire::slice_within(f, reply))
+                .unwrap_or_else(|| Bytes::copy_from_slice(reply)),
+        )
+    }
+}
 
 /// File store: one channel's messages of this turn that are not on disk yet, and the PubAcks
 /// that wait for them.
@@ -518,17 +539,17 @@ impl Shard {
         &mut self,
         now: Now,
         channel: &str,
-        payload: &Bytes,
-        reply: Option<Bytes>,
+        incoming: Incoming<'_>,
         dir: &dyn ChannelDirectory,
     ) {
+        let payload = incoming.pub_msg;
         let pm = match PubMsgView::parse(payload) {
             Ok(pm) => pm,
             Err(_) => {
                 // The reference first retries a bad PubMsg as one of its control messages,
                 // which it ignores silently.
-                if pb::CtrlMsg::decode(payload.clone()).is_err() {
-                    self.pub_ack(reply, b"", ERR_INVALID_PUB);
+                if pb::CtrlMsg::decode(payload).is_err() {
+                    self.pub_ack(&incoming, b"", ERR_INVALID_PUB);
                 }
                 return;
             }
@@ -541,7 +562,7 @@ impl Shard {
             std::str::from_utf8(pm.client_id).is_ok_and(|id| self.client_valid(id, pm.conn_id))
         };
         if pm.guid.is_empty() || pm.subject != channel.as_bytes() || !client_ok {
-            self.pub_ack(reply, pm.guid, ERR_INVALID_PUB);
+            self.pub_ack(&incoming, pm.guid, ERR_INVALID_PUB);
             return;
         }
         // One lookup for a known channel; a new name is checked before it is created.
@@ -549,11 +570,11 @@ impl Shard {
             Some(ch) => ch,
             None => {
                 if !is_valid_channel(channel) {
-                    self.pub_ack(reply, pm.guid, ERR_INVALID_PUB);
+                    self.pub_ack(&incoming, pm.guid, ERR_INVALID_PUB);
                     return;
                 }
                 if let Err(e) = self.lookup_or_create(now, channel, dir) {
-                    self.pub_ack(reply, pm.guid, &e);
+                    self.pub_ack(&incoming, pm.guid, &e);
                     return;
                 }
                 let Some(ch) = self.channels.get_mut(channel) else {
@@ -577,10 +598,8 @@ impl Shard {
                 &stored.encoded,
             );
             batch.count += 1;
-            if let Some(reply) = &reply {
-                let guid = crate::wire::slice_within(payload, pm.guid)
-                    .unwrap_or_else(|| Bytes::copy_from_slice(pm.guid));
-                batch.acks.push((reply.clone(), guid));
+            if let Some(reply) = incoming.reply {
+                batch.acks.push(reply, pm.guid);
             }
             ack_owed_by_disk = true;
         }
@@ -589,15 +608,15 @@ impl Shard {
         ch.log.enforce_size_limits(&limits);
         let has_subs = !ch.plain.is_empty() || !ch.queues.is_empty();
         if !ack_owed_by_disk {
-            self.pub_ack(reply, pm.guid, "");
+            self.pub_ack(&incoming, pm.guid, "");
         }
         if has_subs {
             self.deliver_channel(now, channel);
         }
     }
 
-    fn pub_ack(&mut self, reply: Option<Bytes>, guid: &[u8], error: &str) {
-        let Some(reply) = reply else {
+    fn pub_ack(&mut self, incoming: &Incoming<'_>, guid: &[u8], error: &str) {
+        let Some(reply) = incoming.reply_bytes() else {
             return;
         };
         self.out.push(Out {

@@ -267,11 +267,20 @@ fn put_varint_field(out: &mut BytesMut, field: u32, value: u64) {
 
 /// `PubAck{guid, error}`.
 pub fn encode_pub_ack(guid: &[u8], error: &str) -> Bytes {
-    let len = bytes_field_len(1, guid) + bytes_field_len(2, error.as_bytes());
-    let mut out = BytesMut::with_capacity(len);
-    put_bytes_field(&mut out, 1, guid);
-    put_bytes_field(&mut out, 2, error.as_bytes());
+    let mut out = BytesMut::with_capacity(pub_ack_len(guid, error));
+    encode_pub_ack_into(&mut out, guid, error);
     out.freeze()
+}
+
+/// The encoded size of `PubAck{guid, error}`.
+pub fn pub_ack_len(guid: &[u8], error: &str) -> usize {
+    bytes_field_len(1, guid) + bytes_field_len(2, error.as_bytes())
+}
+
+/// Appends `PubAck{guid, error}`.
+pub fn encode_pub_ack_into(out: &mut BytesMut, guid: &[u8], error: &str) {
+    put_bytes_field(out, 1, guid);
+    put_bytes_field(out, 2, error.as_bytes());
 }
 
 /// The encoded size of a first delivery (`encode_msg_into` writes exactly this much).

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use prost::Message;
 use shards::limits::StoreLimits;
 use shards::pb::{self, Ack, MsgProto, PubAck, PubMsg, SubscriptionRequest, SubscriptionResponse};
-use shards::shard::{ChannelDirectory, Now, Out, Shard, ShardConfig, SubEnd};
+use shards::shard::{ChannelDirectory, Incoming, Now, Out, Shard, ShardConfig, SubEnd};
 use std::cell::RefCell;
 
 #[derive(Default)]
@@ -172,8 +172,11 @@ fn publish_assigns_sequences_and_rejects_bad_requests() {
     h.shard.publish(
         h.now,
         "foo",
-        &Bytes::from_static(b"dummy"),
-        Some(Bytes::from_static(b"acks")),
+        Incoming {
+            pub_msg: b"dummy",
+            reply: Some(b"acks"),
+            frame: None,
+        },
         &h.dir,
     );
     let bad = h.drain_to("acks");
@@ -486,8 +489,11 @@ fn publish_persisted(h: &mut H, channel: &str, data: &str) {
     h.shard.publish(
         h.now,
         channel,
-        &payload,
-        Some(Bytes::from_static(b"acks")),
+        Incoming {
+            pub_msg: &payload,
+            reply: Some(b"acks"),
+            frame: Some(&payload),
+        },
         &h.dir,
     );
 }

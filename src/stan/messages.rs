@@ -1,20 +1,17 @@
 //! What one core's streaming layer sends another over the mesh. Payloads stay `Bytes` slices
 //! of the frame the client's core read: nothing is copied or decoded on the way.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use shards::pb::{SubscriptionRequest, UnsubscribeRequest};
 use shards::shard::SubEnd;
+use std::ops::Range;
 
 pub enum StanMsg {
     /// Publishes and acks of one turn for the same shard, in the order they came: one mesh
     /// message instead of one each.
     Batch(Vec<StanMsg>),
     /// To the channel's owner.
-    Publish {
-        channel: Bytes,
-        reply: Option<Bytes>,
-        payload: Bytes,
-    },
+    Publish(PublishFrame),
     /// To the channel's owner, checked for format already.
     Subscribe {
         req: SubscriptionRequest,
@@ -72,4 +69,125 @@ pub enum StanMsg {
         token: u64,
         snapshot: Box<crate::monitor::snapshot::CoreSnapshot>,
     },
+}
+
+/// A publish on its way to the channel's owner: one share of the frame it was read in, and
+/// where its channel name, reply subject and PubMsg lie in it. One share instead of one per
+/// part, as each share and drop is an atomic operation on the frame.
+pub struct PublishFrame {
+    frame: Bytes,
+    channel: Range<usize>,
+    reply: Option<Range<usize>>,
+    payload: Range<usize>,
+}
+
+impl PublishFrame {
+    /// The parts shared with `backing` when they all lie in it, else copied into a frame of
+    /// their own.
+    pub fn new(
+        backing: Option<&Bytes>,
+        channel: &[u8],
+        reply: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Self {
+        if let Some(frame) = backing {
+            let within = |part: &[u8]| {
+                let start = (part.as_ptr() as usize).checked_sub(frame.as_ptr() as usize)?;
+                (start + part.len() <= frame.len()).then_some(start..start + part.len())
+            };
+            if let (Some(channel), Some(payload)) = (within(channel), within(payload)) {
+                match reply.map(within) {
+                    None => {
+                        return PublishFrame {
+                            frame: frame.clone(),
+                            channel,
+                            reply: None,
+                            payload,
+                        }
+                    }
+                    Some(Some(reply)) => {
+                        return PublishFrame {
+                            frame: frame.clone(),
+                            channel,
+                            reply: Some(reply),
+                            payload,
+                        }
+                    }
+                    Some(None) => {}
+                }
+            }
+        }
+        let reply_len = reply.map_or(0, <[u8]>::len);
+        let mut copy = BytesMut::with_capacity(channel.len() + reply_len + payload.len());
+        copy.put_slice(channel);
+        let channel = 0..copy.len();
+        let reply = reply.map(|r| {
+            let start = copy.len();
+            copy.put_slice(r);
+            start..copy.len()
+        });
+        let start = copy.len();
+        copy.put_slice(payload);
+        PublishFrame {
+            channel,
+            reply,
+            payload: start..copy.len(),
+            frame: copy.freeze(),
+        }
+    }
+
+    pub fn channel(&self) -> &[u8] {
+        &self.frame[self.channel.clone()]
+    }
+
+    pub fn reply(&self) -> Option<&[u8]> {
+        self.reply.clone().map(|r| &self.frame[r])
+    }
+
+    /// The PubMsg.
+    pub fn payload(&self) -> &[u8] {
+        &self.frame[self.payload.clone()]
+    }
+
+    /// What the parts lie in.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_in_the_frame_are_shared_and_others_copied() {
+        let frame = Bytes::from_static(b"PUB _STAN.pub.c.foo _INBOX.r 3\r\nabc\r\n");
+        let channel = &frame[16..19];
+        let reply = &frame[20..28];
+        let payload = &frame[32..35];
+        let shared = PublishFrame::new(Some(&frame), channel, Some(reply), payload);
+        assert_eq!(shared.frame().as_ptr(), frame.as_ptr());
+        assert_eq!(
+            (shared.channel(), shared.reply(), shared.payload()),
+            (&b"foo"[..], Some(&b"_INBOX.r"[..]), &b"abc"[..])
+        );
+        let elsewhere = b"_INBOX.other".to_vec();
+        for (backing, reply) in [
+            (Some(&frame), Some(&elsewhere[..])),
+            (None, Some(reply)),
+            (None, None),
+        ] {
+            let copied = PublishFrame::new(backing, channel, reply, payload);
+            assert_ne!(copied.frame().as_ptr(), frame.as_ptr());
+            assert_eq!(
+                (copied.channel(), copied.reply(), copied.payload()),
+                (&b"foo"[..], reply, &b"abc"[..])
+            );
+        }
+        let no_reply = PublishFrame::new(Some(&frame), channel, None, payload);
+        assert_eq!(
+            (no_reply.frame().as_ptr(), no_reply.reply()),
+            (frame.as_ptr(), None)
+        );
+    }
 }

@@ -6,7 +6,7 @@
 use super::control::ControlPlane;
 use super::directory::SharedDirectory;
 use super::external::External;
-use super::messages::StanMsg;
+use super::messages::{PublishFrame, StanMsg};
 use super::requests;
 use super::subjects::{Kind, Subjects};
 use super::time;
@@ -21,7 +21,7 @@ use fxhash::FxHashMap;
 use prost::Message;
 use shards::limits::{ChannelLimits, ResolvedLimits};
 use shards::pb::{ConnectRequest, Ping, PingResponse};
-use shards::shard::{OwedAcks, Shard, ShardConfig, SubEnd};
+use shards::shard::{Incoming, OwedAcks, Shard, ShardConfig, SubEnd};
 use shards::store::clients::{self, ClientLog};
 use shards::store::file::{ChannelBatch, FileStore, SliceLimits};
 use shards::store::journal::{self, CompactPolicy};
@@ -225,7 +225,7 @@ impl Node {
         if shard >= self.core.ncores {
             return;
         }
-        if matches!(msg, StanMsg::Publish { .. } | StanMsg::Ack { .. }) {
+        if matches!(msg, StanMsg::Publish(_) | StanMsg::Ack { .. }) {
             if let Some(batch) = self.remote_batches.borrow_mut().get_mut(shard) {
                 batch.push(msg);
             }
@@ -407,7 +407,7 @@ impl Node {
             let failed = outcome.failed;
             // Failed channels first: their messages are taken back before anything covered by
             // this commit goes out, so no delivery of them leaves the server.
-            let mut refused: Vec<(Bytes, Bytes, String)> = Vec::new();
+            let mut refused: Vec<(OwedAcks, String)> = Vec::new();
             for (channel, e) in &failed {
                 let text = e.to_string();
                 log::error!("STAN: storing messages of channel {channel:?} failed: {text}");
@@ -419,9 +419,9 @@ impl Node {
                     .shard
                     .borrow_mut()
                     .rollback(channel, *first_seq, &mut covered);
-                for (reply, guid) in std::mem::take(acks).into_iter().chain(later) {
-                    refused.push((reply, guid, text.clone()));
-                }
+                let mut acks = std::mem::take(acks);
+                acks.extend(&later);
+                refused.push((acks, text));
             }
             if let Some(s) = &store {
                 for (channel, _, _) in &owed {
@@ -433,13 +433,11 @@ impl Node {
             for o in outs {
                 self.publish_out(&o);
             }
-            for (_, _, acks) in owed {
-                for (reply, guid) in acks {
-                    self.publish(&reply, None, &shards::wire::encode_pub_ack(&guid, ""));
-                }
+            for (_, _, acks) in &owed {
+                self.send_pub_acks(acks, "");
             }
-            for (reply, guid, error) in refused {
-                self.publish(&reply, None, &shards::wire::encode_pub_ack(&guid, &error));
+            for (acks, error) in &refused {
+                self.send_pub_acks(acks, error);
             }
         }
         self.committing.set(false);
@@ -613,21 +611,43 @@ impl Node {
     }
 
     pub fn publish(&self, subject: &[u8], reply: Option<&[u8]>, payload: &Bytes) {
-        self.publish_with(subject, None, reply, payload);
+        self.publish_with(subject, None, reply, payload, payload);
+    }
+
+    /// Sends the PubAcks a commit owed, with `error` (empty: stored). Their payloads are
+    /// encoded into one buffer, each sent as a part of it.
+    fn send_pub_acks(&self, acks: &OwedAcks, error: &str) {
+        if acks.is_empty() {
+            return;
+        }
+        let (payloads, ends) = acks.encode(error);
+        let mut start = 0;
+        for ((reply, _), end) in acks.iter().zip(ends) {
+            self.publish_with(reply, None, None, &payloads[start..end], &payloads);
+            start = end;
+        }
     }
 
     /// `publish` of a subject held in its own `Bytes` (deliveries, replies): it is shared with
     /// another core instead of copied.
     fn publish_out(&self, o: &shards::shard::Out) {
-        self.publish_with(&o.subject, Some(&o.subject), o.reply.as_deref(), &o.payload);
+        self.publish_with(
+            &o.subject,
+            Some(&o.subject),
+            o.reply.as_deref(),
+            &o.payload,
+            &o.payload,
+        );
     }
 
+    /// `payload` lies within `backing`, which a core it goes to shares instead of copying.
     fn publish_with(
         &self,
         subject: &[u8],
         subject_backing: Option<&Bytes>,
         reply: Option<&[u8]>,
-        payload: &Bytes,
+        payload: &[u8],
+        backing: &Bytes,
     ) {
         if let Some(ext) = self.external.borrow().as_ref() {
             ext.publish(subject, reply, payload);
@@ -640,7 +660,7 @@ impl Node {
                 reply,
                 header_len: 0,
                 payload,
-                backing: Some(payload),
+                backing: Some(backing),
                 subject_backing,
             },
         );
@@ -837,14 +857,14 @@ impl Node {
             shard.fill_acked(now);
             let mut rest = batch.as_slice();
             while let Some(first) = rest.first() {
-                if let StanMsg::Publish {
-                    channel,
-                    reply,
-                    payload,
-                } = first
-                {
-                    let channel = std::str::from_utf8(channel).unwrap_or("");
-                    shard.publish(now, channel, payload, reply.clone(), &*self.dir);
+                if let StanMsg::Publish(p) = first {
+                    let channel = std::str::from_utf8(p.channel()).unwrap_or("");
+                    let incoming = Incoming {
+                        pub_msg: p.payload(),
+                        reply: p.reply(),
+                        frame: Some(p.frame()),
+                    };
+                    shard.publish(now, channel, incoming, &*self.dir);
                     rest = &rest[1..];
                     continue;
                 }
@@ -878,7 +898,7 @@ impl Node {
     }
 
     fn handle(&self, from: usize, msg: StanMsg) {
-        if matches!(msg, StanMsg::Publish { .. } | StanMsg::Ack { .. }) {
+        if matches!(msg, StanMsg::Publish(_) | StanMsg::Ack { .. }) {
             self.batch(msg);
             return;
         }
@@ -891,7 +911,7 @@ impl Node {
         self.handle_batched();
         let now = time::now();
         match msg {
-            StanMsg::Publish { .. } | StanMsg::Ack { .. } | StanMsg::Batch(_) => {}
+            StanMsg::Publish(_) | StanMsg::Ack { .. } | StanMsg::Batch(_) => {}
             StanMsg::Subscribe { req, reply } => {
                 self.shard
                     .borrow_mut()
@@ -969,23 +989,17 @@ impl InternalHandler for Node {
             self.schedule_batch();
             return Handled::Yes;
         }
+        let ncores = self.core.ncores;
+        if let Kind::Publish { channel } = kind {
+            let shard = shards::shard_for_bytes(channel, ncores);
+            let frame = PublishFrame::new(msg.backing, channel, msg.reply, msg.payload);
+            self.send_to(shard, StanMsg::Publish(frame));
+            return Handled::Channel { core: shard };
+        }
         let reply = msg.reply.map(|r| msg.share(r));
         let payload = msg.share(msg.payload);
-        let ncores = self.core.ncores;
         match kind {
-            Kind::Publish { channel } => {
-                let shard = shards::shard_for_bytes(channel, ncores);
-                let channel = msg.share(channel);
-                self.send_to(
-                    shard,
-                    StanMsg::Publish {
-                        channel,
-                        reply,
-                        payload,
-                    },
-                );
-                return Handled::Channel { core: shard };
-            }
+            Kind::Publish { .. } => {}
             Kind::Subscribe => match requests::check_subscription(&payload) {
                 Ok(req) => {
                     let shard = shards::shard_for(&req.subject, ncores);
