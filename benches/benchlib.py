@@ -16,11 +16,31 @@ def free_port():
         return s.getsockname()[1]
 
 
-def cpu_seconds(pid):
-    """User + system CPU seconds of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
+def _ticks(stat_path):
+    with open(stat_path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_seconds(pid):
+    """CPU seconds a process has used so far. Clock ticks (/proc/PID/stat) are 10 ms, 7% of
+    what a server spends on 200,000 messages, so live threads are counted in nanoseconds
+    (/proc/PID/task/TID/schedstat); only what threads that have exited used comes from the
+    process's tick totals, which still hold it."""
+    total_ticks = _ticks(f"/proc/{pid}/stat")
+    live_ns = 0
+    live_ticks = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+            ticks = _ticks(f"/proc/{pid}/task/{tid}/stat")
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited meanwhile: its time is in the process totals
+        live_ns += ns
+        live_ticks += ticks
+    exited = max(0, total_ticks - live_ticks) / CLK_TCK
+    return live_ns / 1e9 + exited
 
 
 def wait_port(port, timeout=15):
