@@ -12,13 +12,14 @@ pub enum StanMsg {
     Batch(Vec<StanMsg>),
     /// To the channel's owner.
     Publish(PublishFrame),
-    /// To the channel's owner, checked for format already.
+    /// To the channel's owner, checked for format already. (Requests are boxed: every message
+    /// is as large as the largest variant, and publishes are moved into batches by the many.)
     Subscribe {
-        req: SubscriptionRequest,
+        req: Box<SubscriptionRequest>,
         reply: Option<Bytes>,
     },
     Unsubscribe {
-        req: UnsubscribeRequest,
+        req: Box<UnsubscribeRequest>,
         end: SubEnd,
         reply: Option<Bytes>,
     },
@@ -76,42 +77,67 @@ pub enum StanMsg {
 /// part, as each share and drop is an atomic operation on the frame.
 pub struct PublishFrame {
     frame: Bytes,
-    channel: Range<usize>,
-    reply: Option<Range<usize>>,
-    payload: Range<usize>,
+    channel: Part,
+    reply: Option<Part>,
+    payload: Part,
+}
+
+/// Where a part lies in the frame: offset and length (32 bits each, to keep a publish small
+/// as it is moved into batches).
+#[derive(Clone, Copy)]
+struct Part {
+    at: u32,
+    len: u32,
+}
+
+impl Part {
+    fn of(range: Range<usize>) -> Option<Part> {
+        Some(Part {
+            at: u32::try_from(range.start).ok()?,
+            len: u32::try_from(range.len()).ok()?,
+        })
+    }
+
+    fn range(self) -> Range<usize> {
+        self.at as usize..self.at as usize + self.len as usize
+    }
 }
 
 impl PublishFrame {
     /// The parts shared with `backing` when they all lie in it, else copied into a frame of
-    /// their own.
+    /// their own. `None` for parts of 4 GiB or more, which no NATS frame holds.
     pub fn new(
         backing: Option<&Bytes>,
         channel: &[u8],
         reply: Option<&[u8]>,
         payload: &[u8],
-    ) -> Self {
+    ) -> Option<Self> {
         if let Some(frame) = backing {
             let within = |part: &[u8]| {
                 let start = (part.as_ptr() as usize).checked_sub(frame.as_ptr() as usize)?;
-                (start + part.len() <= frame.len()).then_some(start..start + part.len())
+                let end = start.checked_add(part.len())?;
+                if end > frame.len() {
+                    return None;
+                }
+                Part::of(start..end)
             };
             if let (Some(channel), Some(payload)) = (within(channel), within(payload)) {
                 match reply.map(within) {
                     None => {
-                        return PublishFrame {
+                        return Some(PublishFrame {
                             frame: frame.clone(),
                             channel,
                             reply: None,
                             payload,
-                        }
+                        })
                     }
                     Some(Some(reply)) => {
-                        return PublishFrame {
+                        return Some(PublishFrame {
                             frame: frame.clone(),
                             channel,
                             reply: Some(reply),
                             payload,
-                        }
+                        })
                     }
                     Some(None) => {}
                 }
@@ -119,34 +145,37 @@ impl PublishFrame {
         }
         let reply_len = reply.map_or(0, <[u8]>::len);
         let mut copy = BytesMut::with_capacity(channel.len() + reply_len + payload.len());
-        copy.put_slice(channel);
-        let channel = 0..copy.len();
-        let reply = reply.map(|r| {
+        let mut put = |part: &[u8]| {
             let start = copy.len();
-            copy.put_slice(r);
+            copy.put_slice(part);
             start..copy.len()
-        });
-        let start = copy.len();
-        copy.put_slice(payload);
-        PublishFrame {
-            channel,
+        };
+        let channel = put(channel);
+        let reply = reply.map(&mut put);
+        let payload = put(payload);
+        let reply = match reply.map(Part::of) {
+            Some(None) => return None,
+            r => r.flatten(),
+        };
+        Some(PublishFrame {
+            channel: Part::of(channel)?,
             reply,
-            payload: start..copy.len(),
+            payload: Part::of(payload)?,
             frame: copy.freeze(),
-        }
+        })
     }
 
     pub fn channel(&self) -> &[u8] {
-        &self.frame[self.channel.clone()]
+        &self.frame[self.channel.range()]
     }
 
     pub fn reply(&self) -> Option<&[u8]> {
-        self.reply.clone().map(|r| &self.frame[r])
+        self.reply.map(|r| &self.frame[r.range()])
     }
 
     /// The PubMsg.
     pub fn payload(&self) -> &[u8] {
-        &self.frame[self.payload.clone()]
+        &self.frame[self.payload.range()]
     }
 
     /// What the parts lie in.
@@ -165,7 +194,7 @@ mod tests {
         let channel = &frame[16..19];
         let reply = &frame[20..28];
         let payload = &frame[32..35];
-        let shared = PublishFrame::new(Some(&frame), channel, Some(reply), payload);
+        let shared = PublishFrame::new(Some(&frame), channel, Some(reply), payload).unwrap();
         assert_eq!(shared.frame().as_ptr(), frame.as_ptr());
         assert_eq!(
             (shared.channel(), shared.reply(), shared.payload()),
@@ -177,14 +206,14 @@ mod tests {
             (None, Some(reply)),
             (None, None),
         ] {
-            let copied = PublishFrame::new(backing, channel, reply, payload);
+            let copied = PublishFrame::new(backing, channel, reply, payload).unwrap();
             assert_ne!(copied.frame().as_ptr(), frame.as_ptr());
             assert_eq!(
                 (copied.channel(), copied.reply(), copied.payload()),
                 (&b"foo"[..], reply, &b"abc"[..])
             );
         }
-        let no_reply = PublishFrame::new(Some(&frame), channel, None, payload);
+        let no_reply = PublishFrame::new(Some(&frame), channel, None, payload).unwrap();
         assert_eq!(
             (no_reply.frame().as_ptr(), no_reply.reply()),
             (frame.as_ptr(), None)

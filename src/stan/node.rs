@@ -915,7 +915,7 @@ impl Node {
             StanMsg::Subscribe { req, reply } => {
                 self.shard
                     .borrow_mut()
-                    .subscribe(now, req, reply, &*self.dir);
+                    .subscribe(now, *req, reply, &*self.dir);
                 self.flush();
             }
             StanMsg::Unsubscribe { req, end, reply } => {
@@ -992,7 +992,11 @@ impl InternalHandler for Node {
         let ncores = self.core.ncores;
         if let Kind::Publish { channel } = kind {
             let shard = shards::shard_for_bytes(channel, ncores);
-            let frame = PublishFrame::new(msg.backing, channel, msg.reply, msg.payload);
+            let Some(frame) = PublishFrame::new(msg.backing, channel, msg.reply, msg.payload)
+            else {
+                log::warn!("STAN: publish of 4 GiB or more on {channel:?} dropped");
+                return Handled::Yes;
+            };
             self.send_to(shard, StanMsg::Publish(frame));
             return Handled::Channel { core: shard };
         }
@@ -1003,7 +1007,13 @@ impl InternalHandler for Node {
             Kind::Subscribe => match requests::check_subscription(&payload) {
                 Ok(req) => {
                     let shard = shards::shard_for(&req.subject, ncores);
-                    self.send_to(shard, StanMsg::Subscribe { req, reply });
+                    self.send_to(
+                        shard,
+                        StanMsg::Subscribe {
+                            req: Box::new(req),
+                            reply,
+                        },
+                    );
                     return Handled::Channel { core: shard };
                 }
                 Err(e) => self.reply(reply.as_ref(), requests::sub_error(e)),
@@ -1017,7 +1027,14 @@ impl InternalHandler for Node {
                 match requests::decode_unsubscribe(&payload) {
                     Ok(req) => {
                         let shard = shards::shard_for(&req.subject, ncores);
-                        self.send_to(shard, StanMsg::Unsubscribe { req, end, reply });
+                        self.send_to(
+                            shard,
+                            StanMsg::Unsubscribe {
+                                req: Box::new(req),
+                                end,
+                                reply,
+                            },
+                        );
                     }
                     Err(e) => self.reply(reply.as_ref(), requests::sub_error(e)),
                 }
