@@ -101,7 +101,7 @@ pub struct Shard {
     pub stats: ShardStats,
     /// File store: framed records appended this turn, per channel, not yet on disk. `None`
     /// with the memory store.
-    unwritten: Option<FxHashMap<String, Unwritten>>,
+    unwritten: Option<UnwrittenMap>,
     /// File store: channels deleted (max_inactivity) whose files are still to be removed.
     deleted: Vec<String>,
     /// File store: (channel, sequence) of messages wanted by a reader and not in memory.
@@ -157,22 +157,21 @@ pub struct Unwritten {
     pub subs: SubJournal,
 }
 
-/// The turn's unwritten records of `channel` (file store only). The name is copied only
-/// when the channel first has some in this turn, not at every publish.
+/// The turn's batches, by channel name.
+type UnwrittenMap = hashbrown::HashMap<String, Unwritten, fxhash::FxBuildHasher>;
+
+/// The turn's unwritten records of `channel` (file store only): one lookup, and the name is
+/// copied only when the channel first has some in this turn, not at every publish.
 fn unwritten_of<'a>(
-    unwritten: &'a mut Option<FxHashMap<String, Unwritten>>,
+    unwritten: &'a mut Option<UnwrittenMap>,
     channel: &str,
 ) -> Option<&'a mut Unwritten> {
-    let u = unwritten.as_mut()?;
-    if !u.contains_key(channel) {
-        u.insert(channel.to_string(), Unwritten::default());
-    }
-    u.get_mut(channel)
+    Some(unwritten.as_mut()?.entry_ref(channel).or_default())
 }
 
 /// The subscription journal of `channel` in the turn's unwritten records (file store only).
 fn journal<'a>(
-    unwritten: &'a mut Option<FxHashMap<String, Unwritten>>,
+    unwritten: &'a mut Option<UnwrittenMap>,
     channel: &str,
 ) -> Option<&'a mut SubJournal> {
     unwritten_of(unwritten, channel).map(|b| &mut b.subs)
@@ -260,7 +259,7 @@ impl Shard {
 
     /// Keeps every stored message's record for the file store (see `take_unwritten`).
     pub fn persist_messages(&mut self) {
-        self.unwritten = Some(FxHashMap::default());
+        self.unwritten = Some(UnwrittenMap::default());
     }
 
     /// Whether stored messages or subscription changes wait to be written (output must then
