@@ -106,8 +106,7 @@ fn on_disk(c: &mut Criterion) {
             };
             let start = Instant::now();
             for _ in 0..iters {
-                let _ = w.append(&batch).await;
-                let _ = w.commit().await;
+                let _ = w.write(&batch).await;
             }
             let wrote = start.elapsed();
             let _ = w.close().await;

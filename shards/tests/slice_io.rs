@@ -60,8 +60,7 @@ fn commit_and_crash(tag: &str, sync: bool) {
             .await
             .expect("create");
         for turn in 0..50u64 {
-            w.append(&batch(turn * 20 + 1, 20)).await.expect("append");
-            w.commit().await.expect("commit");
+            w.write(&batch(turn * 20 + 1, 20)).await.expect("write");
         }
         let written = w.len();
         // A crash right after a commit: no close, so no truncation of the padding.
@@ -98,8 +97,7 @@ fn closed_slice_has_no_padding() {
     run(move || async move {
         warm_up(&d).await.expect("warm up");
         let mut w = SliceWriter::create(&p, 4096, true).await.expect("create");
-        w.append(&batch(1, 3)).await.expect("append");
-        w.commit().await.expect("commit");
+        w.write(&batch(1, 3)).await.expect("write");
         // The padding after a commit is zeroes.
         let padded = std::fs::read(&p).expect("read");
         assert!(padded[w.len() as usize..].iter().all(|b| *b == 0));
@@ -125,8 +123,7 @@ fn zeroes_written_ahead_never_cover_records() {
         let mut seq = 1;
         for turn in 0..2000u64 {
             let n = 1 + (turn * 37) % 300;
-            w.append(&batch(seq, n)).await.expect("append");
-            w.commit().await.expect("commit");
+            w.write(&batch(seq, n)).await.expect("write");
             seq += n;
         }
         let written = w.len();
@@ -160,10 +157,10 @@ fn an_abandoned_slice_keeps_only_what_earlier_commits_wrote() {
             let mut w = SliceWriter::create(&p, 64 << 10, sync)
                 .await
                 .expect("create");
-            w.append(&batch(1, 100)).await.expect("append");
-            w.commit().await.expect("commit");
+            w.write(&batch(1, 100)).await.expect("write");
             let keep = w.len();
-            w.append(&batch(101, 100)).await.expect("append");
+            // As if this write had failed partway: abandoning cuts off what of it landed.
+            w.write(&batch(101, 100)).await.expect("write");
             w.abandon(keep).await.expect("abandon");
             assert_eq!(
                 std::fs::metadata(&p).expect("meta").len(),

@@ -652,8 +652,7 @@ impl FileStore {
             }
         };
         let before = open.writer.len();
-        open.writer.append(&batch.records).await?;
-        match open.writer.commit().await {
+        match open.writer.write(&batch.records).await {
             Ok(()) => {
                 open.msgs += batch.msgs;
                 let entries = index_entries(&batch.records, before);

@@ -110,20 +110,12 @@ impl SliceWriter {
         self.len() == 0
     }
 
-    /// Appends already framed records (written at the next commit).
-    pub async fn append(&mut self, records: &[u8]) -> io::Result<()> {
+    /// Appends already framed records: on the device (synced slices) or in the page cache once
+    /// it returns. A failed write is followed by `abandon`.
+    pub async fn write(&mut self, records: &[u8]) -> io::Result<()> {
         match &mut self.0 {
-            Writer::Direct(w) => w.append(records).await,
-            Writer::Cached(w) => w.append(records),
-        }
-    }
-
-    /// Writes everything appended: on the device (synced slices) or in the page cache once it
-    /// returns.
-    pub async fn commit(&mut self) -> io::Result<()> {
-        match &mut self.0 {
-            Writer::Direct(w) => w.commit().await,
-            Writer::Cached(w) => w.commit(),
+            Writer::Direct(w) => w.write(records).await,
+            Writer::Cached(w) => w.write(records),
         }
     }
 
@@ -135,7 +127,7 @@ impl SliceWriter {
         }
     }
 
-    /// Commits what is left and closes the file (clean shutdown).
+    /// Closes the file (clean shutdown, or a full slice).
     pub async fn close(self) -> io::Result<()> {
         match self.0 {
             Writer::Direct(w) => w.close().await,
@@ -145,7 +137,7 @@ impl SliceWriter {
 }
 
 /// Appends records to one slice file with DMA. The writer keeps the file's unfinished last page
-/// in memory and rewrites it at each commit, always zero-padded: what follows the last record
+/// in memory and rewrites it at each write, always zero-padded: what follows the last record
 /// on disk is zeroes, never bytes of a recycled buffer (which could hold another slice's
 /// records).
 struct DirectSlice {
@@ -153,8 +145,7 @@ struct DirectSlice {
     path: PathBuf,
     /// File offset where `tail` starts (page-aligned).
     tail_pos: u64,
-    /// Bytes from `tail_pos` on: the unfinished page and everything appended since the last
-    /// commit.
+    /// The unfinished last page: the bytes from `tail_pos` on.
     tail: Vec<u8>,
     max_write: usize,
     /// Zeroes are on disk from the end of the records up to here.
@@ -197,7 +188,7 @@ impl DirectSlice {
         Ok(writer)
     }
 
-    /// End of what is on disk of the records, padding included.
+    /// Where the records written so far end on disk, padding included.
     fn written_end(&self) -> u64 {
         self.tail_pos + self.tail.len().next_multiple_of(PAGE) as u64
     }
@@ -243,44 +234,34 @@ impl DirectSlice {
         &self.path
     }
 
-    /// Bytes appended so far.
+    /// Bytes written so far.
     pub fn len(&self) -> u64 {
         self.tail_pos + self.tail.len() as u64
     }
 
-    /// Appends already framed records (written at the next commit).
-    pub async fn append(&mut self, records: &[u8]) -> io::Result<()> {
-        self.tail.extend_from_slice(records);
-        Ok(())
-    }
-
-    /// Writes everything appended (the last page zero-padded), on the device once it returns.
-    pub async fn commit(&mut self) -> io::Result<()> {
-        self.write_tail().await?;
-        self.zero_ahead();
-        Ok(())
-    }
-
-    /// The write of `commit`, without starting the next zero run.
-    async fn write_tail(&mut self) -> io::Result<()> {
+    /// Writes the unfinished page and `records` after it (the last page zero-padded), on the
+    /// device once it returns; then starts the next zero run if one is due. The DMA buffers
+    /// are filled from the unfinished page and the records directly.
+    pub async fn write(&mut self, records: &[u8]) -> io::Result<()> {
+        let total = self.tail.len() + records.len();
         // A zero run must land before records are written over its range.
-        if self.written_end() > self.zeroed {
+        if self.tail_pos + total.next_multiple_of(PAGE) as u64 > self.zeroed {
             self.finish_zeroing().await;
         }
         let mut written = 0;
-        while written < self.tail.len() {
-            let chunk = (self.tail.len() - written).min(self.max_write);
+        while written < total {
+            let chunk = (total - written).min(self.max_write);
             let padded = chunk.next_multiple_of(PAGE);
             let mut buf = self.file.alloc_dma_buffer(padded);
             let bytes = buf.as_bytes_mut();
-            bytes[..chunk].copy_from_slice(&self.tail[written..written + chunk]);
+            copy_joined(&self.tail, records, written, &mut bytes[..chunk]);
             bytes[chunk..].fill(0);
             let done = self
                 .file
                 .write_at(buf, self.tail_pos + written as u64)
                 .await
                 .map_err(to_io)?;
-            // A full disk may take part of a write: that is a failed commit, not a success.
+            // A full disk may take part of a write: that is a failed write, not a success.
             if done < padded {
                 return Err(io::Error::new(
                     io::ErrorKind::StorageFull,
@@ -293,9 +274,13 @@ impl DirectSlice {
             written += chunk;
         }
         // Whole pages are final; the unfinished one stays to be rewritten with what follows.
-        let full = self.tail.len() / PAGE * PAGE;
-        self.tail.drain(..full);
+        let full = total / PAGE * PAGE;
+        let mut unfinished = Vec::with_capacity(PAGE);
+        unfinished.resize(total - full, 0);
+        copy_joined(&self.tail, records, full, &mut unfinished);
+        self.tail = unfinished;
         self.tail_pos += full as u64;
+        self.zero_ahead();
         Ok(())
     }
 
@@ -308,15 +293,30 @@ impl DirectSlice {
         cut.and(closed)
     }
 
-    /// Commits and trims the zero padding and the zeroes ahead (clean shutdown, or a full
-    /// slice): no new zero run starts, only to be cut off.
+    /// Trims the zero padding and the zeroes ahead, and closes the file (clean shutdown, or a
+    /// full slice).
     pub async fn close(mut self) -> io::Result<()> {
-        self.write_tail().await?;
         self.finish_zeroing().await;
         let len = self.len();
         self.file.truncate(len).await.map_err(to_io)?;
         close_shared(self.file).await
     }
+}
+
+/// Copies `out.len()` bytes from offset `from` of `first` followed by `second`.
+fn copy_joined(first: &[u8], second: &[u8], from: usize, out: &mut [u8]) {
+    let mut at = 0;
+    if from < first.len() {
+        let n = (first.len() - from).min(out.len());
+        out[..n].copy_from_slice(&first[from..from + n]);
+        at = n;
+        if at == out.len() {
+            return;
+        }
+    }
+    let start = from + at - first.len();
+    let rest = out.len() - at;
+    out[at..].copy_from_slice(&second[start..start + rest]);
 }
 
 /// Closes a file shared with a zero run (none is in flight by then: the caller waited for it).
@@ -363,4 +363,25 @@ pub async fn read_slice(path: &Path, read_size: usize) -> io::Result<Vec<u8>> {
     reader.read_to_end(&mut out).await?;
     let _ = reader.close().await;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_joined;
+
+    #[test]
+    fn joined_copies_match_the_concatenation() {
+        let (first, second) = (b"abcdef".as_slice(), b"0123456789".as_slice());
+        let whole: Vec<u8> = [first, second].concat();
+        for from in 0..=whole.len() {
+            for len in 0..=whole.len() - from {
+                let mut out = vec![0u8; len];
+                copy_joined(first, second, from, &mut out);
+                assert_eq!(out, &whole[from..from + len], "from {from} len {len}");
+            }
+        }
+        let mut out = [0u8; 3];
+        copy_joined(b"", b"xyz", 0, &mut out);
+        assert_eq!(&out, b"xyz");
+    }
 }
