@@ -7,9 +7,9 @@ use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use prost::Message;
 use shards::limits::StoreLimits;
-use shards::pb::PubMsg;
+use shards::pb::{PubMsg, SubscriptionRequest, SubscriptionResponse};
 use shards::shard::{ChannelDirectory, Incoming, Now, Shard, ShardConfig};
-use shards::wire::PubMsgView;
+use shards::wire::{encode_ack_into, MsgView, PubMsgView};
 
 const TURN: usize = 256;
 
@@ -93,6 +93,85 @@ fn publish(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same with one plain subscriber: each publish is also delivered (queued for its inbox),
+/// and each delivery acked, as a live subscriber does.
+fn publish_delivered_acked(c: &mut Criterion) {
+    let Ok(limits) = StoreLimits::default().build() else {
+        eprintln!("SKIPPED: default limits do not build");
+        return;
+    };
+    let mut shard = Shard::new(ShardConfig {
+        shard: 0,
+        ack_prefix: "_STAN.ack.bench.0.".into(),
+        limits,
+        replace_durable: false,
+    });
+    shard.persist_messages();
+    shard.client_added("bench-client", Bytes::from_static(b"conn-1"));
+    let mut now = Now {
+        wall_ns: 1_700_000_000_000_000_000,
+        mono_ns: 1_000_000_000,
+    };
+    shard.subscribe(
+        now,
+        SubscriptionRequest {
+            client_id: "bench-client".into(),
+            subject: "bench".into(),
+            inbox: "_INBOX.bench.sub".into(),
+            max_in_flight: 16384,
+            ack_wait_in_secs: 30,
+            ..Default::default()
+        },
+        Some(Bytes::from_static(b"subreply")),
+        &Dir,
+    );
+    let ack_inbox = shard
+        .take_out()
+        .iter()
+        .find(|o| o.subject.as_ref() == b"subreply")
+        .and_then(|o| SubscriptionResponse::decode(o.payload.clone()).ok())
+        .map(|r| r.ack_inbox)
+        .unwrap_or_default();
+    let msgs = pub_msgs();
+    let reply = Bytes::from_static(b"_STAN.acks.Xq8Yz1sNdRuFZcI0bN2f3g");
+    let mut acks: Vec<Vec<u8>> = Vec::with_capacity(TURN);
+    let mut group = c.benchmark_group("shard");
+    group.throughput(Throughput::Elements(TURN as u64));
+    group.bench_function("stored_publish_delivered_acked_128B", |b| {
+        b.iter(|| {
+            now.mono_ns += 1_000;
+            now.wall_ns += 1_000;
+            for m in &msgs {
+                let incoming = Incoming {
+                    pub_msg: m,
+                    reply: Some(reply.as_ref()),
+                    frame: Some(m),
+                };
+                shard.publish(now, "bench", incoming, &Dir);
+            }
+            let (batches, _) = shard.take_unwritten();
+            for (channel, batch) in &batches {
+                shard.written(channel, batch.first_seq, batch.count, 1, 0);
+            }
+            let out = shard.take_out();
+            acks.clear();
+            for o in &out {
+                if let Ok(m) = MsgView::parse(&o.payload) {
+                    let mut ack = Vec::with_capacity(16);
+                    encode_ack_into(&mut ack, b"bench", m.sequence);
+                    acks.push(ack);
+                }
+            }
+            shard.acks(
+                now,
+                acks.iter().map(|a| (ack_inbox.as_bytes(), a.as_slice())),
+            );
+            black_box((batches, out));
+        })
+    });
+    group.finish();
+}
+
 /// Decoding alone: a quarter of the shard's work for a publish (profiled).
 fn parse(c: &mut Criterion) {
     let msgs = pub_msgs();
@@ -108,5 +187,5 @@ fn parse(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, publish, parse);
+criterion_group!(benches, publish, publish_delivered_acked, parse);
 criterion_main!(benches);

@@ -203,6 +203,58 @@ fn arm(timers: &mut BTreeSet<(u64, u64)>, sub: &mut Subscription, deadline: u64)
     sub.armed = Some(deadline);
 }
 
+/// The parts of a shard a delivery to a plain subscriber touches, borrowed apart from the
+/// channel it reads.
+struct Deliveries<'a> {
+    timers: &'a mut BTreeSet<(u64, u64)>,
+    out: &'a mut Vec<Out>,
+    stats: &'a mut ShardStats,
+    reads_wanted: &'a mut Vec<(String, u64)>,
+    /// The channel's subscription journal (file store only).
+    journal: Option<&'a mut SubJournal>,
+}
+
+impl Deliveries<'_> {
+    /// Sends a plain subscriber of `ch` what its window has room for.
+    fn plain(&mut self, now: Now, ch: &Channel, id: u64, sub: &mut Subscription) {
+        if sub.offline || sub.new_on_hold || sub.is_queue() {
+            return;
+        }
+        let expiry = now.mono_ns + sub.ack_wait_ns;
+        while !sub.is_stalled() {
+            let next = (sub.last_sent + 1).max(ch.log.first_seq());
+            let msg = match ch.log.get(next) {
+                Lookup::Found(m) => m,
+                Lookup::Missing => return,
+                Lookup::NotLoaded => {
+                    self.reads_wanted.push((sub.channel.clone(), next));
+                    return;
+                }
+                Lookup::Unreadable => {
+                    sub.last_sent = next;
+                    continue;
+                }
+            };
+            if let Some(ahead) = ch.log.read_ahead_from(next) {
+                self.reads_wanted.push((sub.channel.clone(), ahead));
+            }
+            sub.last_sent = next;
+            sub.pending.insert(next, expiry);
+            arm(self.timers, sub, expiry);
+            if let Some(j) = self.journal.as_deref_mut() {
+                j.sent(id, next);
+            }
+            self.stats.out_msgs += 1;
+            self.stats.out_bytes += msg.encoded.len() as u64;
+            self.out.push(Out {
+                subject: sub.inbox.clone(),
+                reply: None,
+                payload: msg.encoded.clone(),
+            });
+        }
+    }
+}
+
 /// Whether `out` delivers a message of `channel` at or after `first_seq`.
 fn delivers(out: &Out, channel: &str, first_seq: u64) -> bool {
     match pb::MsgProto::decode(out.payload.clone()) {
@@ -1171,26 +1223,45 @@ impl Shard {
 
     /// Gives every subscription of the channel what it has room for.
     fn deliver_channel(&mut self, now: Now, channel: &str) {
-        let mut i = 0;
-        while let Some(id) = self
-            .channels
-            .get(channel)
-            .and_then(|c| c.plain.get(i).copied())
-        {
-            self.deliver_plain(now, id);
-            i += 1;
-        }
-        let groups: Vec<String> = match self.channels.get(channel) {
-            Some(ch) if !ch.queues.is_empty() => ch.queues.keys().cloned().collect(),
-            _ => return,
+        // Borrowed apart: the channel and its batch are looked up once for all its
+        // subscribers (this runs for every publish on a channel with subscribers).
+        let Shard {
+            subs,
+            channels,
+            unwritten,
+            timers,
+            out,
+            stats,
+            reads_wanted,
+            ..
+        } = self;
+        let Some(ch) = channels.get(channel) else {
+            return;
         };
+        if !ch.plain.is_empty() {
+            let mut to = Deliveries {
+                timers,
+                out,
+                stats,
+                reads_wanted,
+                journal: journal(unwritten, channel),
+            };
+            for &id in &ch.plain {
+                if let Some(sub) = subs.get_mut(&id) {
+                    to.plain(now, ch, id, sub);
+                }
+            }
+        }
+        if ch.queues.is_empty() {
+            return;
+        }
+        let groups: Vec<String> = ch.queues.keys().cloned().collect();
         for g in groups {
             self.deliver_queue(now, channel, &g);
         }
     }
 
     fn deliver_plain(&mut self, now: Now, id: u64) {
-        // Borrowed apart once: this loop runs for every message a subscriber gets.
         let Shard {
             subs,
             channels,
@@ -1204,45 +1275,17 @@ impl Shard {
         let Some(sub) = subs.get_mut(&id) else {
             return;
         };
-        if sub.offline || sub.new_on_hold || sub.is_queue() {
-            return;
-        }
         let Some(ch) = channels.get(&sub.channel) else {
             return;
         };
-        let mut journal = journal(unwritten, &sub.channel);
-        let expiry = now.mono_ns + sub.ack_wait_ns;
-        while !sub.is_stalled() {
-            let next = (sub.last_sent + 1).max(ch.log.first_seq());
-            let msg = match ch.log.get(next) {
-                Lookup::Found(m) => m,
-                Lookup::Missing => return,
-                Lookup::NotLoaded => {
-                    reads_wanted.push((sub.channel.clone(), next));
-                    return;
-                }
-                Lookup::Unreadable => {
-                    sub.last_sent = next;
-                    continue;
-                }
-            };
-            if let Some(ahead) = ch.log.read_ahead_from(next) {
-                reads_wanted.push((sub.channel.clone(), ahead));
-            }
-            sub.last_sent = next;
-            sub.pending.insert(next, expiry);
-            arm(timers, sub, expiry);
-            if let Some(j) = journal.as_deref_mut() {
-                j.sent(id, next);
-            }
-            stats.out_msgs += 1;
-            stats.out_bytes += msg.encoded.len() as u64;
-            out.push(Out {
-                subject: sub.inbox.clone(),
-                reply: None,
-                payload: msg.encoded.clone(),
-            });
-        }
+        let mut to = Deliveries {
+            timers,
+            out,
+            stats,
+            reads_wanted,
+            journal: journal(unwritten, &sub.channel),
+        };
+        to.plain(now, ch, id, sub);
     }
 
     /// The member with room and the fewest pending acks whose client answers heartbeats.
@@ -1407,7 +1450,14 @@ impl Shard {
     }
 
     fn remove_pending(&mut self, id: u64, seq: u64) -> bool {
-        let Some(sub) = self.subs.get_mut(&id) else {
+        // Borrowed apart: this runs once per ack.
+        let Shard {
+            subs,
+            channels,
+            unwritten,
+            ..
+        } = self;
+        let Some(sub) = subs.get_mut(&id) else {
             return false;
         };
         if sub.pending.remove(seq).is_none() {
@@ -1416,16 +1466,11 @@ impl Shard {
         if !sub.redeliveries.is_empty() {
             sub.redeliveries.remove(&seq);
         }
-        // Borrowed, not cloned: this runs once per ack.
-        let Some(sub) = self.subs.get(&id) else {
-            return true;
-        };
-        if let Some(j) = journal(&mut self.unwritten, &sub.channel) {
+        if let Some(j) = journal(unwritten, &sub.channel) {
             j.acked(id, seq);
         }
         if sub.is_queue() {
-            if let Some(g) = self
-                .channels
+            if let Some(g) = channels
                 .get_mut(&sub.channel)
                 .and_then(|c| c.queues.get_mut(&sub.queue))
                 .filter(|g| !g.redeliveries.is_empty())
