@@ -8,7 +8,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use prost::Message;
 use shards::limits::StoreLimits;
 use shards::pb::{PubMsg, SubscriptionRequest, SubscriptionResponse};
-use shards::shard::{ChannelDirectory, Incoming, Now, Shard, ShardConfig};
+use shards::shard::{ChannelDirectory, Incoming, Now, Out, Shard, ShardConfig};
 use shards::wire::{encode_ack_into, MsgView, PubMsgView};
 
 const TURN: usize = 256;
@@ -49,10 +49,12 @@ fn pub_msgs() -> Vec<Bytes> {
         .collect()
 }
 
-fn publish(c: &mut Criterion) {
+/// A file-store shard (nothing written to disk: commits are marked written) with the bench
+/// client registered.
+fn stored_shard() -> Option<Shard> {
     let Ok(limits) = StoreLimits::default().build() else {
         eprintln!("SKIPPED: default limits do not build");
-        return;
+        return None;
     };
     let mut shard = Shard::new(ShardConfig {
         shard: 0,
@@ -62,33 +64,47 @@ fn publish(c: &mut Criterion) {
     });
     shard.persist_messages();
     shard.client_added("bench-client", Bytes::from_static(b"conn-1"));
-    let msgs = pub_msgs();
-    let reply = Bytes::from_static(b"_STAN.acks.Xq8Yz1sNdRuFZcI0bN2f3g");
-    let mut now = Now {
+    Some(shard)
+}
+
+/// One turn: the publishes, then the commit's bookkeeping. Returns what the shard queued.
+fn publish_turn(shard: &mut Shard, now: &mut Now, msgs: &[Bytes]) -> Vec<Out> {
+    const REPLY: &[u8] = b"_STAN.acks.Xq8Yz1sNdRuFZcI0bN2f3g";
+    now.mono_ns += 1_000;
+    now.wall_ns += 1_000;
+    for m in msgs {
+        let incoming = Incoming {
+            pub_msg: m,
+            reply: Some(REPLY),
+            frame: Some(m),
+        };
+        shard.publish(*now, "bench", incoming, &Dir);
+    }
+    let (batches, _) = shard.take_unwritten();
+    for (channel, batch) in &batches {
+        shard.written(channel, batch.first_seq, batch.count, 1, 0);
+    }
+    black_box(batches);
+    shard.take_out()
+}
+
+fn start() -> Now {
+    Now {
         wall_ns: 1_700_000_000_000_000_000,
         mono_ns: 1_000_000_000,
+    }
+}
+
+fn publish(c: &mut Criterion) {
+    let Some(mut shard) = stored_shard() else {
+        return;
     };
+    let msgs = pub_msgs();
+    let mut now = start();
     let mut group = c.benchmark_group("shard");
     group.throughput(Throughput::Elements(TURN as u64));
     group.bench_function("stored_publish_128B", |b| {
-        b.iter(|| {
-            now.mono_ns += 1_000;
-            now.wall_ns += 1_000;
-            for m in &msgs {
-                let incoming = Incoming {
-                    pub_msg: m,
-                    reply: Some(reply.as_ref()),
-                    frame: Some(m),
-                };
-                shard.publish(now, "bench", incoming, &Dir);
-            }
-            let (batches, _) = shard.take_unwritten();
-            for (channel, batch) in &batches {
-                shard.written(channel, batch.first_seq, batch.count, 1, 0);
-            }
-            black_box(batches);
-            black_box(shard.take_out());
-        })
+        b.iter(|| black_box(publish_turn(&mut shard, &mut now, &msgs)))
     });
     group.finish();
 }
@@ -96,22 +112,10 @@ fn publish(c: &mut Criterion) {
 /// The same with one plain subscriber: each publish is also delivered (queued for its inbox),
 /// and each delivery acked, as a live subscriber does.
 fn publish_delivered_acked(c: &mut Criterion) {
-    let Ok(limits) = StoreLimits::default().build() else {
-        eprintln!("SKIPPED: default limits do not build");
+    let Some(mut shard) = stored_shard() else {
         return;
     };
-    let mut shard = Shard::new(ShardConfig {
-        shard: 0,
-        ack_prefix: "_STAN.ack.bench.0.".into(),
-        limits,
-        replace_durable: false,
-    });
-    shard.persist_messages();
-    shard.client_added("bench-client", Bytes::from_static(b"conn-1"));
-    let mut now = Now {
-        wall_ns: 1_700_000_000_000_000_000,
-        mono_ns: 1_000_000_000,
-    };
+    let mut now = start();
     shard.subscribe(
         now,
         SubscriptionRequest {
@@ -133,27 +137,12 @@ fn publish_delivered_acked(c: &mut Criterion) {
         .map(|r| r.ack_inbox)
         .unwrap_or_default();
     let msgs = pub_msgs();
-    let reply = Bytes::from_static(b"_STAN.acks.Xq8Yz1sNdRuFZcI0bN2f3g");
     let mut acks: Vec<Vec<u8>> = Vec::with_capacity(TURN);
     let mut group = c.benchmark_group("shard");
     group.throughput(Throughput::Elements(TURN as u64));
     group.bench_function("stored_publish_delivered_acked_128B", |b| {
         b.iter(|| {
-            now.mono_ns += 1_000;
-            now.wall_ns += 1_000;
-            for m in &msgs {
-                let incoming = Incoming {
-                    pub_msg: m,
-                    reply: Some(reply.as_ref()),
-                    frame: Some(m),
-                };
-                shard.publish(now, "bench", incoming, &Dir);
-            }
-            let (batches, _) = shard.take_unwritten();
-            for (channel, batch) in &batches {
-                shard.written(channel, batch.first_seq, batch.count, 1, 0);
-            }
-            let out = shard.take_out();
+            let out = publish_turn(&mut shard, &mut now, &msgs);
             acks.clear();
             for o in &out {
                 if let Ok(m) = MsgView::parse(&o.payload) {
@@ -166,7 +155,7 @@ fn publish_delivered_acked(c: &mut Criterion) {
                 now,
                 acks.iter().map(|a| (ack_inbox.as_bytes(), a.as_slice())),
             );
-            black_box((batches, out));
+            black_box(out);
         })
     });
     group.finish();

@@ -1223,29 +1223,14 @@ impl Shard {
 
     /// Gives every subscription of the channel what it has room for.
     fn deliver_channel(&mut self, now: Now, channel: &str) {
-        // Borrowed apart: the channel and its batch are looked up once for all its
-        // subscribers (this runs for every publish on a channel with subscribers).
-        let Shard {
-            subs,
-            channels,
-            unwritten,
-            timers,
-            out,
-            stats,
-            reads_wanted,
-            ..
-        } = self;
+        // The channel and its batch are looked up once for all its subscribers (this runs for
+        // every publish on a channel with subscribers).
+        let (subs, channels, unwritten, mut to) = self.split_for_delivery();
         let Some(ch) = channels.get(channel) else {
             return;
         };
         if !ch.plain.is_empty() {
-            let mut to = Deliveries {
-                timers,
-                out,
-                stats,
-                reads_wanted,
-                journal: journal(unwritten, channel),
-            };
+            to.journal = journal(unwritten, channel);
             for &id in &ch.plain {
                 if let Some(sub) = subs.get_mut(&id) {
                     to.plain(now, ch, id, sub);
@@ -1262,6 +1247,27 @@ impl Shard {
     }
 
     fn deliver_plain(&mut self, now: Now, id: u64) {
+        let (subs, channels, unwritten, mut to) = self.split_for_delivery();
+        let Some(sub) = subs.get_mut(&id) else {
+            return;
+        };
+        let Some(ch) = channels.get(&sub.channel) else {
+            return;
+        };
+        to.journal = journal(unwritten, &sub.channel);
+        to.plain(now, ch, id, sub);
+    }
+
+    /// The shard borrowed apart for deliveries: its subscriptions, its channels, the turn's
+    /// batches (for the journal) and what a delivery writes to.
+    fn split_for_delivery(
+        &mut self,
+    ) -> (
+        &mut FxHashMap<u64, Subscription>,
+        &FxHashMap<String, Channel>,
+        &mut Option<UnwrittenMap>,
+        Deliveries<'_>,
+    ) {
         let Shard {
             subs,
             channels,
@@ -1272,20 +1278,14 @@ impl Shard {
             reads_wanted,
             ..
         } = self;
-        let Some(sub) = subs.get_mut(&id) else {
-            return;
-        };
-        let Some(ch) = channels.get(&sub.channel) else {
-            return;
-        };
-        let mut to = Deliveries {
+        let to = Deliveries {
             timers,
             out,
             stats,
             reads_wanted,
-            journal: journal(unwritten, &sub.channel),
+            journal: None,
         };
-        to.plain(now, ch, id, sub);
+        (subs, channels, unwritten, to)
     }
 
     /// The member with room and the fewest pending acks whose client answers heartbeats.
