@@ -419,6 +419,7 @@ impl FileLog {
         }
         if dropped > 0 {
             self.trim();
+            self.tail.release_unused_chunks();
         }
         dropped
     }

@@ -50,7 +50,7 @@ pub struct MemoryLog {
     next_chunk: usize,
     /// Filled chunks, oldest first (`RETIRED_CHUNKS`).
     retired: VecDeque<BytesMut>,
-    /// Chunks allocated, not reused.
+    /// Chunks allocated (reuses not counted); 0 while `chunk` is still the empty initial one.
     fresh_chunks: u64,
     /// The sequence the next message gets, minus one.
     last_seq: u64,
@@ -89,6 +89,7 @@ impl MemoryLog {
     /// whose messages is left, or a new one. Other retired chunks found unused are freed, so
     /// what is kept unused is one chunk at most.
     fn new_chunk(&mut self, want: usize) {
+        let had_chunk = self.fresh_chunks > 0;
         let mut reused = None;
         self.retired.retain_mut(|chunk| {
             // A retired chunk has less room left than any message needs, so this succeeds only
@@ -106,7 +107,9 @@ impl MemoryLog {
             BytesMut::with_capacity(want)
         });
         let filled = std::mem::replace(&mut self.chunk, fresh);
-        self.retired.push_back(filled);
+        if had_chunk {
+            self.retired.push_back(filled);
+        }
         if self.retired.len() > RETIRED_CHUNKS {
             self.retired.pop_front();
         }
@@ -192,7 +195,20 @@ impl MemoryLog {
             self.pop_front();
             dropped += 1;
         }
+        if dropped > 0 {
+            self.release_unused_chunks();
+        }
         dropped
+    }
+
+    /// Frees the retired chunks that no message holds any more. New messages reuse one at the
+    /// next chunk change, but messages that age out may leave a channel idle, holding them.
+    pub fn release_unused_chunks(&mut self) {
+        // A retired chunk can have more room than it has left only when no message holds it.
+        self.retired.retain_mut(|chunk| {
+            let more = chunk.capacity() + 1;
+            !chunk.try_reclaim(more)
+        });
     }
 
     /// When the oldest message expires (for scheduling), if max_age applies.
@@ -327,12 +343,31 @@ mod tests {
             log.fresh_chunks
         );
         let held = held.unwrap();
-        let decoded = held.decode().unwrap();
-        assert_eq!(decoded.data, vec![((per_chunk * 15) % 251) as u8; 1000]);
+        // (A decoded message shares its chunk too: decoded in place.)
+        assert_eq!(
+            held.decode().unwrap().data,
+            vec![((per_chunk * 15) % 251) as u8; 1000]
+        );
         for m in log.iter() {
             let d = m.decode().unwrap();
             assert_eq!(d.data, vec![((m.seq - 1) % 251) as u8; 1000]);
         }
         assert!(log.retired.len() <= RETIRED_CHUNKS);
+        // Everything ages out: the chunks no message holds are freed, the held one stays.
+        let aged = ChannelLimits {
+            max_age: Duration::from_nanos(1),
+            ..Default::default()
+        };
+        log.expire(&aged, 10);
+        assert_eq!(log.count(), 0);
+        assert_eq!(
+            log.retired.len(),
+            1,
+            "only the chunk the held message is in"
+        );
+        assert_eq!(held.decode().unwrap().data.len(), 1000);
+        drop(held);
+        log.release_unused_chunks();
+        assert!(log.retired.is_empty());
     }
 }
