@@ -62,11 +62,7 @@ impl OwedAcks {
     /// Every ack's PubAck payload (with `error`, empty for success), encoded back to back in
     /// one buffer, and where each one ends.
     pub fn encode(&self, error: &str) -> (Bytes, Vec<usize>) {
-        let total = self
-            .acks
-            .iter()
-            .map(|a| pub_ack_len(&self.bytes[a.guid.clone()], error))
-            .sum();
+        let total = self.iter().map(|(_, guid)| pub_ack_len(guid, error)).sum();
         let mut out = BytesMut::with_capacity(total);
         let mut ends = Vec::with_capacity(self.acks.len());
         for (_, guid) in self.iter() {

@@ -195,11 +195,16 @@ impl<'a> MsgView<'a> {
     }
 }
 
+/// Where `part` lies in `whole`, when it is a slice of it.
+pub fn range_within(whole: &[u8], part: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len()).then_some(start..end)
+}
+
 /// `part` as a slice of `whole` (no copy) when it lies inside it.
 pub fn slice_within(whole: &Bytes, part: &[u8]) -> Option<Bytes> {
-    let start = whole.as_ptr() as usize;
-    let p = part.as_ptr() as usize;
-    (p >= start && p + part.len() <= start + whole.len()).then(|| whole.slice_ref(part))
+    range_within(whole, part).map(|r| whole.slice(r))
 }
 
 /// Appends an `Ack` of `sequence` on `subject`, encoded as prost would.
@@ -321,6 +326,21 @@ mod tests {
     use crate::pb::{Ack, MsgProto, PubAck, PubMsg};
     use proptest::prelude::*;
     use prost::Message;
+
+    #[test]
+    fn parts_are_found_only_inside_their_whole() {
+        let whole = b"0123456789".to_vec();
+        assert_eq!(range_within(&whole, &whole[2..5]), Some(2..5));
+        assert_eq!(range_within(&whole, &whole[10..]), Some(10..10));
+        let other = b"0123".to_vec();
+        assert_eq!(range_within(&whole, &other), None);
+        let bytes = Bytes::from(whole.clone());
+        assert_eq!(
+            slice_within(&bytes, &bytes[3..4]).as_deref(),
+            Some(&b"3"[..])
+        );
+        assert_eq!(slice_within(&bytes, &whole[3..4]), None);
+    }
 
     fn pub_msg() -> impl Strategy<Value = PubMsg> {
         (

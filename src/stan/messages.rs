@@ -4,6 +4,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use shards::pb::{SubscriptionRequest, UnsubscribeRequest};
 use shards::shard::SubEnd;
+use shards::wire::range_within;
 use std::ops::Range;
 
 pub enum StanMsg {
@@ -113,34 +114,20 @@ impl PublishFrame {
         payload: &[u8],
     ) -> Option<Self> {
         if let Some(frame) = backing {
-            let within = |part: &[u8]| {
-                let start = (part.as_ptr() as usize).checked_sub(frame.as_ptr() as usize)?;
-                let end = start.checked_add(part.len())?;
-                if end > frame.len() {
-                    return None;
-                }
-                Part::of(start..end)
+            let within = |part: &[u8]| range_within(frame, part).and_then(Part::of);
+            let reply_part = match reply {
+                Some(r) => within(r).map(Some),
+                None => Some(None),
             };
-            if let (Some(channel), Some(payload)) = (within(channel), within(payload)) {
-                match reply.map(within) {
-                    None => {
-                        return Some(PublishFrame {
-                            frame: frame.clone(),
-                            channel,
-                            reply: None,
-                            payload,
-                        })
-                    }
-                    Some(Some(reply)) => {
-                        return Some(PublishFrame {
-                            frame: frame.clone(),
-                            channel,
-                            reply: Some(reply),
-                            payload,
-                        })
-                    }
-                    Some(None) => {}
-                }
+            if let (Some(channel), Some(reply), Some(payload)) =
+                (within(channel), reply_part, within(payload))
+            {
+                return Some(PublishFrame {
+                    frame: frame.clone(),
+                    channel,
+                    reply,
+                    payload,
+                });
             }
         }
         let reply_len = reply.map_or(0, <[u8]>::len);
@@ -148,19 +135,18 @@ impl PublishFrame {
         let mut put = |part: &[u8]| {
             let start = copy.len();
             copy.put_slice(part);
-            start..copy.len()
+            Part::of(start..copy.len())
         };
-        let channel = put(channel);
-        let reply = reply.map(&mut put);
-        let payload = put(payload);
-        let reply = match reply.map(Part::of) {
-            Some(None) => return None,
-            r => r.flatten(),
+        let channel = put(channel)?;
+        let reply = match reply {
+            Some(r) => Some(put(r)?),
+            None => None,
         };
+        let payload = put(payload)?;
         Some(PublishFrame {
-            channel: Part::of(channel)?,
+            channel,
             reply,
-            payload: Part::of(payload)?,
+            payload,
             frame: copy.freeze(),
         })
     }
