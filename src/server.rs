@@ -12,6 +12,7 @@ use crate::stan::node::Node;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::{AcceptedTcpStream, TcpListener};
 use glommio::{LocalExecutorBuilder, Placement};
+use shards::ack_key::AckKey;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -235,12 +236,20 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
             });
         }
     }
-    if opts.streaming.store == crate::config::streaming::StoreType::File {
-        if let Some(dir) = &opts.streaming.dir {
+    let kept_ack_key = match (&opts.streaming.store, &opts.streaming.dir) {
+        (crate::config::streaming::StoreType::File, Some(dir)) => Some(
             shards::store::file::check_server_file(dir, &opts.streaming.cluster_id)
-                .map_err(|msg| ServerError::Core { core: 0, msg })?;
-        }
-    }
+                .map_err(|msg| ServerError::Core { core: 0, msg })?,
+        ),
+        _ => None,
+    };
+    let ack_key = match kept_ack_key {
+        Some(material) => AckKey::new(&material),
+        None => AckKey::random().map_err(|_| ServerError::Core {
+            core: 0,
+            msg: "no random bytes from the operating system".into(),
+        })?,
+    };
     // Certificates are read once, before any core starts: a bad file is a start-up error.
     let tls = match &opts.tls {
         Some(t) => Some(crate::nats::tls::server_config(t)?),
@@ -272,6 +281,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         let global = global.clone();
         let directory = directory.clone();
         let tls = tls.clone();
+        let ack_key = ack_key.clone();
         let ready_tx = ready_tx.clone();
         let lifecycle = Lifecycle {
             stop: stop.clone(),
@@ -303,8 +313,8 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
                 };
                 executor.run(async move {
                     if let Err(e) = run_core(
-                        opts, mesh, handoff, ncores, server_id, global, directory, tls, &ready_tx,
-                        lifecycle,
+                        opts, mesh, handoff, ncores, server_id, global, directory, ack_key, tls,
+                        &ready_tx, lifecycle,
                     )
                     .await
                     {
@@ -381,6 +391,7 @@ async fn run_core(
     server_id: Arc<str>,
     global: Arc<GlobalCounters>,
     directory: Arc<SharedDirectory>,
+    ack_key: AckKey,
     tls: Option<Arc<rustls::ServerConfig>>,
     ready: &mpsc::Sender<Result<usize, ServerError>>,
     lifecycle: Lifecycle,
@@ -400,7 +411,7 @@ async fn run_core(
     core.outbox.start_flushers(Rc::new(senders));
     core.set_tls(tls.clone());
     // Registered before the mesh is read, so no streaming message from a peer finds it absent.
-    let streaming = Node::start(core.clone(), &opts, directory);
+    let streaming = Node::start(core.clone(), &opts, directory, ack_key);
     if opts.streaming.store == crate::config::streaming::StoreType::File {
         streaming
             .open_store()

@@ -701,3 +701,59 @@ fn subscription_and_client_logs_are_compacted_while_running() {
     let subs = data.join("channels").join("ch10").join("subs.dat");
     assert!(size(&subs) > 0 && size(&data.join("clients.dat")) > 0);
 }
+
+/// Issue 21.1: a client and a durable whose fields exceed 65,535 bytes of two-byte characters
+/// survive a kill -9 and restart (they were cut inside a character; the store then refused to
+/// start).
+#[test]
+fn long_fields_survive_a_restart() {
+    restart_dialogue("hostile_long_fields_survive_restart", &[libc::SIGKILL]);
+}
+
+/// Issue 21.1: one bad record in the middle of `clients.dat` is refused at start-up naming
+/// the file and offset; with --file_truncate_bad_eof only that record is dropped (logged with
+/// its offset), and the clients after it are still registered.
+#[test]
+fn a_bad_client_record_loses_only_itself() {
+    use shards::store::clients::{encode_add, StoredClient};
+    let (_store, data) = store_dir("bad-client-record");
+    let mut log = Vec::new();
+    let mut offsets = Vec::new();
+    for id in ["first", "second", "third"] {
+        offsets.push(log.len());
+        encode_add(
+            &mut log,
+            &StoredClient {
+                id: id.into(),
+                hb_inbox: format!("_INBOX.{id}"),
+                conn_id: bytes::Bytes::from(format!("conn-{id}")),
+            },
+        );
+    }
+    log[offsets[1] + 12] ^= 0xff;
+    std::fs::write(data.join("clients.dat"), &log).expect("write clients.dat");
+    let dir = data.to_str().expect("utf-8");
+    let err = common::fails_cleanly(&["-st", "file", "--dir", dir]);
+    assert!(
+        err.contains("clients.dat")
+            && err.contains(&format!("corrupt record at offset {}", offsets[1])),
+        "{err}"
+    );
+    let monitor = common::free_port().to_string();
+    let srv = file_server(&data, &["--file_truncate_bad_eof", "-m", &monitor]);
+    assert!(
+        srv.wait_for_log(
+            &format!("dropped a corrupt record at offset {}", offsets[1]),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        srv.log_text()
+    );
+    let clients = common::http_get(&format!("127.0.0.1:{monitor}"), "/streaming/clientsz");
+    assert!(
+        clients.contains("\"first\"")
+            && clients.contains("\"third\"")
+            && !clients.contains("\"second\""),
+        "{clients}"
+    );
+}

@@ -5,16 +5,10 @@
 
 mod common;
 
-use common::{available, run_client, Server};
-use std::path::PathBuf;
-use std::process::Command;
+use common::available;
 use std::time::Duration;
 
 const CASE_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn stan_go() -> Option<PathBuf> {
-    common::go_program("stan-go")
-}
 
 /// Starts a server with `flags` and runs one stan.go case against it.
 fn case(name: &str, flags: &[&str]) {
@@ -22,22 +16,7 @@ fn case(name: &str, flags: &[&str]) {
 }
 
 fn case_with_config(name: &str, config: Option<&str>, flags: &[&str]) {
-    let Some(bin) = stan_go() else {
-        return;
-    };
-    let monitor_port = common::free_port().to_string();
-    let mut args = vec!["--cores", "2", "-m", &monitor_port];
-    args.extend_from_slice(flags);
-    let srv = Server::start_with_config(config, &args);
-    let mut cmd = Command::new(bin);
-    cmd.args([name, &srv.url()]);
-    cmd.env("STANZA_MONITOR", format!("http://127.0.0.1:{monitor_port}"));
-    let out = run_client(cmd, CASE_TIMEOUT);
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some(reason) = line.strip_prefix("SKIPPED: ") {
-            common::skip(reason);
-        }
-    }
+    common::stan_go_case(name, config, flags, CASE_TIMEOUT);
 }
 
 #[test]

@@ -59,6 +59,7 @@ fn stored_shard() -> Option<Shard> {
     let mut shard = Shard::new(ShardConfig {
         shard: 0,
         ack_prefix: "_STAN.ack.bench.0.".into(),
+        ack_key: shards::ack_key::AckKey::new(&[7; shards::ack_key::KEY_LEN]),
         limits,
         replace_durable: false,
     });

@@ -1,6 +1,7 @@
 //! What one stanza core owns, with no sockets: channel ownership today; channels, stores and
 //! subscription state machines as the streaming layer lands (DESIGN.md §1-2).
 
+pub mod ack_key;
 pub mod channel;
 pub mod limits;
 pub mod owed_acks;

@@ -8,6 +8,7 @@
 //! to every subscription that has room in its window. Acks free window slots; `tick`
 //! redelivers what expired, in expiry order, from one ordered timer set for the whole shard.
 
+use crate::ack_key::AckKey;
 use crate::channel::{is_valid_channel, Channel};
 use crate::limits::ResolvedLimits;
 use crate::pb::{self, SubscriptionRequest, SubscriptionResponse};
@@ -65,8 +66,10 @@ pub trait ChannelDirectory {
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
     pub shard: usize,
-    /// Ack inboxes handed out by this shard: `<prefix><sub id>.<generation>`.
+    /// Ack inboxes handed out by this shard: `<prefix><sub id>.<generation>.<tag>`.
     pub ack_prefix: String,
+    /// Makes the tags of ack inboxes (ack_key.rs).
+    pub ack_key: AckKey,
     pub limits: ResolvedLimits,
     pub replace_durable: bool,
 }
@@ -280,12 +283,13 @@ fn ack_wait_ns(req: &SubscriptionRequest) -> u64 {
 
 /// A durable (or durable queue shadow) comes back online with the request's inbox, window and
 /// ack wait, and a new ack inbox; its pending messages are redelivered before anything new.
-fn resume(sub: &mut Subscription, req: &SubscriptionRequest) {
+fn resume(sub: &mut Subscription, req: &SubscriptionRequest, key: &AckKey) {
     sub.client_id = req.client_id.clone();
     sub.inbox = Bytes::from(req.inbox.clone());
     sub.max_in_flight = window(req);
     sub.ack_wait_ns = ack_wait_ns(req);
     sub.ack_generation += 1;
+    sub.ack_tag = key.tag(sub.id, sub.ack_generation);
     sub.offline = false;
     sub.new_on_hold = !sub.pending.is_empty();
 }
@@ -700,7 +704,13 @@ impl Shard {
     }
 
     fn ack_inbox(&self, sub: &Subscription) -> String {
-        format!("{}{}.{}", self.cfg.ack_prefix, sub.id, sub.ack_generation)
+        format!(
+            "{}{}.{}.{}",
+            self.cfg.ack_prefix,
+            sub.id,
+            sub.ack_generation,
+            crate::ack_key::format_tag(sub.ack_tag)
+        )
     }
 
     // ---- subscription log (file store) ----
@@ -918,6 +928,7 @@ impl Shard {
             channel: channel.to_string(),
             inbox: Bytes::from(rec.inbox),
             ack_generation: rec.ack_generation,
+            ack_tag: self.cfg.ack_key.tag(id, rec.ack_generation),
             durable_name: rec.durable_name,
             queue: rec.queue,
             is_durable: rec.is_durable,
@@ -993,6 +1004,7 @@ impl Shard {
             channel: req.subject.clone(),
             inbox: Bytes::from(req.inbox.clone()),
             ack_generation: 0,
+            ack_tag: self.cfg.ack_key.tag(id, 0),
             durable_name: String::new(),
             queue: String::new(),
             is_durable: false,
@@ -1100,7 +1112,7 @@ impl Shard {
         let Some(sub) = self.subs.get_mut(&id) else {
             return Err(ERR_INVALID_SUB);
         };
-        resume(sub, req);
+        resume(sub, req, &self.cfg.ack_key);
         self.note_put(id);
         Ok(id)
     }
@@ -1133,7 +1145,7 @@ impl Shard {
             });
             if let Some(id) = shadow {
                 if let Some(sub) = self.subs.get_mut(&id) {
-                    resume(sub, req);
+                    resume(sub, req, &self.cfg.ack_key);
                 }
                 self.note_put(id);
                 return Ok(id);
@@ -1564,15 +1576,24 @@ impl Shard {
         acked.then_some(Room::Queue { channel, queue })
     }
 
-    /// The subscription an ack inbox of this shard names: `<prefix><id>.<generation>`, with a
-    /// generation it has had.
+    /// The subscription an ack inbox of this shard names: `<prefix><id>.<generation>.<tag>`,
+    /// with a generation it has had and the tag that generation was handed out with (an
+    /// inbox that was not handed out is ignored, as an unknown one).
     fn ack_inbox_owner(&self, inbox: &[u8]) -> Option<u64> {
         let tail = inbox.strip_prefix(self.cfg.ack_prefix.as_bytes())?;
-        let dot = tail.iter().position(|&b| b == b'.')?;
-        let id = decimal(&tail[..dot])?;
-        let generation = u32::try_from(decimal(&tail[dot + 1..])?).ok()?;
+        let mut parts = tail.splitn(3, |&b| b == b'.');
+        let id = decimal(parts.next()?)?;
+        let generation = u32::try_from(decimal(parts.next()?)?).ok()?;
+        let tag = crate::ack_key::parse_tag(parts.next()?)?;
         let sub = self.subs.get(&id)?;
-        (generation <= sub.ack_generation).then_some(id)
+        let expected = if generation == sub.ack_generation {
+            sub.ack_tag
+        } else if generation < sub.ack_generation {
+            self.cfg.ack_key.tag(id, generation)
+        } else {
+            return None;
+        };
+        (tag == expected).then_some(id)
     }
 
     // ---- unsubscribe / close ----

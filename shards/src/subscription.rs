@@ -15,6 +15,9 @@ pub struct Subscription {
     pub inbox: Bytes,
     /// Bumped at each durable resume: the ack inbox handed out is new, older ones still work.
     pub ack_generation: u32,
+    /// The secret tag of the ack inbox of `ack_generation` (ack_key.rs), kept so that an ack
+    /// is checked with a comparison instead of a MAC.
+    pub ack_tag: u64,
     /// Durable name of a plain durable (empty otherwise; durable queue groups keep it in
     /// `queue` as "durable:group", as the reference stores it).
     pub durable_name: String,

@@ -43,6 +43,7 @@ impl H {
         let mut shard = Shard::new(ShardConfig {
             shard: 0,
             ack_prefix: "_STAN.ack.c.0.".into(),
+            ack_key: shards::ack_key::AckKey::new(&[7; shards::ack_key::KEY_LEN]),
             limits: limits.build().unwrap(),
             replace_durable: false,
         });
@@ -238,6 +239,39 @@ fn window_stalls_and_acks_release() {
     h.ack("_STAN.ack.c.0.999.0", "foo", 2);
     h.ack(&ack_inbox, "bar", 2);
     assert!(h.msgs("in").is_empty(), "bad acks are ignored");
+}
+
+/// Issue 21.3: an ack inbox names its subscription and generation, but only the inbox handed
+/// out (with its secret tag) acks: guessed ones, with no tag, a wrong tag, or the tag of
+/// another subscription, are ignored.
+#[test]
+fn forged_ack_inboxes_are_ignored() {
+    let mut h = H::new();
+    let mut r = req("foo", "in");
+    r.max_in_flight = 1;
+    r.ack_wait_in_secs = 1;
+    let ack_inbox = h.subscribe(r).ack_inbox;
+    let other = h.subscribe(req("foo", "other")).ack_inbox;
+    h.publish("foo", "a");
+    assert_eq!(seqs(&h.msgs("in")), vec![1]);
+    let (named, tag) = ack_inbox.rsplit_once('.').unwrap();
+    assert_eq!(tag.len(), 16, "{ack_inbox}");
+    let (_, other_tag) = other.rsplit_once('.').unwrap();
+    for forged in [
+        named.to_string(),
+        format!("{named}.0000000000000000"),
+        format!("{named}.{other_tag}"),
+        format!("{named}.{tag}.1"),
+    ] {
+        h.ack(&forged, "foo", 1);
+    }
+    h.advance(SEC);
+    let again = h.msgs("in");
+    assert_eq!(seqs(&again), vec![1], "the forged acks did not ack");
+    assert!(again[0].redelivered);
+    h.ack(&ack_inbox, "foo", 1);
+    h.advance(2 * SEC);
+    assert!(h.msgs("in").is_empty(), "the real ack did");
 }
 
 #[test]

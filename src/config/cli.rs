@@ -21,6 +21,9 @@ use std::time::Duration;
     disable_help_flag = true,
     disable_version_flag = true,
     allow_negative_numbers = true,
+    // Go's flag package takes a repeated flag and keeps the last value; wrapper scripts and
+    // test harnesses rely on prepending flags.
+    args_override_self = true,
     max_term_width = 100
 )]
 pub struct Cli {
@@ -891,6 +894,38 @@ mod tests {
 
     fn parse(list: &[&str]) -> Cli {
         Cli::try_parse_from(normalize_args(args(list))).unwrap()
+    }
+
+    /// Go's flag package: a repeated flag is accepted and the last value wins (issue 22.5).
+    #[test]
+    fn repeated_flags_keep_the_last_value() {
+        let cli = parse(&[
+            "stanza",
+            "-a",
+            "x",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            "1",
+            "-p",
+            "2",
+            "-cid",
+            "a",
+            "-cid",
+            "b",
+            "-SD",
+            "-SD=false",
+            "--max_age",
+            "1s",
+            "-ma",
+            "2s",
+        ]);
+        let (o, _) = cli.build_options().unwrap();
+        assert_eq!(o.host, "127.0.0.1");
+        assert_eq!(o.port, 2);
+        assert_eq!(o.streaming.cluster_id, "b");
+        assert!(!o.streaming.stan_debug);
+        assert_eq!(o.streaming.store_limits.max_age, Duration::from_secs(2));
     }
 
     #[test]

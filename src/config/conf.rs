@@ -461,13 +461,17 @@ pub fn parse_sized_integer(token: &str) -> Option<i64> {
 }
 
 /// Go-style durations: `10s`, `1h30m`, `500ms`, `2m`, `1.5s`; a bare integer is seconds.
+/// The longest duration Go's `time.Duration` holds (an int64 of nanoseconds, about 292
+/// years): every duration option is capped there, so arithmetic on deadlines cannot overflow
+/// and a value Go would refuse is refused here too.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_nanos(i64::MAX as u64);
+
+/// A duration in Go's `time.ParseDuration` syntax (`"1h30m"`, `"500ms"`) or a plain number of
+/// seconds; `None` when it does not parse or exceeds [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     let text = text.trim();
     if let Ok(secs) = text.parse::<u64>() {
-        return Some(std::time::Duration::from_secs(secs));
-    }
-    if text == "0" {
-        return Some(std::time::Duration::ZERO);
+        return within_go_range(std::time::Duration::from_secs(secs));
     }
     let mut total = 0f64;
     let mut rest = text;
@@ -498,7 +502,12 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
         rest = &rest[unit_end..];
         total += n * unit;
     }
-    Some(std::time::Duration::from_secs_f64(total))
+    within_go_range(std::time::Duration::try_from_secs_f64(total).ok()?)
+}
+
+/// `d` if Go's `time.Duration` can hold it.
+pub fn within_go_range(d: std::time::Duration) -> Option<std::time::Duration> {
+    (d <= MAX_DURATION).then_some(d)
 }
 
 #[cfg(test)]
@@ -566,6 +575,15 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+        // Beyond an int64 of nanoseconds (Go refuses them too): refused, never a panic.
+        assert_eq!(parse_duration("99999999999999999999s"), None);
+        assert_eq!(parse_duration("9999999999999999999"), None);
+        assert_eq!(parse_duration("2562048h"), None);
+        assert_eq!(
+            parse_duration("2562047h"),
+            Some(Duration::from_secs(2562047 * 3600))
+        );
+        assert_eq!(parse_duration("1e400s"), None);
         assert_eq!(parse_duration("xs"), None);
         assert_eq!(parse_duration(""), None);
     }

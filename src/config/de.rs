@@ -302,15 +302,18 @@ pub mod duration {
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
                 u64::try_from(v)
-                    .map(Duration::from_secs)
                     .map_err(|_| E::custom(format!("duration {v} cannot be negative")))
+                    .and_then(|v| self.visit_u64(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-                Ok(Duration::from_secs(v))
+                crate::config::conf::within_go_range(Duration::from_secs(v))
+                    .ok_or_else(|| E::custom(format!("duration of {v} seconds is too long")))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Duration, E> {
                 Duration::try_from_secs_f64(v)
-                    .map_err(|_| E::custom(format!("duration {v} is not valid")))
+                    .ok()
+                    .and_then(crate::config::conf::within_go_range)
+                    .ok_or_else(|| E::custom(format!("duration {v} is not valid")))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
                 crate::config::conf::parse_duration(v)

@@ -116,7 +116,12 @@ pub struct Node {
 
 impl Node {
     /// Builds this core's streaming layer, registers it with core NATS and starts its timer.
-    pub fn start(core: Rc<Core>, opts: &Options, dir: Arc<SharedDirectory>) -> Rc<Node> {
+    pub fn start(
+        core: Rc<Core>,
+        opts: &Options,
+        dir: Arc<SharedDirectory>,
+        ack_key: shards::ack_key::AckKey,
+    ) -> Rc<Node> {
         let s = &opts.streaming;
         let subjects = Rc::new(Subjects::new(&s.cluster_id, &s.discover_prefix));
         let limits = match s.store_limits.to_limits().build() {
@@ -134,6 +139,7 @@ impl Node {
         let shard = Shard::new(ShardConfig {
             shard: core.id,
             ack_prefix: subjects.ack_prefix(core.id),
+            ack_key,
             limits,
             replace_durable: s.replace_durable,
         });
@@ -536,16 +542,18 @@ impl Node {
         // Every shard reads the registered clients itself (no mesh is running yet); shard 0
         // also compacts the log, keeps it open and resumes their heartbeats.
         let clients = if me == 0 {
-            let (log, clients) = ClientLog::open(&dir, s.file.sync).await.map_err(|e| {
-                format!(
-                    "cannot open {}: {e}",
-                    dir.join(clients::FILE_NAME).display()
-                )
-            })?;
+            let (log, clients) = ClientLog::open(&dir, s.file.sync, s.file.truncate_bad_eof)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot open {}: {e}",
+                        dir.join(clients::FILE_NAME).display()
+                    )
+                })?;
             *self.client_log.borrow_mut() = Some(Rc::new(log));
             clients
         } else {
-            clients::read(&dir).map_err(|e| {
+            clients::read(&dir, s.file.truncate_bad_eof, false).map_err(|e| {
                 format!(
                     "cannot read {}: {e}",
                     dir.join(clients::FILE_NAME).display()
@@ -751,11 +759,20 @@ impl Node {
     }
 
     /// Registers a waiter for an answer on a new reply inbox of this core.
+    /// The token is random (63 bits from a CSPRNG, as nuid's inboxes are in the reference):
+    /// another connection cannot guess the inbox and answer a heartbeat or a duplicate-ID
+    /// probe in the client's place.
     pub fn new_waiter(&self) -> (String, u64, Rc<Waiter>) {
-        let token = self.next_token.get();
-        self.next_token.set(token + 1);
         let waiter = Rc::new(Waiter::default());
-        self.waiters.borrow_mut().insert(token, waiter.clone());
+        let mut waiters = self.waiters.borrow_mut();
+        let token = loop {
+            let token = rand::random::<u64>() >> 1;
+            if !waiters.contains_key(&token) {
+                break token;
+            }
+        };
+        waiters.insert(token, waiter.clone());
+        drop(waiters);
         (
             self.subjects.reply_inbox(self.core.id, token),
             token,

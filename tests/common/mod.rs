@@ -473,6 +473,29 @@ pub fn go_program(module: &str) -> Option<PathBuf> {
         .clone()
 }
 
+/// Starts a two-core server with a monitoring port, `config` and `flags`, and runs one case of
+/// the stan.go program (tests/clients/stan-go) against it; without Go, prints the skip reason.
+/// The case sees the monitoring address in `STANZA_MONITOR`.
+#[allow(dead_code)]
+pub fn stan_go_case(name: &str, config: Option<&str>, flags: &[&str], timeout: Duration) {
+    let Some(bin) = go_program("stan-go") else {
+        return;
+    };
+    let monitor_port = free_port().to_string();
+    let mut args = vec!["--cores", "2", "-m", &monitor_port];
+    args.extend_from_slice(flags);
+    let srv = Server::start_with_config(config, &args);
+    let mut cmd = Command::new(bin);
+    cmd.args([name, &srv.url()]);
+    cmd.env("STANZA_MONITOR", format!("http://127.0.0.1:{monitor_port}"));
+    let out = run_client(cmd, timeout);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(reason) = line.strip_prefix("SKIPPED: ") {
+            skip(reason);
+        }
+    }
+}
+
 /// A plain HTTP/1.0 GET on loopback; returns the body.
 #[allow(dead_code)]
 pub fn http_get(addr: &str, path: &str) -> String {

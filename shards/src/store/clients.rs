@@ -45,8 +45,24 @@ pub fn encode_remove(out: &mut Vec<u8>, id: &str) {
 /// The clients registered at the end of the log, in registration order. A torn last record
 /// (cut short, or zeroes) ends the log; a bad record before the end is an error.
 pub fn replay(buf: &[u8]) -> Result<Vec<StoredClient>, ClientLogError> {
+    replay_with(buf, false).map(|r| r.clients)
+}
+
+/// What a replay of `clients.dat` found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    pub clients: Vec<StoredClient>,
+    /// Bad records stepped over (only when asked to skip them).
+    pub skipped: Vec<journal::Skipped>,
+    /// Where the log ends: what follows is a torn tail or zeroes.
+    pub end: usize,
+}
+
+/// As [`replay`]; with `skip_bad` (`--file_truncate_bad_eof`) a bad record is stepped over
+/// and reported instead of refusing the log.
+pub fn replay_with(buf: &[u8], skip_bad: bool) -> Result<Replayed, ClientLogError> {
     let mut clients: Vec<StoredClient> = Vec::new();
-    journal::replay(buf, |body| {
+    let (end, skipped) = journal::replay_with(buf, skip_bad, |body| {
         let mut f = Fields::new(body);
         match f.u8()? {
             ADD => {
@@ -69,13 +85,38 @@ pub fn replay(buf: &[u8]) -> Result<Vec<StoredClient>, ClientLogError> {
         Some(())
     })
     .map_err(|e| ClientLogError::Corrupt(e.0))?;
-    Ok(clients)
+    Ok(Replayed {
+        clients,
+        skipped,
+        end,
+    })
 }
 
-/// `clients.dat` of a store directory (empty when there is none yet).
-pub fn read(root: &Path) -> io::Result<Vec<StoredClient>> {
-    let buf = journal::read_file(&root.join(FILE_NAME))?;
-    replay(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// `clients.dat` of a store directory (empty when there is none yet). With `log_drops`, every
+/// record dropped is logged with the file, offset and length: bad ones stepped over (with
+/// `skip_bad`) and a torn last record (one reader logs them, not every core).
+pub fn read(root: &Path, skip_bad: bool, log_drops: bool) -> io::Result<Vec<StoredClient>> {
+    let path = root.join(FILE_NAME);
+    let buf = journal::read_file(&path)?;
+    let replayed = replay_with(&buf, skip_bad).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{e} (--file_truncate_bad_eof skips it, losing that record)"),
+        )
+    })?;
+    if !log_drops {
+        return Ok(replayed.clients);
+    }
+    for s in &replayed.skipped {
+        log::error!(
+            "STAN: {}: dropped a corrupt record at offset {} ({} bytes)",
+            path.display(),
+            s.offset,
+            s.len
+        );
+    }
+    journal::log_torn_tail(&path, &buf, replayed.end);
+    Ok(replayed.clients)
 }
 
 pub const FILE_NAME: &str = "clients.dat";
@@ -103,8 +144,12 @@ pub struct ClientLog {
 impl ClientLog {
     /// Replays `clients.dat`, writes it back holding only the registered clients (written to
     /// a new file, synced, renamed over the old one), and opens it for appending.
-    pub async fn open(root: &Path, sync: bool) -> io::Result<(ClientLog, Vec<StoredClient>)> {
-        let clients = read(root)?;
+    pub async fn open(
+        root: &Path,
+        sync: bool,
+        skip_bad: bool,
+    ) -> io::Result<(ClientLog, Vec<StoredClient>)> {
+        let clients = read(root, skip_bad, true)?;
         let file = AppendFile::rewrite(&root.join(FILE_NAME), &compacted(&clients), sync).await?;
         Ok((
             ClientLog {
@@ -206,6 +251,18 @@ mod tests {
         encode_add(&mut log, &b2);
         encode_add(&mut log, &client("c"));
         assert_eq!(replay(&log), Ok(vec![b2, client("c")]));
+    }
+
+    /// Issue 21.1: a heartbeat inbox of 70,000 bytes of two-byte characters is stored whole
+    /// and read back; it was cut at 65,535 bytes, inside a character, and the log refused.
+    #[test]
+    fn long_multibyte_fields_survive() {
+        let mut c = client("long");
+        c.hb_inbox = format!("_INBOX.{}", "é".repeat(35_000));
+        let mut log = Vec::new();
+        encode_add(&mut log, &c);
+        encode_add(&mut log, &client("next"));
+        assert_eq!(replay(&log), Ok(vec![c, client("next")]));
     }
 
     #[test]

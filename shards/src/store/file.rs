@@ -9,6 +9,7 @@ use super::journal::{self, AppendFile, CompactPolicy};
 use super::record::{scan, ScanEnd};
 use super::slice::{read_size_for, read_slice, warm_up, SliceWriter};
 use super::subs::{self, RecoveredSub};
+use crate::ack_key::KEY_LEN;
 use bytes::Bytes;
 use fxhash::FxHashMap;
 use glommio::io::{DmaFile, OpenOptions};
@@ -51,11 +52,14 @@ pub fn channel_name_from_dir(dir: &str) -> Option<String> {
 }
 
 /// Checks (or creates) `server.dat`: a directory written for another cluster ID is refused,
-/// with the reference's text.
-pub fn check_server_file(root: &Path, cluster_id: &str) -> Result<(), String> {
+/// with the reference's text. Returns the ack key material kept there (ack_key.rs), made and
+/// written on first use (a store from before it gets one, and its old ack inboxes stop
+/// acking: their messages are redelivered, as after any lost ack).
+pub fn check_server_file(root: &Path, cluster_id: &str) -> Result<[u8; KEY_LEN], String> {
     std::fs::create_dir_all(root.join("channels"))
         .map_err(|e| format!("cannot create the store directory {}: {e}", root.display()))?;
     let path = root.join("server.dat");
+    let mut key = None;
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let mut version = None;
@@ -64,32 +68,59 @@ pub fn check_server_file(root: &Path, cluster_id: &str) -> Result<(), String> {
                 match line.split_once('=') {
                     Some(("format", v)) => version = v.trim().parse::<u32>().ok(),
                     Some(("cluster_id", v)) => stored = Some(v.trim().to_string()),
+                    Some(("ack_key", v)) => {
+                        key = Some(parse_key(v.trim()).ok_or_else(|| {
+                            format!("{}: ack_key is not {KEY_LEN} bytes of hex", path.display())
+                        })?)
+                    }
                     _ => {}
                 }
             }
             match (version, stored) {
-                (Some(v), _) if v > FORMAT_VERSION => Err(format!(
-                    "{}: store format {v} is newer than this stanza ({FORMAT_VERSION})",
-                    path.display()
-                )),
-                (Some(_), Some(id)) if id == cluster_id => Ok(()),
-                (Some(_), Some(id)) => Err(format!(
-                    "cluster ID {cluster_id:?} does not match recovered value of {id:?}"
-                )),
-                _ => Err(format!("{}: not a stanza store file", path.display())),
+                (Some(v), _) if v > FORMAT_VERSION => {
+                    return Err(format!(
+                        "{}: store format {v} is newer than this stanza ({FORMAT_VERSION})",
+                        path.display()
+                    ))
+                }
+                (Some(_), Some(id)) if id == cluster_id => {}
+                (Some(_), Some(id)) => {
+                    return Err(format!(
+                        "cluster ID {cluster_id:?} does not match recovered value of {id:?}"
+                    ))
+                }
+                _ => return Err(format!("{}: not a stanza store file", path.display())),
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let tmp = root.join("server.dat.tmp");
-            std::fs::write(
-                &tmp,
-                format!("format={FORMAT_VERSION}\ncluster_id={cluster_id}\n"),
-            )
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
-        }
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     }
+    if let Some(key) = key {
+        return Ok(key);
+    }
+    let key = crate::ack_key::random_material()
+        .map_err(|_| "no random bytes from the operating system".to_string())?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = root.join("server.dat.tmp");
+    std::fs::write(
+        &tmp,
+        format!("format={FORMAT_VERSION}\ncluster_id={cluster_id}\nack_key={hex}\n"),
+    )
+    .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+    .and_then(|_| std::fs::rename(&tmp, &path))
+    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(key)
+}
+
+fn parse_key(hex: &str) -> Option<[u8; KEY_LEN]> {
+    if hex.len() != 2 * KEY_LEN {
+        return None;
+    }
+    let mut key = [0u8; KEY_LEN];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
 }
 
 /// A channel read back from disk: its name and its records in order.
@@ -327,18 +358,22 @@ impl FileStore {
             let subs_path = entry.path().join(subs::FILE_NAME);
             let subs_buf = journal::read_file(&subs_path)
                 .map_err(|e| format!("cannot read {}: {e}", subs_path.display()))?;
-            let (found_subs, subs_end, subs_records) = match subs::replay(&subs_buf) {
-                Ok(r) => r,
-                Err(e) if truncate_bad_eof => {
-                    let kept = subs::replay(&subs_buf[..e.0]).unwrap_or_default();
-                    log::warn!("STAN: {}: {e}; dropped from there on", subs_path.display());
-                    kept
-                }
-                Err(e) => return Err(format!("{}: {e}", subs_path.display())),
-            };
-            if subs_end < subs_buf.len() {
-                log_torn_subs_tail(&subs_path, subs_end);
+            let (found_subs, subs_end, subs_records, skipped) =
+                subs::replay_with(&subs_buf, truncate_bad_eof).map_err(|e| {
+                    format!(
+                        "{}: {e} (--file_truncate_bad_eof skips it, losing that record)",
+                        subs_path.display()
+                    )
+                })?;
+            for s in &skipped {
+                log::error!(
+                    "STAN: {}: dropped a corrupt record at offset {} ({} bytes)",
+                    subs_path.display(),
+                    s.offset,
+                    s.len
+                );
             }
+            journal::log_torn_tail(&subs_path, &subs_buf, subs_end);
             let mut rec = Recovered {
                 name,
                 slices: Vec::new(),
@@ -835,13 +870,6 @@ fn remove_slice_files(path: &Path) {
     }
 }
 
-fn log_torn_subs_tail(path: &Path, end: usize) {
-    log::warn!(
-        "STAN: {}: dropped a torn record tail at offset {end}",
-        path.display()
-    );
-}
-
 /// Renames a dropped slice `*.bak` and runs the archive script on it; a thread waits for the
 /// script so that no zombie is left, and logs how it ended.
 fn archive(script: &Path, channel: &str, slice: &Path) {
@@ -919,8 +947,12 @@ mod tests {
     fn server_file_keeps_the_cluster_id() {
         let root = std::env::temp_dir().join(format!("stanza-srvfile-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        check_server_file(&root, "one").unwrap();
-        check_server_file(&root, "one").unwrap();
+        let key = check_server_file(&root, "one").unwrap();
+        assert_eq!(
+            check_server_file(&root, "one").unwrap(),
+            key,
+            "the ack key is kept"
+        );
         assert_eq!(
             check_server_file(&root, "two").unwrap_err(),
             "cluster ID \"two\" does not match recovered value of \"one\""

@@ -24,12 +24,23 @@ pub fn frame(out: &mut Vec<u8>, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-/// Appends a string field: u16 LE length, then its bytes. IDs, inboxes and names are far below
-/// 64 KiB (the server checks them); a longer field is cut rather than written unreadable.
+/// A u16 length of this value announces a long field: a u32 LE length follows.
+const LONG_FIELD: u16 = u16::MAX;
+
+/// Appends a string field whole: u16 LE length then its bytes or, for a field of 65,535 bytes
+/// or more, the marker 0xFFFF, a u32 LE length and the bytes. (Fields were once cut at
+/// 65,535 bytes, which could leave half a UTF-8 character and a record the next start
+/// refused.) A field over 4 GiB cannot arrive in a NATS message.
 pub fn put_str(out: &mut Vec<u8>, field: &[u8]) {
-    let len = field.len().min(u16::MAX as usize);
-    out.extend_from_slice(&(len as u16).to_le_bytes());
-    out.extend_from_slice(&field[..len]);
+    match u16::try_from(field.len()) {
+        Ok(len) if len < LONG_FIELD => out.extend_from_slice(&len.to_le_bytes()),
+        _ => {
+            let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&LONG_FIELD.to_le_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&field[..field.len().min(u32::MAX as usize)]);
 }
 
 /// Reads a record body's fields in order; every read is bounds-checked.
@@ -62,7 +73,12 @@ impl<'a> Fields<'a> {
     }
 
     pub fn bytes(&mut self) -> Option<&'a [u8]> {
-        let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?) as usize;
+        let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?);
+        let len = if len == LONG_FIELD {
+            self.u32()? as usize
+        } else {
+            len as usize
+        };
         self.take(len)
     }
 
@@ -83,6 +99,10 @@ pub fn replay(buf: &[u8], mut apply: impl FnMut(&[u8]) -> Option<()>) -> Result<
             break;
         }
         let Some(body) = buf.get(at + HEADER..at + HEADER + len) else {
+            // Cut short: a torn tail, unless a whole record follows (then its length lies).
+            if next_record_after(buf, at).is_some() {
+                return Err(Corrupt(at));
+            }
             break;
         };
         let last = at + HEADER + len == buf.len();
@@ -98,6 +118,81 @@ pub fn replay(buf: &[u8], mut apply: impl FnMut(&[u8]) -> Option<()>) -> Result<
         at += HEADER + len;
     }
     Ok(at)
+}
+
+/// A bad record that a lenient replay stepped over: where it was and how many bytes it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// As [`replay`], or, when `skip_bad`, stepping over each bad record instead of refusing the
+/// log (the operator's `--file_truncate_bad_eof`): only that record is lost, not every record
+/// after it. A bad record whose frame is intact (its CRC matches; `apply` could not read it)
+/// is skipped by its length; otherwise replay resumes at the next offset where a whole record
+/// with a matching CRC starts, and with none the rest is a torn tail.
+pub fn replay_with(
+    buf: &[u8],
+    skip_bad: bool,
+    mut apply: impl FnMut(&[u8]) -> Option<()>,
+) -> Result<(usize, Vec<Skipped>), Corrupt> {
+    let mut skipped = Vec::new();
+    let mut at = 0;
+    loop {
+        let bad = match replay(&buf[at..], &mut apply) {
+            Ok(end) => return Ok((at + end, skipped)),
+            Err(Corrupt(offset)) if skip_bad => at + offset,
+            Err(Corrupt(offset)) => return Err(Corrupt(at + offset)),
+        };
+        match next_record_after(buf, bad) {
+            Some(next) => {
+                skipped.push(Skipped {
+                    offset: bad,
+                    len: next - bad,
+                });
+                at = next;
+            }
+            None => {
+                skipped.push(Skipped {
+                    offset: bad,
+                    len: buf.len() - bad,
+                });
+                return Ok((bad, skipped));
+            }
+        }
+    }
+}
+
+/// The frame at `at`, if it is whole and its CRC matches: the body's length.
+fn valid_frame_at(buf: &[u8], at: usize) -> Option<usize> {
+    let header = buf.get(at..at.checked_add(HEADER)?)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    let body = buf.get(at + HEADER..(at + HEADER).checked_add(len)?)?;
+    (len > 0 && crc32c::crc32c(body) == crc).then_some(len)
+}
+
+/// Where the record after the bad one at `bad` starts, if any.
+fn next_record_after(buf: &[u8], bad: usize) -> Option<usize> {
+    if let Some(len) = valid_frame_at(buf, bad) {
+        let next = bad + HEADER + len;
+        return (next < buf.len()).then_some(next);
+    }
+    (bad + 1..buf.len()).find(|&at| valid_frame_at(buf, at).is_some())
+}
+
+/// Logs what a replay that ended at `end` leaves of `buf`: a torn last record (not zeroes,
+/// which are a clean end), with the file, offset and length.
+pub fn log_torn_tail(path: &Path, buf: &[u8], end: usize) {
+    let rest = buf.get(end..).unwrap_or_default();
+    if rest.iter().any(|b| *b != 0) {
+        log::warn!(
+            "STAN: {}: dropped a torn last record at offset {end} ({} bytes)",
+            path.display(),
+            rest.len()
+        );
+    }
 }
 
 /// Reads a whole log file; a missing file is an empty log.
@@ -293,6 +388,70 @@ mod tests {
     }
 
     #[test]
+    fn long_fields_are_stored_whole() {
+        let long = "é".repeat(40_000); // 80,000 bytes, a cut would split a character
+        for field in ["", "x", &"a".repeat(65_534), &"a".repeat(65_535), &long] {
+            let mut body = Vec::new();
+            put_str(&mut body, field.as_bytes());
+            put_str(&mut body, b"after");
+            let mut f = Fields::new(&body);
+            assert_eq!(f.string().as_deref(), Some(field));
+            assert_eq!(f.string().as_deref(), Some("after"));
+        }
+    }
+
+    #[test]
+    fn a_lenient_replay_skips_only_the_bad_record() {
+        let log = log_of(&[b"one", b"two", b"three", b"four"]);
+        let second = HEADER + 3;
+        let third = second + HEADER + 3;
+        let collect = |buf: &[u8], skip: bool, refuse: &[u8]| {
+            let mut seen = Vec::new();
+            replay_with(buf, skip, |b| {
+                if b == refuse {
+                    return None;
+                }
+                seen.push(b.to_vec());
+                Some(())
+            })
+            .map(|(end, skipped)| (seen, end, skipped))
+        };
+        // A body flipped: its CRC fails.
+        let mut flipped = log.clone();
+        flipped[second + HEADER] ^= 1;
+        assert_eq!(collect(&flipped, false, b""), Err(Corrupt(second)));
+        let (seen, end, skipped) = collect(&flipped, true, b"").unwrap();
+        assert_eq!(
+            seen,
+            vec![b"one".to_vec(), b"three".to_vec(), b"four".to_vec()]
+        );
+        assert_eq!(end, log.len());
+        assert_eq!(
+            skipped,
+            vec![Skipped {
+                offset: second,
+                len: third - second
+            }]
+        );
+        // A length that lies: replay resumes at the next whole record.
+        let mut lying = log.clone();
+        lying[second] = 200;
+        let (seen, _, skipped) = collect(&lying, true, b"").unwrap();
+        assert_eq!(
+            seen,
+            vec![b"one".to_vec(), b"three".to_vec(), b"four".to_vec()]
+        );
+        assert_eq!(skipped[0].offset, second);
+        // A whole record its reader cannot read is skipped by its length.
+        let (seen, _, skipped) = collect(&log, true, b"two").unwrap();
+        assert_eq!(
+            seen,
+            vec![b"one".to_vec(), b"three".to_vec(), b"four".to_vec()]
+        );
+        assert_eq!(skipped.len(), 1);
+    }
+
+    #[test]
     fn fields_are_bounds_checked() {
         let mut body = vec![7];
         body.extend_from_slice(&9u64.to_le_bytes());
@@ -323,6 +482,7 @@ mod tests {
         #[test]
         fn replay_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = bodies(&bytes);
+            let _ = replay_with(&bytes, true, |_| Some(()));
         }
     }
 }

@@ -253,9 +253,28 @@ pub struct RecoveredSub {
 /// Replays a channel's log: the subscriptions not deleted, by ID, and the length of the log's
 /// good part (a torn tail is cut there). Corruption before the tail is an error at its offset.
 pub fn replay(buf: &[u8]) -> Result<(BTreeMap<u64, RecoveredSub>, usize, u64), journal::Corrupt> {
+    replay_with(buf, false).map(|(subs, end, records, _)| (subs, end, records))
+}
+
+/// As [`replay`]; with `skip_bad` (`--file_truncate_bad_eof`) a bad record is stepped over
+/// and returned instead of refusing the log: a lost put loses that subscription's change, a
+/// lost sent or acked run may redeliver, nothing after it is lost.
+#[allow(clippy::type_complexity)]
+pub fn replay_with(
+    buf: &[u8],
+    skip_bad: bool,
+) -> Result<
+    (
+        BTreeMap<u64, RecoveredSub>,
+        usize,
+        u64,
+        Vec<journal::Skipped>,
+    ),
+    journal::Corrupt,
+> {
     let mut subs: BTreeMap<u64, RecoveredSub> = BTreeMap::new();
     let mut records = 0u64;
-    let end = journal::replay(buf, |body| {
+    let (end, skipped) = journal::replay_with(buf, skip_bad, |body| {
         records += 1;
         let mut f = Fields::new(body);
         match f.u8()? {
@@ -314,7 +333,7 @@ pub fn replay(buf: &[u8]) -> Result<(BTreeMap<u64, RecoveredSub>, usize, u64), j
         }
         Some(())
     })?;
-    Ok((subs, end, records))
+    Ok((subs, end, records, skipped))
 }
 
 /// The compacted form of a channel's subscriptions: one put each, then their pending runs.
