@@ -96,3 +96,14 @@ fn reload_with_an_out_of_range_duration_changes_nothing() {
     );
     srv.raw().ping_pong();
 }
+
+/// 21.7: what arrives on the publish subject is answered as a publish, whatever it decodes as.
+#[test]
+fn a_control_message_on_the_publish_subject_gets_an_error_puback() {
+    common::stan_go_case(
+        "hostile_control_message_on_publish_subject",
+        None,
+        &[],
+        CASE_TIMEOUT,
+    );
+}

@@ -601,11 +601,9 @@ impl Shard {
         let pm = match PubMsgView::parse(payload) {
             Ok(pm) => pm,
             Err(_) => {
-                // The reference first retries a bad PubMsg as one of its control messages,
-                // which it ignores silently.
-                if pb::CtrlMsg::decode(payload).is_err() {
-                    self.pub_ack(&incoming, b"", ERR_INVALID_PUB);
-                }
+                // Never retried as another message type: what arrives on the publish subject
+                // is a publish, and a client waiting for its PubAck gets one.
+                self.pub_ack(&incoming, b"", ERR_INVALID_PUB);
                 return;
             }
         };

@@ -185,6 +185,27 @@ fn publish_assigns_sequences_and_rejects_bad_requests() {
         PubAck::decode(bad[0].payload.clone()).unwrap().error,
         "stan: invalid publish request"
     );
+    // Issue 21.7: payloads that are no PubMsg but decode as a control message of the
+    // reference (field 1 a varint, field 2 a string) get their error PubAck too: a request is
+    // decoded by its subject, never by trying message types.
+    for payload in [&[0x08, 0x03][..], &[0x08, 0x01, 0x12, 0x01, b'x'][..]] {
+        h.shard.publish(
+            h.now,
+            "foo",
+            Incoming {
+                pub_msg: payload,
+                reply: Some(b"acks"),
+                frame: None,
+            },
+            &h.dir,
+        );
+        let bad = h.drain_to("acks");
+        assert_eq!(bad.len(), 1, "{payload:?} got a PubAck");
+        assert_eq!(
+            PubAck::decode(bad[0].payload.clone()).unwrap().error,
+            "stan: invalid publish request"
+        );
+    }
 }
 
 #[test]

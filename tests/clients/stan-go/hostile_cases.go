@@ -133,3 +133,20 @@ func init() {
 		fmt.Println("done")
 	}
 }
+
+// 21.7: a payload on the publish subject that is no PubMsg but decodes as one of the
+// reference's control messages gets its error PubAck (it used to get nothing: the client
+// waited for its timeout).
+func init() {
+	cases["hostile_control_message_on_publish_subject"] = func() {
+		r := rawConnect("h-ctrl", true)
+		for _, payload := range [][]byte{{0x08, 0x03}, {0x08, 0x01, 0x12, 0x01, 'x'}} {
+			m := request(r.nc, r.resp.PubPrefix+".h-ctrl-ch", payload)
+			ack := &pb.PubAck{}
+			must(ack.Unmarshal(m.Data), "puback")
+			if ack.Error != "stan: invalid publish request" {
+				fail("payload %v: got %q", payload, ack.Error)
+			}
+		}
+	}
+}
