@@ -419,7 +419,11 @@ async fn run_core(
             .map_err(|msg| ServerError::Core { core: id, msg })?;
     }
     if id == 0 {
-        match crate::monitor::start(streaming.clone(), tls) {
+        let monitor_tls = match &opts.tls {
+            Some(t) => Some(crate::nats::tls::monitoring_server_config(t)?),
+            None => None,
+        };
+        match crate::monitor::start(streaming.clone(), monitor_tls) {
             Ok(bound) => {
                 for addr in bound {
                     log::info!("Starting monitoring on {addr}");

@@ -98,6 +98,25 @@ fn client_certificates_required_when_verify_is_on() {
     go_case("tls_clients", &url, &certs, true, None);
 }
 
+/// Issue 22.7: with `verify: true` on the client port, HTTPS monitoring still answers a client
+/// without a certificate (a browser, curl, the prometheus exporter), as the reference does.
+#[test]
+fn https_monitoring_asks_no_client_certificate_when_verify_is_on() {
+    let certs = make_certs();
+    let https = free_port().to_string();
+    let srv = Server::start_with_config(Some(&tls_conf(&certs, true)), &["-ms", &https]);
+    let url = format!("tls://localhost:{}", srv.port);
+    go_case(
+        "https_monitoring",
+        &url,
+        &certs,
+        false,
+        Some(format!("https://localhost:{https}")),
+    );
+    // The client port still refuses a client without one.
+    go_case("tls_no_client_cert_refused", &url, &certs, false, None);
+}
+
 #[test]
 fn unreadable_certificate_is_a_clear_startup_error() {
     let dir = TempDir::new("badtls");

@@ -1619,9 +1619,13 @@ impl Shard {
         let Some(ch) = self.channels.get(&req.subject) else {
             return Err(ERR_UNKNOWN_CHANNEL);
         };
-        let by_ack = self
-            .ack_inbox_owner(req.inbox.as_bytes())
-            .filter(|id| self.subs.get(id).is_some_and(|s| s.channel == ch.name));
+        // A closed durable (or a durable queue group's offline shadow) is no subscription to
+        // close or unsubscribe: the reference answers "invalid subscription".
+        let by_ack = self.ack_inbox_owner(req.inbox.as_bytes()).filter(|id| {
+            self.subs
+                .get(id)
+                .is_some_and(|s| s.channel == ch.name && !s.offline)
+        });
         let id = by_ack.or_else(|| {
             ch.subscription_ids().find(|id| {
                 self.subs

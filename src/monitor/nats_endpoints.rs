@@ -30,7 +30,8 @@ pub async fn varz(m: &Monitor) -> Reply {
     let o = &m.opts;
     let core = &m.node.core;
     let connections: usize = reports.iter().map(|r| r.conns.len()).sum();
-    let subscriptions: u64 = reports.iter().map(|r| r.sublist.count).sum();
+    let subscriptions: u64 = reports.iter().map(|r| r.sublist.count).sum::<u64>()
+        + streaming_subscriptions(m).len() as u64;
     let tls = o.tls.as_ref();
     Reply::Json(json!({
         "server_id": &*core.server_id,
@@ -157,9 +158,19 @@ pub fn routez(m: &Monitor) -> Reply {
     }))
 }
 
+/// The streaming server's own subscriptions on the embedded server (none with `-ns`: they are
+/// on the external server, which reports them).
+fn streaming_subscriptions(m: &Monitor) -> Vec<String> {
+    if m.opts.streaming.nats_server.is_some() {
+        return Vec::new();
+    }
+    m.node.subjects.internal_subscriptions()
+}
+
 pub async fn subsz(m: &Monitor, q: &Query) -> Reply {
     let reports = m.gather().await;
-    let count: u64 = reports.iter().map(|r| r.sublist.count).sum();
+    let internal = streaming_subscriptions(m);
+    let count: u64 = reports.iter().map(|r| r.sublist.count).sum::<u64>() + internal.len() as u64;
     let matches: u64 = reports.iter().map(|r| r.sublist.matches).sum();
     let hits: u64 = reports.iter().map(|r| r.sublist.cache_hits).sum();
     let (offset, limit) = paging(q);
@@ -181,14 +192,16 @@ pub async fn subsz(m: &Monitor, q: &Query) -> Reply {
     if q.get("subs")
         .is_some_and(|v| v == "1" || v == "true" || v == "detail")
     {
-        let mut list: Vec<Value> = reports
+        // The streaming server's subscriptions first, under connection ID 0 (an internal
+        // client of the server, not a socket).
+        let mut list: Vec<Value> = internal
             .iter()
-            .flat_map(|r| r.conns.iter())
-            .flat_map(|c| {
+            .map(|s| json!({"subject": s, "cid": 0}))
+            .chain(reports.iter().flat_map(|r| r.conns.iter()).flat_map(|c| {
                 c.subscriptions
                     .iter()
                     .map(move |s| json!({"subject": s, "cid": c.cid}))
-            })
+            }))
             .collect();
         list = page(list, offset, limit);
         if let Some(o) = v.as_object_mut() {

@@ -105,6 +105,16 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
+/// HTTPS monitoring: the client port's certificate, never asking for a client certificate
+/// (the reference serves monitoring without client authentication even with `verify`, so
+/// browsers, curl and the prometheus exporter can read it).
+pub fn monitoring_server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut plain_auth = tls.clone();
+    plain_auth.verify = false;
+    plain_auth.verify_and_map = false;
+    server_config(&plain_auth)
+}
+
 /// The client side (stanza's connections to an external NATS server, and `stanza bench`):
 /// the server's certificate is checked against every CA file given.
 pub fn client_config(

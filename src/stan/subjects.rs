@@ -62,6 +62,23 @@ impl Subjects {
         format!("{}{shard}.{token}", self.reply_root)
     }
 
+    /// The subjects the streaming server listens on, as NATS subscriptions of the embedded
+    /// server (the reference's streaming connection has these; monitoring reports them, and
+    /// readiness checks poll `/subsz` until they appear).
+    pub fn internal_subscriptions(&self) -> Vec<String> {
+        vec![
+            self.discover.clone(),
+            format!("{}.>", self.publish_prefix),
+            self.subscribe.clone(),
+            self.unsubscribe.clone(),
+            self.sub_close.clone(),
+            self.close.clone(),
+            self.pings.clone(),
+            format!("{}>", self.reply_root),
+            format!("{}>", self.ack_root),
+        ]
+    }
+
     /// What a published subject is for the streaming server, if anything.
     pub fn classify<'a>(&self, subject: &'a [u8]) -> Option<Kind<'a>> {
         if let Some(channel) = subject.strip_prefix(self.publish_dotted.as_bytes()) {
