@@ -10,6 +10,14 @@ use std::path::Path;
 /// Longest a graceful stop may take before the process exits anyway.
 const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The first of `keys` a configuration file sets (for the error message).
+fn key_at<'a>(keys: &[&'a str], files: &[&Path]) -> &'a str {
+    keys.iter()
+        .find(|k| stanza::config::load::key_position(files, &[**k]).is_some())
+        .copied()
+        .unwrap_or_default()
+}
+
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     match argv.get(1).map(String::as_str) {
@@ -42,6 +50,23 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let unbuilt = banner::unbuilt_features(&options);
+    if !unbuilt.is_empty() {
+        let files: Vec<&Path> = [cli.config.as_deref(), cli.stan_config.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        for u in &unbuilt {
+            let at = stanza::config::load::key_position(&files, u.keys)
+                .map(|pos| format!("{pos}: '{}'", key_at(u.keys, &files)))
+                .unwrap_or_else(|| format!("flag {}", u.flags));
+            eprintln!(
+                "stanza: configuration error: {at}: {} is not available in this build yet; remove it to start without it",
+                u.what
+            );
+        }
+        std::process::exit(1);
+    }
     if cli.check_config {
         for w in &warnings {
             eprintln!("stanza: {w}");
@@ -49,27 +74,32 @@ fn main() {
         println!("stanza: configuration is valid");
         std::process::exit(0);
     }
+    let destination = logging::Destination {
+        log_file: options.log_file.as_deref(),
+        size_limit: u64::try_from(options.log_size_limit).unwrap_or(0),
+        syslog: options.syslog,
+        remote_syslog: options.remote_syslog.as_deref(),
+        syslog_name: options.streaming.syslog_name.as_deref(),
+    };
     if let Err(e) = logging::init(
         options.log_debug(),
         options.log_trace(),
         options.logtime,
-        options.log_file.as_deref(),
+        &destination,
     ) {
-        eprintln!(
-            "stanza: cannot open log file {}: {e}",
-            options
-                .log_file
-                .as_deref()
-                .unwrap_or(Path::new(""))
-                .display()
-        );
+        let target = match (&options.remote_syslog, options.syslog, &options.log_file) {
+            (Some(url), _, _) => format!("remote syslog {url}"),
+            (None, true, _) => "syslog".to_string(),
+            (None, false, file) => format!(
+                "log file {}",
+                file.as_deref().unwrap_or(Path::new("")).display()
+            ),
+        };
+        eprintln!("stanza: cannot open {target}: {e}");
         std::process::exit(1);
     }
     for w in warnings {
         log::warn!("{w}");
-    }
-    for line in banner::unavailable_features(&options) {
-        log::warn!("{line}");
     }
     let signals = server::block_signals();
     let mut current = options.clone();

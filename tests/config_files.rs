@@ -16,9 +16,49 @@ fn stanza(args: &[&str]) -> std::process::Output {
         .expect("run stanza")
 }
 
-/// Each example starts (features not built yet are logged as unavailable), takes the values
-/// of its file (the cluster ID shows in the banner), serves clients on the port given by the
-/// flag that overrides the file, and stops on SIGTERM with exit 0 and its pid file gone.
+/// Examples whose features are not built yet: they refuse to start (and `-t` refuses them),
+/// naming each such key with its file and line (issue 22.9).
+const NOT_BUILT_YET: [(&str, &[&str]); 4] = [
+    ("cluster-node-a.conf", &["'cluster'", "'streaming.cluster'"]),
+    ("cluster-node-b.conf", &["'cluster'", "'streaming.cluster'"]),
+    ("cluster-node-c.conf", &["'cluster'", "'streaming.cluster'"]),
+    (
+        "ft-active-standby.conf",
+        &["'cluster'", "'streaming.ft_group'"],
+    ),
+];
+
+#[test]
+fn examples_whose_features_are_not_built_refuse_to_start() {
+    for (name, keys) in NOT_BUILT_YET {
+        let path = repo_path(&format!("config/{name}"));
+        let path = path.to_str().expect("utf-8 path");
+        for args in [vec!["-c", path], vec!["-t", "-c", path]] {
+            let err = common::fails_cleanly(&args);
+            for key in keys {
+                let line = err
+                    .lines()
+                    .find(|l| l.contains(key))
+                    .unwrap_or_else(|| panic!("{name} {args:?}: no {key} in {err}"));
+                assert!(
+                    line.contains(&format!("{name}:")) && line.contains("not available"),
+                    "{name}: {line}"
+                );
+            }
+        }
+    }
+    // Set by flags, not a file: the flag is named.
+    let dir = TempDir::new("ft-flag");
+    let dir = dir.0.to_str().expect("utf-8 path");
+    let err = common::fails_cleanly(&["--ft_group", "x", "-st", "file", "--dir", dir]);
+    assert!(err.contains("flag --ft_group"), "{err}");
+    let err = common::fails_cleanly(&["--encryption_key", "secret"]);
+    assert!(err.contains("flag --encrypt"), "{err}");
+}
+
+/// Each example starts, takes the values of its file (the cluster ID shows in the banner),
+/// serves clients on the port given by the flag that overrides the file, and stops on SIGTERM
+/// with exit 0 and its pid file gone.
 #[test]
 fn every_example_config_starts() {
     let examples = [
@@ -26,10 +66,6 @@ fn every_example_config_starts() {
         ("single-node.toml", "test-cluster"),
         ("file-store.conf", "prod"),
         ("tls-auth.conf", "secure-cluster"),
-        ("cluster-node-a.conf", "replicated"),
-        ("cluster-node-b.conf", "replicated"),
-        ("cluster-node-c.conf", "replicated"),
-        ("ft-active-standby.conf", "ft-cluster"),
     ];
     let found: Vec<String> = std::fs::read_dir(repo_path("config"))
         .expect("config dir")
@@ -37,7 +73,7 @@ fn every_example_config_starts() {
         .collect();
     for name in &found {
         assert!(
-            examples.iter().any(|(n, _)| n == name),
+            examples.iter().any(|(n, _)| n == name) || NOT_BUILT_YET.iter().any(|(n, _)| n == name),
             "config/{name} is not covered by this test"
         );
     }

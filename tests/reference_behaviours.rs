@@ -85,3 +85,71 @@ fn the_streaming_servers_subscriptions_are_reported() {
     let varz = common::http_get(&addr, "/varz");
     assert!(number(&varz, "subscriptions") >= 8, "{varz}");
 }
+
+/// 22.9: `remote_syslog` sends the log lines to a syslog over UDP in Go's format (facility
+/// daemon, `[INF]` at notice), as nats-server does.
+#[test]
+fn remote_syslog_receives_the_log() {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let url = format!("udp://{}", socket.local_addr().expect("addr"));
+    let _srv = common::Server::start(&["--remote_syslog", &url]);
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = socket.recv(&mut buf) {
+        let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = line.contains("Server is ready");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    let ready = lines
+        .iter()
+        .find(|l| l.contains("Server is ready"))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(ready.starts_with("<29>"), "{ready}");
+    assert!(ready.contains(" stanza["), "{ready}");
+    assert!(ready.contains("]: [INF] "), "{ready}");
+}
+
+/// 22.9: `logfile_size_limit` rotates the log file by size, as nats-server 2.9 does: the full
+/// file is kept as `<file>.<date>` and the new one says where it went.
+#[test]
+fn the_log_file_rotates_by_size() {
+    let dir = common::TempDir::new("rotate");
+    let log = dir.0.join("stanza.log");
+    let config = format!(
+        "logfile: \"{}\"\nlogfile_size_limit: 1KB\ndebug: true\n",
+        log.display()
+    );
+    let srv = common::Server::start_with_config(Some(&config), &[]);
+    // Connections log debug lines: make enough of them to pass 1 KiB a few times.
+    for _ in 0..30 {
+        srv.raw().ping_pong();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let backups = loop {
+        let backups: Vec<String> = std::fs::read_dir(&dir.0)
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("stanza.log."))
+            .collect();
+        if backups.len() >= 2 || std::time::Instant::now() > deadline {
+            break backups;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(backups.len() >= 2, "{backups:?}");
+    let current = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        current.contains("Rotated log, backup saved as"),
+        "{current}"
+    );
+    for b in &backups {
+        let len = std::fs::metadata(dir.0.join(b)).expect("backup").len();
+        assert!((1024..4096).contains(&len), "{b}: {len} bytes");
+    }
+}

@@ -1,6 +1,6 @@
 //! The startup banner: the streaming server's identity, its store and the store limits table
-//! in the reference's layout (`*` marks values left at their defaults), plus a line for each
-//! configured feature this build does not serve yet.
+//! in the reference's layout (`*` marks values left at their defaults), and the configured
+//! features this build does not serve yet (the server refuses to start with them).
 
 use super::streaming::StoreType;
 use super::Options;
@@ -32,28 +32,73 @@ pub fn streaming_lines(o: &Options) -> Vec<String> {
     lines
 }
 
-/// Configured features that are parsed but not served by this build.
-pub fn unavailable_features(o: &Options) -> Vec<String> {
+/// A configured feature this build does not serve yet: where it may be set and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unbuilt {
+    /// Key paths that set it in a configuration file, most specific first.
+    pub keys: &'static [&'static str],
+    /// The flags (or environment) that set it.
+    pub flags: &'static str,
+    pub what: &'static str,
+}
+
+/// Configured features that this build does not serve: the server refuses to start with them
+/// rather than run without them (an FT config on a shared directory would otherwise give
+/// several writers on one store).
+pub fn unbuilt_features(o: &Options) -> Vec<Unbuilt> {
     let s = &o.streaming;
     let mut out = Vec::new();
-    let mut note = |configured: bool, what: &str| {
+    let mut note = |configured: bool, keys, flags, what| {
         if configured {
-            out.push(format!(
-                "{what} is configured but not available in this build yet"
-            ));
+            out.push(Unbuilt { keys, flags, what });
         }
     };
-    note(o.cluster.is_some(), "NATS route clustering (cluster {})");
-    note(o.syslog || o.remote_syslog.is_some(), "syslog");
     note(
-        o.log_size_limit > 0,
-        "log rotation by size (log_size_limit)",
+        o.cluster.is_some(),
+        &["cluster"],
+        "--cluster / --routes",
+        "NATS route clustering",
     );
-    note(s.store == StoreType::Sql, "the SQL store");
-    note(s.ft_group.is_some(), "fault-tolerant mode (ft_group)");
-    note(s.cluster.is_some(), "streaming clustering");
-    note(s.partitioning, "partitioning");
-    note(s.encrypt, "encryption at rest");
+    note(
+        s.store == StoreType::Sql,
+        &["streaming.store", "store"],
+        "-st / --store",
+        "the SQL store",
+    );
+    note(
+        s.ft_group.is_some(),
+        &[
+            "streaming.ft_group",
+            "streaming.ft_group_name",
+            "ft_group",
+            "ft_group_name",
+        ],
+        "--ft_group",
+        "fault-tolerant mode",
+    );
+    note(
+        s.cluster.is_some(),
+        &["streaming.cluster", "streaming.clustering"],
+        "--clustered / --cluster_node_id / --cluster_peers / --cluster_bootstrap",
+        "streaming (raft) clustering",
+    );
+    note(
+        s.partitioning,
+        &["streaming.partitioning", "partitioning"],
+        "--partitioning",
+        "partitioning",
+    );
+    note(
+        s.encrypt,
+        &[
+            "streaming.encrypt",
+            "encrypt",
+            "streaming.encryption_key",
+            "encryption_key",
+        ],
+        "--encrypt / --encryption_key / NATS_STREAMING_ENCRYPTION_KEY",
+        "encryption at rest",
+    );
     out
 }
 

@@ -150,6 +150,18 @@ fn apply_streaming(options: &mut Options, root: &Spanned) -> Result<Vec<String>,
         .collect())
 }
 
+/// Where the first of `paths` (dotted key paths) is set in the configuration file(s), as
+/// `file:line:column`; `None` when no file sets any of them.
+pub fn key_position(files: &[&Path], paths: &[&str]) -> Option<String> {
+    let roots: Vec<Spanned> = files.iter().filter_map(|f| read_file(f).ok()).collect();
+    paths.iter().find_map(|path| {
+        roots
+            .iter()
+            .find_map(|root| de::position_of(root, path))
+            .map(|pos| pos.to_string())
+    })
+}
+
 fn warn_unknown(root: &Spanned, unknown: &[String], warnings: &mut Vec<String>) {
     for path in unknown {
         let at = match de::position_of(root, path) {

@@ -137,7 +137,7 @@ pub struct Options {
     pub logtime_utc: bool,
     #[serde(alias = "logfile")]
     pub log_file: Option<PathBuf>,
-    #[serde(deserialize_with = "size::deserialize")]
+    #[serde(deserialize_with = "size::deserialize", alias = "logfile_size_limit")]
     pub log_size_limit: i64,
     pub max_traced_msg_len: i64,
     pub syslog: bool,

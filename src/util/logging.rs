@@ -1,6 +1,8 @@
 //! Logging in nats-server's format: `[pid] 2019/12/04 20:40:40.429359 [INF] message`, on
-//! standard error or in a log file (reopened on SIGUSR1 for logrotate). Levels: INF, WRN, ERR
-//! always; DBG with debug; TRC with trace. Timestamps can be turned off (`logtime: false`).
+//! standard error, in a log file (reopened on SIGUSR1 for logrotate; rotated by size with
+//! `logfile_size_limit`, as nats-server 2.9 does), or to syslog (`syslog`, `remote_syslog`,
+//! see `syslog.rs`). Levels: INF, WRN, ERR always; DBG with debug; TRC with trace. Timestamps
+//! can be turned off (`logtime: false`).
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::fs::{File, OpenOptions};
@@ -13,7 +15,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// except at debug/trace levels.
 enum Sink {
     Stderr,
-    File { path: PathBuf, file: File },
+    File {
+        path: PathBuf,
+        file: File,
+        /// Bytes in the file, and the size at which it is rotated (0: never).
+        written: u64,
+        limit: u64,
+    },
+    Syslog(super::syslog::Syslog),
 }
 
 struct NatsLogger {
@@ -33,6 +42,10 @@ impl Log for NatsLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let mut sink = match self.sink.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         let tag = match record.level() {
             Level::Error => "ERR",
             Level::Warn => "WRN",
@@ -51,16 +64,25 @@ impl Log for NatsLogger {
         } else {
             format!("[{}] [{}] {}\n", self.pid, tag, record.args())
         };
-        let mut sink = match self.sink.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
         match &mut *sink {
             Sink::Stderr => {
                 let _ = std::io::stderr().lock().write_all(line.as_bytes());
             }
-            Sink::File { file, .. } => {
-                let _ = file.write_all(line.as_bytes());
+            Sink::File {
+                path,
+                file,
+                written,
+                limit,
+            } => {
+                if file.write_all(line.as_bytes()).is_ok() {
+                    *written += line.len() as u64;
+                }
+                if *limit > 0 && *written >= *limit {
+                    rotate(path, file, written);
+                }
+            }
+            Sink::Syslog(syslog) => {
+                syslog.send(record.level(), &format!("[{tag}] {}", record.args()))
             }
         }
     }
@@ -82,20 +104,96 @@ fn open_log(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// Installs the logger once; later calls are ignored. Fails only if the log file cannot be
-/// opened.
-pub fn init(
-    debug: bool,
-    trace: bool,
-    logtime: bool,
-    log_file: Option<&Path>,
-) -> std::io::Result<()> {
-    let sink = match log_file {
-        Some(path) => Sink::File {
-            path: path.to_path_buf(),
-            file: open_log(path)?,
-        },
-        None => Sink::Stderr,
+/// Moves a full log file aside as `<file>.<YYYY.MM.DD.hh.mm.ss.nanos>` (nats-server's name for
+/// the backup) and starts a new one, which says where the old lines went. A failure keeps
+/// writing to the current file and is reported on standard error.
+fn rotate(path: &Path, file: &mut File, written: &mut u64) {
+    let now = SystemTime::now();
+    let mut backup = path.as_os_str().to_owned();
+    backup.push(format!(".{}", backup_suffix(now)));
+    let backup = PathBuf::from(backup);
+    let renamed = std::fs::rename(path, &backup).and_then(|_| open_log(path));
+    match renamed {
+        Ok(mut fresh) => {
+            let line = format!(
+                "[{}] {} [INF] Rotated log, backup saved as {}\n",
+                std::process::id(),
+                timestamp(now),
+                backup.display()
+            );
+            let _ = fresh.write_all(line.as_bytes());
+            *written = line.len() as u64;
+            *file = fresh;
+        }
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "stanza: cannot rotate log file {}: {e}",
+                path.display()
+            );
+            *written = 0;
+        }
+    }
+}
+
+/// `2006.01.02.15.04.05.999999999` in Go's layout (UTC; trailing zeroes of the nanoseconds
+/// dropped, as Go does).
+fn backup_suffix(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let mut out = format!(
+        "{year:04}.{month:02}.{day:02}.{:02}.{:02}.{:02}",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    );
+    let nanos = format!("{:09}", d.subsec_nanos());
+    let nanos = nanos.trim_end_matches('0');
+    if !nanos.is_empty() {
+        out.push('.');
+        out.push_str(nanos);
+    }
+    out
+}
+
+/// Where log lines go, as the options say.
+#[derive(Debug, Clone, Default)]
+pub struct Destination<'a> {
+    pub log_file: Option<&'a Path>,
+    /// Rotate the log file at this size (0: never).
+    pub size_limit: u64,
+    /// Local syslog (`syslog: true`), or a remote one (`udp://`, `tcp://`, `unix://`).
+    pub syslog: bool,
+    pub remote_syslog: Option<&'a str>,
+    /// The syslog tag (`syslog_name`; the program name when unset).
+    pub syslog_name: Option<&'a str>,
+}
+
+/// Installs the logger once; later calls are ignored. Fails only if the log file or the
+/// syslog cannot be opened. A remote syslog wins over the local one, which wins over a file,
+/// as in nats-server.
+pub fn init(debug: bool, trace: bool, logtime: bool, to: &Destination<'_>) -> std::io::Result<()> {
+    let tag = to.syslog_name.unwrap_or("stanza");
+    let sink = if let Some(url) = to.remote_syslog {
+        Sink::Syslog(super::syslog::Syslog::remote(url, tag)?)
+    } else if to.syslog {
+        Sink::Syslog(super::syslog::Syslog::local(tag)?)
+    } else {
+        match to.log_file {
+            Some(path) => {
+                let file = open_log(path)?;
+                let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+                Sink::File {
+                    path: path.to_path_buf(),
+                    file,
+                    written,
+                    limit: to.size_limit,
+                }
+            }
+            None => Sink::Stderr,
+        }
     };
     let logger: &'static NatsLogger = Box::leak(Box::new(NatsLogger {
         pid: std::process::id(),
@@ -118,8 +216,15 @@ pub fn reopen() -> std::io::Result<()> {
         Ok(s) => s,
         Err(poisoned) => poisoned.into_inner(),
     };
-    if let Sink::File { path, file } = &mut *sink {
+    if let Sink::File {
+        path,
+        file,
+        written,
+        ..
+    } = &mut *sink
+    {
         *file = open_log(path)?;
+        *written = file.metadata().map(|m| m.len()).unwrap_or(0);
     }
     Ok(())
 }
@@ -162,6 +267,13 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn backup_names_follow_gos_layout() {
+        let t = UNIX_EPOCH + Duration::from_nanos(1_575_492_040_429_359_000);
+        assert_eq!(backup_suffix(t), "2019.12.04.20.40.40.429359");
+        assert_eq!(backup_suffix(UNIX_EPOCH), "1970.01.01.00.00.00");
+    }
 
     #[test]
     fn formats_like_nats_server() {

@@ -5,4 +5,5 @@ pub mod logging;
 pub mod notify;
 pub mod process_signal;
 pub mod rng;
+pub mod syslog;
 pub mod timeout;

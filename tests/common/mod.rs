@@ -97,8 +97,30 @@ impl Server {
             log,
             _dir: dir,
         };
-        server.wait_ready();
+        if args.iter().any(|a| a.contains("syslog"))
+            || config.is_some_and(|c| c.contains("logfile") || c.contains("syslog"))
+        {
+            // Its log goes elsewhere: ready once the client port answers with INFO.
+            server.wait_port();
+        } else {
+            server.wait_ready();
+        }
         server
+    }
+
+    fn wait_port(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut first = [0u8; 4];
+                if s.read_exact(&mut first).is_ok() && &first == b"INFO" {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server not answering on port {} in time", self.port);
     }
 
     /// Starts in external NATS mode (`-ns` among `args`): there is no client port, so
