@@ -153,3 +153,14 @@ fn the_log_file_rotates_by_size() {
         assert!((1024..4096).contains(&len), "{b}: {len} bytes");
     }
 }
+
+/// 22.8: the duplicate-ID probe waits only when someone listens on the old heartbeat inbox.
+#[test]
+fn a_vanished_clients_id_is_taken_over_at_once() {
+    common::stan_go_case(
+        "ref_duplicate_probe_waits_only_for_a_listener",
+        None,
+        &[],
+        CASE_TIMEOUT,
+    );
+}

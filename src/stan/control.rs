@@ -118,10 +118,15 @@ impl Node {
         }
     }
 
-    /// An empty request to a client inbox; whether it answered within `timeout`.
+    /// An empty request to a client inbox; whether it answered within `timeout`. With no
+    /// subscriber on the inbox anywhere (this core, other cores) nobody can answer: false at
+    /// once, as the reference learns from NATS "no responders" instead of waiting.
     async fn request_answered(&self, subject: &str, timeout: Duration) -> bool {
         let (inbox, token, waiter) = self.new_waiter();
-        self.publish(subject.as_bytes(), Some(inbox.as_bytes()), &Bytes::new());
+        if !self.publish(subject.as_bytes(), Some(inbox.as_bytes()), &Bytes::new()) {
+            self.drop_waiter(token);
+            return false;
+        }
         self.wait_answer(token, &waiter, timeout).await
     }
 

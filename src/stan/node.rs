@@ -618,8 +618,10 @@ impl Node {
         }
     }
 
-    pub fn publish(&self, subject: &[u8], reply: Option<&[u8]>, payload: &Bytes) {
-        self.publish_with(subject, None, reply, payload, payload);
+    /// Returns whether anyone could receive it: a subscriber here or on another core (always
+    /// true with an external NATS server, which does not say).
+    pub fn publish(&self, subject: &[u8], reply: Option<&[u8]>, payload: &Bytes) -> bool {
+        self.publish_with(subject, None, reply, payload, payload)
     }
 
     /// Sends the PubAcks a commit owed, with `error` (empty: stored). Their payloads are
@@ -656,10 +658,10 @@ impl Node {
         reply: Option<&[u8]>,
         payload: &[u8],
         backing: &Bytes,
-    ) {
+    ) -> bool {
         if let Some(ext) = self.external.borrow().as_ref() {
             ext.publish(subject, reply, payload);
-            return;
+            return true;
         }
         self.core.publish(
             None,
@@ -671,7 +673,7 @@ impl Node {
                 backing: Some(backing),
                 subject_backing,
             },
-        );
+        )
     }
 
     pub(super) fn reply(&self, reply: Option<&Bytes>, payload: Bytes) {

@@ -3,6 +3,8 @@ package main
 // Issue 22: behaviours where stanza differed from the reference server.
 
 import (
+	"time"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/stan.go/pb"
 )
@@ -33,6 +35,34 @@ func init() {
 			if got := subResp(r.nc, r.resp.UnsubRequests, req); got.Error != "stan: invalid subscription" {
 				fail("unsubscribe after close: got %q, want %q", got.Error, "stan: invalid subscription")
 			}
+		}
+	}
+}
+
+func init() {
+	// 22.8: a connect with the ID of a client whose heartbeat inbox has a subscriber that does
+	// not answer waits the 500 ms probe; with no subscriber at all it is answered at once.
+	cases["ref_duplicate_probe_waits_only_for_a_listener"] = func() {
+		silent := rawConnect("r-probe-silent", false)
+		_, err := silent.nc.Subscribe(silent.hb, func(*nats.Msg) {})
+		must(err, "silent hb subscription")
+		must(silent.nc.Flush(), "flush")
+		time.Sleep(100 * time.Millisecond)
+		start := time.Now()
+		sc := connect("r-probe-silent")
+		took := time.Since(start)
+		sc.Close()
+		if took < 400*time.Millisecond {
+			fail("a listener that does not answer: replaced after %v, expected the 500 ms probe", took)
+		}
+		rawConnect("r-probe-gone", false).nc.Close()
+		time.Sleep(100 * time.Millisecond)
+		start = time.Now()
+		sc = connect("r-probe-gone")
+		took = time.Since(start)
+		sc.Close()
+		if took > 300*time.Millisecond {
+			fail("no listener: replaced after %v, expected no wait", took)
 		}
 	}
 }
