@@ -157,6 +157,7 @@ fn probe_io_uring() -> Result<(), ServerError> {
 /// A running server: its cores are up and accepting.
 pub struct Running {
     pub cores: usize,
+    streaming_stopped: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     close: Arc<AtomicBool>,
     quiesced: mpsc::Receiver<usize>,
@@ -195,6 +196,9 @@ impl Running {
     /// within `within`.
     pub fn shutdown(self, within: Duration) -> usize {
         let deadline = std::time::Instant::now() + within;
+        // The reference stops its streaming side first, then NATS: no STAN request gets an
+        // answer from here on (what was already written still gets its PubAck).
+        self.streaming_stopped.store(true, Ordering::Release);
         self.stop.store(true, Ordering::Release);
         wait_reports(&self.quiesced, self.cores, deadline);
         self.close.store(true, Ordering::Release);
@@ -264,6 +268,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     let handoff: MeshBuilder<AcceptedTcpStream, _> = MeshBuilder::full(ncores, HANDOFF_RING);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, ServerError>>();
     let stop = Arc::new(AtomicBool::new(false));
+    let streaming_stopped = Arc::new(AtomicBool::new(false));
     let (stopped_tx, stopped_rx) = mpsc::channel::<usize>();
     let (quiesced_tx, quiesced_rx) = mpsc::channel::<usize>();
     let close = Arc::new(AtomicBool::new(false));
@@ -284,6 +289,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         let ack_key = ack_key.clone();
         let ready_tx = ready_tx.clone();
         let lifecycle = Lifecycle {
+            streaming_stopped: streaming_stopped.clone(),
             stop: stop.clone(),
             close: close.clone(),
             quiesced: quiesced_tx.clone(),
@@ -348,6 +354,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     log::info!("Server is ready");
     Ok(Running {
         cores: ncores,
+        streaming_stopped,
         stop,
         close,
         quiesced: quiesced_rx,
@@ -375,6 +382,8 @@ fn wait_reports(
 
 /// How the main thread asks a core to stop, and hears that it has.
 struct Lifecycle {
+    /// Set first at a graceful stop: from then on the streaming server answers no request.
+    streaming_stopped: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     close: Arc<AtomicBool>,
     quiesced: mpsc::Sender<usize>,
@@ -412,6 +421,7 @@ async fn run_core(
     core.set_tls(tls.clone());
     // Registered before the mesh is read, so no streaming message from a peer finds it absent.
     let streaming = Node::start(core.clone(), &opts, directory, ack_key);
+    streaming.stop_answering_when(lifecycle.streaming_stopped.clone());
     if opts.streaming.store == crate::config::streaming::StoreType::File {
         streaming
             .open_store()

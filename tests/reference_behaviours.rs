@@ -164,3 +164,61 @@ fn a_vanished_clients_id_is_taken_over_at_once() {
         CASE_TIMEOUT,
     );
 }
+
+/// 22.3: at SIGTERM the streaming side stops first: a request sent just after the signal gets
+/// no answer, while the NATS side still serves (PONG) until it closes.
+#[test]
+fn at_sigterm_streaming_requests_get_no_answer() {
+    use prost::Message;
+    use std::io::Read;
+    let mut srv = common::Server::start(&["--cores", "2"]);
+    let mut raw = srv.raw();
+    let connect = |id: &str| {
+        shards::pb::ConnectRequest {
+            client_id: id.into(),
+            heartbeat_inbox: format!("_INBOX.hb.{id}"),
+            protocol: 1,
+            conn_id: bytes::Bytes::copy_from_slice(id.as_bytes()),
+            ping_interval: 5,
+            ping_max_out: 10,
+        }
+        .encode_to_vec()
+    };
+    let request = |raw: &mut common::RawClient, id: &str| {
+        let payload = connect(id);
+        let mut frame = format!(
+            "PUB _STAN.discover.test-cluster _INBOX.reply {}\r\n",
+            payload.len()
+        )
+        .into_bytes();
+        frame.extend_from_slice(&payload);
+        frame.extend_from_slice(b"\r\nPING\r\n");
+        raw.send(&frame);
+    };
+    raw.send(b"SUB _INBOX.reply 1\r\n");
+    request(&mut raw, "before");
+    let (line, _) = raw.msg();
+    assert!(line.starts_with("MSG _INBOX.reply"), "{line}");
+    srv.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(3));
+    request(&mut raw, "after");
+    // Whatever arrives until the connection closes: a PONG may, a reply may not.
+    let _ = raw
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(500)));
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        match raw.stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(
+        !seen.contains("MSG _INBOX.reply"),
+        "answered after SIGTERM: {seen:?}"
+    );
+    assert_eq!(srv.wait_exit(Duration::from_secs(8)), Some(0));
+}

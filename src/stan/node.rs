@@ -78,6 +78,9 @@ pub struct Waiter {
 
 pub struct Node {
     pub core: Rc<Core>,
+    /// Set when the server stops: requests are no longer answered (the reference stops its
+    /// streaming side before NATS).
+    stopped: std::cell::OnceCell<Arc<std::sync::atomic::AtomicBool>>,
     pub subjects: Rc<Subjects>,
     pub shard: RefCell<Shard>,
     pub dir: Arc<SharedDirectory>,
@@ -144,6 +147,7 @@ impl Node {
             replace_durable: s.replace_durable,
         });
         let node = Rc::new(Node {
+            stopped: std::cell::OnceCell::new(),
             control: (core.id == 0).then(ControlPlane::default),
             external: RefCell::new(None),
             core: core.clone(),
@@ -178,6 +182,18 @@ impl Node {
         })
         .detach();
         node
+    }
+
+    /// From the moment `flag` is set, streaming requests get no answer (they are routed as
+    /// plain NATS messages, to whoever else subscribes).
+    pub fn stop_answering_when(&self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        let _ = self.stopped.set(flag);
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped
+            .get()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
     }
 
     pub fn rc(&self) -> Option<Rc<Node>> {
@@ -995,6 +1011,9 @@ impl InternalHandler for Node {
         let Some(kind) = self.subjects.classify(msg.subject) else {
             return Handled::No;
         };
+        if self.is_stopped() {
+            return Handled::No;
+        }
         if kind
             == (Kind::Ack {
                 shard: self.core.id,
