@@ -81,12 +81,7 @@ fn main() {
         remote_syslog: options.remote_syslog.as_deref(),
         syslog_name: options.streaming.syslog_name.as_deref(),
     };
-    if let Err(e) = logging::init(
-        options.log_debug(),
-        options.log_trace(),
-        options.logtime,
-        &destination,
-    ) {
+    if let Err(e) = logging::init(options.log_levels(), options.logtime, &destination) {
         let target = match (&options.remote_syslog, options.syslog, &options.log_file) {
             (Some(url), _, _) => format!("remote syslog {url}"),
             (None, true, _) => "syslog".to_string(),
@@ -161,12 +156,15 @@ fn reload(cli: &Cli, current: &mut Options, running: &server::Running) {
         log::info!("Reloaded: authorization");
         running.reload_authorization(new.auth.clone());
     }
-    if new.log_debug() != current.log_debug() || new.log_trace() != current.log_trace() {
-        logging::set_level(new.log_debug(), new.log_trace());
+    if new.log_levels() != current.log_levels() {
+        let l = new.log_levels();
+        logging::set_levels(l);
         log::info!(
-            "Reloaded: debug = {}, trace = {}",
-            new.log_debug(),
-            new.log_trace()
+            "Reloaded: debug = {}, trace = {}, streaming debug = {}, streaming trace = {}",
+            l.nats_debug,
+            l.nats_trace,
+            l.stan_debug,
+            l.stan_trace
         );
     }
     // Only what was applied changes; the rest still describes the running server.

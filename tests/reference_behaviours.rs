@@ -222,3 +222,55 @@ fn at_sigterm_streaming_requests_get_no_answer() {
     );
     assert_eq!(srv.wait_exit(Duration::from_secs(8)), Some(0));
 }
+
+/// 22.6: `-SDV` logs the streaming side's debug and trace lines (connects and closes,
+/// publishes, deliveries, acks, redeliveries, subscriptions), `-DV` the NATS protocol traces;
+/// each only its own side, and neither without the flag.
+#[test]
+fn streaming_and_nats_debug_and_trace_lines() {
+    let Some(bin) = common::go_program("stan-go") else {
+        return;
+    };
+    let stan_debug = [
+        "] Connected",
+        "Started new subscription, subject=r-logged-ch",
+        "Unsubscribed subject=r-logged-ch",
+        "[Client:r-logged] Closed",
+    ];
+    let stan_trace = [
+        "Received message from publisher subj=r-logged-ch",
+        "Delivering msg to subid=",
+        "Processing ack for subid=",
+        "Redelivering msg to subid=",
+    ];
+    let nats = [
+        "<<- [CONNECT {",
+        "<<- [PUB _STAN.pub.test-cluster.r-logged-ch",
+        "->> [MSG ",
+    ];
+    // (flags, streaming debug, streaming trace, NATS trace)
+    for (flags, want_debug, want_trace, want_nats) in [
+        (&["-SDV"][..], true, true, false),
+        (&["-DV"][..], false, false, true),
+        (&["-SD", "-V"][..], true, false, true),
+        (&[][..], false, false, false),
+    ] {
+        let mut args = vec!["--cores", "2"];
+        args.extend_from_slice(flags);
+        let srv = common::Server::start(&args);
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["ref_logged_session", &srv.url()]);
+        common::run_client(cmd, CASE_TIMEOUT);
+        std::thread::sleep(Duration::from_millis(200));
+        let log = srv.log_text();
+        for line in stan_debug {
+            assert_eq!(log.contains(line), want_debug, "{flags:?} {line:?}:\n{log}");
+        }
+        for line in stan_trace {
+            assert_eq!(log.contains(line), want_trace, "{flags:?} {line:?}:\n{log}");
+        }
+        for line in nats {
+            assert_eq!(log.contains(line), want_nats, "{flags:?} {line:?}:\n{log}");
+        }
+    }
+}

@@ -244,6 +244,11 @@ impl Deliveries<'_> {
             sub.last_sent = next;
             sub.pending.insert(next, expiry);
             arm(self.timers, sub, expiry);
+            log::trace!(
+                "STAN: [Client:{}] Delivering msg to subid={id}, subject={}, seq={next}",
+                sub.client_id,
+                sub.channel
+            );
             if let Some(j) = self.journal.as_deref_mut() {
                 j.sent(id, next);
             }
@@ -618,6 +623,11 @@ impl Shard {
             self.pub_ack(&incoming, pm.guid, ERR_INVALID_PUB);
             return;
         }
+        log::trace!(
+            "STAN: [Client:{}] Received message from publisher subj={channel} guid={}",
+            String::from_utf8_lossy(pm.client_id),
+            String::from_utf8_lossy(pm.guid)
+        );
         // One lookup for a known channel; a new name is checked before it is created.
         let ch = match self.channels.get_mut(channel) {
             Some(ch) => ch,
@@ -986,6 +996,16 @@ impl Shard {
                     Some(s) => self.ack_inbox(s),
                     None => return,
                 };
+                log::debug!(
+                    "STAN: [Client:{}] Started new subscription, subject={}, inbox={}, subid={id}, durable={:?}, queue={:?}, maxInflight={}, ackWait={}s",
+                    req.client_id,
+                    req.subject,
+                    req.inbox,
+                    req.durable_name,
+                    req.q_group,
+                    req.max_in_flight,
+                    req.ack_wait_in_secs
+                );
                 self.sub_reply(reply, &inbox, "");
                 self.start_delivery(now, id);
             }
@@ -1364,6 +1384,10 @@ impl Shard {
             let expiry = now.mono_ns + sub.ack_wait_ns;
             sub.pending.insert(next, expiry);
             arm(&mut self.timers, sub, expiry);
+            log::trace!(
+                "STAN: [Client:{}] Delivering msg to subid={member}, subject={channel}, seq={next}",
+                sub.client_id
+            );
             let inbox = sub.inbox.clone();
             if let Some(j) = journal(&mut self.unwritten, channel) {
                 j.sent(member, next);
@@ -1455,6 +1479,10 @@ impl Shard {
         if let Some(sub) = self.subs.get_mut(&id) {
             sub.pending.insert(seq, expiry);
             arm(&mut self.timers, sub, expiry);
+            log::trace!(
+                "STAN: [Client:{}] Redelivering msg to subid={id}, subject={channel}, seq={seq}",
+                sub.client_id
+            );
         }
         self.send(inbox, Bytes::from(proto.encode_to_vec()));
     }
@@ -1551,6 +1579,12 @@ impl Shard {
         if sub.channel.as_bytes() != ack.subject {
             return None;
         }
+        log::trace!(
+            "STAN: [Client:{}] Processing ack for subid={id}, subject={}, seq={}",
+            sub.client_id,
+            sub.channel,
+            ack.sequence
+        );
         if sub.queue.is_empty() {
             return self
                 .remove_pending(id, ack.sequence)
@@ -1608,6 +1642,17 @@ impl Shard {
         let result = self.find_for_unsubscribe(req);
         match result {
             Ok(id) => {
+                log::debug!(
+                    "STAN: [Client:{}] {} subject={}, inbox={}, subid={id}",
+                    req.client_id,
+                    if end == SubEnd::Close {
+                        "Closed subscription"
+                    } else {
+                        "Unsubscribed"
+                    },
+                    req.subject,
+                    req.inbox
+                );
                 self.end_subscription(now, id, end);
                 self.sub_reply(reply, "", "");
             }

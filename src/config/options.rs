@@ -367,12 +367,14 @@ impl Options {
     }
 
     /// Whether streaming or the embedded NATS server asked for debug / trace logging.
-    pub fn log_debug(&self) -> bool {
-        self.debug || self.streaming.stan_debug
-    }
-
-    pub fn log_trace(&self) -> bool {
-        self.trace || self.streaming.stan_trace
+    /// Debug and trace, NATS side (`-D`, `-V`) and streaming side (`-SD`, `-SV`).
+    pub fn log_levels(&self) -> crate::util::logging::Levels {
+        crate::util::logging::Levels {
+            nats_debug: self.debug,
+            nats_trace: self.trace,
+            stan_debug: self.streaming.stan_debug,
+            stan_trace: self.streaming.stan_trace,
+        }
     }
 }
 

@@ -392,6 +392,9 @@ fn protocol_error(conn: &ClientConn, e: &ProtocolError) -> CloseReason {
 }
 
 fn handle(core: &Core, conn: &ClientConn, op: ClientOp) -> Next {
+    if super::trace::enabled() {
+        super::trace::inbound(conn, &op);
+    }
     if !conn.connected.get() && core.auth.borrow().required() && !matches!(op, ClientOp::Connect(_))
     {
         conn.send_err(errors::AUTH_VIOLATION);

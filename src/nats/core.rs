@@ -650,6 +650,9 @@ impl Core {
             );
             out.len()
         };
+        if super::trace::enabled() {
+            super::trace::outbound_msg(&conn, msg.subject, &sub.sid, msg.reply, msg.payload.len());
+        }
         bump(&conn.out_msgs, 1);
         bump(&conn.out_bytes, msg.payload.len() as u64);
         bump(&self.stats.out_msgs, 1);

@@ -9,5 +9,6 @@ pub mod parser;
 pub mod subject;
 pub mod sublist;
 pub mod tls;
+pub mod trace;
 pub mod transport;
 pub mod wire;

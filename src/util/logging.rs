@@ -8,6 +8,7 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -29,13 +30,61 @@ struct NatsLogger {
     pid: u32,
     logtime: bool,
     sink: Mutex<Sink>,
+    /// Most verbose level of the NATS side (`-D`, `-V`) and of the streaming side (`-SD`,
+    /// `-SV`): the reference turns them on separately.
+    nats: AtomicUsize,
+    stan: AtomicUsize,
+}
+
+/// What is enabled at debug and trace level, for each side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Levels {
+    pub nats_debug: bool,
+    pub nats_trace: bool,
+    pub stan_debug: bool,
+    pub stan_trace: bool,
+}
+
+impl Levels {
+    fn nats(self) -> LevelFilter {
+        level_for(self.nats_debug, self.nats_trace)
+    }
+
+    fn stan(self) -> LevelFilter {
+        level_for(self.stan_debug, self.stan_trace)
+    }
+
+    fn max(self) -> LevelFilter {
+        self.nats().max(self.stan())
+    }
+}
+
+/// Streaming-side lines: the shards crate and the streaming front (`stanza::stan`).
+fn is_streaming(target: &str) -> bool {
+    target.starts_with("shards") || target.starts_with("stanza::stan") || target == "stan"
+}
+
+fn filter_from(n: usize) -> LevelFilter {
+    match n {
+        5 => LevelFilter::Trace,
+        4 => LevelFilter::Debug,
+        _ => LevelFilter::Info,
+    }
 }
 
 static LOGGER: OnceLock<&'static NatsLogger> = OnceLock::new();
 
 impl Log for NatsLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= log::max_level()
+        if metadata.level() <= Level::Info {
+            return true;
+        }
+        let side = if is_streaming(metadata.target()) {
+            &self.stan
+        } else {
+            &self.nats
+        };
+        metadata.level() <= filter_from(side.load(Ordering::Relaxed))
     }
 
     fn log(&self, record: &Record) {
@@ -174,7 +223,7 @@ pub struct Destination<'a> {
 /// Installs the logger once; later calls are ignored. Fails only if the log file or the
 /// syslog cannot be opened. A remote syslog wins over the local one, which wins over a file,
 /// as in nats-server.
-pub fn init(debug: bool, trace: bool, logtime: bool, to: &Destination<'_>) -> std::io::Result<()> {
+pub fn init(levels: Levels, logtime: bool, to: &Destination<'_>) -> std::io::Result<()> {
     let tag = to.syslog_name.unwrap_or("stanza");
     let sink = if let Some(url) = to.remote_syslog {
         Sink::Syslog(super::syslog::Syslog::remote(url, tag)?)
@@ -199,10 +248,12 @@ pub fn init(debug: bool, trace: bool, logtime: bool, to: &Destination<'_>) -> st
         pid: std::process::id(),
         logtime,
         sink: Mutex::new(sink),
+        nats: AtomicUsize::new(levels.nats() as usize),
+        stan: AtomicUsize::new(levels.stan() as usize),
     }));
     if log::set_logger(logger).is_ok() {
         let _ = LOGGER.set(logger);
-        log::set_max_level(level_for(debug, trace));
+        log::set_max_level(levels.max());
     }
     Ok(())
 }
@@ -229,9 +280,14 @@ pub fn reopen() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Changes the level at run time (configuration reload).
-pub fn set_level(debug: bool, trace: bool) {
-    log::set_max_level(level_for(debug, trace));
+/// Changes the levels at run time (configuration reload). `log::max_level` is the union, so
+/// that a disabled line costs one atomic load at its call site.
+pub fn set_levels(levels: Levels) {
+    if let Some(logger) = LOGGER.get() {
+        logger.nats.store(levels.nats() as usize, Ordering::Relaxed);
+        logger.stan.store(levels.stan() as usize, Ordering::Relaxed);
+    }
+    log::set_max_level(levels.max());
 }
 
 /// `YYYY/MM/DD hh:mm:ss.micros` in UTC.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	stan "github.com/nats-io/stan.go"
 	"github.com/nats-io/stan.go/pb"
 )
 
@@ -64,5 +65,27 @@ func init() {
 		if took > 300*time.Millisecond {
 			fail("no listener: replaced after %v, expected no wait", took)
 		}
+	}
+}
+
+func init() {
+	// 22.6: a small session whose server-side log lines the harness checks: connect, publish,
+	// subscribe, deliver, ack, redeliver, unsubscribe, close.
+	cases["ref_logged_session"] = func() {
+		sc := connect("r-logged")
+		publishN(sc, "r-logged-ch", 2)
+		c := newCollector()
+		sub, err := sc.Subscribe("r-logged-ch", func(m *stan.Msg) {
+			if m.Sequence == 2 && !m.Redelivered {
+				c.cb(m) // not acked: redelivered after the ack wait
+				return
+			}
+			must(m.Ack(), "ack")
+			c.cb(m)
+		}, stan.DeliverAllAvailable(), stan.SetManualAckMode(), stan.AckWait(time.Second))
+		must(err, "subscribe")
+		c.seqs(3, "two deliveries and a redelivery")
+		must(sub.Unsubscribe(), "unsubscribe")
+		must(sc.Close(), "close")
 	}
 }
