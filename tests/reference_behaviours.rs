@@ -274,3 +274,15 @@ fn streaming_and_nats_debug_and_trace_lines() {
         }
     }
 }
+
+/// 22.1: the streaming server is one subscriber among others: plain subscribers on `_STAN.>`
+/// and on the pings subject receive the requests too, on either core.
+#[test]
+fn streaming_subjects_are_visible_to_ordinary_subscribers() {
+    common::stan_go_case(
+        "ref_streaming_subjects_are_visible",
+        None,
+        &[],
+        CASE_TIMEOUT,
+    );
+}

@@ -473,7 +473,13 @@ fn handle_pub(core: &Core, conn: &ClientConn, p: Publish) -> Next {
     conn.in_bytes
         .set(conn.in_bytes.get() + p.payload().len() as u64);
     if let Some(handler) = core.internal_handler() {
-        match handler.on_publish(&p.msg_ref()) {
+        let handled = handler.on_publish(&p.msg_ref());
+        if handled != Handled::No && core.may_have_subscribers(p.subject()) {
+            // The streaming server is one subscriber among others, as in the reference: a
+            // plain subscription on `_STAN.>` (or on a request subject) sees the request too.
+            core.route(Some(conn), &p.msg_ref());
+        }
+        match handled {
             Handled::No => {}
             Handled::Yes => {
                 send_ok(conn);

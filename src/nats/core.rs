@@ -803,6 +803,15 @@ impl Core {
         true
     }
 
+    /// Whether any subscriber, here or on another core, may match a subject starting with
+    /// `subject`'s first token. Cheap (two root-level lookups): the streaming front asks it
+    /// for every request it takes, to pass the request on to ordinary subscribers as well.
+    pub fn may_have_subscribers(&self, subject: &[u8]) -> bool {
+        let first = subject.split(|b| *b == b'.').next().unwrap_or_default();
+        self.sublist.borrow().may_match_first_token(first)
+            || (self.ncores > 1 && self.interest.borrow().may_match_first_token(first))
+    }
+
     /// Local subscribers and interested cores for a subject, through the one-entry memo.
     fn match_both(&self, subject: &[u8]) -> (Rc<MatchResult<SubRef>>, Rc<MatchResult<usize>>) {
         let generations = (

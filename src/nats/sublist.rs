@@ -162,6 +162,15 @@ impl<T: Clone + PartialEq> Sublist<T> {
         removed
     }
 
+    /// Whether some subscription may match a subject whose first token is `token` (a pattern
+    /// that starts with it, `*` or `>`): one look at the root level, for the streaming front,
+    /// which then routes its requests to ordinary subscribers too.
+    pub fn may_match_first_token(&self, token: &[u8]) -> bool {
+        self.root.star.is_some()
+            || self.root.tail.is_some()
+            || self.root.literal.contains_key(token)
+    }
+
     /// Everything that a literal subject matches.
     pub fn matches(&mut self, subject: &[u8]) -> Rc<MatchResult<T>> {
         self.stats.matches += 1;
@@ -275,6 +284,28 @@ fn add_node<T: Clone>(node: &Node<T>, out: &mut MatchResult<T>) {
             Some((_, all)) => all.extend(members.iter().cloned()),
             None => out.queues.push((name.clone(), members.clone())),
         }
+    }
+}
+
+#[cfg(test)]
+mod first_token_tests {
+    use super::*;
+
+    #[test]
+    fn first_token_probe() {
+        let mut s: Sublist<u32> = Sublist::new();
+        assert!(!s.may_match_first_token(b"_STAN"));
+        s.insert(b"foo.bar", None, 1);
+        assert!(!s.may_match_first_token(b"_STAN"));
+        s.insert(b"_STAN.pub.>", None, 2);
+        assert!(s.may_match_first_token(b"_STAN"));
+        s.remove(b"_STAN.pub.>", None, &2);
+        assert!(!s.may_match_first_token(b"_STAN"));
+        s.insert(b"*.x", None, 3);
+        assert!(s.may_match_first_token(b"_STAN"));
+        s.remove(b"*.x", None, &3);
+        s.insert(b">", None, 4);
+        assert!(s.may_match_first_token(b"_STAN"));
     }
 }
 

@@ -89,3 +89,73 @@ func init() {
 		must(sc.Close(), "close")
 	}
 }
+
+func init() {
+	// 22.1: plain NATS subscribers on _STAN.> (two connections, so likely on both cores) see
+	// the requests clients send to the streaming server: connect, publish (with clientID and
+	// connID), subscribe, pings, close.
+	cases["ref_streaming_subjects_are_visible"] = func() {
+		type sniffer struct {
+			ch chan *nats.Msg
+		}
+		var sniffers []sniffer
+		for i := 0; i < 2; i++ {
+			nc := natsConn()
+			defer nc.Close()
+			s := sniffer{ch: make(chan *nats.Msg, 1000)}
+			_, err := nc.ChanSubscribe("_STAN.>", s.ch)
+			must(err, "sniff")
+			must(nc.Flush(), "flush")
+			sniffers = append(sniffers, s)
+		}
+		pings := natsConn()
+		defer pings.Close()
+		pingCh := make(chan *nats.Msg, 100)
+		_, err := pings.ChanSubscribe("_STAN.discover."+clusterID+".pings", pingCh)
+		must(err, "pings sub")
+		must(pings.Flush(), "flush")
+		time.Sleep(200 * time.Millisecond)
+		sc := connect("r-visible", stan.Pings(1, 5))
+		must(sc.Publish("r-visible-ch", []byte("hello")), "publish")
+		sub, err := sc.Subscribe("r-visible-ch", func(*stan.Msg) {})
+		must(err, "subscribe")
+		must(sub.Close(), "close sub")
+		nextRaw(pingCh, "a client ping on the pings subject")
+		must(sc.Close(), "close")
+		for i, s := range sniffers {
+			seen := map[string]bool{}
+			deadline := time.After(wait)
+		collect:
+			for {
+				select {
+				case m := <-s.ch:
+					seen[m.Subject] = true
+					if m.Subject == "_STAN.pub."+clusterID+".r-visible-ch" {
+						pm := &pb.PubMsg{}
+						must(pm.Unmarshal(m.Data), "sniffed PubMsg")
+						if pm.ClientID != "r-visible" || len(pm.ConnID) == 0 {
+							fail("sniffer %d: PubMsg clientID=%q connID=%q", i, pm.ClientID, pm.ConnID)
+						}
+					}
+					if seen["_STAN.close."+clusterID] {
+						break collect
+					}
+				case <-deadline:
+					break collect
+				}
+			}
+			for _, want := range []string{
+				"_STAN.discover." + clusterID,
+				"_STAN.pub." + clusterID + ".r-visible-ch",
+				"_STAN.sub." + clusterID,
+				"_STAN.subclose." + clusterID,
+				"_STAN.discover." + clusterID + ".pings",
+				"_STAN.close." + clusterID,
+			} {
+				if !seen[want] {
+					fail("sniffer %d did not see %s (saw %v)", i, want, seen)
+				}
+			}
+		}
+	}
+}
