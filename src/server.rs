@@ -459,7 +459,6 @@ async fn run_core(
                         other => core.on_mesh(peer, other),
                     }
                 }
-                core.wait_stalled(None).await;
             }
         })
         .detach();

@@ -107,3 +107,175 @@ fn a_control_message_on_the_publish_subject_gets_an_error_puback() {
         CASE_TIMEOUT,
     );
 }
+
+/// The server's resident memory, from /proc.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib / 1024)
+        .unwrap_or(0)
+}
+
+/// A raw connection that reads as little as the kernel lets it (a tiny receive buffer), for a
+/// consumer that never reads.
+fn never_reading(port: u16) -> common::RawClient {
+    common::RawClient::connect_with_receive_buffer(port, 4096)
+}
+
+/// Round trips of a third client while `busy` runs; returns the slowest.
+fn slowest_round_trip(port: u16, busy: impl FnOnce() + Send) -> Duration {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let prober = scope.spawn(|| {
+            let mut probe = common::RawClient::connect(port);
+            let mut worst = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                probe.ping_pong();
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            worst
+        });
+        busy();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        prober.join().expect("prober")
+    })
+}
+
+/// 21.2: a core NATS subscriber that never reads is cut at `max_pending` (counted in /varz,
+/// logged as nats-server logs it) without stalling other clients: a third client's round trip
+/// stays short, the publisher goes on, and memory comes back once the consumer is gone.
+#[test]
+fn a_subscriber_that_never_reads_is_cut_at_max_pending_without_stalling_others() {
+    let monitor = common::free_port().to_string();
+    let srv = common::Server::start_with_config(
+        Some("max_pending: 8MB\n"),
+        &["--cores", "2", "-m", &monitor],
+    );
+    let mut slow = never_reading(srv.port);
+    slow.send(b"CONNECT {\"verbose\":false}\r\nSUB foo 1\r\n");
+    slow.ping_pong();
+    let payload = vec![b'x'; 1024];
+    let mut frame = format!("PUB foo {}\r\n", payload.len()).into_bytes();
+    frame.extend_from_slice(&payload);
+    frame.extend_from_slice(b"\r\n");
+    let batch: Vec<u8> = frame.repeat(256);
+    let mut published = 0usize;
+    let worst = slowest_round_trip(srv.port, || {
+        let mut publisher = common::RawClient::connect(srv.port);
+        publisher.send(b"CONNECT {\"verbose\":false}\r\n");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // 48 MiB through an 8 MiB limit, in batches of 256 KiB.
+        while published < 48 << 20 && std::time::Instant::now() < deadline {
+            publisher.send(&batch);
+            published += batch.len();
+        }
+        publisher.ping_pong();
+    });
+    assert!(
+        published >= 48 << 20,
+        "the publisher was held back: {published} bytes"
+    );
+    assert!(
+        worst < Duration::from_millis(750),
+        "a round trip took {worst:?}"
+    );
+    assert!(
+        srv.wait_for_log(
+            "Slow Consumer Detected: MaxPending of",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        srv.log_text()
+    );
+    let varz = common::http_get(&format!("127.0.0.1:{monitor}"), "/varz");
+    assert!(varz.contains("\"slow_consumers\": 1"), "{varz}");
+    // Reading again: what the kernel holds, then the end of the stream.
+    assert!(
+        slow.closed_within(Duration::from_secs(5)),
+        "the slow consumer was not closed: {}",
+        srv.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let rss = rss_mib(srv.pid());
+    assert!(rss < 96, "RSS after the slow consumer went: {rss} MiB");
+}
+
+/// 21.2: a STAN subscriber that never reads is held to its MaxInflight: publishing 32 MiB to
+/// its channel (file store) neither stalls the publisher nor another client, and the server
+/// does not buffer the channel's backlog for it.
+#[test]
+fn a_stan_subscriber_that_never_reads_is_held_to_its_window() {
+    use prost::Message;
+    let store = common::TempDir::new("slow-stan");
+    let dir = store.0.to_str().expect("utf-8");
+    let srv = common::Server::start(&["--cores", "2", "-st", "file", "--dir", dir]);
+    let mut slow = never_reading(srv.port);
+    slow.send(b"CONNECT {\"verbose\":false}\r\nSUB _INBOX.r 1\r\n");
+    let request = |raw: &mut common::RawClient, subject: &str, payload: Vec<u8>| {
+        let mut f = format!("PUB {subject} _INBOX.r {}\r\n", payload.len()).into_bytes();
+        f.extend_from_slice(&payload);
+        f.extend_from_slice(b"\r\n");
+        raw.send(&f);
+        raw.msg().1
+    };
+    let connect = shards::pb::ConnectRequest {
+        client_id: "slow".into(),
+        heartbeat_inbox: "_INBOX.slow.hb".into(),
+        protocol: 1,
+        conn_id: bytes::Bytes::from_static(b"slow-conn"),
+        ping_interval: 5,
+        ping_max_out: 10,
+    };
+    let resp = shards::pb::ConnectResponse::decode(
+        request(
+            &mut slow,
+            "_STAN.discover.test-cluster",
+            connect.encode_to_vec(),
+        )
+        .as_slice(),
+    )
+    .expect("connect response");
+    let sub = shards::pb::SubscriptionRequest {
+        client_id: "slow".into(),
+        subject: "backlog".into(),
+        inbox: "_INBOX.slow.msgs".into(),
+        max_in_flight: 64,
+        ack_wait_in_secs: 30,
+        start_position: shards::pb::StartPosition::First as i32,
+        ..Default::default()
+    };
+    slow.send(b"SUB _INBOX.slow.msgs 2\r\n");
+    let sub_resp = shards::pb::SubscriptionResponse::decode(
+        request(&mut slow, &resp.sub_requests, sub.encode_to_vec()).as_slice(),
+    )
+    .expect("subscription response");
+    assert_eq!(sub_resp.error, "");
+    let url = srv.url();
+    let mut bench_ok = false;
+    let worst = slowest_round_trip(srv.port, || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stanza"));
+        cmd.args([
+            "bench", "-s", &url, "-np", "1", "-ns", "0", "-n", "32768", "-ms", "1024", "backlog",
+        ]);
+        bench_ok = common::run_bounded(cmd, Duration::from_secs(60))
+            .status
+            .success();
+    });
+    assert!(bench_ok, "the publisher did not finish");
+    assert!(
+        worst < Duration::from_millis(750),
+        "a round trip took {worst:?}"
+    );
+    let rss = rss_mib(srv.pid());
+    assert!(rss < 96, "RSS with a stalled STAN subscriber: {rss} MiB");
+    assert!(
+        !srv.log_text().contains("Slow Consumer"),
+        "{}",
+        srv.log_text()
+    );
+}

@@ -164,6 +164,7 @@ fn close_here(core: &Core, conn: &ClientConn) {
         core.remove_subscription(sub);
     }
     core.conns.borrow_mut().remove(&conn.cid);
+    core.forget_stalls(conn.cid);
     core.global.close();
     core.global.release(core.id);
 }
@@ -342,7 +343,7 @@ async fn read_loop(
                 unparsed: buf,
             };
         }
-        core.wait_stalled(Some(conn.cid)).await;
+        core.wait_stalled(conn.cid).await;
         core.outbox.until_uncongested().await;
         let n = match stream.read(&mut chunk).await {
             Ok(0) => return ReadEnd::Closed(CloseReason::ClientClosed),
@@ -587,7 +588,27 @@ async fn write_loop(core: Rc<Core>, conn: Rc<ClientConn>, mut stream: SharedStre
             break;
         }
         std::mem::swap(&mut *conn.out.borrow_mut(), &mut spare);
-        match within(deadline, stream.write_all(&spare)).await {
+        conn.writing.set(spare.len());
+        // A subscriber cut at max_pending while this write waits on its full socket is closed
+        // at once, not when the write deadline passes.
+        let cut = async {
+            loop {
+                if matches!(
+                    conn.closed.get(),
+                    Some(CloseReason::SlowConsumerPendingBytes)
+                ) {
+                    return Err(std::io::Error::other("slow consumer cut off"));
+                }
+                conn.wake_writer.notified().await;
+            }
+        };
+        let written = within(
+            deadline,
+            futures_lite::future::or(stream.write_all(&spare), cut),
+        )
+        .await;
+        conn.writing.set(0);
+        match written {
             Some(Ok(())) => {}
             Some(Err(_)) => {
                 conn.close(CloseReason::WriteError);
@@ -614,6 +635,15 @@ async fn write_loop(core: Rc<Core>, conn: Rc<ClientConn>, mut stream: SharedStre
     }
     shutdown(fd, libc::SHUT_RDWR);
     conn.drained.notify();
+    if matches!(
+        conn.closed.get(),
+        Some(CloseReason::SlowConsumerPendingBytes | CloseReason::SlowConsumerWriteDeadline)
+    ) {
+        // Its buffers were the largest allocations around: return them to the system, so
+        // that memory goes back down once a slow consumer is gone.
+        drop(spare);
+        crate::util::memory::release_free_memory();
+    }
 }
 
 async fn ping_loop(core: Rc<Core>, conn: Rc<ClientConn>, fd: RawFd) {

@@ -26,6 +26,9 @@ use std::time::Instant;
 
 /// Upper bound of the per-subscriber output that makes a producer wait.
 const MAX_STALL_THRESHOLD: usize = 4 << 20;
+/// Longest a fast producer waits for one stalled subscriber (nats-server 2.9's
+/// `stallClientMaxDuration`).
+const STALL_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Counters shared by all cores; touched only when connections open and close.
 pub struct GlobalCounters {
@@ -192,6 +195,8 @@ pub struct ClientConn {
     pub held: RefCell<Option<Vec<u8>>>,
     /// The writer stops without closing the socket (the connection is moving).
     pub stop_writer: Cell<bool>,
+    /// Bytes the writer took out of `out` and has not finished writing.
+    pub writing: Cell<usize>,
     max_pending: usize,
 }
 
@@ -219,6 +224,7 @@ impl ClientConn {
             moved_to: Cell::new(None),
             held: RefCell::new(None),
             stop_writer: Cell::new(false),
+            writing: Cell::new(0),
             max_pending,
         }
     }
@@ -228,8 +234,9 @@ impl ClientConn {
         self.opts.borrow().lang.starts_with("python")
     }
 
+    /// Bytes queued for the client, including what the writer is writing now.
     pub fn pending(&self) -> usize {
-        self.out.borrow().len()
+        self.out.borrow().len() + self.writing.get()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -344,8 +351,13 @@ pub struct Core {
     pub rng: Rng,
     pub stats: CoreStats,
     next_conn: Cell<u64>,
-    /// Subscribers whose output passed the stall threshold during the current turn.
-    stalled: RefCell<Vec<Rc<ClientConn>>>,
+    /// Subscribers whose output passed the stall threshold, with the client whose publish
+    /// put it there: only that producer waits for them (as nats-server stalls the fast
+    /// producer, never the server's own traffic nor other clients).
+    stalled: RefCell<Vec<(u64, Rc<ClientConn>)>>,
+    /// The client whose publish is being routed (`None`: the server's own messages and what
+    /// other cores forward, which never stall).
+    producing: Cell<Option<u64>>,
     stall_threshold: usize,
     /// The last subject routed and what it matched: publishers mostly repeat one subject.
     last_route: RefCell<Option<RouteMemo>>,
@@ -386,6 +398,7 @@ impl Core {
             stats: CoreStats::default(),
             next_conn: Cell::new(0),
             stalled: RefCell::new(Vec::new()),
+            producing: Cell::new(None),
             stall_threshold: (opts_max_pending / 2).clamp(1, MAX_STALL_THRESHOLD),
             last_route: RefCell::new(None),
             barriers: RefCell::new(FxHashMap::default()),
@@ -649,7 +662,7 @@ impl Core {
                 headers,
             );
             out.len()
-        };
+        } + conn.writing.get();
         if super::trace::enabled() {
             super::trace::outbound_msg(&conn, msg.subject, &sub.sid, msg.reply, msg.payload.len());
         }
@@ -661,38 +674,53 @@ impl Core {
             self.unsubscribe(&conn, &sub.sid);
         }
         if pending > self.stall_threshold && pending <= conn.max_pending {
-            let mut stalled = self.stalled.borrow_mut();
-            if !stalled.iter().any(|c| c.cid == conn.cid) {
-                stalled.push(conn.clone());
+            if let Some(producer) = self.producing.get().filter(|p| *p != conn.cid) {
+                let mut stalled = self.stalled.borrow_mut();
+                if !stalled
+                    .iter()
+                    .any(|(p, c)| *p == producer && c.cid == conn.cid)
+                {
+                    stalled.push((producer, conn.clone()));
+                }
             }
         }
         if pending > conn.max_pending {
             bump(&self.stats.slow_consumers, 1);
             log::warn!(
-                "cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
+                "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
+                conn.peer
+                    .get()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "?".into()),
                 conn.cid,
                 conn.max_pending
             );
-            conn.out.borrow_mut().clear();
+            // Give the memory back now, not when the writer finishes.
+            *conn.out.borrow_mut() = Vec::new();
+            *conn.held.borrow_mut() = None;
             conn.close(CloseReason::SlowConsumerPendingBytes);
         }
         conn.wake_writer.notify();
         true
     }
 
-    /// Flow control, as nats-server stalls fast producers: the task that filled a subscriber's
-    /// buffer past the stall threshold waits (before reading more input) until that subscriber's
-    /// writer drains it, it closes, or the write deadline passes.
-    pub async fn wait_stalled(&self, own_cid: Option<u64>) {
+    /// Flow control, as nats-server 2.9 stalls fast producers: the client whose publish filled
+    /// a subscriber's buffer past the stall threshold waits (before reading more input) until
+    /// that subscriber's writer drains it, it closes, or `STALL_MAX` passed (nats-server's
+    /// `stallClientMaxDuration`). Only that producer waits: other connections, the server's
+    /// own messages and what other cores forward go on, and a subscriber that still does not
+    /// read is cut at `max_pending`.
+    pub async fn wait_stalled(&self, own_cid: u64) {
         loop {
-            let next = self.stalled.borrow_mut().pop();
+            let next = {
+                let mut stalled = self.stalled.borrow_mut();
+                let at = stalled.iter().position(|(p, _)| *p == own_cid);
+                at.map(|i| stalled.swap_remove(i).1)
+            };
             let Some(conn) = next else {
                 return;
             };
-            if Some(conn.cid) == own_cid {
-                continue;
-            }
-            let give_up = Instant::now() + self.opts.write_deadline;
+            let give_up = Instant::now() + STALL_MAX;
             while !conn.is_closed() && conn.pending() > self.stall_threshold {
                 let left = give_up.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -703,6 +731,13 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Forgets the stalls a closed connection caused or suffered.
+    pub fn forget_stalls(&self, cid: u64) {
+        self.stalled
+            .borrow_mut()
+            .retain(|(p, c)| *p != cid && c.cid != cid);
     }
 
     /// Delivers to one member of a queue group, trying others if the first cannot take it.
@@ -728,6 +763,13 @@ impl Core {
 
     /// Routes a message (already counted as received) to local and remote subscribers.
     pub fn route(&self, origin: Option<&ClientConn>, msg: &MsgRef<'_>) -> bool {
+        let producing = self.producing.replace(origin.map(|c| c.cid));
+        let found = self.route_from(origin, msg);
+        self.producing.set(producing);
+        found
+    }
+
+    fn route_from(&self, origin: Option<&ClientConn>, msg: &MsgRef<'_>) -> bool {
         let skip_cid = origin.filter(|c| !c.opts.borrow().echo).map(|c| c.cid);
         let (local, remote) = self.match_both(msg.subject);
         let mut found = false;

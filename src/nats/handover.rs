@@ -167,6 +167,7 @@ pub fn hand_over(
     // From here on what matches its subscriptions on this core is forwarded.
     conn.moved_to.set(Some(to));
     core.conns.borrow_mut().remove(&conn.cid);
+    core.forget_stalls(conn.cid);
     core.moving_out.borrow_mut().insert(
         conn.cid,
         MovingOut {

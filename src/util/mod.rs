@@ -2,6 +2,7 @@
 
 pub mod go_duration;
 pub mod logging;
+pub mod memory;
 pub mod notify;
 pub mod process_signal;
 pub mod rng;
