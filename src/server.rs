@@ -262,9 +262,13 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
     let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(ncores, MESH_RING_BATCHES);
     let server_id: Arc<str> = new_server_id().into();
     let global = Arc::new(GlobalCounters::new(ncores));
-    let directory = Arc::new(SharedDirectory::new(
-        opts.streaming.store_limits.max_channels,
-    ));
+    let mut shared_directory = SharedDirectory::new(opts.streaming.store_limits.max_channels);
+    if let (crate::config::streaming::StoreType::File, Some(dir)) =
+        (&opts.streaming.store, &opts.streaming.dir)
+    {
+        shared_directory = shared_directory.with_store(dir);
+    }
+    let directory = Arc::new(shared_directory);
     let handoff: MeshBuilder<AcceptedTcpStream, _> = MeshBuilder::full(ncores, HANDOFF_RING);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, ServerError>>();
     let stop = Arc::new(AtomicBool::new(false));

@@ -280,3 +280,17 @@ fn a_stan_subscriber_that_never_reads_is_held_to_its_window() {
         srv.log_text()
     );
 }
+
+/// 21.4: a channel name too long for a directory name is refused on the file store, with the
+/// system's error, instead of a subscription answered OK and gone after a restart.
+#[test]
+fn a_channel_the_file_store_cannot_hold_is_refused() {
+    let store = common::TempDir::new("long-name");
+    let dir = store.0.to_str().expect("utf-8").to_string();
+    common::stan_go_case(
+        "hostile_channel_name_too_long_for_the_store",
+        None,
+        &["-st", "file", "--dir", &dir],
+        CASE_TIMEOUT,
+    );
+}

@@ -158,6 +158,19 @@ pub struct Unwritten {
     pub acks: OwedAcks,
     /// Subscription records of the channel (subs.dat).
     pub subs: SubJournal,
+    /// The subscriptions these records created or resumed, answered OK in the output they
+    /// hold back: refused instead if the records cannot be written.
+    pub confirms: Vec<Confirm>,
+}
+
+/// A subscription request answered OK whose put waits to be written.
+#[derive(Debug, Clone)]
+pub struct Confirm {
+    pub sub_id: u64,
+    /// The queued reply (found again by its payload, which no other output shares).
+    reply_payload: Bytes,
+    /// A new subscription (undone if not stored), or a durable resumed (put back offline).
+    created: bool,
 }
 
 /// The turn's batches, by channel name.
@@ -406,6 +419,39 @@ impl Shard {
         });
         *covered -= removed_in_prefix;
         owed
+    }
+
+    /// Writing the subscription records of `channel` failed with `error`: each subscription
+    /// they created is removed and each durable they resumed put back offline, and their OK
+    /// replies, still held back, become the error. (Other records of the batch were sends
+    /// and acks: a restart may redeliver those messages, as after a crash.)
+    pub fn subscriptions_not_stored(&mut self, now: Now, confirms: &[Confirm], error: &str) {
+        for c in confirms {
+            let refused = Bytes::from(
+                SubscriptionResponse {
+                    ack_inbox: String::new(),
+                    error: error.to_string(),
+                }
+                .encode_to_vec(),
+            );
+            if let Some(o) = self
+                .out
+                .iter_mut()
+                .find(|o| o.payload.as_ptr() == c.reply_payload.as_ptr())
+            {
+                o.payload = refused;
+            }
+            let end = if c.created {
+                SubEnd::Unsubscribe
+            } else {
+                SubEnd::Close
+            };
+            log::error!(
+                "STAN: subscription {} refused: its state could not be stored: {error}",
+                c.sub_id
+            );
+            self.end_subscription(now, c.sub_id, end);
+        }
     }
 
     /// The first `n` queued outputs (those covered by a commit).
@@ -983,6 +1029,7 @@ impl Shard {
             self.sub_reply(reply, "", ERR_DURABLE_QUEUE_NAME);
             return;
         }
+        let first_new_id = self.next_sub_id;
         let result = if is_queue {
             self.subscribe_queue(now, &req)
         } else if is_durable {
@@ -1007,6 +1054,16 @@ impl Shard {
                     req.ack_wait_in_secs
                 );
                 self.sub_reply(reply, &inbox, "");
+                if let (Some(answer), Some(batch)) = (
+                    self.out.last().map(|o| o.payload.clone()),
+                    unwritten_of(&mut self.unwritten, &channel),
+                ) {
+                    batch.confirms.push(Confirm {
+                        sub_id: id,
+                        reply_payload: answer,
+                        created: id >= first_new_id,
+                    });
+                }
                 self.start_delivery(now, id);
             }
             Err(e) => self.sub_reply(reply, "", e),

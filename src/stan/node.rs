@@ -396,7 +396,11 @@ impl Node {
             let mut owed: Vec<(String, u64, OwedAcks)> = Vec::new();
             let mut records = Vec::with_capacity(batches.len());
             let mut with_subs = Vec::new();
+            let mut confirms = Vec::new();
             for (channel, batch) in batches {
+                if !batch.confirms.is_empty() {
+                    confirms.push((channel.clone(), batch.confirms));
+                }
                 let subs_sync = batch.subs.gating;
                 let (subs, sub_records) = batch.subs.finish();
                 if sub_records > 0 {
@@ -425,6 +429,16 @@ impl Node {
                 self.shard
                     .borrow_mut()
                     .written(channel, l.first_seq, l.msgs, l.slice, l.offset);
+            }
+            // Subscriptions whose puts did not land are refused before their replies go out.
+            for (channel, e) in &outcome.subs_failed {
+                if let Some((_, refused)) = confirms.iter().find(|(c, _)| c == channel) {
+                    self.shard.borrow_mut().subscriptions_not_stored(
+                        time::now(),
+                        refused,
+                        &e.to_string(),
+                    );
+                }
             }
             let failed = outcome.failed;
             // Failed channels first: their messages are taken back before anything covered by

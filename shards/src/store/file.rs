@@ -239,6 +239,9 @@ pub struct Landed {
 pub struct WriteOutcome {
     pub landed: Vec<(String, Landed)>,
     pub failed: Vec<(String, io::Error)>,
+    /// Channels whose subscription records could not be written (the subscriptions those
+    /// records created or resumed are refused, `Shard::subscriptions_not_stored`).
+    pub subs_failed: Vec<(String, io::Error)>,
 }
 
 /// The index entries of framed records appended at `offset`.
@@ -457,8 +460,9 @@ impl FileStore {
     /// Appends each channel's records (one write per channel, synced when the store syncs) and
     /// subscription records, and returns the channels whose message write failed, with the
     /// error. A failed channel's slice is cut back to what was on disk before and closed; its
-    /// next records start a new slice. A failed subscription write is logged (the
-    /// subscriptions keep working; a restart may then redeliver or miss a change).
+    /// next records start a new slice. A failed subscription write is logged and returned: the
+    /// subscriptions its puts created or resumed are then refused; for the others a restart
+    /// may redeliver a message.
     pub async fn write(&self, batches: Vec<ChannelBatch>) -> WriteOutcome {
         let mut out = WriteOutcome::default();
         for mut batch in batches {
@@ -478,6 +482,7 @@ impl FileStore {
                         "STAN: cannot store the subscriptions of channel {:?}: {e}",
                         batch.channel
                     );
+                    out.subs_failed.push((batch.channel.clone(), e));
                 }
             }
         }

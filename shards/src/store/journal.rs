@@ -297,6 +297,15 @@ impl AppendFile {
             // Unless another append already went past it: a hole would end the log early.
             if self.end.get() == at + len as u64 {
                 self.end.set(at);
+                // A short write (a full disk) leaves part of the records in the file: cut it
+                // off (which needs no space), or a smaller record written over its start
+                // later would leave the rest behind as a bad record in the middle of the log.
+                if let Err(cut) = self.writer.set_len(at) {
+                    log::error!(
+                        "STAN: cannot cut {} back to {at} bytes after a failed write: {cut}",
+                        self.path.display()
+                    );
+                }
             }
             return Err(e);
         }

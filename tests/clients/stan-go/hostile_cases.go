@@ -150,3 +150,22 @@ func init() {
 		}
 	}
 }
+
+// 21.4: on the file store, a channel whose name is too long for a directory name is refused
+// (subscription and publish) with the system's error; the subscription was answered OK and
+// lost at the next restart.
+func init() {
+	cases["hostile_channel_name_too_long_for_the_store"] = func() {
+		sc := connect("h-longname")
+		defer sc.Close()
+		long := strings.Repeat("c", 300)
+		_, err := sc.Subscribe(long, func(*stan.Msg) {}, stan.DurableName("d"))
+		if err == nil || !strings.Contains(err.Error(), "mkdir ") || !strings.Contains(strings.ToLower(err.Error()), "too long") {
+			fail("subscribe: got %v, want the mkdir error", err)
+		}
+		err = sc.Publish(long, []byte("x"))
+		if err == nil || !strings.Contains(err.Error(), "mkdir ") {
+			fail("publish: got %v, want the mkdir error", err)
+		}
+	}
+}
