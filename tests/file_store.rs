@@ -134,11 +134,13 @@ fn channel_seqs(bin: &Path, srv: &Server, channel: &str, count: usize) -> Vec<u6
     line.split(',').filter_map(|s| s.parse().ok()).collect()
 }
 
-/// Corruption tests (issue 5): a flipped byte is found when the record is read (the message
-/// is skipped and the log names the file and offset), or at start-up when the slice must be
-/// scanned (no index): a clear error naming the file and offset, unless
-/// --file_truncate_bad_eof. A missing index is rebuilt; a record cut short is a torn tail,
-/// dropped; a zero-filled tail is no damage at all.
+/// Corruption tests (issues 5 and 21.6): a flipped byte is found when the record is read (the
+/// log names the file and offset, and delivery stops before the damaged message instead of
+/// skipping it), or at start-up when the slice must be scanned (no index): a clear error
+/// naming the file and offset, unless --file_truncate_bad_eof, which drops the rest and logs
+/// how many messages. A missing index is rebuilt; a record cut short is a torn tail, dropped
+/// and logged; a slice cut in half logs the messages its index listed; a zero-filled tail is
+/// no damage at all.
 #[test]
 fn corruption_torn_tails_and_missing_indexes() {
     let Some(bin) = stan_go() else {
@@ -170,8 +172,7 @@ fn corruption_torn_tails_and_missing_indexes() {
     {
         let srv = file_server(&data, &[]);
         let got = channel_seqs(&bin, &srv, "ch10", 199);
-        let want: Vec<u64> = all.iter().copied().filter(|s| *s != 2).collect();
-        assert_eq!(got, want, "every other message is served");
+        assert_eq!(got, vec![1], "delivery stops before the damaged message");
         let needle = format!("CRC-32C mismatch at offset {}", found[1].offset);
         assert!(
             srv.wait_for_log(&needle, Duration::from_secs(5))
@@ -189,10 +190,16 @@ fn corruption_torn_tails_and_missing_indexes() {
             && err.contains(&format!("corrupt record at offset {}", found[1].offset)),
         "{err}"
     );
-    // The operator's way out: what follows the damage is dropped.
+    // The operator's way out: what follows the damage is dropped, and counted in the log.
     {
         let srv = file_server(&data, &["--file_truncate_bad_eof"]);
         assert_eq!(channel_seqs(&bin, &srv, "ch10", 1), vec![1]);
+        let needle = format!("dropped 199 message(s) at offset {}", found[1].offset);
+        assert!(
+            srv.wait_for_log(&needle, Duration::from_secs(5)),
+            "{}",
+            srv.log_text()
+        );
     }
 
     // A missing index is rebuilt from its slice.
@@ -210,13 +217,46 @@ fn corruption_torn_tails_and_missing_indexes() {
     std::fs::write(&slice, &original[..last.offset + 30]).expect("write");
     {
         let srv = file_server(&data, &[]);
+        let needle = format!("dropped 1 message(s) at offset {}", last.offset);
         assert!(
-            srv.wait_for_log("dropped a torn record tail", Duration::from_secs(5)),
+            srv.wait_for_log(&needle, Duration::from_secs(5)),
             "{}",
             srv.log_text()
         );
         assert_eq!(channel_seqs(&bin, &srv, "ch10", 199), all[..199].to_vec());
     }
+
+    // A slice cut in half at a record boundary, its index whole: the index no longer agrees,
+    // the slice is rescanned, and the log says how many listed messages are gone.
+    put_back();
+    std::fs::write(&slice, &original[..found[100].offset]).expect("write");
+    {
+        let srv = file_server(&data, &[]);
+        assert!(
+            srv.wait_for_log("dropped 100 message(s)", Duration::from_secs(5)),
+            "{}",
+            srv.log_text()
+        );
+        assert_eq!(channel_seqs(&bin, &srv, "ch10", 100), all[..100].to_vec());
+    }
+
+    // A damaged index entry (the first entry's offset moved, the check unchanged): refused by
+    // its check, the index is rebuilt from the slice and every message is served (an entry
+    // that pointed at the next record used to make the server skip an intact message).
+    put_back();
+    let mut bad_index = original_index.clone();
+    bad_index[16] = bad_index[16].wrapping_add(1);
+    std::fs::write(&index, &bad_index).expect("write");
+    {
+        let srv = file_server(&data, &[]);
+        assert_eq!(channel_seqs(&bin, &srv, "ch10", 200), all);
+        assert!(
+            srv.wait_for_log("rebuilding it", Duration::from_secs(5)),
+            "{}",
+            srv.log_text()
+        );
+    }
+    assert_eq!(std::fs::read(&index).expect("rebuilt"), original_index);
 
     // A zero-filled tail (a page padded by DMA, or preallocated): no damage.
     put_back();
@@ -731,6 +771,18 @@ fn a_bad_client_record_loses_only_itself() {
         );
     }
     log[offsets[1] + 12] ^= 0xff;
+    // Issue 21.6: and a torn last record (half of a fourth), which is dropped with a log line.
+    let torn_at = log.len();
+    let mut fourth = Vec::new();
+    encode_add(
+        &mut fourth,
+        &StoredClient {
+            id: "fourth".into(),
+            hb_inbox: "_INBOX.fourth".into(),
+            conn_id: bytes::Bytes::from_static(b"conn-fourth"),
+        },
+    );
+    log.extend_from_slice(&fourth[..fourth.len() / 2]);
     std::fs::write(data.join("clients.dat"), &log).expect("write clients.dat");
     let dir = data.to_str().expect("utf-8");
     let err = common::fails_cleanly(&["-st", "file", "--dir", dir]);
@@ -744,6 +796,14 @@ fn a_bad_client_record_loses_only_itself() {
     assert!(
         srv.wait_for_log(
             &format!("dropped a corrupt record at offset {}", offsets[1]),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        srv.log_text()
+    );
+    assert!(
+        srv.wait_for_log(
+            &format!("dropped a torn last record at offset {torn_at}"),
             Duration::from_secs(5)
         ),
         "{}",

@@ -202,8 +202,8 @@ fn read_back(c: &mut Criterion) {
     });
     let mut idx_file = Vec::new();
     let idx = index_of(&slice);
-    for (o, t) in idx.offsets.iter().zip(&idx.timestamps) {
-        index::encode_entry(&mut idx_file, u64::from(*o), *t);
+    for (i, (o, t)) in idx.offsets.iter().zip(&idx.timestamps).enumerate() {
+        index::encode_entry(&mut idx_file, idx.first_seq + i as u64, u64::from(*o), *t);
     }
     group.bench_function("decode_index", |b| {
         b.iter(|| index::decode(1, &idx_file).map(|i| i.len()))

@@ -246,10 +246,10 @@ impl Deliveries<'_> {
                     self.reads_wanted.push((sub.channel.clone(), next));
                     return;
                 }
-                Lookup::Unreadable => {
-                    sub.last_sent = next;
-                    continue;
-                }
+                // A damaged record is never stepped over silently: delivery stops before it,
+                // as the reference's does (it was logged with its file and offset when read),
+                // until the channel's limits drop it.
+                Lookup::Unreadable => return,
             };
             if let Some(ahead) = ch.log.read_ahead_from(next) {
                 self.reads_wanted.push((sub.channel.clone(), ahead));
@@ -1408,16 +1408,8 @@ impl Shard {
                     self.want_read(channel, next);
                     return;
                 }
-                Lookup::Unreadable => {
-                    if let Some(g) = self
-                        .channels
-                        .get_mut(channel)
-                        .and_then(|c| c.queues.get_mut(group_name))
-                    {
-                        g.last_sent = next;
-                    }
-                    continue;
-                }
+                // Never stepped over silently: the group stops before it (see `plain`).
+                Lookup::Unreadable => return,
             };
             let ahead = ch.log.read_ahead_from(next);
             let Some(member) = self.best_member(group) else {

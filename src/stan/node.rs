@@ -34,7 +34,7 @@ use std::time::Duration;
 /// catching-up subscribers get a fifth of a busy core.
 const REPLAY_SHARES: usize = 250;
 
-/// A failed read: its messages, marked unreadable (delivery skips them).
+/// A failed read: its messages, marked unreadable (delivery stops before them).
 fn unreadable(plan: &shards::store::file_log::ReadPlan) -> Vec<shards::store::StoredMsg> {
     (0..plan.offsets.len() as u64)
         .map(|i| shards::store::StoredMsg {
@@ -341,7 +341,7 @@ impl Node {
                         let path = store.slice_path(&channel, plan.slice);
                         for (offset, why) in bad {
                             log::error!(
-                                "STAN: {}: {why} at offset {offset}: the message is skipped",
+                                "STAN: {}: {why} at offset {offset}: a damaged message of channel {channel:?}; its subscribers stop before it (nothing is delivered past it until the channel's limits drop it)",
                                 path.display()
                             );
                         }
@@ -349,7 +349,7 @@ impl Node {
                     }
                     Err(e) => {
                         log::error!(
-                            "STAN: reading channel {channel:?} (slice {}, bytes {}..{}) failed: {e}; those messages are skipped",
+                            "STAN: reading channel {channel:?} (slice {}, bytes {}..{}) failed: {e}; its subscribers stop before those messages (a restart reads them again)",
                             plan.slice,
                             plan.start,
                             plan.end
@@ -554,10 +554,14 @@ impl Node {
         let now = time::now();
         let mut sub_logs = Vec::new();
         for r in recovered {
-            for (file, offset) in &r.truncated {
+            for d in &r.truncated {
                 log::warn!(
-                    "STAN: {}: dropped a torn record tail at offset {offset}",
-                    file.display()
+                    "STAN: {}: dropped {} message(s) at offset {} ({} bytes): {}",
+                    d.path.display(),
+                    d.messages,
+                    d.offset,
+                    d.bytes,
+                    d.why
                 );
             }
             let n = self

@@ -123,13 +123,25 @@ fn parse_key(hex: &str) -> Option<[u8; KEY_LEN]> {
     Some(key)
 }
 
+/// Records recovery dropped from a slice: where, how many bytes, how many messages, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub bytes: u64,
+    pub messages: u64,
+    pub why: &'static str,
+}
+
 /// A channel read back from disk: its name and its records in order.
 pub struct Recovered {
     pub name: String,
     /// Where each kept message is (the slices' indexes), oldest slice first.
     pub slices: Vec<SliceIndex>,
-    /// Torn tails dropped, as (file, offset), for the log.
-    pub truncated: Vec<(PathBuf, usize)>,
+    /// What recovery dropped from slices (torn tails, corruption accepted with
+    /// `--file_truncate_bad_eof`, records an index listed that its slice no longer holds), for
+    /// the log.
+    pub truncated: Vec<Dropped>,
     /// The channel's subscriptions from `subs.dat`, and what `open_subs` needs of that file.
     pub subs: Vec<RecoveredSub>,
     pub subs_log: SubsLogEnd,
@@ -249,7 +261,7 @@ fn index_entries(records: &[u8], offset: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(records.len() / 8);
     let mut at = 0;
     while let Some(h) = super::record::header_at(records, at) {
-        index::encode_entry(&mut out, offset + at as u64, h.timestamp);
+        index::encode_entry(&mut out, h.seq, offset + at as u64, h.timestamp);
         at += super::record::HEADER_LEN + h.body_len as usize;
     }
     out
@@ -414,14 +426,26 @@ impl FileStore {
         path: &Path,
         first_seq: u64,
         truncate_bad_eof: bool,
-        truncated: &mut Vec<(PathBuf, usize)>,
+        truncated: &mut Vec<Dropped>,
     ) -> Result<Option<SliceIndex>, String> {
         let idx_path = path.with_extension("idx");
         let from_index = match std::fs::read(&idx_path) {
-            Ok(buf) => index::decode(first_seq, &buf),
+            Ok(buf) => {
+                let decoded = index::decode(first_seq, &buf);
+                if decoded.is_none() && !buf.is_empty() {
+                    log::warn!(
+                        "STAN: {} is damaged (an entry fails its check) or of an older format: rebuilding it from {}",
+                        idx_path.display(),
+                        path.display()
+                    );
+                }
+                decoded
+            }
             Err(_) => None,
         };
+        let mut indexed = 0;
         if let Some(mut idx) = from_index.filter(|i| !i.is_empty()) {
+            indexed = idx.len();
             if let Some(end) = check_tail(path, &mut idx, truncated)? {
                 if end.added > 0 {
                     rewrite_index(&idx_path, &idx)?;
@@ -437,19 +461,40 @@ impl FileStore {
         let data = read_slice(path, self.read_size)
             .await
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut corrupt_from = None;
         let (found, end) = match scan(&data) {
             Ok(r) => r,
             Err(e) if truncate_bad_eof => {
                 let offset = match e {
                     super::record::ScanError::Corrupt { offset, .. } => offset,
                 };
+                corrupt_from = Some(offset);
                 let found = scan(&data[..offset]).map(|r| r.0).unwrap_or_default();
                 (found, ScanEnd::TornTail { offset })
             }
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         let idx = SliceIndex::from_found(first_seq, &found);
+        let before = truncated.len();
         settle_end(path, end, 0, data.len() as u64, idx.end, truncated)?;
+        if let (Some(offset), Some(d)) = (corrupt_from, truncated.get_mut(before)) {
+            // The damaged record and every whole record after it.
+            d.messages = 1 + super::record::count_whole_records(&data, offset + 1) as u64;
+            d.why = "a damaged record and everything after it (--file_truncate_bad_eof)";
+        }
+        if indexed > idx.len() {
+            let missing = (indexed - idx.len()) as u64;
+            let accounted: u64 = truncated[before..].iter().map(|d| d.messages).sum();
+            if missing > accounted {
+                truncated.push(Dropped {
+                    path: path.to_path_buf(),
+                    offset: idx.end,
+                    bytes: 0,
+                    messages: missing - accounted,
+                    why: "listed by the slice's index, no longer in the slice",
+                });
+            }
+        }
         if idx.is_empty() {
             return Ok(None);
         }
@@ -776,7 +821,7 @@ struct TailCheck {
 fn check_tail(
     path: &Path,
     idx: &mut SliceIndex,
-    truncated: &mut Vec<(PathBuf, usize)>,
+    truncated: &mut Vec<Dropped>,
 ) -> Result<Option<TailCheck>, String> {
     use std::os::unix::fs::FileExt;
     let last = idx.len() - 1;
@@ -825,13 +870,19 @@ fn settle_end(
     from: u64,
     size: u64,
     records_end: u64,
-    truncated: &mut Vec<(PathBuf, usize)>,
+    truncated: &mut Vec<Dropped>,
 ) -> Result<(), String> {
     match end {
         ScanEnd::TornTail { offset } => {
             let at = from + offset as u64;
             cut_slice(path, at)?;
-            truncated.push((path.to_path_buf(), at as usize));
+            truncated.push(Dropped {
+                path: path.to_path_buf(),
+                offset: at,
+                bytes: size.saturating_sub(at),
+                messages: 1,
+                why: "a torn last record (a write a crash cut short)",
+            });
         }
         ScanEnd::Clean if size > records_end => {
             if let Err(e) = cut_slice(path, records_end) {
@@ -855,8 +906,8 @@ fn cut_slice(path: &Path, len: u64) -> Result<(), String> {
 /// Writes a slice's index file whole (a new file renamed over the old one).
 fn rewrite_index(path: &Path, idx: &SliceIndex) -> Result<(), String> {
     let mut buf = Vec::with_capacity(idx.len() * index::ENTRY_LEN);
-    for (o, t) in idx.offsets.iter().zip(&idx.timestamps) {
-        index::encode_entry(&mut buf, u64::from(*o), *t);
+    for (i, (o, t)) in idx.offsets.iter().zip(&idx.timestamps).enumerate() {
+        index::encode_entry(&mut buf, idx.first_seq + i as u64, u64::from(*o), *t);
     }
     let tmp = path.with_extension("idx.tmp");
     std::fs::write(&tmp, &buf)

@@ -34,7 +34,7 @@ pub enum Lookup<'a> {
     Missing,
     /// Stored on disk, not in memory: to be read.
     NotLoaded,
-    /// Stored, but its record on disk is damaged (logged when read): skipped.
+    /// Stored, but its record on disk is damaged (logged when read): delivery stops before it.
     Unreadable,
 }
 

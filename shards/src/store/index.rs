@@ -1,8 +1,10 @@
 //! Slice index files, `slice.<first seq>.idx`: one 16-byte entry per record of the slice with
 //! the same name, in sequence order (entry i is sequence `first + i`): the record's offset in
-//! the slice (u64 LE) and its timestamp (i64 LE). Recovery reads indexes instead of slices;
-//! an index that is missing, inconsistent, or disagrees with its slice is rebuilt from the
-//! slice.
+//! the slice (u32 LE), a CRC-32C of the entry's sequence, offset and timestamp (u32 LE), and
+//! its timestamp (i64 LE). The check catches an entry that was damaged or shifted to another
+//! sequence (which would make the server skip an intact message). Recovery reads indexes
+//! instead of slices; an index that is missing, inconsistent, fails a check or disagrees with
+//! its slice is rebuilt from the slice.
 
 use super::record::{Found, HEADER_LEN};
 
@@ -92,34 +94,47 @@ impl SliceIndex {
     }
 }
 
-/// Appends the entry of one record.
-pub fn encode_entry(out: &mut Vec<u8>, offset: u64, timestamp: i64) {
+/// The check of an entry: CRC-32C of its sequence, offset and timestamp.
+fn entry_check(seq: u64, offset: u32, timestamp: i64) -> u32 {
+    let mut bytes = [0u8; 20];
+    bytes[..8].copy_from_slice(&seq.to_le_bytes());
+    bytes[8..12].copy_from_slice(&offset.to_le_bytes());
+    bytes[12..].copy_from_slice(&timestamp.to_le_bytes());
+    crc32c::crc32c(&bytes)
+}
+
+/// Appends the entry of record `seq` (offsets are below 4 GiB: slices roll before).
+pub fn encode_entry(out: &mut Vec<u8>, seq: u64, offset: u64, timestamp: i64) {
+    let offset = offset as u32;
     out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&entry_check(seq, offset, timestamp).to_le_bytes());
     out.extend_from_slice(&timestamp.to_le_bytes());
 }
 
-/// Reads an index file's entries. A cut-short last entry is ignored (a write cut short); the
-/// offsets must start at 0 and grow by at least a record header each, timestamps must not go
-/// back, and every offset must fit the 4 GiB a slice may hold. `None` when they do not: the
-/// index is then rebuilt from its slice.
+/// Reads an index file's entries. A cut-short last entry is ignored (a write cut short); every
+/// entry's check must match its sequence, the offsets must start at 0 and grow by at least a
+/// record header each, and timestamps must not go back. `None` when they do not: the index is
+/// then rebuilt from its slice.
 pub fn decode(first_seq: u64, buf: &[u8]) -> Option<SliceIndex> {
     let n = buf.len() / ENTRY_LEN;
     let mut idx = SliceIndex::new(first_seq);
     idx.offsets.reserve_exact(n);
     idx.timestamps.reserve_exact(n);
     let mut prev: Option<(u64, i64)> = None;
-    for e in buf.chunks_exact(ENTRY_LEN) {
-        let offset = u64::from_le_bytes(e[..8].try_into().ok()?);
+    for (i, e) in buf.chunks_exact(ENTRY_LEN).enumerate() {
+        let offset32 = u32::from_le_bytes(e[..4].try_into().ok()?);
+        let check = u32::from_le_bytes(e[4..8].try_into().ok()?);
         let ts = i64::from_le_bytes(e[8..].try_into().ok()?);
+        if entry_check(first_seq.wrapping_add(i as u64), offset32, ts) != check {
+            return None;
+        }
+        let offset = u64::from(offset32);
         match prev {
             None if offset != 0 => return None,
             Some((po, pt)) if offset < po + HEADER_LEN as u64 || ts < pt => return None,
             _ => {}
         }
-        if offset > u64::from(u32::MAX) {
-            return None;
-        }
-        idx.offsets.push(offset as u32);
+        idx.offsets.push(offset32);
         idx.timestamps.push(ts);
         prev = Some((offset, ts));
     }
@@ -134,9 +149,9 @@ mod tests {
     #[test]
     fn entries_round_trip_and_bad_ones_are_refused() {
         let mut buf = Vec::new();
-        encode_entry(&mut buf, 0, 10);
-        encode_entry(&mut buf, 40, 10);
-        encode_entry(&mut buf, 100, 12);
+        encode_entry(&mut buf, 7, 0, 10);
+        encode_entry(&mut buf, 8, 40, 10);
+        encode_entry(&mut buf, 9, 100, 12);
         let idx = decode(7, &buf).unwrap();
         assert_eq!(idx.offsets, vec![0, 40, 100]);
         assert_eq!(idx.timestamps, vec![10, 10, 12]);
@@ -146,12 +161,20 @@ mod tests {
             2,
             "cut short"
         );
-        let mut back = buf.clone();
-        back[16..24].copy_from_slice(&10u64.to_le_bytes());
+        let mut back = Vec::new();
+        encode_entry(&mut back, 7, 0, 10);
+        encode_entry(&mut back, 8, 10, 10);
         assert_eq!(decode(7, &back), None, "offsets must grow by a header");
-        let mut not_zero = buf.clone();
-        not_zero[0] = 1;
+        let mut not_zero = Vec::new();
+        encode_entry(&mut not_zero, 7, 1, 10);
         assert_eq!(decode(7, &not_zero), None);
+        // Issue 21.6: a damaged entry, or entries shifted by one (an entry lost), fail their
+        // checks, where the old format took them (and skipped an intact message).
+        let mut damaged = buf.clone();
+        damaged[16] ^= 0x04;
+        assert_eq!(decode(7, &damaged), None, "damaged offset");
+        let shifted = [&buf[..16], &buf[32..]].concat();
+        assert_eq!(decode(7, &shifted), None, "entry 8 lost, 9 shifted");
     }
 
     #[test]

@@ -158,6 +158,32 @@ fn looks_like_tail(buf: &[u8], at: usize, expected_seq: u64) -> bool {
     true
 }
 
+/// How many whole records (CRC-checked) start at or after `from`: each found one is stepped
+/// over whole, bytes that start none are stepped over one by one. For the log of what a cut
+/// drops.
+pub fn count_whole_records(buf: &[u8], from: usize) -> usize {
+    let mut count = 0;
+    let mut at = from;
+    while at + HEADER_LEN <= buf.len() {
+        let whole = header_at(buf, at).and_then(|h| {
+            let len = h.body_len as usize;
+            if len == 0 || len > MAX_BODY {
+                return None;
+            }
+            let body = buf.get(at + HEADER_LEN..at + HEADER_LEN + len)?;
+            (crc32c::crc32c(body) == h.crc).then_some(HEADER_LEN + len)
+        });
+        match whole {
+            Some(len) => {
+                count += 1;
+                at += len;
+            }
+            None => at += 1,
+        }
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +200,16 @@ mod tests {
             );
         }
         out
+    }
+
+    #[test]
+    fn whole_records_after_a_cut_are_counted() {
+        let buf = slice(6);
+        let (found, _) = scan(&buf).unwrap();
+        assert_eq!(count_whole_records(&buf, 0), 6);
+        assert_eq!(count_whole_records(&buf, found[2].offset), 4);
+        assert_eq!(count_whole_records(&buf, found[2].offset + 1), 3);
+        assert_eq!(count_whole_records(&buf, buf.len()), 0);
     }
 
     #[test]
