@@ -176,6 +176,7 @@ fn a_subscriber_that_never_reads_is_cut_at_max_pending_without_stalling_others()
         }
         publisher.ping_pong();
     });
+    eprintln!("slowest round trip of another client while a consumer never read: {worst:?}");
     assert!(
         published >= 48 << 20,
         "the publisher was held back: {published} bytes"
@@ -202,6 +203,7 @@ fn a_subscriber_that_never_reads_is_cut_at_max_pending_without_stalling_others()
     );
     std::thread::sleep(Duration::from_millis(300));
     let rss = rss_mib(srv.pid());
+    eprintln!("RSS after the slow consumer was cut: {rss} MiB");
     assert!(rss < 96, "RSS after the slow consumer went: {rss} MiB");
 }
 
@@ -273,6 +275,7 @@ fn a_stan_subscriber_that_never_reads_is_held_to_its_window() {
         "a round trip took {worst:?}"
     );
     let rss = rss_mib(srv.pid());
+    eprintln!("slowest round trip with a stalled STAN subscriber: {worst:?}; RSS {rss} MiB");
     assert!(rss < 128, "RSS with a stalled STAN subscriber: {rss} MiB");
     assert!(
         !srv.log_text().contains("Slow Consumer"),
