@@ -205,6 +205,8 @@ fn seed_corpora_from_real_traffic_and_files() {
     }
     assert!(slices > 0, "no slice written");
 
+    route_seeds();
+
     // Configuration files as users write them.
     for f in std::fs::read_dir(common::repo_path("config"))
         .expect("config")
@@ -212,5 +214,125 @@ fn seed_corpora_from_real_traffic_and_files() {
     {
         let bytes = std::fs::read(f.path()).expect("read config");
         write_seed("nats_conf", &f.file_name().to_string_lossy(), &bytes);
+    }
+}
+
+/// Real route traffic: two Debian nats-server 2.9 nodes routed through the recording proxy,
+/// with a subscriber (plain and queue) on one and a publisher (with reply and headers) on the
+/// other; both directions become route_proto seeds.
+fn route_seeds() {
+    if !common::available("Debian's nats-server", "nats-server", &["--version"]) {
+        return;
+    }
+    let (b_client, b_route) = (common::free_port(), common::free_port());
+    let (a_client, a_route) = (common::free_port(), common::free_port());
+    let spawn = |args: Vec<String>| {
+        std::process::Command::new("nats-server")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server")
+    };
+    let mut b = spawn(vec![
+        "-a".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        b_client.to_string(),
+        "--cluster_name".into(),
+        "seeds".into(),
+        "--cluster".into(),
+        format!("nats://127.0.0.1:{b_route}"),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let (proxy, captures) = recording_proxy(b_route);
+    let mut a = spawn(vec![
+        "-a".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        a_client.to_string(),
+        "--cluster_name".into(),
+        "seeds".into(),
+        "--cluster".into(),
+        format!("nats://127.0.0.1:{a_route}"),
+        "--routes".into(),
+        format!("nats-route://127.0.0.1:{proxy}"),
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut sub = common::RawClient::connect(b_client);
+    sub.send(b"CONNECT {\"verbose\":false,\"headers\":true}\r\nSUB orders 1\r\nSUB orders workers 2\r\nSUB _INBOX.> 3\r\n");
+    sub.ping_pong();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut publisher = common::RawClient::connect(a_client);
+    publisher.send(b"CONNECT {\"verbose\":false,\"headers\":true}\r\nPUB orders _INBOX.r1 5\r\nhello\r\nHPUB orders 18 23\r\nNATS/1.0\r\nX: 1\r\n\r\nhello\r\nPUB _INBOX.x 2\r\nhi\r\n");
+    publisher.ping_pong();
+    sub.send(b"UNSUB 2\r\n");
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = a.kill();
+    let _ = b.kill();
+    let _ = a.wait();
+    let _ = b.wait();
+    let captures = captures.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // stanza's route reader takes every byte a real 2.9 server sends on a route.
+    let mut seen = std::collections::BTreeSet::new();
+    for (up, down) in &captures {
+        for bytes in [up, down] {
+            let mut buf = bytes::BytesMut::from(&bytes[..]);
+            loop {
+                match stanza::nats::route_proto::next_op(&mut buf) {
+                    Ok(Some(op)) => {
+                        use stanza::nats::route_proto::RouteOp;
+                        seen.insert(match op {
+                            RouteOp::Info(_) => "INFO",
+                            RouteOp::Connect(_) => "CONNECT",
+                            RouteOp::SubAdd { queue: Some(_), .. } => "RS+ queue",
+                            RouteOp::SubAdd { .. } => "RS+",
+                            RouteOp::SubRemove { .. } => "RS-",
+                            RouteOp::Msg {
+                                header_len, queues, ..
+                            } if header_len > 0 => {
+                                if queues.is_empty() {
+                                    "HMSG"
+                                } else {
+                                    "HMSG queue"
+                                }
+                            }
+                            RouteOp::Msg { queues, .. } if !queues.is_empty() => "RMSG queue",
+                            RouteOp::Msg { .. } => "RMSG",
+                            RouteOp::Ping => "PING",
+                            RouteOp::Pong => "PONG",
+                            RouteOp::Err(_) => "-ERR",
+                            RouteOp::Ignored => "ignored",
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(e) => panic!("a real route's bytes do not parse: {e}"),
+                }
+            }
+        }
+    }
+    for want in [
+        "INFO",
+        "CONNECT",
+        "RS+",
+        "RS+ queue",
+        "RS-",
+        "RMSG queue",
+        "HMSG queue",
+    ] {
+        assert!(
+            seen.contains(want),
+            "no {want} in the captured route traffic: {seen:?}"
+        );
+    }
+    for (i, (up, down)) in captures.iter().enumerate() {
+        for (dir, bytes) in [("out", up), ("in", down)] {
+            if bytes.is_empty() {
+                continue;
+            }
+            let mut seed = vec![(bytes.len() / 2).min(255) as u8];
+            seed.extend_from_slice(&bytes[..bytes.len().min(16 << 10)]);
+            write_seed("route_proto", &format!("route-{i}-{dir}"), &seed);
+        }
     }
 }
