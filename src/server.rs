@@ -432,6 +432,9 @@ async fn run_core(
             .await
             .map_err(|msg| ServerError::Core { core: id, msg })?;
     }
+    if id == 0 && opts.streaming.nats_server.is_none() {
+        crate::nats::route::start(&core).map_err(|msg| ServerError::Core { core: id, msg })?;
+    }
     if id == 0 {
         let monitor_tls = match &opts.tls {
             Some(t) => Some(crate::nats::tls::monitoring_server_config(t)?),

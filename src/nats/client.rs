@@ -566,7 +566,12 @@ fn handle_unsub(core: &Core, conn: &ClientConn, sid: &Bytes, max: Option<u64>) {
     }
 }
 
-async fn write_loop(core: Rc<Core>, conn: Rc<ClientConn>, mut stream: SharedStream, fd: RawFd) {
+pub(crate) async fn write_loop(
+    core: Rc<Core>,
+    conn: Rc<ClientConn>,
+    mut stream: SharedStream,
+    fd: RawFd,
+) {
     let deadline = core.opts.write_deadline;
     let mut spare: Vec<u8> = Vec::new();
     loop {

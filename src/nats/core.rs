@@ -197,6 +197,10 @@ pub struct ClientConn {
     pub stop_writer: Cell<bool>,
     /// Bytes the writer took out of `out` and has not finished writing.
     pub writing: Cell<usize>,
+    /// A route to another server (`nats/route.rs`): messages for it are written as `RMSG`.
+    pub route: Cell<bool>,
+    /// The peer route takes headers (`HMSG`).
+    pub route_headers: Cell<bool>,
     max_pending: usize,
 }
 
@@ -225,6 +229,8 @@ impl ClientConn {
             held: RefCell::new(None),
             stop_writer: Cell::new(false),
             writing: Cell::new(0),
+            route: Cell::new(false),
+            route_headers: Cell::new(false),
             max_pending,
         }
     }
@@ -300,6 +306,72 @@ pub struct LocalSub {
     pub delivered: Cell<u64>,
 }
 
+/// Whether a subscription is a route's (interest of another server).
+fn is_route_sub(sub: &LocalSub) -> bool {
+    sub.conn.upgrade().is_some_and(|c| c.route.get())
+}
+
+/// The routes one message goes to: each at most once, with the queue groups chosen for it
+/// (nats-server sends one `RMSG` per route carrying the union of its queue names).
+#[derive(Default)]
+struct RouteFanout(Vec<(Rc<ClientConn>, bool, Vec<Bytes>)>);
+
+impl RouteFanout {
+    fn entry(&mut self, sub: &LocalSub) -> Option<&mut (Rc<ClientConn>, bool, Vec<Bytes>)> {
+        let conn = sub.conn.upgrade().filter(|c| !c.is_closed())?;
+        let at = match self.0.iter().position(|(c, _, _)| c.cid == conn.cid) {
+            Some(at) => at,
+            None => {
+                self.0.push((conn, false, Vec::new()));
+                self.0.len() - 1
+            }
+        };
+        self.0.get_mut(at)
+    }
+
+    fn plain(&mut self, sub: &LocalSub) -> bool {
+        match self.entry(sub) {
+            Some(e) => {
+                e.1 = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn queue(&mut self, sub: &LocalSub, group: &Bytes) -> bool {
+        match self.entry(sub) {
+            Some(e) => {
+                if !e.2.contains(group) {
+                    e.2.push(group.clone());
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn write(self, msg: &MsgRef<'_>) {
+        for (conn, _plain, queues) in self.0 {
+            {
+                let mut out = conn.out.borrow_mut();
+                crate::nats::route_proto::push_msg(
+                    &mut out,
+                    msg.subject,
+                    msg.reply,
+                    &queues,
+                    msg.header_len,
+                    msg.payload,
+                    conn.route_headers.get(),
+                );
+            }
+            bump(&conn.out_msgs, 1);
+            bump(&conn.out_bytes, msg.payload.len() as u64);
+            conn.wake_writer.notify();
+        }
+    }
+}
+
 /// A sublist entry: compares by identity.
 #[derive(Clone)]
 pub struct SubRef(pub Rc<LocalSub>);
@@ -358,6 +430,8 @@ pub struct Core {
     /// The client whose publish is being routed (`None`: the server's own messages and what
     /// other cores forward, which never stall).
     producing: Cell<Option<u64>>,
+    /// Routes to other servers, on the core that holds them (`nats/route.rs`).
+    pub routes: crate::nats::route::RouteHub,
     stall_threshold: usize,
     /// The last subject routed and what it matched: publishers mostly repeat one subject.
     last_route: RefCell<Option<RouteMemo>>,
@@ -399,6 +473,7 @@ impl Core {
             next_conn: Cell::new(0),
             stalled: RefCell::new(Vec::new()),
             producing: Cell::new(None),
+            routes: crate::nats::route::RouteHub::default(),
             stall_threshold: (opts_max_pending / 2).clamp(1, MAX_STALL_THRESHOLD),
             last_route: RefCell::new(None),
             barriers: RefCell::new(FxHashMap::default()),
@@ -438,6 +513,7 @@ impl Core {
         self.sublist
             .borrow_mut()
             .insert(&sub.subject, sub.queue.as_ref(), SubRef(sub.clone()));
+        self.routes.touched(&sub.subject, sub.queue.as_ref());
         let key = (sub.subject.clone(), sub.queue.clone());
         let first = {
             let mut li = self.local_interest.borrow_mut();
@@ -493,6 +569,7 @@ impl Core {
         if !removed {
             return None;
         }
+        self.routes.touched(&sub.subject, sub.queue.as_ref());
         let key = (sub.subject.clone(), sub.queue.clone());
         let mut li = self.local_interest.borrow_mut();
         Some(match li.get_mut(&key) {
@@ -529,6 +606,7 @@ impl Core {
         self.sublist
             .borrow_mut()
             .insert(&sub.subject, sub.queue.as_ref(), SubRef(sub.clone()));
+        self.routes.touched(&sub.subject, sub.queue.as_ref());
         if drop_left {
             self.interest
                 .borrow_mut()
@@ -560,6 +638,7 @@ impl Core {
                 if c.add_new {
                     interest.insert(&c.subject, c.queue.as_ref(), from);
                 }
+                self.routes.touched(&c.subject, c.queue.as_ref());
             }
         }
         if left == self.id {
@@ -741,14 +820,30 @@ impl Core {
     }
 
     /// Delivers to one member of a queue group, trying others if the first cannot take it.
-    fn deliver_to_one(&self, members: &[SubRef], msg: &MsgRef<'_>, skip_cid: Option<u64>) -> bool {
+    /// A member that is a route's subscription adds the group to that route's message in
+    /// `fanout` instead (`None`: the message came from a route and goes to no route).
+    fn deliver_to_one(
+        &self,
+        members: &[SubRef],
+        group: &Bytes,
+        msg: &MsgRef<'_>,
+        skip_cid: Option<u64>,
+        fanout: &mut Option<RouteFanout>,
+    ) -> bool {
         if members.is_empty() {
             return false;
         }
         let start = self.rng.below(members.len());
         (0..members.len()).any(|i| {
             let sub = &members[(start + i) % members.len()].0;
-            Some(sub.cid) != skip_cid && self.deliver(sub, msg)
+            if Some(sub.cid) == skip_cid {
+                return false;
+            }
+            match (is_route_sub(sub), fanout.as_mut()) {
+                (false, _) => self.deliver(sub, msg),
+                (true, Some(f)) => f.queue(sub, group),
+                (true, None) => false,
+            }
         })
     }
 
@@ -764,19 +859,42 @@ impl Core {
     /// Routes a message (already counted as received) to local and remote subscribers.
     pub fn route(&self, origin: Option<&ClientConn>, msg: &MsgRef<'_>) -> bool {
         let producing = self.producing.replace(origin.map(|c| c.cid));
-        let found = self.route_from(origin, msg);
+        let found = self.route_from(origin, msg, None);
         self.producing.set(producing);
         found
     }
 
-    fn route_from(&self, origin: Option<&ClientConn>, msg: &MsgRef<'_>) -> bool {
-        let skip_cid = origin.filter(|c| !c.opts.borrow().echo).map(|c| c.cid);
+    /// A message from the route `from`: to local subscribers and other cores, and to one
+    /// member of each queue group it names (only those), never to a route.
+    pub fn route_from_peer(&self, from: &ClientConn, msg: &MsgRef<'_>, queues: &[Bytes]) -> bool {
+        self.route_from(Some(from), msg, Some(queues))
+    }
+
+    /// `only_queues`: a message from a route serves just the queue groups it names.
+    fn route_from(
+        &self,
+        origin: Option<&ClientConn>,
+        msg: &MsgRef<'_>,
+        only_queues: Option<&[Bytes]>,
+    ) -> bool {
+        let from_route = origin.is_some_and(|c| c.route.get());
+        let skip_cid = origin
+            .filter(|c| c.route.get() || !c.opts.borrow().echo)
+            .map(|c| c.cid);
         let (local, remote) = self.match_both(msg.subject);
         let mut found = false;
+        let mut fanout = (!from_route).then(RouteFanout::default);
         for sub in &local.plain {
-            if Some(sub.0.cid) != skip_cid {
-                found |= self.deliver(&sub.0, msg);
+            if Some(sub.0.cid) == skip_cid {
+                continue;
             }
+            if is_route_sub(&sub.0) {
+                if let Some(f) = fanout.as_mut() {
+                    found |= f.plain(&sub.0);
+                }
+                continue;
+            }
+            found |= self.deliver(&sub.0, msg);
         }
         // Per remote core: (deliver to plain subscribers, queue groups it must serve).
         let mut targets: Vec<(usize, bool, Vec<Bytes>)> = Vec::new();
@@ -791,6 +909,9 @@ impl Core {
             if !groups.contains(&q) {
                 groups.push(q);
             }
+        }
+        if let Some(named) = only_queues {
+            groups.retain(|g| named.contains(g));
         }
         for group in groups {
             let local_members: &[SubRef] = local
@@ -809,7 +930,9 @@ impl Core {
             cores.dedup();
             let local_slot = usize::from(!local_members.is_empty());
             let pick = self.rng.below(local_slot + cores.len());
-            if pick < local_slot && self.deliver_to_one(local_members, msg, skip_cid) {
+            if pick < local_slot
+                && self.deliver_to_one(local_members, group, msg, skip_cid, &mut fanout)
+            {
                 found = true;
                 continue;
             }
@@ -822,6 +945,9 @@ impl Core {
                 Some(t) => t.2.push(group.clone()),
                 None => targets.push((core, false, vec![group.clone()])),
             }
+        }
+        if let Some(f) = fanout {
+            f.write(msg);
         }
         if targets.is_empty() {
             return found;
@@ -843,6 +969,44 @@ impl Core {
             );
         }
         true
+    }
+
+    /// This server's own interest in exactly `subject` (and `queue`), for its routes: its
+    /// subscriptions on this core that are not a route's, plus the other cores that have some.
+    pub fn own_interest(&self, subject: &[u8], queue: Option<&Bytes>) -> u32 {
+        let here = self
+            .sublist
+            .borrow()
+            .exact(subject, queue)
+            .iter()
+            .filter(|s| !is_route_sub(&s.0))
+            .count();
+        let mut cores = self.interest.borrow().exact(subject, queue);
+        cores.sort_unstable();
+        cores.dedup();
+        u32::try_from(here + cores.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Every (subject, queue) this server has some own interest in.
+    pub fn own_interest_keys(&self) -> Vec<(Bytes, Option<Bytes>)> {
+        let mut keys: Vec<(Bytes, Option<Bytes>)> = self
+            .sublist
+            .borrow()
+            .entries()
+            .into_iter()
+            .filter(|(_, _, subs)| subs.iter().any(|s| !is_route_sub(&s.0)))
+            .map(|(s, q, _)| (s, q))
+            .chain(
+                self.interest
+                    .borrow()
+                    .entries()
+                    .into_iter()
+                    .map(|(s, q, _)| (s, q)),
+            )
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     /// Whether any subscriber, here or on another core, may match a subject starting with
@@ -899,15 +1063,28 @@ impl Core {
             MeshMsg::Deliver(r) => {
                 let m = MsgRef::of_routed(&r);
                 let local = self.sublist.borrow_mut().matches(&r.subject);
+                // What another core forwards came from its clients or the server: routes
+                // here may take it (a message from a route is never forwarded to a core
+                // for its routes: only this core holds routes).
+                let mut fanout = Some(RouteFanout::default());
                 if r.plain {
                     for sub in &local.plain {
-                        self.deliver(&sub.0, &m);
+                        if is_route_sub(&sub.0) {
+                            if let Some(f) = fanout.as_mut() {
+                                f.plain(&sub.0);
+                            }
+                        } else {
+                            self.deliver(&sub.0, &m);
+                        }
                     }
                 }
                 for group in &r.queues {
                     if let Some((_, members)) = local.queues.iter().find(|(q, _)| q == group) {
-                        self.deliver_to_one(members, &m, None);
+                        self.deliver_to_one(members, group, &m, None, &mut fanout);
                     }
+                }
+                if let Some(f) = fanout {
+                    f.write(&m);
                 }
             }
             MeshMsg::InterestAdd {
@@ -918,6 +1095,7 @@ impl Core {
                 self.interest
                     .borrow_mut()
                     .insert(&subject, queue.as_ref(), from);
+                self.routes.touched(&subject, queue.as_ref());
                 self.outbox.push(from, MeshMsg::InterestAck { epoch });
             }
             MeshMsg::InterestRemove {
@@ -928,6 +1106,7 @@ impl Core {
                 self.interest
                     .borrow_mut()
                     .remove(&subject, queue.as_ref(), &from);
+                self.routes.touched(&subject, queue.as_ref());
                 self.outbox.push(from, MeshMsg::InterestAck { epoch });
             }
             MeshMsg::InterestAck { epoch } => self.sync.record_ack(from, epoch),

@@ -6,6 +6,7 @@ pub mod client_proto;
 pub mod core;
 pub mod handover;
 pub mod parser;
+pub mod route;
 pub mod route_proto;
 pub mod subject;
 pub mod sublist;

@@ -171,6 +171,74 @@ impl<T: Clone + PartialEq> Sublist<T> {
             || self.root.literal.contains_key(token)
     }
 
+    /// Every (pattern, queue) that holds an item, with its items.
+    pub fn entries(&self) -> Vec<(Bytes, Option<Bytes>, Vec<T>)> {
+        fn walk<T: Clone>(
+            level: &Level<T>,
+            prefix: &mut Vec<u8>,
+            out: &mut Vec<(Bytes, Option<Bytes>, Vec<T>)>,
+        ) {
+            let literal = level.literal.iter().map(|(t, n)| (t.as_ref(), n));
+            let star = level.star.as_deref().map(|n| (&b"*"[..], n));
+            let tail = level.tail.as_deref().map(|n| (&b">"[..], n));
+            for (token, node) in literal.chain(star).chain(tail) {
+                let len = prefix.len();
+                if !prefix.is_empty() {
+                    prefix.push(b'.');
+                }
+                prefix.extend_from_slice(token);
+                let subject = Bytes::copy_from_slice(prefix);
+                if !node.plain.is_empty() {
+                    out.push((subject.clone(), None, node.plain.clone()));
+                }
+                for (q, members) in &node.queues {
+                    if !members.is_empty() {
+                        out.push((subject.clone(), Some(q.clone()), members.clone()));
+                    }
+                }
+                if let Some(next) = node.next.as_deref() {
+                    walk(next, prefix, out);
+                }
+                prefix.truncate(len);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root, &mut Vec::new(), &mut out);
+        out
+    }
+
+    /// The items stored under exactly this pattern and queue (not what it matches).
+    pub fn exact(&self, subject: &[u8], queue: Option<&Bytes>) -> Vec<T> {
+        let mut level = &self.root;
+        let mut tokens = subject.split(|b| *b == b'.').peekable();
+        loop {
+            let token = tokens.next().unwrap_or_default();
+            let node = match token {
+                b"*" => level.star.as_deref(),
+                b">" => level.tail.as_deref(),
+                t => level.literal.get(t),
+            };
+            let Some(node) = node else {
+                return Vec::new();
+            };
+            if tokens.peek().is_none() {
+                return match queue {
+                    None => node.plain.clone(),
+                    Some(q) => node
+                        .queues
+                        .iter()
+                        .find(|(name, _)| name == q)
+                        .map(|(_, members)| members.clone())
+                        .unwrap_or_default(),
+                };
+            }
+            match node.next.as_deref() {
+                Some(next) => level = next,
+                None => return Vec::new(),
+            }
+        }
+    }
+
     /// Everything that a literal subject matches.
     pub fn matches(&mut self, subject: &[u8]) -> Rc<MatchResult<T>> {
         self.stats.matches += 1;
@@ -306,6 +374,34 @@ mod first_token_tests {
         s.remove(b"*.x", None, &3);
         s.insert(b">", None, 4);
         assert!(s.may_match_first_token(b"_STAN"));
+    }
+
+    #[test]
+    fn exact_entries() {
+        let mut s: Sublist<u32> = Sublist::new();
+        let q = Bytes::from_static(b"q");
+        s.insert(b"a.*", None, 1);
+        s.insert(b"a.*", None, 2);
+        s.insert(b"a.*", Some(&q), 3);
+        s.insert(b"a.b", None, 4);
+        assert_eq!(s.exact(b"a.*", None), vec![1, 2]);
+        assert_eq!(s.exact(b"a.*", Some(&q)), vec![3]);
+        assert_eq!(s.exact(b"a.b", None), vec![4]);
+        assert!(s.exact(b"a", None).is_empty());
+        assert!(s.exact(b"a.b.c", None).is_empty());
+        let mut all = s.entries();
+        all.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let keys: Vec<String> = all
+            .iter()
+            .map(|(s, q, items)| {
+                let q = q
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                format!("{}|{q}|{}", String::from_utf8_lossy(s), items.len())
+            })
+            .collect();
+        assert_eq!(keys, vec!["a.*||2", "a.*|q|1", "a.b||1"]);
     }
 }
 

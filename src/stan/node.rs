@@ -146,6 +146,10 @@ impl Node {
             limits,
             replace_durable: s.replace_durable,
         });
+        if core.id == 0 && s.nats_server.is_none() {
+            // Routes to other servers announce the streaming server's subjects as interest.
+            core.routes.set_internal(subjects.internal_subscriptions());
+        }
         let node = Rc::new(Node {
             stopped: std::cell::OnceCell::new(),
             control: (core.id == 0).then(ControlPlane::default),

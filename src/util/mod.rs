@@ -8,3 +8,4 @@ pub mod process_signal;
 pub mod rng;
 pub mod syslog;
 pub mod timeout;
+pub mod url;

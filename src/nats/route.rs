@@ -1,0 +1,693 @@
+//! NATS routes (nats-server 2.9's cluster protocol, shared/reference/clustering.md §1): the
+//! connections between this server and the other servers of a NATS cluster. They live on core
+//! 0. A peer's `RS+` becomes a local subscription of its route connection there, so the
+//! cross-core interest map forwards matching messages to core 0 like to any subscriber, and
+//! `Core` writes them as one `RMSG` per route and message. What this server announces (`RS+`,
+//! `RS-`) is its own interest: subscriptions of its clients on every core and the streaming
+//! server's subjects, never what it learnt from a route (one hop, full mesh).
+//!
+//! Built: plain routes (no TLS, no route credentials), the listener and explicit routes
+//! (dialled every second until connected, again after a drop), INFO/CONNECT, the cluster name
+//! rule, a route to itself dropped and not dialled again, duplicate routes closed, RS+/RS-
+//! (queue weights are the number of this server's member subscriptions and cores),
+//! RMSG/HMSG both ways, PING/PONG with the stale check. Not built yet (the configuration
+//! refuses what asks for them): route TLS and credentials, gossip of implicit routes,
+//! `connect_urls` in client INFO.
+
+use crate::nats::core::{ClientConn, CloseReason, Core, Handled, LocalSub, MsgRef};
+use crate::nats::route_proto::{self, RouteOp};
+use crate::nats::transport::{SharedStream, Transport};
+use crate::util::notify::Notify;
+use crate::util::timeout::within;
+use bytes::{Bytes, BytesMut};
+use futures_lite::AsyncReadExt;
+use fxhash::FxHashMap;
+use glommio::net::{TcpListener, TcpStream};
+use std::cell::{Cell, RefCell};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// nats-server's route timings (`const.go`).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+const CONNECT_DELAY: Duration = Duration::from_secs(1);
+const FIRST_PING: Duration = Duration::from_secs(1);
+const MAX_PINGS_OUT: u32 = 2;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+type Key = (Bytes, Option<Bytes>);
+
+/// The routes of this core and what it has announced to them.
+#[derive(Default)]
+pub struct RouteHub {
+    enabled: Cell<bool>,
+    links: RefCell<Vec<Rc<RouteLink>>>,
+    /// Keys whose interest changed since the announcing task last looked.
+    dirty: RefCell<Vec<Key>>,
+    /// What this server announces: key -> weight (1 for a plain subject).
+    announced: RefCell<FxHashMap<Key, u32>>,
+    /// The streaming server's subjects (announced like subscriptions).
+    internal: RefCell<Vec<Bytes>>,
+    /// The cluster name in force (a dynamic one adopts a peer's).
+    cluster_name: RefCell<String>,
+    name_is_dynamic: Cell<bool>,
+    /// The port the route listener is bound to.
+    bound_port: Cell<Option<u16>>,
+    /// Configured route URLs found to be this server itself.
+    to_self: RefCell<Vec<String>>,
+    wake: Notify,
+}
+
+/// One route connection.
+pub struct RouteLink {
+    pub conn: Rc<ClientConn>,
+    pub remote_id: RefCell<String>,
+    pub remote_name: RefCell<String>,
+    pub solicited: bool,
+    pub configured_url: Option<String>,
+    pub started: std::time::SystemTime,
+    subs: RefCell<FxHashMap<Key, Rc<LocalSub>>>,
+    next_sid: Cell<u64>,
+}
+
+impl RouteLink {
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.subs
+            .borrow()
+            .keys()
+            .map(|(s, q)| match q {
+                Some(q) => format!(
+                    "{} {}",
+                    String::from_utf8_lossy(s),
+                    String::from_utf8_lossy(q)
+                ),
+                None => String::from_utf8_lossy(s).into_owned(),
+            })
+            .collect()
+    }
+}
+
+impl RouteHub {
+    /// Records an interest change for the announcing task (only where routes live).
+    pub fn touched(&self, subject: &Bytes, queue: Option<&Bytes>) {
+        if !self.enabled.get() {
+            return;
+        }
+        self.dirty
+            .borrow_mut()
+            .push((subject.clone(), queue.cloned()));
+        self.wake.notify();
+    }
+
+    /// The streaming server's subjects, announced to routes as its interest.
+    pub fn set_internal(&self, subjects: Vec<String>) {
+        let subjects: Vec<Bytes> = subjects.into_iter().map(Bytes::from).collect();
+        for s in &subjects {
+            self.touched(s, None);
+        }
+        *self.internal.borrow_mut() = subjects;
+    }
+
+    pub fn links(&self) -> Vec<Rc<RouteLink>> {
+        self.links.borrow().clone()
+    }
+
+    pub fn cluster_name(&self) -> String {
+        self.cluster_name.borrow().clone()
+    }
+
+    fn registered(&self, remote_id: &str) -> bool {
+        self.links
+            .borrow()
+            .iter()
+            .any(|l| *l.remote_id.borrow() == remote_id)
+    }
+
+    /// What `key` weighs in this server's own interest now.
+    fn weight(&self, core: &Core, key: &Key) -> u32 {
+        let internal = key.1.is_none() && self.internal.borrow().contains(&key.0);
+        core.own_interest(&key.0, key.1.as_ref()) + u32::from(internal)
+    }
+
+    /// Announces the changed keys to every registered route.
+    fn announce_dirty(&self, core: &Core) {
+        let mut dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        dirty.sort();
+        dirty.dedup();
+        let mut out = Vec::new();
+        for key in dirty {
+            let weight = self.weight(core, &key);
+            let before = self.announced.borrow().get(&key).copied().unwrap_or(0);
+            let changed = match key.1 {
+                None => (weight > 0) != (before > 0),
+                Some(_) => weight != before,
+            };
+            if !changed {
+                continue;
+            }
+            if weight == 0 {
+                self.announced.borrow_mut().remove(&key);
+                route_proto::push_sub_remove(&mut out, &key.0, key.1.as_deref());
+            } else {
+                self.announced.borrow_mut().insert(key.clone(), weight);
+                route_proto::push_sub_add(&mut out, &key.0, key.1.as_deref().map(|q| (q, weight)));
+            }
+        }
+        if out.is_empty() {
+            return;
+        }
+        for link in self.links.borrow().iter() {
+            link.conn.send(&out);
+        }
+    }
+
+    /// Everything announced, as `RS+` lines, for a route just registered.
+    fn all_announced(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for ((subject, queue), weight) in self.announced.borrow().iter() {
+            route_proto::push_sub_add(&mut out, subject, queue.as_deref().map(|q| (q, *weight)));
+        }
+        out
+    }
+}
+
+/// The cluster listen address from `cluster { listen | host + port }` (port -1: random).
+fn listen_address(c: &crate::config::options::RouteCluster) -> Option<(String, u16)> {
+    if let Some(listen) = &c.listen {
+        let (hostport, _) = crate::util::url::route_address(listen)
+            .or_else(|| Some((format!("0.0.0.0:{}", listen.parse::<i32>().ok()?), false)))?;
+        let (host, port) = hostport.rsplit_once(':')?;
+        let port: i32 = port.parse().ok()?;
+        return Some((host.to_string(), u16::try_from(port).unwrap_or(0)));
+    }
+    let port = c.port?;
+    Some((
+        c.host.clone().unwrap_or_else(|| "0.0.0.0".to_string()),
+        port,
+    ))
+}
+
+fn new_cluster_name() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..22)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Starts the routes of core 0 when `cluster {}` is configured: the listener, a dialler per
+/// configured route, the task that announces interest changes. Returns the bound address.
+pub fn start(core: &Rc<Core>) -> Result<Option<String>, String> {
+    let Some(cluster) = core.opts.cluster.clone() else {
+        return Ok(None);
+    };
+    let hub = &core.routes;
+    match &cluster.name {
+        Some(name) => *hub.cluster_name.borrow_mut() = name.clone(),
+        None => {
+            *hub.cluster_name.borrow_mut() = new_cluster_name();
+            hub.name_is_dynamic.set(true);
+            log::warn!("Cluster name was dynamically generated, consider setting one");
+        }
+    }
+    log::info!("Cluster name is {}", hub.cluster_name.borrow());
+    hub.enabled.set(true);
+    // What this server's clients already subscribe to (and the streaming subjects).
+    for key in core.own_interest_keys() {
+        hub.dirty.borrow_mut().push(key);
+    }
+    for s in hub.internal.borrow().iter() {
+        hub.dirty.borrow_mut().push((s.clone(), None));
+    }
+    hub.announce_dirty(core);
+    let mut bound = None;
+    if let Some((host, port)) = listen_address(&cluster) {
+        let listener = TcpListener::bind((host.as_str(), port))
+            .map_err(|e| format!("Error listening on router port: {host}:{port}: {e}"))?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
+        hub.bound_port.set(Some(port));
+        let addr = format!("{host}:{port}");
+        log::info!("Listening for route connections on {addr}");
+        bound = Some(addr);
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            while let Ok(stream) = listener.accept().await {
+                let core = core.clone();
+                glommio::spawn_local(async move {
+                    let port = listen_port(&core);
+                    serve(core, stream, None, port).await;
+                })
+                .detach();
+            }
+        })
+        .detach();
+    }
+    let announcer = core.clone();
+    glommio::spawn_local(async move {
+        loop {
+            if announcer.routes.dirty.borrow().is_empty() {
+                announcer.routes.wake.notified().await;
+            }
+            // Let the rest of the turn's changes join this announcement.
+            futures_lite::future::yield_now().await;
+            announcer.routes.announce_dirty(&announcer);
+        }
+    })
+    .detach();
+    let own_port = bound
+        .as_deref()
+        .and_then(|a| a.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse::<u16>().ok());
+    for url in &cluster.routes {
+        let Some((address, _)) = crate::util::url::route_address(url) else {
+            log::error!("Error parsing route URL {url:?}");
+            continue;
+        };
+        let core = core.clone();
+        let url = url.clone();
+        glommio::spawn_local(async move { dial_loop(core, url, address, own_port).await }).detach();
+    }
+    Ok(bound)
+}
+
+fn listen_port(core: &Core) -> Option<u16> {
+    core.routes.bound_port.get()
+}
+
+/// Dials a configured route every second until it is connected, and again after it drops;
+/// stops for good once it turns out to be this server.
+async fn dial_loop(core: Rc<Core>, url: String, address: String, own_port: Option<u16>) {
+    let mut attempt: u64 = 0;
+    loop {
+        if core.routes.to_self.borrow().contains(&url) {
+            return;
+        }
+        attempt += 1;
+        let connected = within(DIAL_TIMEOUT, TcpStream::connect(address.as_str())).await;
+        match connected {
+            Some(Ok(stream)) => {
+                attempt = 0;
+                let ended = serve(core.clone(), stream, Some(url.clone()), own_port).await;
+                if let Ended::Duplicate(remote) = &ended {
+                    // The peer dialled us too and that route won: dial again only once it
+                    // is gone.
+                    while core.routes.registered(remote) {
+                        glommio::timer::sleep(CONNECT_DELAY).await;
+                    }
+                }
+                if ended == Ended::ToSelf {
+                    core.routes.to_self.borrow_mut().push(url.clone());
+                    return;
+                }
+                let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+                glommio::timer::sleep(CONNECT_DELAY + jitter).await;
+            }
+            failed => {
+                if attempt == 1 || attempt.is_multiple_of(3600) {
+                    let why = match failed {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "i/o timeout".to_string(),
+                    };
+                    log::error!(
+                        "Error trying to connect to route (attempt {attempt}): dial tcp {address}: {why}"
+                    );
+                }
+                glommio::timer::sleep(CONNECT_DELAY).await;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ended {
+    Closed,
+    Duplicate(String),
+    ToSelf,
+}
+
+fn route_info(core: &Core, port: Option<u16>) -> Vec<u8> {
+    let opts = &core.opts;
+    let cluster = opts.cluster.as_ref();
+    let hub = &core.routes;
+    let (host, port) = match cluster.and_then(|c| c.advertise.as_deref()) {
+        Some(adv) => match adv.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().unwrap_or(port.unwrap_or(0))),
+            None => (adv.to_string(), port.unwrap_or(0)),
+        },
+        None => (
+            cluster
+                .and_then(listen_address)
+                .map(|(h, _)| h)
+                .unwrap_or_default(),
+            port.unwrap_or(0),
+        ),
+    };
+    let mut info = serde_json::json!({
+        "server_id": &*core.server_id,
+        "server_name": opts.server_name.clone().unwrap_or_else(|| core.server_id.to_string()),
+        "version": crate::nats::wire::NATS_PROTOCOL_VERSION,
+        "proto": 2,
+        "go": "stanza",
+        "host": host,
+        "port": port,
+        "headers": true,
+        "max_payload": opts.max_payload,
+        "cluster": hub.cluster_name(),
+    });
+    if hub.name_is_dynamic.get() {
+        info["cluster_dynamic"] = serde_json::Value::Bool(true);
+    }
+    if !cluster.is_some_and(|c| c.no_advertise) {
+        let client_host = if opts.host == "0.0.0.0" || opts.host.is_empty() {
+            "127.0.0.1".to_string()
+        } else {
+            opts.host.clone()
+        };
+        let url = opts
+            .client_advertise
+            .clone()
+            .unwrap_or_else(|| format!("{client_host}:{}", opts.port));
+        info["connect_urls"] = serde_json::json!([url]);
+    }
+    let mut out = b"INFO ".to_vec();
+    out.extend_from_slice(info.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn route_connect(core: &Core) -> Vec<u8> {
+    let hub = &core.routes;
+    let mut connect = serde_json::json!({
+        "echo": true,
+        "verbose": false,
+        "pedantic": false,
+        "tls_required": false,
+        "headers": true,
+        "name": &*core.server_id,
+        "cluster": hub.cluster_name(),
+    });
+    if hub.name_is_dynamic.get() {
+        connect["cluster_dynamic"] = serde_json::Value::Bool(true);
+    }
+    let mut out = b"CONNECT ".to_vec();
+    out.extend_from_slice(connect.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Serves one route connection (dialled when `url` is given, else accepted) until it ends.
+async fn serve(
+    core: Rc<Core>,
+    stream: TcpStream,
+    url: Option<String>,
+    own_port: Option<u16>,
+) -> Ended {
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let conn = Rc::new(ClientConn::new(
+        core.next_cid(),
+        core.opts.max_pending.max(64 << 20),
+    ));
+    conn.route.set(true);
+    conn.connected.set(true);
+    conn.peer.set(peer);
+    let link = Rc::new(RouteLink {
+        conn: conn.clone(),
+        remote_id: RefCell::new(String::new()),
+        remote_name: RefCell::new(String::new()),
+        solicited: url.is_some(),
+        configured_url: url.clone(),
+        started: std::time::SystemTime::now(),
+        subs: RefCell::new(FxHashMap::default()),
+        next_sid: Cell::new(1),
+    });
+    let who = format!(
+        "{} - rid:{}",
+        peer.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+        conn.cid
+    );
+    let shared = SharedStream::new(Transport::Plain(stream));
+    let writer = glommio::spawn_local(crate::nats::client::write_loop(
+        core.clone(),
+        conn.clone(),
+        shared.clone(),
+        fd,
+    ));
+    if url.is_some() {
+        conn.send(&route_connect(&core));
+    }
+    conn.send(&route_info(&core, own_port));
+    let pinger = glommio::spawn_local(ping_loop(conn.clone()));
+    let ended = read_loop(&core, &link, shared, &who, url.as_deref()).await;
+    // Unregister: what the peer subscribed to, and the link.
+    let subs: Vec<Rc<LocalSub>> = link.subs.borrow_mut().drain().map(|(_, s)| s).collect();
+    for sub in &subs {
+        core.remove_subscription(sub);
+    }
+    let was_registered = core
+        .routes
+        .links
+        .borrow()
+        .iter()
+        .any(|l| Rc::ptr_eq(l, &link));
+    core.routes
+        .links
+        .borrow_mut()
+        .retain(|l| !Rc::ptr_eq(l, &link));
+    let reason = match &ended {
+        (Ended::Duplicate(_), _) => "Duplicate Route".to_string(),
+        (Ended::ToSelf, _) => "Duplicate Route".to_string(),
+        (Ended::Closed, why) => why.clone(),
+    };
+    if was_registered {
+        log::info!("{who} - Router connection closed: {reason}");
+    } else {
+        log::debug!("{who} - Router connection closed: {reason}");
+    }
+    conn.close(CloseReason::ClientClosed);
+    drop(pinger);
+    writer.await;
+    ended.0
+}
+
+async fn ping_loop(conn: Rc<ClientConn>) {
+    glommio::timer::sleep(FIRST_PING + Duration::from_millis(rand::random::<u64>() % 200)).await;
+    loop {
+        if conn.is_closed() {
+            return;
+        }
+        let out = conn.pings_out.get() + 1;
+        if out > MAX_PINGS_OUT {
+            conn.send(b"-ERR 'Stale Connection'\r\n");
+            conn.close(CloseReason::StaleConnection);
+            return;
+        }
+        conn.pings_out.set(out);
+        conn.send(b"PING\r\n");
+        glommio::timer::sleep(Duration::from_secs(120)).await;
+    }
+}
+
+/// Reads the route until it ends: the handshake (its INFO, and CONNECT first on an accepted
+/// route), then interest and messages. Returns how it ended and why.
+async fn read_loop(
+    core: &Rc<Core>,
+    link: &Rc<RouteLink>,
+    mut stream: SharedStream,
+    who: &str,
+    url: Option<&str>,
+) -> (Ended, String) {
+    let conn = &link.conn;
+    let mut buf = BytesMut::new();
+    let mut chunk = vec![0u8; 32 << 10];
+    let mut registered = false;
+    let mut got_connect = url.is_some();
+    let handshake_deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        loop {
+            let op = match route_proto::next_op(&mut buf) {
+                Ok(Some(op)) => op,
+                Ok(None) => break,
+                Err(e) => {
+                    log::error!("{who} - Route parse error: {e}");
+                    conn.send(b"-ERR 'Protocol Error'\r\n");
+                    return (Ended::Closed, "Parse Error".into());
+                }
+            };
+            if !got_connect && !matches!(op, RouteOp::Connect(_)) {
+                conn.send(b"-ERR 'Authorization Violation'\r\n");
+                return (Ended::Closed, "Authentication Failure".into());
+            }
+            match op {
+                RouteOp::Connect(json) => {
+                    let v: serde_json::Value = serde_json::from_slice(&json).unwrap_or_default();
+                    if v.get("lang").is_some() {
+                        conn.send(b"-ERR 'attempted to connect to route port'\r\n");
+                        return (Ended::Closed, "Incorrect Port".into());
+                    }
+                    got_connect = true;
+                }
+                RouteOp::Info(json) if !registered => {
+                    let v: serde_json::Value = serde_json::from_slice(&json).unwrap_or_default();
+                    let remote_id = v["server_id"].as_str().unwrap_or_default().to_string();
+                    if remote_id.is_empty() {
+                        return (Ended::Closed, "Parse Error".into());
+                    }
+                    if remote_id == *core.server_id {
+                        if let Some(url) = url {
+                            log::debug!("{who} - Detected route to self, ignoring {url:?}");
+                        }
+                        return (Ended::ToSelf, String::new());
+                    }
+                    let theirs = v["cluster"].as_str().unwrap_or_default().to_string();
+                    let their_dynamic = v["cluster_dynamic"].as_bool().unwrap_or(false);
+                    let ours = core.routes.cluster_name();
+                    if theirs != ours {
+                        let adopt =
+                            core.routes.name_is_dynamic.get() && (!their_dynamic || theirs > ours);
+                        if !adopt {
+                            conn.send(
+                                format!(
+                                    "-ERR 'Rejecting connection, cluster name {theirs:?} does not match {ours:?}'\r\n"
+                                )
+                                .as_bytes(),
+                            );
+                            log::error!(
+                                "{who} - Rejecting connection, cluster name {theirs:?} does not match {ours:?}"
+                            );
+                            return (Ended::Closed, "Cluster Name Conflict".into());
+                        }
+                        *core.routes.cluster_name.borrow_mut() = theirs.clone();
+                        core.routes.name_is_dynamic.set(their_dynamic);
+                        log::info!("Cluster name updated to {theirs}");
+                    }
+                    if core.routes.registered(&remote_id) {
+                        log::debug!("{who} - Detected duplicate remote route {remote_id:?}");
+                        return (Ended::Duplicate(remote_id), String::new());
+                    }
+                    conn.route_headers
+                        .set(v["headers"].as_bool().unwrap_or(false));
+                    *link.remote_id.borrow_mut() = remote_id.clone();
+                    *link.remote_name.borrow_mut() =
+                        v["server_name"].as_str().unwrap_or_default().to_string();
+                    core.routes.links.borrow_mut().push(link.clone());
+                    registered = true;
+                    let all = core.routes.all_announced();
+                    if !all.is_empty() {
+                        conn.send(&all);
+                    }
+                    log::info!("{who} - Route connection created");
+                    log::debug!("{who} - Registering remote route {remote_id:?}");
+                }
+                // Gossip (implicit routes) and permission updates: not built yet.
+                RouteOp::Info(_) => {}
+                RouteOp::SubAdd {
+                    account,
+                    subject,
+                    queue,
+                } => {
+                    if account.as_ref() != route_proto::GLOBAL_ACCOUNT
+                        || !crate::nats::subject::is_valid_subject(&subject)
+                    {
+                        continue;
+                    }
+                    let key = (subject.clone(), queue.as_ref().map(|(q, _)| q.clone()));
+                    if link.subs.borrow().contains_key(&key) {
+                        continue; // a queue weight update
+                    }
+                    let sid = link.next_sid.get();
+                    link.next_sid.set(sid + 1);
+                    let sub = Rc::new(LocalSub {
+                        conn: Rc::downgrade(conn),
+                        cid: conn.cid,
+                        sid: Bytes::from(format!("R{sid}")),
+                        subject,
+                        queue: key.1.clone(),
+                        max: Cell::new(0),
+                        delivered: Cell::new(0),
+                    });
+                    link.subs.borrow_mut().insert(key, sub.clone());
+                    core.add_subscription(sub);
+                }
+                RouteOp::SubRemove {
+                    account,
+                    subject,
+                    queue,
+                } => {
+                    if account.as_ref() != route_proto::GLOBAL_ACCOUNT {
+                        continue;
+                    }
+                    let removed = link.subs.borrow_mut().remove(&(subject, queue));
+                    if let Some(sub) = removed {
+                        core.remove_subscription(&sub);
+                    }
+                }
+                RouteOp::Msg {
+                    account,
+                    subject,
+                    reply,
+                    queues,
+                    header_len,
+                    payload,
+                } => {
+                    conn.in_msgs.set(conn.in_msgs.get() + 1);
+                    conn.in_bytes
+                        .set(conn.in_bytes.get() + payload.len() as u64);
+                    if account.as_ref() != route_proto::GLOBAL_ACCOUNT {
+                        continue;
+                    }
+                    let msg = MsgRef {
+                        subject: &subject,
+                        reply: reply.as_deref(),
+                        header_len,
+                        payload: &payload,
+                        backing: Some(&payload),
+                        subject_backing: Some(&subject),
+                    };
+                    deliver_from_route(core, conn, &msg, &queues);
+                }
+                RouteOp::Ping => conn.send(b"PONG\r\n"),
+                RouteOp::Pong => conn.pings_out.set(0),
+                RouteOp::Err(text) => {
+                    log::error!("{who} - Route Error {text}");
+                    return (Ended::Closed, "Client Closed".into());
+                }
+                RouteOp::Ignored => {}
+            }
+        }
+        if conn.is_closed() {
+            return (Ended::Closed, "Stale Connection".into());
+        }
+        let read = if registered {
+            Some(stream.read(&mut chunk).await)
+        } else {
+            let left = handshake_deadline.saturating_duration_since(Instant::now());
+            within(left, stream.read(&mut chunk)).await
+        };
+        match read {
+            None => {
+                conn.send(b"-ERR 'Authentication Timeout'\r\n");
+                return (Ended::Closed, "Authentication Timeout".into());
+            }
+            Some(Ok(0)) | Some(Err(_)) => return (Ended::Closed, "Client Closed".into()),
+            Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A message from a route: the streaming server takes its requests (and ordinary subscribers
+/// see them too), everything else goes to this server's subscribers and the queue groups the
+/// message names.
+fn deliver_from_route(core: &Core, route: &ClientConn, msg: &MsgRef<'_>, queues: &[Bytes]) {
+    if let Some(handler) = core.internal_handler() {
+        if handler.on_publish(msg) != Handled::No {
+            if core.may_have_subscribers(msg.subject) {
+                core.route_from_peer(route, msg, queues);
+            }
+            return;
+        }
+    }
+    core.route_from_peer(route, msg, queues);
+}

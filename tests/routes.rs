@@ -1,0 +1,364 @@
+//! NATS routes (issue 16, first step): stanza and Debian's nats-server 2.9 form one cluster,
+//! each dialling the other; plain subscribers, wildcards, request/reply, headers and queue
+//! groups with members on both servers work across the route; a STAN client connected to the
+//! nats-server node is served by stanza's streaming server; the route comes back after the
+//! peer is killed and restarted; a route to itself is dropped.
+
+mod common;
+
+use common::{RawClient, Server};
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A Debian nats-server, killed when dropped.
+struct NatsServer {
+    child: Child,
+    client: u16,
+    monitor: u16,
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nats_server(client: u16, route: u16, routes: &[String]) -> Option<NatsServer> {
+    if !common::available("Debian's nats-server", "nats-server", &["--version"]) {
+        return None;
+    }
+    let monitor = common::free_port();
+    let mut cmd = Command::new("nats-server");
+    cmd.args(["-a", "127.0.0.1", "-p", &client.to_string()])
+        .args(["-m", &monitor.to_string()])
+        .args(["--cluster_name", "routes-test"])
+        .args(["--cluster", &format!("nats://127.0.0.1:{route}")]);
+    if !routes.is_empty() {
+        cmd.args(["--routes", &routes.join(",")]);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server");
+    let server = NatsServer {
+        child,
+        client,
+        monitor,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(server)
+}
+
+fn stanza_with_route(route: u16, routes: &[String], extra: &[&str]) -> Server {
+    let list: Vec<String> = routes.iter().map(|r| format!("\"{r}\"")).collect();
+    let config = format!(
+        // A streaming block: without one, the top-level `cluster` would also be read as the
+        // streaming server's (raft) cluster, as the reference reads it.
+        "cluster {{\n  name: routes-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{}]\n}}\nstreaming {{ cluster_id: test-cluster }}\n",
+        list.join(", ")
+    );
+    let mut args = vec!["--cores", "2"];
+    args.extend_from_slice(extra);
+    Server::start_with_config(Some(&config), &args)
+}
+
+fn connected(port: u16) -> RawClient {
+    let mut c = RawClient::connect(port);
+    c.send(b"CONNECT {\"verbose\":false,\"headers\":true,\"protocol\":1}\r\n");
+    c.ping_pong();
+    c
+}
+
+/// Publishes on `from` until `to` receives on `subject` (interest crosses the route
+/// asynchronously), then returns that first message's control line.
+fn until_received(from: &mut RawClient, to: &mut RawClient, subject: &str) -> String {
+    let _ = to.stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        from.send(format!("PUB {subject} 5\r\nhello\r\n").as_bytes());
+        let mut line = String::new();
+        let mut buf = [0u8; 1];
+        // Read one protocol line without blocking past the timeout.
+        while let Ok(1) = to.stream.read(&mut buf) {
+            line.push(buf[0] as char);
+            if line.ends_with("\r\n") {
+                break;
+            }
+        }
+        if line.starts_with("MSG ") {
+            let mut rest = [0u8; 7];
+            let _ = to.stream.read_exact(&mut rest);
+            let _ = to.stream.set_read_timeout(Some(Duration::from_secs(5)));
+            return line.trim_end().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{subject}: nothing crossed the route"
+        );
+    }
+}
+
+fn count_until_quiet(c: &mut RawClient) -> usize {
+    let _ = c.stream.set_read_timeout(Some(Duration::from_millis(700)));
+    let mut n = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut text = Vec::new();
+    while let Ok(k) = c.stream.read(&mut buf) {
+        if k == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..k]);
+    }
+    let s = String::from_utf8_lossy(&text);
+    n += s.matches("MSG jobs ").count();
+    let _ = c.stream.set_read_timeout(Some(Duration::from_secs(5)));
+    n
+}
+
+/// The full set of checks across a route between stanza (port `a`) and nats-server (`b`).
+fn cross_checks(a: u16, b: u16) {
+    // Plain and wildcard subscribers on each side.
+    let mut on_b = connected(b);
+    on_b.send(b"SUB foo.* 1\r\nSUB svc 2\r\n");
+    on_b.ping_pong();
+    let mut on_a = connected(a);
+    on_a.send(b"SUB bar 1\r\nSUB _INBOX.a 9\r\n");
+    on_a.ping_pong();
+    let mut pub_a = connected(a);
+    let mut pub_b = connected(b);
+    let line = until_received(&mut pub_a, &mut on_b, "foo.x");
+    assert!(line.starts_with("MSG foo.x 1 5"), "{line}");
+    let line = until_received(&mut pub_b, &mut on_a, "bar");
+    assert!(line.starts_with("MSG bar 1 5"), "{line}");
+
+    // Request/reply: a request on A, the responder on B, the reply back on A.
+    on_a.send(b"PUB svc _INBOX.a 4\r\nping\r\n");
+    let (line, payload) = on_b.msg();
+    assert_eq!(
+        (line.as_str(), payload.as_slice()),
+        ("MSG svc 2 _INBOX.a 4", &b"ping"[..])
+    );
+    on_b.send(b"PUB _INBOX.a 4\r\npong\r\n");
+    let (line, payload) = on_a.msg();
+    assert_eq!(
+        (line.as_str(), payload.as_slice()),
+        ("MSG _INBOX.a 9 4", &b"pong"[..])
+    );
+
+    // Headers cross as HMSG.
+    pub_b.send(b"HPUB bar 18 23\r\nNATS/1.0\r\nX: 1\r\n\r\nhello\r\n");
+    let (line, payload) = on_a.msg();
+    assert!(line.starts_with("HMSG bar 1 18 23"), "{line}");
+    assert!(payload.ends_with(b"hello"));
+
+    // A queue group with a member on each server: every message exactly once.
+    let mut worker_a = connected(a);
+    worker_a.send(b"SUB jobs workers 1\r\n");
+    worker_a.ping_pong();
+    let mut worker_b = connected(b);
+    worker_b.send(b"SUB jobs workers 1\r\n");
+    worker_b.ping_pong();
+    std::thread::sleep(Duration::from_millis(500));
+    for publisher in [&mut pub_a, &mut pub_b] {
+        for i in 0..100 {
+            publisher.send(format!("PUB jobs 3\r\n{i:03}\r\n").as_bytes());
+        }
+        publisher.ping_pong();
+    }
+    let (na, nb) = (
+        count_until_quiet(&mut worker_a),
+        count_until_quiet(&mut worker_b),
+    );
+    assert_eq!(
+        na + nb,
+        200,
+        "each job exactly once: {na} on stanza, {nb} on nats-server"
+    );
+    assert!(na > 0 && nb > 0, "both members served: {na} / {nb}");
+
+    // Unsubscribe crosses too.
+    on_b.send(b"UNSUB 1\r\n");
+    on_b.ping_pong();
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn stanza_dials_nats_server() {
+    let (b_client, b_route, a_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let Some(b) = nats_server(b_client, b_route, &[]) else {
+        return;
+    };
+    let a = stanza_with_route(a_route, &[format!("nats-route://127.0.0.1:{b_route}")], &[]);
+    assert!(
+        a.wait_for_log("Route connection created", Duration::from_secs(10)),
+        "{}",
+        a.log_text()
+    );
+    cross_checks(a.port, b.client);
+    let routez = common::http_get(&format!("127.0.0.1:{}", b.monitor), "/routez");
+    assert!(routez.contains("\"num_routes\": 1"), "{routez}");
+}
+
+#[test]
+fn nats_server_dials_stanza() {
+    let (b_client, b_route, a_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let a = stanza_with_route(a_route, &[], &[]);
+    let Some(b) = nats_server(
+        b_client,
+        b_route,
+        &[format!("nats-route://127.0.0.1:{a_route}")],
+    ) else {
+        return;
+    };
+    assert!(
+        a.wait_for_log("Route connection created", Duration::from_secs(10)),
+        "{}",
+        a.log_text()
+    );
+    cross_checks(a.port, b.client);
+}
+
+/// The Kubernetes shape: every node lists every node, itself included. The route to itself is
+/// dropped (and not dialled again); the one to the peer works.
+#[test]
+fn a_route_to_itself_is_dropped() {
+    let (b_client, b_route, a_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let Some(b) = nats_server(b_client, b_route, &[]) else {
+        return;
+    };
+    let a = stanza_with_route(
+        a_route,
+        &[
+            format!("nats-route://127.0.0.1:{a_route}"),
+            format!("nats-route://127.0.0.1:{b_route}"),
+        ],
+        &["-D"],
+    );
+    assert!(
+        a.wait_for_log("Detected route to self", Duration::from_secs(10)),
+        "{}",
+        a.log_text()
+    );
+    assert!(a.wait_for_log("Route connection created", Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = a.log_text();
+    assert_eq!(log.matches("Detected route to self").count(), 1, "{log}");
+    assert_eq!(log.matches("Route connection created").count(), 1, "{log}");
+    let mut on_b = connected(b.client);
+    on_b.send(b"SUB foo 1\r\n");
+    on_b.ping_pong();
+    let mut pub_a = connected(a.port);
+    until_received(&mut pub_a, &mut on_b, "foo");
+}
+
+/// The peer is killed and started again on the same ports: stanza dials it again and the
+/// interest of both sides is exchanged anew.
+#[test]
+fn the_route_comes_back_after_the_peer_restarts() {
+    let (b_client, b_route, a_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let Some(b) = nats_server(b_client, b_route, &[]) else {
+        return;
+    };
+    let a = stanza_with_route(a_route, &[format!("nats-route://127.0.0.1:{b_route}")], &[]);
+    assert!(a.wait_for_log("Route connection created", Duration::from_secs(10)));
+    let mut on_a = connected(a.port);
+    on_a.send(b"SUB after 1\r\n");
+    on_a.ping_pong();
+    drop(b);
+    assert!(
+        a.wait_for_log("Router connection closed", Duration::from_secs(10)),
+        "{}",
+        a.log_text()
+    );
+    let Some(b) = nats_server(b_client, b_route, &[]) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.log_text().matches("Route connection created").count() < 2 {
+        assert!(Instant::now() < deadline, "{}", a.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut pub_b = connected(b.client);
+    let line = until_received(&mut pub_b, &mut on_a, "after");
+    assert!(line.starts_with("MSG after 1 5"), "{line}");
+}
+
+/// A STAN client connected to the nats-server node is served by stanza's streaming server
+/// across the route: connect, publish, subscribe, deliveries and acks all cross it.
+#[test]
+fn a_stan_client_on_the_other_node_is_served_across_the_route() {
+    let Some(bin) = common::go_program("stan-go") else {
+        return;
+    };
+    let (b_client, b_route, a_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let Some(b) = nats_server(b_client, b_route, &[]) else {
+        return;
+    };
+    let a = stanza_with_route(a_route, &[format!("nats-route://127.0.0.1:{b_route}")], &[]);
+    assert!(a.wait_for_log("Route connection created", Duration::from_secs(10)));
+    // The streaming subjects reach the peer with the route's first interest.
+    std::thread::sleep(Duration::from_millis(500));
+    let url = format!("nats://127.0.0.1:{}", b.client);
+    for case in [
+        "item10_publish_sequences",
+        "item20_msg_fields",
+        "item24_redelivery",
+    ] {
+        let mut cmd = Command::new(&bin);
+        cmd.args([case, &url]);
+        common::run_client(cmd, Duration::from_secs(90));
+    }
+}
+
+/// What routes do not have yet is refused at start-up, naming the key: route TLS, route
+/// credentials (in the cluster authorization or a route URL), routes with `-ns`.
+#[test]
+fn route_features_not_built_yet_are_refused() {
+    let dir = common::TempDir::new("route-refusals");
+    for (body, key) in [
+        (
+            "cluster { listen: \"127.0.0.1:-1\", tls { cert_file: a, key_file: b } }\nstreaming {}\n",
+            "'cluster.tls'",
+        ),
+        (
+            "cluster { listen: \"127.0.0.1:-1\", authorization { user: u, password: p } }\nstreaming {}\n",
+            "'cluster.authorization'",
+        ),
+        (
+            "cluster { listen: \"127.0.0.1:-1\", routes: [\"nats-route://u:p@127.0.0.1:4248\"] }\nstreaming {}\n",
+            "'cluster.routes'",
+        ),
+    ] {
+        let path = dir.0.join("routes.conf");
+        std::fs::write(&path, body).expect("write config");
+        let err = common::fails_cleanly(&["-c", path.to_str().expect("utf-8")]);
+        assert!(err.contains(key) && err.contains("not available"), "{key}: {err}");
+    }
+}
