@@ -362,3 +362,114 @@ fn route_features_not_built_yet_are_refused() {
         assert!(err.contains(key) && err.contains("not available"), "{key}: {err}");
     }
 }
+
+fn stanza_node(route: u16, seed: Option<u16>) -> (Server, u16) {
+    let monitor = common::free_port();
+    let routes: Vec<String> = seed
+        .map(|p| vec![format!("nats-route://127.0.0.1:{p}")])
+        .unwrap_or_default();
+    let m = monitor.to_string();
+    (stanza_with_route(route, &routes, &["-m", &m]), monitor)
+}
+
+fn num_routes(monitor: u16) -> u64 {
+    let routez = common::http_get(&format!("127.0.0.1:{monitor}"), "/routez");
+    let v: serde_json::Value = serde_json::from_str(&routez).unwrap_or_default();
+    v["num_routes"].as_u64().unwrap_or(0)
+}
+
+fn until_routes(monitors: &[u16], n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let counts: Vec<u64> = monitors.iter().map(|m| num_routes(*m)).collect();
+        if counts.iter().all(|c| *c == n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "routes per node: {counts:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Three stanza nodes, two of them listing only the first: gossip makes a full mesh (every
+/// node two routes, in /routez), a message published on one node reaches a subscriber on the
+/// other non-seed node (one hop), and a queue group with a member on each node gets every
+/// message exactly once.
+#[test]
+fn three_stanza_nodes_form_a_full_mesh_by_gossip() {
+    let (ra, rb, rc) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let (a, ma) = stanza_node(ra, None);
+    let (b, mb) = stanza_node(rb, Some(ra));
+    let (c, mc) = stanza_node(rc, Some(ra));
+    until_routes(&[ma, mb, mc], 2);
+    let mut on_b = connected(b.port);
+    on_b.send(b"SUB news.> 1\r\n");
+    on_b.ping_pong();
+    let mut pub_c = connected(c.port);
+    let line = until_received(&mut pub_c, &mut on_b, "news.today");
+    assert!(line.starts_with("MSG news.today 1 5"), "{line}");
+    let mut workers: Vec<RawClient> = [a.port, b.port, c.port]
+        .iter()
+        .map(|p| {
+            let mut w = connected(*p);
+            w.send(b"SUB jobs workers 1\r\n");
+            w.ping_pong();
+            w
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut pub_a = connected(a.port);
+    for i in 0..150 {
+        pub_a.send(format!("PUB jobs 3\r\n{i:03}\r\n").as_bytes());
+    }
+    pub_a.ping_pong();
+    let counts: Vec<usize> = workers.iter_mut().map(count_until_quiet).collect();
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        150,
+        "each job exactly once: {counts:?}"
+    );
+    let routez = common::http_get(&format!("127.0.0.1:{mb}"), "/routez?subs=1");
+    assert!(routez.contains("\"subscriptions_list\""), "{routez}");
+}
+
+/// A mixed cluster: a stanza seed, Debian's nats-server and another stanza node that both
+/// list only the seed. Gossip connects the nats-server and the second stanza node directly.
+#[test]
+fn a_mixed_cluster_meshes_by_gossip() {
+    let (ra, rb, rc) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let (a, ma) = stanza_node(ra, None);
+    let b_client = common::free_port();
+    let Some(b) = nats_server(b_client, rb, &[format!("nats-route://127.0.0.1:{ra}")]) else {
+        return;
+    };
+    let (c, mc) = stanza_node(rc, Some(ra));
+    until_routes(&[ma, mc], 2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while num_routes(b.monitor) != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "nats-server routes: {}",
+            num_routes(b.monitor)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut on_b = connected(b.client);
+    on_b.send(b"SUB mixed 1\r\n");
+    on_b.ping_pong();
+    let mut pub_c = connected(c.port);
+    until_received(&mut pub_c, &mut on_b, "mixed");
+    let mut on_c = connected(c.port);
+    on_c.send(b"SUB back 1\r\n");
+    on_c.ping_pong();
+    let mut pub_b = connected(b.client);
+    until_received(&mut pub_b, &mut on_c, "back");
+    drop(a);
+}

@@ -166,7 +166,7 @@ async fn handle(monitor: &Monitor, req: Request<Incoming>) -> Response<Full<Byte
         "" => Reply::Html(INDEX),
         "/varz" => nats_endpoints::varz(monitor).await,
         "/connz" => nats_endpoints::connz(monitor, &query).await,
-        "/routez" => nats_endpoints::routez(monitor),
+        "/routez" => nats_endpoints::routez(monitor, &query),
         "/subsz" | "/subscriptionsz" => nats_endpoints::subsz(monitor, &query).await,
         "/healthz" => nats_endpoints::healthz(monitor),
         "/streaming" => Reply::Html(STREAMING_INDEX),

@@ -56,7 +56,7 @@ pub async fn varz(m: &Monitor) -> Reply {
         "max_control_line": o.max_control_line,
         "max_payload": o.max_payload,
         "max_pending": o.max_pending,
-        "cluster": {},
+        "cluster": cluster_json(m),
         "gateway": {},
         "leaf": {},
         "mqtt": {},
@@ -73,7 +73,7 @@ pub async fn varz(m: &Monitor) -> Reply {
         "cpu": 0.0,
         "connections": connections,
         "total_connections": sum(&reports, |r| r.total_connections),
-        "routes": 0,
+        "routes": m.node.core.routes.links().len(),
         "remotes": 0,
         "leafnodes": 0,
         "in_msgs": sum(&reports, |r| r.in_msgs),
@@ -146,16 +146,83 @@ pub async fn connz(m: &Monitor, q: &Query) -> Reply {
     }))
 }
 
-pub fn routez(m: &Monitor) -> Reply {
+/// `/routez` (`?subs=1`): the routes of core 0, with nats-server's fields.
+pub fn routez(m: &Monitor, q: &Query) -> Reply {
+    let core = &m.node.core;
+    let subs = q
+        .get("subs")
+        .is_some_and(|v| v == "1" || v == "true" || v == "detail");
+    let routes: Vec<Value> = core
+        .routes
+        .links()
+        .iter()
+        .map(|link| {
+            let conn = &link.conn;
+            let up = link.started.elapsed().unwrap_or(Duration::ZERO);
+            let mut r = json!({
+                "rid": conn.cid,
+                "remote_id": &*link.remote_id.borrow(),
+                "remote_name": &*link.remote_name.borrow(),
+                "did_solicit": link.solicited,
+                "is_configured": link.configured_url.is_some(),
+                "ip": conn.peer.get().map(|p| p.ip().to_string()).unwrap_or_default(),
+                "port": conn.peer.get().map(|p| p.port()).unwrap_or(0),
+                "start": rfc3339(link.started),
+                "last_activity": rfc3339(SystemTime::now()),
+                "rtt": "0s",
+                "uptime": uptime(up),
+                "idle": "0s",
+                "pending_size": conn.pending(),
+                "in_msgs": conn.in_msgs.get(),
+                "out_msgs": conn.out_msgs.get(),
+                "in_bytes": conn.in_bytes.get(),
+                "out_bytes": conn.out_bytes.get(),
+                "subscriptions": link.subscriptions().len(),
+            });
+            if subs {
+                r["subscriptions_list"] = json!(link.subscriptions());
+            }
+            r
+        })
+        .collect();
     Reply::Json(json!({
-        "server_id": &*m.node.core.server_id,
-        "server_name": m.opts.server_name.clone().unwrap_or_else(|| m.node.core.server_id.to_string()),
+        "server_id": &*core.server_id,
+        "server_name": m.opts.server_name.clone().unwrap_or_else(|| core.server_id.to_string()),
         "now": rfc3339(SystemTime::now()),
         "import": null,
         "export": null,
-        "num_routes": 0,
-        "routes": [],
+        "num_routes": routes.len(),
+        "routes": routes,
     }))
+}
+
+/// `/varz` `cluster`: what nats-server shows of its cluster port (empty without routes).
+fn cluster_json(m: &Monitor) -> Value {
+    let Some(c) = &m.opts.cluster else {
+        return json!({});
+    };
+    let (addr, port) = c
+        .listen
+        .as_deref()
+        .and_then(crate::util::url::route_address)
+        .and_then(|(hp, _)| {
+            let (h, p) = hp.rsplit_once(':')?;
+            Some((h.to_string(), p.parse::<i64>().ok()?))
+        })
+        .unwrap_or_else(|| {
+            (
+                c.host.clone().unwrap_or_else(|| "0.0.0.0".into()),
+                i64::from(c.port.unwrap_or(0)),
+            )
+        });
+    json!({
+        "name": m.node.core.routes.cluster_name(),
+        "addr": addr,
+        "cluster_port": port,
+        "auth_timeout": 2,
+        "urls": c.routes,
+        "tls_timeout": 2,
+    })
 }
 
 /// The streaming server's own subscriptions on the embedded server (none with `-ns`: they are

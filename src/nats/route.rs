@@ -10,9 +10,9 @@
 //! (dialled every second until connected, again after a drop), INFO/CONNECT, the cluster name
 //! rule, a route to itself dropped and not dialled again, duplicate routes closed, RS+/RS-
 //! (queue weights are the number of this server's member subscriptions and cores),
-//! RMSG/HMSG both ways, PING/PONG with the stale check. Not built yet (the configuration
-//! refuses what asks for them): route TLS and credentials, gossip of implicit routes,
-//! `connect_urls` in client INFO.
+//! RMSG/HMSG both ways, PING/PONG with the stale check, gossip (a new peer's INFO forwarded to
+//! the other routes, which dial it as an implicit route). Not built yet (the configuration
+//! refuses what asks for them): route TLS and credentials; nor `connect_urls` in client INFO.
 
 use crate::nats::core::{ClientConn, CloseReason, Core, Handled, LocalSub, MsgRef};
 use crate::nats::route_proto::{self, RouteOp};
@@ -55,6 +55,8 @@ pub struct RouteHub {
     bound_port: Cell<Option<u16>>,
     /// Configured route URLs found to be this server itself.
     to_self: RefCell<Vec<String>>,
+    /// Servers learnt by gossip that a dialler is working on.
+    dialling: RefCell<std::collections::HashSet<String>>,
     wake: Notify,
 }
 
@@ -64,7 +66,10 @@ pub struct RouteLink {
     pub remote_id: RefCell<String>,
     pub remote_name: RefCell<String>,
     pub solicited: bool,
+    /// The configured route this connection was dialled for (not an implicit one).
     pub configured_url: Option<String>,
+    /// The peer's first INFO (forwarded to the other routes: gossip).
+    info: RefCell<serde_json::Value>,
     pub started: std::time::SystemTime,
     subs: RefCell<FxHashMap<Key, Rc<LocalSub>>>,
     next_sid: Cell<u64>,
@@ -236,7 +241,7 @@ pub fn start(core: &Rc<Core>) -> Result<Option<String>, String> {
                 let core = core.clone();
                 glommio::spawn_local(async move {
                     let port = listen_port(&core);
-                    serve(core, stream, None, port).await;
+                    serve(core, stream, None, false, port).await;
                 })
                 .detach();
             }
@@ -266,7 +271,10 @@ pub fn start(core: &Rc<Core>) -> Result<Option<String>, String> {
         };
         let core = core.clone();
         let url = url.clone();
-        glommio::spawn_local(async move { dial_loop(core, url, address, own_port).await }).detach();
+        glommio::spawn_local(async move {
+            dial_loop(core, url, address, own_port, Dial::Configured).await
+        })
+        .detach();
     }
     Ok(bound)
 }
@@ -275,9 +283,17 @@ fn listen_port(core: &Core) -> Option<u16> {
     core.routes.bound_port.get()
 }
 
-/// Dials a configured route every second until it is connected, and again after it drops;
-/// stops for good once it turns out to be this server.
-async fn dial_loop(core: Rc<Core>, url: String, address: String, own_port: Option<u16>) {
+/// How a route URL is dialled: a configured one every second until it is connected and again
+/// after it drops; an implicit one (learnt by gossip) once plus `connect_retries` more times,
+/// and again only when it lost a duplicate-route race.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dial {
+    Configured,
+    Implicit { retries: u64 },
+}
+
+/// Dials `url` as `how` says; stops for good once it turns out to be this server.
+async fn dial_loop(core: Rc<Core>, url: String, address: String, own_port: Option<u16>, how: Dial) {
     let mut attempt: u64 = 0;
     loop {
         if core.routes.to_self.borrow().contains(&url) {
@@ -288,22 +304,45 @@ async fn dial_loop(core: Rc<Core>, url: String, address: String, own_port: Optio
         match connected {
             Some(Ok(stream)) => {
                 attempt = 0;
-                let ended = serve(core.clone(), stream, Some(url.clone()), own_port).await;
-                if let Ended::Duplicate(remote) = &ended {
-                    // The peer dialled us too and that route won: dial again only once it
-                    // is gone.
-                    while core.routes.registered(remote) {
-                        glommio::timer::sleep(CONNECT_DELAY).await;
+                let configured = how == Dial::Configured;
+                let ended = serve(
+                    core.clone(),
+                    stream,
+                    Some(url.clone()),
+                    configured,
+                    own_port,
+                )
+                .await;
+                match &ended {
+                    Ended::Duplicate(remote) => {
+                        // The peer dialled us too and that route won: dial again only once
+                        // it is gone (both sides may have dropped opposite connections).
+                        while core.routes.registered(remote) {
+                            glommio::timer::sleep(CONNECT_DELAY).await;
+                        }
+                        let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+                        glommio::timer::sleep(jitter).await;
+                        continue;
                     }
-                }
-                if ended == Ended::ToSelf {
-                    core.routes.to_self.borrow_mut().push(url.clone());
-                    return;
+                    Ended::ToSelf => {
+                        core.routes.to_self.borrow_mut().push(url.clone());
+                        return;
+                    }
+                    Ended::Closed if !configured => return,
+                    Ended::Closed => {}
                 }
                 let jitter = Duration::from_millis(rand::random::<u64>() % 100);
                 glommio::timer::sleep(CONNECT_DELAY + jitter).await;
             }
             failed => {
+                if let Dial::Implicit { retries } = how {
+                    if attempt > retries {
+                        log::debug!(
+                            "Giving up on implicit route {url:?} after {attempt} attempt(s)"
+                        );
+                        return;
+                    }
+                }
                 if attempt == 1 || attempt.is_multiple_of(3600) {
                     let why = match failed {
                         Some(Err(e)) => e.to_string(),
@@ -317,6 +356,50 @@ async fn dial_loop(core: Rc<Core>, url: String, address: String, own_port: Optio
             }
         }
     }
+}
+
+/// An INFO about another server, forwarded by a route peer: dial it unless it is this
+/// server, already connected, being dialled, or one of the configured routes.
+fn implicit_route(core: &Rc<Core>, info: &serde_json::Value) {
+    let id = info["server_id"].as_str().unwrap_or_default();
+    if id.is_empty() || id == &*core.server_id || core.routes.registered(id) {
+        return;
+    }
+    let Some(url) = info["ip"].as_str().map(str::to_string) else {
+        return;
+    };
+    let Some((address, _)) = crate::util::url::route_address(&url) else {
+        return;
+    };
+    let configured = core.opts.cluster.as_ref().is_some_and(|c| {
+        c.routes.iter().any(|r| {
+            crate::util::url::route_address(r)
+                .is_some_and(|(a, _)| a.eq_ignore_ascii_case(&address))
+        })
+    });
+    if configured || !core.routes.dialling.borrow_mut().insert(id.to_string()) {
+        return;
+    }
+    let retries = core
+        .opts
+        .cluster
+        .as_ref()
+        .map_or(0, |c| u64::try_from(c.connect_retries).unwrap_or(0));
+    let own_port = core.routes.bound_port.get();
+    let core = core.clone();
+    let id = id.to_string();
+    glommio::spawn_local(async move {
+        dial_loop(
+            core.clone(),
+            url,
+            address,
+            own_port,
+            Dial::Implicit { retries },
+        )
+        .await;
+        core.routes.dialling.borrow_mut().remove(&id);
+    })
+    .detach();
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,6 +440,9 @@ fn route_info(core: &Core, port: Option<u16>) -> Vec<u8> {
     });
     if hub.name_is_dynamic.get() {
         info["cluster_dynamic"] = serde_json::Value::Bool(true);
+    }
+    if cluster.is_some_and(|c| c.advertise.is_some()) {
+        info["ip"] = serde_json::json!(format!("nats-route://{host}:{port}/"));
     }
     if !cluster.is_some_and(|c| c.no_advertise) {
         let client_host = if opts.host == "0.0.0.0" || opts.host.is_empty() {
@@ -401,6 +487,7 @@ async fn serve(
     core: Rc<Core>,
     stream: TcpStream,
     url: Option<String>,
+    configured: bool,
     own_port: Option<u16>,
 ) -> Ended {
     let peer = stream.peer_addr().ok();
@@ -418,7 +505,8 @@ async fn serve(
         remote_id: RefCell::new(String::new()),
         remote_name: RefCell::new(String::new()),
         solicited: url.is_some(),
-        configured_url: url.clone(),
+        configured_url: url.clone().filter(|_| configured),
+        info: RefCell::new(serde_json::Value::Null),
         started: std::time::SystemTime::now(),
         subs: RefCell::new(FxHashMap::default()),
         next_sid: Cell::new(1),
@@ -572,6 +660,8 @@ async fn read_loop(
                     *link.remote_id.borrow_mut() = remote_id.clone();
                     *link.remote_name.borrow_mut() =
                         v["server_name"].as_str().unwrap_or_default().to_string();
+                    *link.info.borrow_mut() = v.clone();
+                    gossip(core, link);
                     core.routes.links.borrow_mut().push(link.clone());
                     registered = true;
                     let all = core.routes.all_announced();
@@ -581,8 +671,14 @@ async fn read_loop(
                     log::info!("{who} - Route connection created");
                     log::debug!("{who} - Registering remote route {remote_id:?}");
                 }
-                // Gossip (implicit routes) and permission updates: not built yet.
-                RouteOp::Info(_) => {}
+                // An INFO about another server (gossip): an implicit route. Permission
+                // updates and lame-duck notices are not acted on yet.
+                RouteOp::Info(json) => {
+                    let v: serde_json::Value = serde_json::from_slice(&json).unwrap_or_default();
+                    if v["server_id"].as_str() != Some(link.remote_id.borrow().as_str()) {
+                        implicit_route(core, &v);
+                    }
+                }
                 RouteOp::SubAdd {
                     account,
                     subject,
@@ -674,6 +770,42 @@ async fn read_loop(
             Some(Ok(0)) | Some(Err(_)) => return (Ended::Closed, "Client Closed".into()),
             Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
+    }
+}
+
+/// Tells the other routes about a newly registered peer (its INFO, nonce removed, with the
+/// `ip` to dial it at), so that a server that listed one seed ends up in a full mesh.
+fn gossip(core: &Core, new: &RouteLink) {
+    let links = core.routes.links();
+    if links.is_empty() {
+        return;
+    }
+    let mut info = new.info.borrow().clone();
+    if let Some(o) = info.as_object_mut() {
+        o.remove("nonce");
+        let has_ip = o
+            .get("ip")
+            .and_then(|v| v.as_str())
+            .is_some_and(|s| !s.is_empty());
+        if !has_ip {
+            let ip = new
+                .conn
+                .peer
+                .get()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let port = o.get("port").and_then(|p| p.as_u64()).unwrap_or(0);
+            o.insert(
+                "ip".into(),
+                serde_json::json!(format!("nats-route://{ip}:{port}/")),
+            );
+        }
+    }
+    let mut out = b"INFO ".to_vec();
+    out.extend_from_slice(info.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for link in links {
+        link.conn.send(&out);
     }
 }
 
