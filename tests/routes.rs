@@ -473,3 +473,57 @@ fn a_mixed_cluster_meshes_by_gossip() {
     until_received(&mut pub_b, &mut on_c, "back");
     drop(a);
 }
+
+/// Client INFO lists the cluster's client URLs (this server's first, then the peers'); a
+/// client that spoke protocol 1 gets a new INFO when a peer goes, so it can fail over.
+#[test]
+fn clients_learn_the_cluster_urls() {
+    let (b_client, b_route, a_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let Some(b) = nats_server(b_client, b_route, &[]) else {
+        return;
+    };
+    let a = stanza_with_route(a_route, &[format!("nats-route://127.0.0.1:{b_route}")], &[]);
+    assert!(a.wait_for_log("Route connection created", Duration::from_secs(10)));
+    let fresh = RawClient::connect(a.port);
+    let urls: Vec<String> = fresh.info["connect_urls"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        urls,
+        vec![
+            format!("127.0.0.1:{}", a.port),
+            format!("127.0.0.1:{b_client}")
+        ],
+        "{:?}",
+        fresh.info
+    );
+    let mut watching = connected(a.port);
+    drop(b);
+    assert!(
+        a.wait_for_log("Router connection closed", Duration::from_secs(10)),
+        "{}",
+        a.log_text()
+    );
+    let _ = watching
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(10)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = watching.line();
+        if let Some(json) = line.strip_prefix("INFO ") {
+            let info: serde_json::Value = serde_json::from_str(json).expect("INFO json");
+            assert!(info.get("connect_urls").is_none(), "{info}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no INFO after the peer went");
+    }
+}

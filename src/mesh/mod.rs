@@ -53,6 +53,9 @@ pub enum MeshMsg {
     BarrierAck {
         id: u64,
     },
+    /// From the core that holds the routes: the client URLs of the whole cluster changed (a
+    /// route came or went); clients are told with an INFO.
+    ConnectUrls(Vec<String>),
     /// A message for the server-side handler of internal subjects (the streaming layer), which
     /// core NATS carries without knowing its type.
     Internal(Box<dyn std::any::Any + Send>),

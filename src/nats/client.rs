@@ -248,7 +248,7 @@ pub(crate) fn server_info(core: &Core, cid: u64, client_ip: String) -> wire::Ser
         client_ip,
         auth_required: core.auth.borrow().required(),
         tls_required: core.tls_acceptor().is_some(),
-        connect_urls: Vec::new(),
+        connect_urls: core.connect_urls.borrow().clone(),
         stanza_version: env!("CARGO_PKG_VERSION"),
         stanza_core: core.id,
         stanza_cores: core.ncores,

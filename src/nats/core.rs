@@ -432,6 +432,8 @@ pub struct Core {
     producing: Cell<Option<u64>>,
     /// Routes to other servers, on the core that holds them (`nats/route.rs`).
     pub routes: crate::nats::route::RouteHub,
+    /// The client URLs of the cluster (empty when standalone), sent in client INFO.
+    pub connect_urls: RefCell<Vec<String>>,
     stall_threshold: usize,
     /// The last subject routed and what it matched: publishers mostly repeat one subject.
     last_route: RefCell<Option<RouteMemo>>,
@@ -474,6 +476,7 @@ impl Core {
             stalled: RefCell::new(Vec::new()),
             producing: Cell::new(None),
             routes: crate::nats::route::RouteHub::default(),
+            connect_urls: RefCell::new(Vec::new()),
             stall_threshold: (opts_max_pending / 2).clamp(1, MAX_STALL_THRESHOLD),
             last_route: RefCell::new(None),
             barriers: RefCell::new(FxHashMap::default()),
@@ -971,6 +974,28 @@ impl Core {
         true
     }
 
+    /// The cluster's client URLs changed: clients that speak protocol 1 and finished their
+    /// CONNECT get an INFO with the new list (they fail over with it).
+    pub fn set_connect_urls(&self, urls: Vec<String>) {
+        if *self.connect_urls.borrow() == urls {
+            return;
+        }
+        *self.connect_urls.borrow_mut() = urls;
+        let conns: Vec<Rc<ClientConn>> = self.conns.borrow().values().cloned().collect();
+        for conn in conns {
+            if conn.route.get() || !conn.connected.get() || conn.opts.borrow().protocol < 1 {
+                continue;
+            }
+            let ip = conn
+                .peer
+                .get()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let info = crate::nats::client::server_info(self, conn.cid, ip);
+            conn.send_info(&info);
+        }
+    }
+
     /// This server's own interest in exactly `subject` (and `queue`), for its routes: its
     /// subscriptions on this core that are not a route's, plus the other cores that have some.
     pub fn own_interest(&self, subject: &[u8], queue: Option<&Bytes>) -> u32 {
@@ -1110,6 +1135,7 @@ impl Core {
                 self.outbox.push(from, MeshMsg::InterestAck { epoch });
             }
             MeshMsg::InterestAck { epoch } => self.sync.record_ack(from, epoch),
+            MeshMsg::ConnectUrls(urls) => self.set_connect_urls(urls),
             MeshMsg::Internal(m) => {
                 if let Some(h) = self.internal_handler() {
                     h.on_mesh(from, m);

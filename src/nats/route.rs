@@ -12,7 +12,8 @@
 //! (queue weights are the number of this server's member subscriptions and cores),
 //! RMSG/HMSG both ways, PING/PONG with the stale check, gossip (a new peer's INFO forwarded to
 //! the other routes, which dial it as an implicit route). Not built yet (the configuration
-//! refuses what asks for them): route TLS and credentials; nor `connect_urls` in client INFO.
+//! refuses what asks for them): route TLS and credentials. Client INFO carries the cluster's
+//! `connect_urls`, re-sent when a route comes or goes.
 
 use crate::nats::core::{ClientConn, CloseReason, Core, Handled, LocalSub, MsgRef};
 use crate::nats::route_proto::{self, RouteOp};
@@ -445,16 +446,7 @@ fn route_info(core: &Core, port: Option<u16>) -> Vec<u8> {
         info["ip"] = serde_json::json!(format!("nats-route://{host}:{port}/"));
     }
     if !cluster.is_some_and(|c| c.no_advertise) {
-        let client_host = if opts.host == "0.0.0.0" || opts.host.is_empty() {
-            "127.0.0.1".to_string()
-        } else {
-            opts.host.clone()
-        };
-        let url = opts
-            .client_advertise
-            .clone()
-            .unwrap_or_else(|| format!("{client_host}:{}", opts.port));
-        info["connect_urls"] = serde_json::json!([url]);
+        info["connect_urls"] = serde_json::json!(own_client_urls(core));
     }
     let mut out = b"INFO ".to_vec();
     out.extend_from_slice(info.to_string().as_bytes());
@@ -544,6 +536,9 @@ async fn serve(
         .links
         .borrow_mut()
         .retain(|l| !Rc::ptr_eq(l, &link));
+    if was_registered {
+        refresh_connect_urls(&core);
+    }
     let reason = match &ended {
         (Ended::Duplicate(_), _) => "Duplicate Route".to_string(),
         (Ended::ToSelf, _) => "Duplicate Route".to_string(),
@@ -669,6 +664,7 @@ async fn read_loop(
                         conn.send(&all);
                     }
                     log::info!("{who} - Route connection created");
+                    refresh_connect_urls(core);
                     log::debug!("{who} - Registering remote route {remote_id:?}");
                 }
                 // An INFO about another server (gossip): an implicit route. Permission
@@ -771,6 +767,37 @@ async fn read_loop(
             Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+fn own_client_urls(core: &Core) -> Vec<String> {
+    let o = &core.opts;
+    crate::util::url::client_urls(&o.host, o.port, o.client_advertise.as_deref())
+}
+
+/// Recomputes the cluster's client URLs (this server's first, then each peer's, unless
+/// `no_advertise`) after a route came or went, and hands them to every core.
+fn refresh_connect_urls(core: &Core) {
+    let no_advertise = core.opts.cluster.as_ref().is_some_and(|c| c.no_advertise);
+    let links = core.routes.links();
+    let urls = if no_advertise || links.is_empty() {
+        Vec::new()
+    } else {
+        let mut urls = own_client_urls(core);
+        for link in &links {
+            let info = link.info.borrow();
+            for u in info["connect_urls"].as_array().into_iter().flatten() {
+                if let Some(u) = u.as_str().filter(|u| !urls.iter().any(|x| x == u)) {
+                    urls.push(u.to_string());
+                }
+            }
+        }
+        urls
+    };
+    for peer in core.outbox.peers() {
+        core.outbox
+            .push(peer, crate::mesh::MeshMsg::ConnectUrls(urls.clone()));
+    }
+    core.set_connect_urls(urls);
 }
 
 /// Tells the other routes about a newly registered peer (its INFO, nonce removed, with the

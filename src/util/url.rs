@@ -22,6 +22,67 @@ pub fn route_address(url: &str) -> Option<(String, bool)> {
     Some((format!("{host}:{port}"), creds))
 }
 
+/// The addresses clients can reach this server at (nats-server's rule): `client_advertise`
+/// when set; for a wildcard host every global unicast address of the machine's interfaces
+/// (no loopback, no link-local), IPv6 in brackets; else the host itself.
+pub fn client_urls(host: &str, port: u16, advertise: Option<&str>) -> Vec<String> {
+    if let Some(a) = advertise {
+        return vec![a.to_string()];
+    }
+    if host != "0.0.0.0" && host != "::" && !host.is_empty() {
+        return vec![format!("{host}:{port}")];
+    }
+    interface_addresses()
+        .into_iter()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .filter(|ip| match ip {
+            std::net::IpAddr::V4(v4) => !v4.is_link_local(),
+            std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+        })
+        .map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        })
+        .collect()
+}
+
+/// The IP addresses of the machine's interfaces.
+fn interface_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list it allocates; it is walked only while
+    // valid and freed once with freeifaddrs below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return out;
+    }
+    let mut at = list;
+    while !at.is_null() {
+        // SAFETY: `at` is a node of the list getifaddrs returned (not freed yet).
+        let entry = unsafe { &*at };
+        if !entry.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family says which struct it is.
+            let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: an AF_INET address is a sockaddr_in.
+                let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+                out.push(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                    u32::from_be(sin.sin_addr.s_addr),
+                )));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                let sin6 = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in6) };
+                out.push(std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                    sin6.sin6_addr.s6_addr,
+                )));
+            }
+        }
+        at = entry.ifa_next;
+    }
+    // SAFETY: frees the list getifaddrs allocated, once.
+    unsafe { libc::freeifaddrs(list) };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +103,17 @@ mod tests {
         );
         assert_eq!(route_address("nats-route://:6222"), None);
         assert_eq!(route_address("nats-route://host"), None);
+    }
+
+    #[test]
+    fn client_url_rules() {
+        assert_eq!(client_urls("10.1.2.3", 4222, None), vec!["10.1.2.3:4222"]);
+        assert_eq!(
+            client_urls("0.0.0.0", 4222, Some("nats.example:4222")),
+            vec!["nats.example:4222"]
+        );
+        for url in client_urls("0.0.0.0", 4222, None) {
+            assert!(!url.starts_with("127.") && url.ends_with(":4222"), "{url}");
+        }
     }
 }
