@@ -337,30 +337,106 @@ fn a_stan_client_on_the_other_node_is_served_across_the_route() {
     }
 }
 
-/// What routes do not have yet is refused at start-up, naming the key: route TLS, route
-/// credentials (in the cluster authorization or a route URL), routes with `-ns`.
+/// What routes do not have yet is refused at start-up, naming the key (route TLS), and what
+/// nats-server refuses in route authorization is refused with its text.
 #[test]
 fn route_features_not_built_yet_are_refused() {
     let dir = common::TempDir::new("route-refusals");
-    for (body, key) in [
+    for (body, expected) in [
         (
             "cluster { listen: \"127.0.0.1:-1\", tls { cert_file: a, key_file: b } }\nstreaming {}\n",
             "'cluster.tls'",
         ),
         (
-            "cluster { listen: \"127.0.0.1:-1\", authorization { user: u, password: p } }\nstreaming {}\n",
-            "'cluster.authorization'",
-        ),
-        (
-            "cluster { listen: \"127.0.0.1:-1\", routes: [\"nats-route://u:p@127.0.0.1:4248\"] }\nstreaming {}\n",
-            "'cluster.routes'",
+            "cluster { listen: \"127.0.0.1:-1\", authorization { token: t } }\nstreaming {}\n",
+            "Cluster authorization does not support tokens",
         ),
     ] {
         let path = dir.0.join("routes.conf");
         std::fs::write(&path, body).expect("write config");
         let err = common::fails_cleanly(&["-c", path.to_str().expect("utf-8")]);
-        assert!(err.contains(key) && err.contains("not available"), "{key}: {err}");
+        assert!(err.contains(expected), "{expected}: {err}");
     }
+}
+
+/// Route credentials: stanza accepts a route presenting its cluster user and password and
+/// refuses one with the wrong password (nats-server's error; the server keeps serving), and
+/// presents the credentials of a route URL to a nats-server that requires them.
+#[test]
+fn route_credentials() {
+    let (b_client, b_route, a_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let config = format!(
+        "cluster {{\n  name: routes-test\n  listen: \"127.0.0.1:{a_route}\"\n  authorization {{ user: ru, password: rp }}\n}}\nstreaming {{}}\n"
+    );
+    let a = Server::start_with_config(Some(&config), &["--cores", "2"]);
+    {
+        let Some(b) = nats_server(
+            b_client,
+            b_route,
+            &[format!("nats-route://ru:wrong@127.0.0.1:{a_route}")],
+        ) else {
+            return;
+        };
+        assert!(
+            a.wait_for_log("authentication error", Duration::from_secs(10)),
+            "{}",
+            a.log_text()
+        );
+        assert_eq!(num_routes(b.monitor), 0);
+        connected(a.port).ping_pong();
+    }
+    let b_client = common::free_port();
+    let b_route = common::free_port();
+    let Some(b) = nats_server(
+        b_client,
+        b_route,
+        &[format!("nats-route://ru:rp@127.0.0.1:{a_route}")],
+    ) else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.log_text().matches("Route connection created").count() < 1 {
+        assert!(Instant::now() < deadline, "{}", a.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut on_b = connected(b.client);
+    on_b.send(b"SUB creds 1\r\n");
+    on_b.ping_pong();
+    let mut pub_a = connected(a.port);
+    until_received(&mut pub_a, &mut on_b, "creds");
+
+    // stanza dials a nats-server whose cluster requires a user.
+    let (c_client, c_route, d_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let mut cmd = Command::new("nats-server");
+    cmd.args(["-a", "127.0.0.1", "-p", &c_client.to_string()])
+        .args(["--cluster_name", "routes-test"])
+        .args(["--cluster", &format!("nats://cu:cp@127.0.0.1:{c_route}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let c = NatsServer {
+        child: cmd.spawn().expect("nats-server"),
+        client: c_client,
+        monitor: 0,
+    };
+    let d = stanza_with_route(
+        d_route,
+        &[format!("nats-route://cu:cp@127.0.0.1:{c_route}")],
+        &[],
+    );
+    assert!(
+        d.wait_for_log("Route connection created", Duration::from_secs(10)),
+        "{}",
+        d.log_text()
+    );
+    let _ = c.client;
 }
 
 fn stanza_node(route: u16, seed: Option<u16>) -> (Server, u16) {

@@ -53,29 +53,13 @@ pub fn unbuilt_features(o: &Options) -> Vec<Unbuilt> {
             out.push(Unbuilt { keys, flags, what });
         }
     };
-    // NATS routes are built without TLS, route credentials and pooling.
+    // NATS routes are built without TLS and pooling.
     let cluster = o.cluster.as_ref();
     note(
         cluster.is_some_and(|c| c.tls.is_some()),
         &["cluster.tls"],
         "--cluster",
         "TLS on routes",
-    );
-    note(
-        cluster.is_some_and(|c| {
-            c.authorization.user.is_some()
-                || c.authorization.password.is_some()
-                || c.authorization.token.is_some()
-                || c.routes
-                    .iter()
-                    .any(|r| crate::util::url::route_address(r).is_some_and(|(_, creds)| creds))
-                || c.listen.as_deref().is_some_and(|l| {
-                    crate::util::url::route_address(l).is_some_and(|(_, creds)| creds)
-                })
-        }),
-        &["cluster.authorization", "cluster.routes", "cluster.listen"],
-        "--cluster / --routes",
-        "route credentials",
     );
     note(
         cluster.is_some() && s.nats_server.is_some(),

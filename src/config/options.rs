@@ -255,6 +255,17 @@ impl Options {
     /// Checks relations between options that no single key can check, with the reference's
     /// messages where it has one.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(c) = &self.cluster {
+            // nats-server's errors for what route authorization cannot have.
+            if c.authorization.token.is_some() {
+                return Err(invalid("Cluster authorization does not support tokens"));
+            }
+            if !c.authorization.users.is_empty() {
+                return Err(invalid(
+                    "Cluster authorization does not allow multiple users",
+                ));
+            }
+        }
         if self.max_payload == 0 {
             return Err(invalid("max_payload must be positive"));
         }

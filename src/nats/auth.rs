@@ -55,7 +55,7 @@ fn is_bcrypt(configured: &str) -> bool {
 }
 
 /// A configured secret (plain or bcrypt hash) against what the client sent.
-fn secret_matches(configured: &str, given: &str) -> bool {
+pub fn secret_matches(configured: &str, given: &str) -> bool {
     if is_bcrypt(configured) {
         return bcrypt::verify(given, configured).unwrap_or(false);
     }

@@ -12,7 +12,8 @@
 //! (queue weights are the number of this server's member subscriptions and cores),
 //! RMSG/HMSG both ways, PING/PONG with the stale check, gossip (a new peer's INFO forwarded to
 //! the other routes, which dial it as an implicit route). Not built yet (the configuration
-//! refuses what asks for them): route TLS and credentials. Client INFO carries the cluster's
+//! refuses what asks for them): route TLS. Route credentials (`authorization { user,
+//! password }`, `user:pass@` in route URLs) are checked and presented. Client INFO carries the cluster's
 //! `connect_urls`, re-sent when a route comes or goes.
 
 use crate::nats::core::{ClientConn, CloseReason, Core, Handled, LocalSub, MsgRef};
@@ -439,6 +440,9 @@ fn route_info(core: &Core, port: Option<u16>) -> Vec<u8> {
         "max_payload": opts.max_payload,
         "cluster": hub.cluster_name(),
     });
+    if cluster.is_some_and(|c| c.authorization.user.is_some()) {
+        info["auth_required"] = serde_json::Value::Bool(true);
+    }
     if hub.name_is_dynamic.get() {
         info["cluster_dynamic"] = serde_json::Value::Bool(true);
     }
@@ -454,7 +458,24 @@ fn route_info(core: &Core, port: Option<u16>) -> Vec<u8> {
     out
 }
 
-fn route_connect(core: &Core) -> Vec<u8> {
+/// The credentials a dialled route presents: those of its URL, else (a route learnt by gossip)
+/// this server's own cluster user.
+fn credentials(core: &Core, url: Option<&str>) -> Option<(String, String)> {
+    if let Some(userinfo) = url
+        .and_then(|u| u.split_once("://").map(|(_, r)| r))
+        .and_then(|r| r.rsplit_once('@').map(|(c, _)| c))
+    {
+        let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        return Some((user.to_string(), pass.to_string()));
+    }
+    let auth = &core.opts.cluster.as_ref()?.authorization;
+    Some((
+        auth.user.clone()?,
+        auth.password.clone().unwrap_or_default(),
+    ))
+}
+
+fn route_connect(core: &Core, url: Option<&str>) -> Vec<u8> {
     let hub = &core.routes;
     let mut connect = serde_json::json!({
         "echo": true,
@@ -467,6 +488,10 @@ fn route_connect(core: &Core) -> Vec<u8> {
     });
     if hub.name_is_dynamic.get() {
         connect["cluster_dynamic"] = serde_json::Value::Bool(true);
+    }
+    if let Some((user, pass)) = credentials(core, url) {
+        connect["user"] = serde_json::json!(user);
+        connect["pass"] = serde_json::json!(pass);
     }
     let mut out = b"CONNECT ".to_vec();
     out.extend_from_slice(connect.to_string().as_bytes());
@@ -516,7 +541,7 @@ async fn serve(
         fd,
     ));
     if url.is_some() {
-        conn.send(&route_connect(&core));
+        conn.send(&route_connect(&core, url.as_deref()));
     }
     conn.send(&route_info(&core, own_port));
     let pinger = glommio::spawn_local(ping_loop(conn.clone()));
@@ -609,6 +634,11 @@ async fn read_loop(
                     if v.get("lang").is_some() {
                         conn.send(b"-ERR 'attempted to connect to route port'\r\n");
                         return (Ended::Closed, "Incorrect Port".into());
+                    }
+                    if !route_authorized(core, &v) {
+                        log::error!("{who} - authentication error");
+                        conn.send(b"-ERR 'Authorization Violation'\r\n");
+                        return (Ended::Closed, "Authentication Failure".into());
                     }
                     got_connect = true;
                 }
@@ -798,6 +828,20 @@ fn refresh_connect_urls(core: &Core) {
             .push(peer, crate::mesh::MeshMsg::ConnectUrls(urls.clone()));
     }
     core.set_connect_urls(urls);
+}
+
+/// An accepted route's CONNECT against the cluster's user (none configured: no check).
+fn route_authorized(core: &Core, connect: &serde_json::Value) -> bool {
+    let Some(auth) = core.opts.cluster.as_ref().map(|c| &c.authorization) else {
+        return true;
+    };
+    let Some(user) = &auth.user else {
+        return true;
+    };
+    let given_user = connect["user"].as_str().unwrap_or_default();
+    let given_pass = connect["pass"].as_str().unwrap_or_default();
+    given_user == user
+        && crate::nats::auth::secret_matches(auth.password.as_deref().unwrap_or(""), given_pass)
 }
 
 /// Tells the other routes about a newly registered peer (its INFO, nonce removed, with the
