@@ -337,15 +337,15 @@ fn a_stan_client_on_the_other_node_is_served_across_the_route() {
     }
 }
 
-/// What routes do not have yet is refused at start-up, naming the key (route TLS), and what
-/// nats-server refuses in route authorization is refused with its text.
+/// What nats-server refuses in route authorization is refused with its text; routes with an
+/// external NATS server (`-ns`) are refused naming the key.
 #[test]
 fn route_features_not_built_yet_are_refused() {
     let dir = common::TempDir::new("route-refusals");
     for (body, expected) in [
         (
-            "cluster { listen: \"127.0.0.1:-1\", tls { cert_file: a, key_file: b } }\nstreaming {}\n",
-            "'cluster.tls'",
+            "cluster { listen: \"127.0.0.1:-1\" }\nstreaming { ns: \"nats://127.0.0.1:4222\" }\n",
+            "'cluster'",
         ),
         (
             "cluster { listen: \"127.0.0.1:-1\", authorization { token: t } }\nstreaming {}\n",
@@ -602,4 +602,129 @@ fn clients_learn_the_cluster_urls() {
         }
         assert!(Instant::now() < deadline, "no INFO after the peer went");
     }
+}
+
+fn tls_block(certs: &common::Certs) -> String {
+    format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: true, timeout: 2 }}",
+        certs.path("server-cert.pem"),
+        certs.path("server-key.pem"),
+        certs.path("ca.pem")
+    )
+}
+
+/// A nats-server with a TLS cluster port, from a config file.
+fn tls_nats_server(
+    certs: &common::Certs,
+    client: u16,
+    route: u16,
+    routes: &[String],
+) -> Option<NatsServer> {
+    if !common::available("Debian's nats-server", "nats-server", &["--version"]) {
+        return None;
+    }
+    let monitor = common::free_port();
+    let list: Vec<String> = routes.iter().map(|r| format!("\"{r}\"")).collect();
+    let config = format!(
+        "listen: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{monitor}\"\ncluster {{\n  name: routes-test\n  listen: \"127.0.0.1:{route}\"\n  {}\n  routes: [{}]\n}}\n",
+        tls_block(certs),
+        list.join(", ")
+    );
+    let path = certs.dir.0.join(format!("nats-{client}.conf"));
+    std::fs::write(&path, config).expect("write nats-server config");
+    let child = Command::new("nats-server")
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server");
+    let server = NatsServer {
+        child,
+        client,
+        monitor,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(server)
+}
+
+/// TLS routes with verification both ways, stanza dialling and accepting, against a
+/// nats-server with a TLS cluster port; a plain route to the TLS-only port is refused and the
+/// server keeps serving.
+#[test]
+fn tls_routes_with_verification() {
+    let certs = common::make_certs();
+    let (a_route, b_client, b_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let config = format!(
+        "cluster {{\n  name: routes-test\n  listen: \"127.0.0.1:{a_route}\"\n  {}\n}}\nstreaming {{}}\n",
+        tls_block(&certs)
+    );
+    let a = Server::start_with_config(Some(&config), &["--cores", "2"]);
+    let Some(b) = tls_nats_server(
+        &certs,
+        b_client,
+        b_route,
+        &[format!("nats-route://127.0.0.1:{a_route}")],
+    ) else {
+        return;
+    };
+    assert!(
+        a.wait_for_log("Route connection created", Duration::from_secs(10)),
+        "{}",
+        a.log_text()
+    );
+    let mut on_b = connected(b.client);
+    on_b.send(b"SUB secure 1\r\n");
+    on_b.ping_pong();
+    let mut pub_a = connected(a.port);
+    until_received(&mut pub_a, &mut on_b, "secure");
+
+    // A plain nats-server dialling the TLS-only route port is refused.
+    let (c_client, c_route) = (common::free_port(), common::free_port());
+    let Some(_c) = nats_server(
+        c_client,
+        c_route,
+        &[format!("nats-route://127.0.0.1:{a_route}")],
+    ) else {
+        return;
+    };
+    assert!(
+        a.wait_for_log("TLS route handshake error", Duration::from_secs(10)),
+        "{}",
+        a.log_text()
+    );
+    connected(a.port).ping_pong();
+
+    // stanza dials a TLS nats-server.
+    let (d_route, e_client, e_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let Some(e) = tls_nats_server(&certs, e_client, e_route, &[]) else {
+        return;
+    };
+    let config = format!(
+        "cluster {{\n  name: routes-test\n  listen: \"127.0.0.1:{d_route}\"\n  {}\n  routes: [\"nats-route://127.0.0.1:{e_route}\"]\n}}\nstreaming {{}}\n",
+        tls_block(&certs)
+    );
+    let d = Server::start_with_config(Some(&config), &["--cores", "2"]);
+    assert!(
+        d.wait_for_log("Route connection created", Duration::from_secs(10)),
+        "{}",
+        d.log_text()
+    );
+    let mut on_d = connected(d.port);
+    on_d.send(b"SUB secure.back 1\r\n");
+    on_d.ping_pong();
+    let mut pub_e = connected(e.client);
+    until_received(&mut pub_e, &mut on_d, "secure.back");
 }

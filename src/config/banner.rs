@@ -53,14 +53,8 @@ pub fn unbuilt_features(o: &Options) -> Vec<Unbuilt> {
             out.push(Unbuilt { keys, flags, what });
         }
     };
-    // NATS routes are built without TLS and pooling.
+    // NATS routes are built (not with an external NATS server).
     let cluster = o.cluster.as_ref();
-    note(
-        cluster.is_some_and(|c| c.tls.is_some()),
-        &["cluster.tls"],
-        "--cluster",
-        "TLS on routes",
-    );
     note(
         cluster.is_some() && s.nats_server.is_some(),
         &["cluster"],

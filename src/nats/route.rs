@@ -6,15 +6,13 @@
 //! `RS-`) is its own interest: subscriptions of its clients on every core and the streaming
 //! server's subjects, never what it learnt from a route (one hop, full mesh).
 //!
-//! Built: plain routes (no TLS, no route credentials), the listener and explicit routes
-//! (dialled every second until connected, again after a drop), INFO/CONNECT, the cluster name
-//! rule, a route to itself dropped and not dialled again, duplicate routes closed, RS+/RS-
-//! (queue weights are the number of this server's member subscriptions and cores),
-//! RMSG/HMSG both ways, PING/PONG with the stale check, gossip (a new peer's INFO forwarded to
-//! the other routes, which dial it as an implicit route). Not built yet (the configuration
-//! refuses what asks for them): route TLS. Route credentials (`authorization { user,
-//! password }`, `user:pass@` in route URLs) are checked and presented. Client INFO carries the cluster's
-//! `connect_urls`, re-sent when a route comes or goes.
+//! Built: the listener and configured routes (dialled every second until connected, again
+//! after a drop), TLS first with the peer's certificate verified both ways, route credentials
+//! checked and presented, INFO/CONNECT, the cluster name rule, a route to itself dropped and
+//! not dialled again, duplicate routes closed, gossip (a new peer's INFO forwarded to the
+//! other routes, which dial it as an implicit route), RS+/RS- (queue weights are the number of
+//! this server's member subscriptions and cores), RMSG/HMSG both ways, PING/PONG with the stale
+//! check, and the cluster's `connect_urls` in client INFO. Not yet: route permissions, pooling.
 
 use crate::nats::core::{ClientConn, CloseReason, Core, Handled, LocalSub, MsgRef};
 use crate::nats::route_proto::{self, RouteOp};
@@ -59,7 +57,66 @@ pub struct RouteHub {
     to_self: RefCell<Vec<String>>,
     /// Servers learnt by gossip that a dialler is working on.
     dialling: RefCell<std::collections::HashSet<String>>,
+    /// Route TLS (`cluster { tls {} }`): both sides verify the other's certificate.
+    tls: RefCell<Option<RouteTls>>,
     wake: Notify,
+}
+
+/// The TLS configurations of routes: accepting (client certificates required) and dialling
+/// (the route's certificate presented), and the handshake's time limit.
+#[derive(Clone)]
+struct RouteTls {
+    accept: futures_rustls::TlsAcceptor,
+    dial: futures_rustls::TlsConnector,
+    timeout: Duration,
+}
+
+impl RouteTls {
+    fn from_config(tls: &crate::config::options::TlsConfig) -> Result<RouteTls, String> {
+        // nats-server forces verification of the peer's certificate on routes, both ways,
+        // with `ca_file` as the root and client CA pool.
+        let mut verified = tls.clone();
+        verified.verify = true;
+        let accept =
+            crate::nats::tls::server_config(&verified).map_err(|e| format!("cluster tls: {e}"))?;
+        let ca = tls
+            .ca_file
+            .as_deref()
+            .ok_or_else(|| "cluster tls: 'ca_file' is needed to verify route peers".to_string())?;
+        let dial = crate::nats::tls::client_config(
+            &[ca],
+            tls.cert_file.as_deref(),
+            tls.key_file.as_deref(),
+            false,
+        )
+        .map_err(|e| format!("cluster tls: {e}"))?;
+        Ok(RouteTls {
+            accept: futures_rustls::TlsAcceptor::from(accept),
+            dial: futures_rustls::TlsConnector::from(dial),
+            timeout: tls.timeout.unwrap_or(Duration::from_secs(2)),
+        })
+    }
+}
+
+/// The name a dialled route's certificate must carry: the URL's host or, when that is an IP
+/// address, the first host name among the configured routes (as nats-server picks it).
+fn tls_server_name(core: &Core, address: &str) -> String {
+    let host = address
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(address)
+        .trim_matches(|c| c == '[' || c == ']');
+    if host.parse::<std::net::IpAddr>().is_err() {
+        return host.to_string();
+    }
+    core.opts
+        .cluster
+        .iter()
+        .flat_map(|c| c.routes.iter())
+        .filter_map(|r| crate::util::url::route_address(r))
+        .filter_map(|(a, _)| a.rsplit_once(':').map(|(h, _)| h.to_string()))
+        .find(|h| h.parse::<std::net::IpAddr>().is_err())
+        .unwrap_or_else(|| host.to_string())
 }
 
 /// One route connection.
@@ -219,6 +276,9 @@ pub fn start(core: &Rc<Core>) -> Result<Option<String>, String> {
         }
     }
     log::info!("Cluster name is {}", hub.cluster_name.borrow());
+    if let Some(tls) = &cluster.tls {
+        *hub.tls.borrow_mut() = Some(RouteTls::from_config(tls)?);
+    }
     hub.enabled.set(true);
     // What this server's clients already subscribe to (and the streaming subjects).
     for key in core.own_interest_keys() {
@@ -443,6 +503,10 @@ fn route_info(core: &Core, port: Option<u16>) -> Vec<u8> {
     if cluster.is_some_and(|c| c.authorization.user.is_some()) {
         info["auth_required"] = serde_json::Value::Bool(true);
     }
+    if hub.tls.borrow().is_some() {
+        info["tls_required"] = serde_json::Value::Bool(true);
+        info["tls_verify"] = serde_json::Value::Bool(true);
+    }
     if hub.name_is_dynamic.get() {
         info["cluster_dynamic"] = serde_json::Value::Bool(true);
     }
@@ -481,7 +545,7 @@ fn route_connect(core: &Core, url: Option<&str>) -> Vec<u8> {
         "echo": true,
         "verbose": false,
         "pedantic": false,
-        "tls_required": false,
+        "tls_required": hub.tls.borrow().is_some(),
         "headers": true,
         "name": &*core.server_id,
         "cluster": hub.cluster_name(),
@@ -533,7 +597,51 @@ async fn serve(
         peer.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
         conn.cid
     );
-    let shared = SharedStream::new(Transport::Plain(stream));
+    let tls = core.routes.tls.borrow().clone();
+    let transport = match tls {
+        None => Transport::Plain(stream),
+        // TLS first, both ways, before anything is sent in the clear.
+        Some(tls) => {
+            let handshake = async {
+                match &url {
+                    Some(u) => {
+                        let address = crate::util::url::route_address(u)
+                            .map(|(a, _)| a)
+                            .unwrap_or_default();
+                        let name = tls_server_name(&core, &address);
+                        let server_name =
+                            crate::nats::tls::server_name(&name).map_err(|e| e.to_string())?;
+                        tls.dial
+                            .connect(server_name, stream)
+                            .await
+                            .map(|s| Transport::TlsClient(Box::new(s)))
+                            .map_err(|e| e.to_string())
+                    }
+                    None => tls
+                        .accept
+                        .accept(stream)
+                        .await
+                        .map(|s| Transport::TlsServer(Box::new(s)))
+                        .map_err(|e| e.to_string()),
+                }
+            };
+            match within(tls.timeout, handshake).await {
+                Some(Ok(t)) => t,
+                failed => {
+                    let why = match failed {
+                        Some(Err(e)) => e,
+                        _ => "timeout".to_string(),
+                    };
+                    log::error!(
+                        "{} - TLS route handshake error: {why}",
+                        peer.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+                    );
+                    return Ended::Closed;
+                }
+            }
+        }
+    };
+    let shared = SharedStream::new(transport);
     let writer = glommio::spawn_local(crate::nats::client::write_loop(
         core.clone(),
         conn.clone(),
