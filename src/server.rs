@@ -434,6 +434,10 @@ async fn run_core(
     }
     if id == 0 && opts.streaming.nats_server.is_none() {
         crate::nats::route::start(&core).map_err(|msg| ServerError::Core { core: id, msg })?;
+        streaming
+            .refuse_if_served_elsewhere()
+            .await
+            .map_err(|msg| ServerError::Core { core: id, msg })?;
     }
     if id == 0 {
         let monitor_tls = match &opts.tls {

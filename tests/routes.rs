@@ -728,3 +728,35 @@ fn tls_routes_with_verification() {
     let mut pub_e = connected(e.client);
     until_received(&mut pub_e, &mut on_d, "secure.back");
 }
+
+/// Two streaming servers with the same cluster ID on one routed cluster: the second refuses to
+/// start with the reference's message; one with another cluster ID starts.
+#[test]
+fn a_second_streaming_server_with_the_same_cluster_id_refuses_to_start() {
+    let (a_route, b_route) = (common::free_port(), common::free_port());
+    let a = stanza_with_route(a_route, &[], &[]);
+    let dir = common::TempDir::new("second-server");
+    let config = |cid: &str| {
+        format!(
+            "cluster {{\n  name: routes-test\n  listen: \"127.0.0.1:{b_route}\"\n  routes: [\"nats-route://127.0.0.1:{a_route}\"]\n}}\nstreaming {{ cluster_id: {cid} }}\n"
+        )
+    };
+    let path = dir.0.join("b.conf");
+    std::fs::write(&path, config("test-cluster")).expect("write");
+    let port = common::free_port().to_string();
+    let err = common::fails_cleanly(&[
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-c",
+        path.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        err.contains("discovered another streaming server with cluster ID \"test-cluster\""),
+        "{err}"
+    );
+    connected(a.port).ping_pong();
+    let other = Server::start_with_config(Some(&config("other-cluster")), &["--cores", "2"]);
+    connected(other.port).ping_pong();
+}

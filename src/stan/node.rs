@@ -767,6 +767,32 @@ impl Node {
         Ok(())
     }
 
+    /// On a routed cluster (core 0, once the configured routes are up or 2 s passed): the
+    /// standalone check across the routes, so that a second streaming server with the same
+    /// cluster ID refuses to start, as it does with `-ns`.
+    pub async fn refuse_if_served_elsewhere(&self) -> Result<(), String> {
+        let configured = self.opts.cluster.as_ref().map_or(0, |c| c.routes.len());
+        if configured == 0 && self.opts.cluster.is_none() {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while self.core.routes.links().len() < configured && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        if self.core.routes.links().is_empty() {
+            return Ok(());
+        }
+        // Let the peers apply our interest (and we theirs) before asking.
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        if self.another_server_answers().await {
+            return Err(format!(
+                "discovered another streaming server with cluster ID {:?}",
+                self.subjects.cluster_id
+            ));
+        }
+        Ok(())
+    }
+
     /// The reference's standalone check: a connect request for our own cluster ID on the
     /// discover subject; any answer means another server serves it.
     async fn another_server_answers(&self) -> bool {
