@@ -445,7 +445,12 @@ fn stanza_node(route: u16, seed: Option<u16>) -> (Server, u16) {
         .map(|p| vec![format!("nats-route://127.0.0.1:{p}")])
         .unwrap_or_default();
     let m = monitor.to_string();
-    (stanza_with_route(route, &routes, &["-m", &m]), monitor)
+    // One streaming server per cluster ID on a routed cluster: each node serves its own.
+    let cid = format!("node-{route}");
+    (
+        stanza_with_route(route, &routes, &["-m", &m, "-cid", &cid]),
+        monitor,
+    )
 }
 
 fn num_routes(monitor: u16) -> u64 {
