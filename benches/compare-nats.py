@@ -7,6 +7,8 @@ freshly started server; the table shows medians, the ratio, and each server's CP
 per million published messages (from /proc/PID/stat before and after the run).
 
     python3 benches/compare-nats.py [--repeat 3] [--msgs 1000000] [--cores 2]
+    python3 benches/compare-nats.py --cluster    # two routed nodes: publishers on one,
+                                                 # the subscriber on the other
 
 Not a test: figures depend on the machine; nothing is asserted.
 """
@@ -43,36 +45,63 @@ SCENARIOS = [
 
 
 
+CLUSTER_SCENARIOS = [
+    ("2 nodes, pub+sub, 16 B, 1 pub", 1, 1, 16),
+    ("2 nodes, pub+sub, 128 B, 1 pub", 1, 1, 128),
+    ("2 nodes, pub+sub, 16 B, 4 pubs", 4, 1, 16),
+    ("2 nodes, pub+sub, 128 B, 4 pubs", 4, 1, 128),
+]
+
 STANZA_EXTRA = []
 
 
-def start(kind, port, cores):
+def start(kind, port, cores, cluster=None):
+    """`cluster`: (own route port, seed route port or None, node name) for a routed node."""
+    route_flags = []
+    if cluster:
+        own, seed, name = cluster
+        route_flags = ["--cluster", f"nats://127.0.0.1:{own}", "--cluster_name", "bench"]
+        if seed:
+            route_flags += ["--routes", f"nats-route://127.0.0.1:{seed}"]
     if kind == "stanza":
         cmd = [STANZA, "-a", "127.0.0.1", "-p", str(port), "--cores", str(cores)] + STANZA_EXTRA
+        if cluster:
+            # One streaming server per cluster ID on a routed cluster.
+            cmd += route_flags + ["-cid", f"bench-{cluster[2]}"]
         env = None
     else:
-        cmd = [shutil.which("nats-server"), "-a", "127.0.0.1", "-p", str(port)]
+        cmd = [shutil.which("nats-server"), "-a", "127.0.0.1", "-p", str(port)] + route_flags
         env = dict(os.environ, GOMAXPROCS=str(cores))
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wait_port(port)
     return proc
 
 
-def run_once(kind, scenario, msgs, cores):
+def run_once(kind, scenario, msgs, cores, cluster=False):
     _, pubs, subs, size = scenario
     port = free_port()
-    proc = start(kind, port, cores)
+    procs = []
+    extra = []
+    if cluster:
+        route_a, route_b, port_b = free_port(), free_port(), free_port()
+        procs.append(start(kind, port, cores, (route_a, None, "a")))
+        procs.append(start(kind, port_b, cores, (route_b, route_a, "b")))
+        extra = ["--sub-server", f"127.0.0.1:{port_b}"]
+    else:
+        procs.append(start(kind, port, cores))
     try:
-        before = cpu_seconds(proc.pid)
+        before = sum(cpu_seconds(p.pid) for p in procs)
         out = subprocess.run(
             [STANZA, "nats-bench", "--server", f"127.0.0.1:{port}", "--np", str(pubs),
              "--ns", str(subs), "--n", str(msgs // pubs), "--ms", str(size), "--json",
-             "--timeout", "120"],
+             "--timeout", "120"] + extra,
             capture_output=True, text=True, timeout=180)
-        after = cpu_seconds(proc.pid)
+        after = sum(cpu_seconds(p.pid) for p in procs)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
     if out.returncode != 0:
         raise RuntimeError(f"{kind} {scenario[0]}: {out.stderr or out.stdout}")
     report = json.loads(out.stdout)
@@ -87,6 +116,8 @@ def main():
     ap.add_argument("--cores", type=int, default=os.cpu_count())
     ap.add_argument("--only", help="run scenarios whose name contains this text")
     ap.add_argument("--stanza-args", default="", help="extra flags for stanza, e.g. --spin_before_park=100us")
+    ap.add_argument("--cluster", action="store_true",
+                    help="two routed nodes of each server: publishers on one, the subscriber on the other; CPU is both nodes'")
     args = ap.parse_args()
     STANZA_EXTRA.extend(args.stanza_args.split())
 
@@ -97,11 +128,11 @@ def main():
     version = subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip()
 
     rows = []
-    for scenario in SCENARIOS:
+    for scenario in CLUSTER_SCENARIOS if args.cluster else SCENARIOS:
         if args.only and args.only not in scenario[0]:
             continue
         def once(kind):
-            report = run_once(kind, scenario, args.msgs, args.cores)
+            report = run_once(kind, scenario, args.msgs, args.cores, args.cluster)
             return report["pub_msgs_per_sec"], report["cpu_per_million"]
         med = interleaved_medians(scenario[0], ("stanza", "nats-server"), args.repeat, once)
         rows.append((scenario[0], med["stanza"][0], med["nats-server"][0],

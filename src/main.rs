@@ -167,8 +167,16 @@ fn reload(cli: &Cli, current: &mut Options, running: &server::Running) {
             l.stan_trace
         );
     }
-    // Only what was applied changes; the rest still describes the running server.
+    let routes = |o: &Options| o.cluster.as_ref().map(|c| c.routes.clone());
     let mut applied = current.clone();
+    if routes(&new) != routes(current) && current.cluster.is_some() && new.cluster.is_some() {
+        let list = routes(&new).unwrap_or_default();
+        running.reload_routes(list.clone());
+        if let Some(c) = applied.cluster.as_mut() {
+            c.routes = list;
+        }
+    }
+    // Only what was applied changes; the rest still describes the running server.
     applied.auth.user.clone_from(&new.auth.user);
     applied.auth.password.clone_from(&new.auth.password);
     applied.auth.token.clone_from(&new.auth.token);

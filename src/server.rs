@@ -171,6 +171,8 @@ pub struct Running {
 struct ReloadSlot {
     generation: AtomicU64,
     auth: Mutex<Option<Authorization>>,
+    /// A reloaded `cluster.routes` (applied by the core that holds the routes).
+    routes: Mutex<Option<Vec<String>>>,
 }
 
 /// How often each core looks at the stop flag.
@@ -185,6 +187,16 @@ impl Running {
         match self.reload.auth.lock() {
             Ok(mut slot) => *slot = Some(auth),
             Err(poisoned) => *poisoned.into_inner() = Some(auth),
+        }
+        self.reload.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Puts a reloaded route list in force (as nats-server 2.9 does): routes added are
+    /// dialled, routes removed are closed and no longer dialled.
+    pub fn reload_routes(&self, routes: Vec<String>) {
+        match self.reload.routes.lock() {
+            Ok(mut slot) => *slot = Some(routes),
+            Err(poisoned) => *poisoned.into_inner() = Some(routes),
         }
         self.reload.generation.fetch_add(1, Ordering::AcqRel);
     }
@@ -542,6 +554,13 @@ fn apply_reload(core: &Rc<Core>, slot: &ReloadSlot) {
     if let Some(auth) = auth {
         *core.auth.borrow_mut() = Rc::new(auth);
         glommio::spawn_local(client::recheck_authorization(core.clone())).detach();
+    }
+    let routes = match slot.routes.lock() {
+        Ok(r) => r.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    if let Some(routes) = routes {
+        crate::nats::route::reload_routes(core, routes);
     }
 }
 

@@ -765,3 +765,53 @@ fn a_second_streaming_server_with_the_same_cluster_id_refuses_to_start() {
     let other = Server::start_with_config(Some(&config("other-cluster")), &["--cores", "2"]);
     connected(other.port).ping_pong();
 }
+
+/// SIGHUP reloads the route list, as nats-server 2.9 does: a route added is dialled, a route
+/// removed is closed and not dialled again.
+#[test]
+fn sighup_reloads_the_route_list() {
+    let (a_route, b_client, b_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let Some(b) = nats_server(b_client, b_route, &[]) else {
+        return;
+    };
+    let config = |routes: &str| {
+        format!(
+            "cluster {{\n  name: routes-test\n  listen: \"127.0.0.1:{a_route}\"\n  routes: [{routes}]\n}}\nstreaming {{}}\n"
+        )
+    };
+    let a = Server::start_with_config(Some(&config("")), &["--cores", "2"]);
+    std::fs::write(
+        a.config_path(),
+        config(&format!("\"nats-route://127.0.0.1:{b_route}\"")),
+    )
+    .expect("rewrite config");
+    a.signal(libc::SIGHUP);
+    assert!(
+        a.wait_for_log("Route connection created", Duration::from_secs(10)),
+        "{}",
+        a.log_text()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while num_routes(b.monitor) != 1 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(a.config_path(), config("")).expect("rewrite config");
+    a.signal(libc::SIGHUP);
+    assert!(
+        a.wait_for_log("Router connection closed", Duration::from_secs(10)),
+        "{}",
+        a.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(num_routes(b.monitor), 0, "{}", a.log_text());
+    assert!(
+        !a.log_text().contains("Changed but not applied"),
+        "{}",
+        a.log_text()
+    );
+}

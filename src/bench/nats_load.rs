@@ -16,6 +16,9 @@ pub struct LoadArgs {
     /// Server address (host:port)
     #[arg(long, default_value = "127.0.0.1:4222")]
     pub server: String,
+    /// Where subscribers connect (another node of the cluster; default: --server)
+    #[arg(long = "sub-server")]
+    pub sub_server: Option<String>,
     /// Number of publishers
     #[arg(long = "np", default_value_t = 1)]
     pub publishers: usize,
@@ -103,14 +106,47 @@ fn pub_batch(subject: &str, size: usize, count: usize) -> Vec<u8> {
     frame.repeat(count)
 }
 
+/// Subscribers on another node: their interest crosses a route asynchronously. A probe
+/// subscription made after theirs on the same node reaches the publishers' node after theirs
+/// (a route is one FIFO link), so once a probe published there arrives, theirs has too.
+fn await_route_interest(
+    server: &str,
+    sub_server: &str,
+    deadline: Instant,
+) -> Result<(), LoadError> {
+    let mut probe_sub = connect(sub_server)?;
+    probe_sub.write_all(b"SUB _STANZA_BENCH_PROBE 1\r\n")?;
+    flush(&mut probe_sub, deadline)?;
+    let mut probe_pub = connect(server)?;
+    probe_sub.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        probe_pub.write_all(b"PUB _STANZA_BENCH_PROBE 0\r\n\r\n")?;
+        flush(&mut probe_pub, deadline)?;
+        let mut counter = FrameCounter::default();
+        if let Ok(n) = probe_sub.read(&mut buf) {
+            counter.feed(&buf[..n]);
+        }
+        if counter.msgs > 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LoadError::Server(
+                "the subscribers' interest never reached the publishers' server".into(),
+            ));
+        }
+    }
+}
+
 pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let expected = args.msgs * args.publishers as u64;
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(args.publishers + args.subscribers + 1));
     let mut subs = Vec::new();
+    let sub_server = args.sub_server.as_deref().unwrap_or(&args.server);
     for _ in 0..args.subscribers {
-        let mut s = connect(&args.server)?;
+        let mut s = connect(sub_server)?;
         s.write_all(format!("SUB {} 1\r\n", args.subject).as_bytes())?;
         flush(&mut s, deadline)?;
         let stop = stop.clone();
@@ -137,6 +173,9 @@ pub fn run(args: &LoadArgs) -> Result<LoadReport, LoadError> {
             let done = (counter.msgs >= expected).then(Instant::now);
             (counter.msgs, done)
         }));
+    }
+    if sub_server != args.server && args.subscribers > 0 {
+        await_route_interest(&args.server, sub_server, deadline)?;
     }
     let batch_msgs = (256 * 1024 / (args.size + 32)).clamp(1, 4096);
     let batch = Arc::new(pub_batch(&args.subject, args.size, batch_msgs));

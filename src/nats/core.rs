@@ -870,7 +870,12 @@ impl Core {
     /// A message from the route `from`: to local subscribers and other cores, and to one
     /// member of each queue group it names (only those), never to a route.
     pub fn route_from_peer(&self, from: &ClientConn, msg: &MsgRef<'_>, queues: &[Bytes]) -> bool {
-        self.route_from(Some(from), msg, Some(queues))
+        // The route is the producer: a subscriber it fills past the stall threshold holds its
+        // reading back, as a client's would (TCP then slows the peer down).
+        let producing = self.producing.replace(Some(from.cid));
+        let found = self.route_from(Some(from), msg, Some(queues));
+        self.producing.set(producing);
+        found
     }
 
     /// `only_queues`: a message from a route serves just the queue groups it names.

@@ -59,6 +59,8 @@ pub struct RouteHub {
     dialling: RefCell<std::collections::HashSet<String>>,
     /// Route TLS (`cluster { tls {} }`): both sides verify the other's certificate.
     tls: RefCell<Option<RouteTls>>,
+    /// The configured routes in force (a reload changes them).
+    configured: RefCell<Vec<String>>,
     wake: Notify,
 }
 
@@ -132,6 +134,7 @@ pub struct RouteLink {
     pub started: std::time::SystemTime,
     subs: RefCell<FxHashMap<Key, Rc<LocalSub>>>,
     next_sid: Cell<u64>,
+    fd: Cell<Option<std::os::fd::RawFd>>,
 }
 
 impl RouteLink {
@@ -326,19 +329,54 @@ pub fn start(core: &Rc<Core>) -> Result<Option<String>, String> {
         .as_deref()
         .and_then(|a| a.rsplit_once(':'))
         .and_then(|(_, p)| p.parse::<u16>().ok());
+    *hub.configured.borrow_mut() = cluster.routes.clone();
     for url in &cluster.routes {
-        let Some((address, _)) = crate::util::url::route_address(url) else {
-            log::error!("Error parsing route URL {url:?}");
-            continue;
-        };
-        let core = core.clone();
-        let url = url.clone();
-        glommio::spawn_local(async move {
-            dial_loop(core, url, address, own_port, Dial::Configured).await
-        })
-        .detach();
+        spawn_configured(core, url, own_port);
     }
     Ok(bound)
+}
+
+fn spawn_configured(core: &Rc<Core>, url: &str, own_port: Option<u16>) {
+    let Some((address, _)) = crate::util::url::route_address(url) else {
+        log::error!("Error parsing route URL {url:?}");
+        return;
+    };
+    let core = core.clone();
+    let url = url.to_string();
+    glommio::spawn_local(
+        async move { dial_loop(core, url, address, own_port, Dial::Configured).await },
+    )
+    .detach();
+}
+
+/// A reloaded `cluster.routes`: new routes are dialled; removed ones are closed and their
+/// diallers stop.
+pub fn reload_routes(core: &Rc<Core>, routes: Vec<String>) {
+    let hub = &core.routes;
+    if !hub.enabled.get() {
+        return;
+    }
+    let old = std::mem::replace(&mut *hub.configured.borrow_mut(), routes.clone());
+    for url in routes.iter().filter(|u| !old.contains(u)) {
+        log::info!("Reloaded: cluster route {url:?} added");
+        spawn_configured(core, url, hub.bound_port.get());
+    }
+    for url in old.iter().filter(|u| !routes.contains(u)) {
+        log::info!("Reloaded: cluster route {url:?} removed");
+        for link in hub.links() {
+            if link.configured_url.as_deref() == Some(url.as_str()) {
+                link.conn.close(CloseReason::ClientClosed);
+                // The reader learns of it at its next read; shut the socket to wake it.
+                if let Some(fd) = link.fd.get() {
+                    // SAFETY: shuts down a socket this route owns; it stays open until the
+                    // route's tasks end.
+                    unsafe {
+                        libc::shutdown(fd, libc::SHUT_RDWR);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn listen_port(core: &Core) -> Option<u16> {
@@ -360,6 +398,9 @@ async fn dial_loop(core: Rc<Core>, url: String, address: String, own_port: Optio
     loop {
         if core.routes.to_self.borrow().contains(&url) {
             return;
+        }
+        if how == Dial::Configured && !core.routes.configured.borrow().contains(&url) {
+            return; // removed by a reload
         }
         attempt += 1;
         let connected = within(DIAL_TIMEOUT, TcpStream::connect(address.as_str())).await;
@@ -591,6 +632,7 @@ async fn serve(
         started: std::time::SystemTime::now(),
         subs: RefCell::new(FxHashMap::default()),
         next_sid: Cell::new(1),
+        fd: Cell::new(Some(fd)),
     });
     let who = format!(
         "{} - rid:{}",
@@ -890,6 +932,10 @@ async fn read_loop(
         if conn.is_closed() {
             return (Ended::Closed, "Stale Connection".into());
         }
+        // Back-pressure, as on a client connection: wait while what this route delivered
+        // stalls a subscriber here, or the mesh to the other cores is congested.
+        core.wait_stalled(conn.cid).await;
+        core.outbox.until_uncongested().await;
         let read = if registered {
             Some(stream.read(&mut chunk).await)
         } else {
