@@ -314,7 +314,7 @@ fn is_route_sub(sub: &LocalSub) -> bool {
 /// The routes one message goes to: each at most once, with the queue groups chosen for it
 /// (nats-server sends one `RMSG` per route carrying the union of its queue names).
 #[derive(Default)]
-struct RouteFanout(Vec<(Rc<ClientConn>, bool, Vec<Bytes>)>);
+struct RouteFanout(smallvec::SmallVec<[(Rc<ClientConn>, bool, Vec<Bytes>); 2]>);
 
 impl RouteFanout {
     fn entry(&mut self, sub: &LocalSub) -> Option<&mut (Rc<ClientConn>, bool, Vec<Bytes>)> {

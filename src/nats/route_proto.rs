@@ -58,10 +58,25 @@ pub enum RouteProtoError {
     PayloadTooLarge(usize),
 }
 
-fn fields(line: &[u8]) -> Vec<&[u8]> {
-    line.split(|b| *b == b' ' || *b == b'\t')
+/// At most this many fields are read from a line (RMSG with many queue groups keeps the
+/// first ones; nats-server lists at most a handful).
+const MAX_FIELDS: usize = 16;
+
+/// The space- or tab-separated fields of a line, without allocating.
+fn fields(line: &[u8]) -> ([&[u8]; MAX_FIELDS], usize) {
+    let mut out: [&[u8]; MAX_FIELDS] = [&[]; MAX_FIELDS];
+    let mut n = 0;
+    for f in line
+        .split(|b| *b == b' ' || *b == b'\t')
         .filter(|f| !f.is_empty())
-        .collect()
+    {
+        if n == MAX_FIELDS {
+            break;
+        }
+        out[n] = f;
+        n += 1;
+    }
+    (out, n)
 }
 
 fn number(field: &[u8]) -> Option<usize> {
@@ -73,7 +88,7 @@ fn number(field: &[u8]) -> Option<usize> {
 
 /// The next operation in `buf`, consumed; `None` while it is not whole yet.
 pub fn next_op(buf: &mut BytesMut) -> Result<Option<RouteOp>, RouteProtoError> {
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+    let Some(end) = control_line_end(buf) else {
         if buf.len() > MAX_CONTROL_LINE {
             return Err(RouteProtoError::ControlLineTooLong);
         }
@@ -87,10 +102,17 @@ pub fn next_op(buf: &mut BytesMut) -> Result<Option<RouteOp>, RouteProtoError> {
         .iter()
         .position(|b| *b == b' ' || *b == b'\t')
         .unwrap_or(line.len());
-    let verb = line[..verb_end].to_ascii_uppercase();
+    let mut verb_buf = [0u8; 8];
+    let verb: &[u8] = if verb_end <= verb_buf.len() {
+        verb_buf[..verb_end].copy_from_slice(&line[..verb_end]);
+        verb_buf[..verb_end].make_ascii_uppercase();
+        &verb_buf[..verb_end]
+    } else {
+        &line[..verb_end]
+    };
     let rest = &line[verb_end..];
     let copy = |b: &[u8]| Bytes::copy_from_slice(b);
-    let op = match verb.as_slice() {
+    let op = match verb {
         b"PING" => RouteOp::Ping,
         b"PONG" => RouteOp::Pong,
         b"+OK" => RouteOp::Ignored,
@@ -101,8 +123,8 @@ pub fn next_op(buf: &mut BytesMut) -> Result<Option<RouteOp>, RouteProtoError> {
             RouteOp::Err(text.trim_matches('\'').to_string())
         }
         b"RS+" => {
-            let f = fields(rest);
-            match f.as_slice() {
+            let (f, n) = fields(rest);
+            match &f[..n] {
                 [acc, subject] => RouteOp::SubAdd {
                     account: copy(acc),
                     subject: copy(subject),
@@ -128,8 +150,8 @@ pub fn next_op(buf: &mut BytesMut) -> Result<Option<RouteOp>, RouteProtoError> {
             }
         }
         b"RS-" => {
-            let f = fields(rest);
-            match f.as_slice() {
+            let (f, n) = fields(rest);
+            match &f[..n] {
                 [acc, subject] => RouteOp::SubRemove {
                     account: copy(acc),
                     subject: copy(subject),
@@ -145,14 +167,17 @@ pub fn next_op(buf: &mut BytesMut) -> Result<Option<RouteOp>, RouteProtoError> {
         }
         b"LS+" | b"LS-" => RouteOp::Ignored,
         b"RMSG" | b"HMSG" | b"LMSG" => {
-            let headers = verb.as_slice() != b"RMSG";
+            let headers = verb != b"RMSG";
             let what = if headers { "HMSG" } else { "RMSG" };
-            let mut f = fields(rest);
-            if verb.as_slice() == b"LMSG" && !f.is_empty() {
-                f.remove(0); // origin cluster
-            }
+            let (all, n) = fields(rest);
+            // LMSG starts with the origin cluster.
+            let f = if verb == b"LMSG" && n > 0 {
+                &all[1..n]
+            } else {
+                &all[..n]
+            };
             let (total, header_len, args) = if headers {
-                let [args @ .., hdr, total] = f.as_slice() else {
+                let [args @ .., hdr, total] = f else {
                     return Err(RouteProtoError::BadArguments(what));
                 };
                 let (Some(hdr), Some(total)) = (number(hdr), number(total)) else {
@@ -161,30 +186,31 @@ pub fn next_op(buf: &mut BytesMut) -> Result<Option<RouteOp>, RouteProtoError> {
                 if hdr > total {
                     return Err(RouteProtoError::BadArguments(what));
                 }
-                (total, hdr, args.to_vec())
+                (total, hdr, args)
             } else {
-                let [args @ .., total] = f.as_slice() else {
+                let [args @ .., total] = f else {
                     return Err(RouteProtoError::BadArguments(what));
                 };
                 let Some(total) = number(total) else {
                     return Err(RouteProtoError::BadArguments(what));
                 };
-                (total, 0, args.to_vec())
+                (total, 0, args)
             };
             if total > MAX_ROUTE_PAYLOAD {
                 return Err(RouteProtoError::PayloadTooLarge(total));
             }
-            let (account, subject, reply, queues) = match args.as_slice() {
-                [acc, subject] => (*acc, *subject, None, Vec::new()),
-                [acc, subject, reply] => (*acc, *subject, Some(*reply), Vec::new()),
+            let none: &[&[u8]] = &[];
+            let (account, subject, reply, queues) = match args {
+                [acc, subject] => (*acc, *subject, None, none),
+                [acc, subject, reply] => (*acc, *subject, Some(*reply), none),
                 [acc, subject, marker, tail @ ..] if *marker == b"+" && !tail.is_empty() => {
                     let (reply, queues) = tail
                         .split_first()
                         .ok_or(RouteProtoError::BadArguments(what))?;
-                    (*acc, *subject, Some(*reply), queues.to_vec())
+                    (*acc, *subject, Some(*reply), queues)
                 }
                 [acc, subject, marker, queues @ ..] if *marker == b"|" && !queues.is_empty() => {
-                    (*acc, *subject, None, queues.to_vec())
+                    (*acc, *subject, None, queues)
                 }
                 _ => return Err(RouteProtoError::BadArguments(what)),
             };
@@ -195,18 +221,23 @@ pub fn next_op(buf: &mut BytesMut) -> Result<Option<RouteOp>, RouteProtoError> {
             if &buf[whole - 2..whole] != b"\r\n" {
                 return Err(RouteProtoError::BadArguments(what));
             }
-            let op_fields = (copy(account), copy(subject), reply.map(copy));
-            let queues: Vec<Bytes> = queues.iter().map(|q| copy(q)).collect();
-            buf.advance(end + 2);
-            let payload = buf.split_to(total).freeze();
-            buf.advance(2);
+            // The parts are shares of the frame, not copies (one message, no allocation).
+            let base = buf.as_ptr() as usize;
+            let range = |part: &[u8]| {
+                let at = part.as_ptr() as usize - base;
+                at..at + part.len()
+            };
+            let (acc_r, subj_r) = (range(account), range(subject));
+            let reply_r = reply.map(range);
+            let queue_r: Vec<std::ops::Range<usize>> = queues.iter().map(|q| range(q)).collect();
+            let frame = buf.split_to(whole).freeze();
             return Ok(Some(RouteOp::Msg {
-                account: op_fields.0,
-                subject: op_fields.1,
-                reply: op_fields.2,
-                queues,
+                account: frame.slice(acc_r),
+                subject: frame.slice(subj_r),
+                reply: reply_r.map(|r| frame.slice(r)),
+                queues: queue_r.into_iter().map(|r| frame.slice(r)).collect(),
                 header_len,
-                payload,
+                payload: frame.slice(end + 2..end + 2 + total),
             }));
         }
         other => {
@@ -217,6 +248,19 @@ pub fn next_op(buf: &mut BytesMut) -> Result<Option<RouteOp>, RouteProtoError> {
     };
     buf.advance(end + 2);
     Ok(Some(op))
+}
+
+/// Where the first control line ends (its CR of CRLF).
+fn control_line_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = memchr::memchr(b'\n', &buf[from..]) {
+        let nl = from + at;
+        if nl > 0 && buf[nl - 1] == b'\r' {
+            return Some(nl - 1);
+        }
+        from = nl + 1;
+    }
+    None
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
@@ -238,7 +282,7 @@ pub fn push_sub_add(out: &mut Vec<u8>, subject: &[u8], queue: Option<(&[u8], u32
         out.push(b' ');
         out.extend_from_slice(q);
         out.push(b' ');
-        out.extend_from_slice(weight.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(weight).as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -296,11 +340,12 @@ pub fn push_msg(
         out.extend_from_slice(r);
         out.push(b' ');
     }
+    let mut num = itoa::Buffer::new();
     if header_len > 0 {
-        out.extend_from_slice(header_len.to_string().as_bytes());
+        out.extend_from_slice(num.format(header_len).as_bytes());
         out.push(b' ');
     }
-    out.extend_from_slice(payload.len().to_string().as_bytes());
+    out.extend_from_slice(num.format(payload.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\r\n");
