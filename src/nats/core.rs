@@ -313,11 +313,15 @@ fn is_route_sub(sub: &LocalSub) -> bool {
 
 /// The routes one message goes to: each at most once, with the queue groups chosen for it
 /// (nats-server sends one `RMSG` per route carrying the union of its queue names).
+/// One route a message goes to: the connection, whether plain interest matched, and the
+/// queue groups chosen for it.
+type RouteTarget = (Rc<ClientConn>, bool, Vec<Bytes>);
+
 #[derive(Default)]
-struct RouteFanout(smallvec::SmallVec<[(Rc<ClientConn>, bool, Vec<Bytes>); 2]>);
+struct RouteFanout(smallvec::SmallVec<[RouteTarget; 2]>);
 
 impl RouteFanout {
-    fn entry(&mut self, sub: &LocalSub) -> Option<&mut (Rc<ClientConn>, bool, Vec<Bytes>)> {
+    fn entry(&mut self, sub: &LocalSub) -> Option<&mut RouteTarget> {
         let conn = sub.conn.upgrade().filter(|c| !c.is_closed())?;
         let at = match self.0.iter().position(|(c, _, _)| c.cid == conn.cid) {
             Some(at) => at,
