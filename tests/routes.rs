@@ -815,3 +815,95 @@ fn sighup_reloads_the_route_list() {
         a.log_text()
     );
 }
+
+/// kill -9 of one of three stanza nodes and its restart on the same ports: the others keep
+/// serving meanwhile, the mesh forms again (gossip reconnects the third node), interest
+/// recovers and a queue group spread over the three nodes still gets each message once.
+#[test]
+fn a_node_killed_and_restarted_rejoins_the_mesh() {
+    let (ra, rb, rc) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let (a, ma) = stanza_node(ra, None);
+    let (b, mb) = stanza_node(rb, Some(ra));
+    let (c, mc) = stanza_node(rc, Some(ra));
+    until_routes(&[ma, mb, mc], 2);
+    let b_port = b.port;
+    let mut b = b;
+    b.signal(libc::SIGKILL);
+    let _ = b.wait_exit(Duration::from_secs(5));
+    until_routes(&[ma, mc], 1);
+    // The others keep serving each other.
+    let mut on_a = connected(a.port);
+    on_a.send(b"SUB during 1\r\n");
+    on_a.ping_pong();
+    let mut pub_c = connected(c.port);
+    until_received(&mut pub_c, &mut on_a, "during");
+    drop(b);
+    // The same node again, same ports.
+    let routes = [format!("nats-route://127.0.0.1:{ra}")];
+    let m = mb.to_string();
+    let cid = format!("node-{rb}");
+    let list: Vec<String> = routes.iter().map(|r| format!("\"{r}\"")).collect();
+    let config = format!(
+        "cluster {{\n  name: routes-test\n  listen: \"127.0.0.1:{rb}\"\n  routes: [{}]\n}}\nstreaming {{ cluster_id: {cid} }}\n",
+        list.join(", ")
+    );
+    let b = Server::start_on(b_port, Some(&config), &["--cores", "2", "-m", &m]);
+    until_routes(&[ma, mb, mc], 2);
+    let mut on_b = connected(b.port);
+    on_b.send(b"SUB after 1\r\n");
+    on_b.ping_pong();
+    until_received(&mut pub_c, &mut on_b, "after");
+    let mut workers: Vec<RawClient> = [a.port, b.port, c.port]
+        .iter()
+        .map(|p| {
+            let mut w = connected(*p);
+            w.send(b"SUB jobs workers 1\r\n");
+            w.ping_pong();
+            w
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..90 {
+        pub_c.send(format!("PUB jobs 3\r\n{i:03}\r\n").as_bytes());
+    }
+    pub_c.ping_pong();
+    let counts: Vec<usize> = workers.iter_mut().map(count_until_quiet).collect();
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        90,
+        "each job exactly once: {counts:?}"
+    );
+}
+
+/// Real clients spread over a routed cluster of stanza and nats-server: nats-py connected to
+/// both nodes (pub/sub and wildcards across the route, request/reply, a queue group with a
+/// member on each node getting each message once).
+#[test]
+fn nats_py_clients_spread_over_the_cluster() {
+    if !common::available("nats-py", "python3", &["-c", "import nats"]) {
+        return;
+    }
+    let (b_client, b_route, a_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let Some(b) = nats_server(b_client, b_route, &[]) else {
+        return;
+    };
+    let a = stanza_with_route(a_route, &[format!("nats-route://127.0.0.1:{b_route}")], &[]);
+    assert!(a.wait_for_log("Route connection created", Duration::from_secs(10)));
+    for urls in [
+        format!("nats://127.0.0.1:{},nats://127.0.0.1:{}", a.port, b.client),
+        format!("nats://127.0.0.1:{},nats://127.0.0.1:{}", b.client, a.port),
+    ] {
+        let mut cmd = Command::new("python3");
+        cmd.arg(common::repo_path("tests/clients/py/core_nats.py"))
+            .args(["cluster", &urls]);
+        common::run_client(cmd, Duration::from_secs(60));
+    }
+}

@@ -180,6 +180,66 @@ async def case_auth(url):
         assert "authorization violation" in text, text
 
 
+async def case_cluster(urls):
+    """Two nodes of a routed cluster (urls "a,b"): pub/sub and wildcards across the route,
+    request/reply across it, and a queue group with members on both nodes getting each
+    message exactly once."""
+    url_a, url_b = urls.split(",")
+    na = await nats.connect(url_a)
+    nb = await nats.connect(url_b)
+    sub, got, done = await collect(na, "cluster.*.created", expected=50)
+    await na.flush()
+
+    async def until_interest():
+        # Interest crosses the route asynchronously: probe until it arrives.
+        probe_sub, probe_got, probe_done = await collect(na, "cluster.probe", expected=1)
+        await na.flush()
+        for _ in range(100):
+            await nb.publish("cluster.probe", b"p")
+            await nb.flush()
+            try:
+                await asyncio.wait_for(probe_done.wait(), 0.1)
+                break
+            except asyncio.TimeoutError:
+                pass
+        await probe_sub.unsubscribe()
+
+    await until_interest()
+    for i in range(50):
+        await nb.publish("cluster.%d.created" % i, b"c-%d" % i)
+    await nb.flush()
+    await asyncio.wait_for(done.wait(), TIMEOUT)
+    assert sorted(m.data for m in got) == sorted(b"c-%d" % i for i in range(50))
+
+    async def responder(msg):
+        await msg.respond(b"pong:" + msg.data)
+
+    await na.subscribe("cluster.svc", cb=responder)
+    await na.flush()
+    await until_interest()
+    reply = await nb.request("cluster.svc", b"ping", timeout=TIMEOUT)
+    assert reply.data == b"pong:ping", reply.data
+
+    qa, got_a, _ = await collect(na, "cluster.jobs", queue="workers")
+    qb, got_b, _ = await collect(nb, "cluster.jobs", queue="workers")
+    await na.flush()
+    await nb.flush()
+    await until_interest()
+    await asyncio.sleep(0.3)
+    for i in range(100):
+        await na.publish("cluster.jobs", b"j-%d" % i)
+    await na.flush()
+    for _ in range(50):
+        if len(got_a) + len(got_b) >= 100:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    seen = [m.data for m in got_a + got_b]
+    assert len(seen) == 100 and len(set(seen)) == 100, (len(got_a), len(got_b))
+    await na.close()
+    await nb.close()
+
+
 CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
 
 if __name__ == "__main__":
