@@ -52,8 +52,10 @@ fn read_len<'a>(buf: &'a [u8], at: &mut usize) -> Result<&'a [u8], WireError> {
     Ok(slice)
 }
 
-/// Nested groups deeper than this are refused rather than recursed into.
-const MAX_GROUP_DEPTH: usize = 32;
+/// Nested groups deeper than this are refused rather than recursed into: prost's recursion
+/// limit, so that the view and prost agree on what a client may send (the stan_requests fuzz
+/// target found a 40-deep nesting prost took and a limit of 32 refused).
+const MAX_GROUP_DEPTH: usize = 100;
 
 /// Skips a field of an unknown number (groups, the deprecated wire types 3/4, included).
 fn skip(
@@ -322,6 +324,29 @@ pub fn encode_msg(seq: u64, subject: &[u8], reply: &[u8], data: &[u8], timestamp
 
 #[cfg(test)]
 mod tests {
+
+    /// Found by the stan_requests fuzz target in CI: groups nested 40 deep, which prost takes
+    /// (its recursion limit is 100) and the view refused (its limit was 32). The view and
+    /// prost must agree on every nesting depth around the limit.
+    #[test]
+    fn nested_groups_agree_with_prost() {
+        use prost::Message;
+        for depth in [1usize, 32, 40, 99, 100, 101, 150] {
+            let mut buf = Vec::new();
+            buf.extend(std::iter::repeat_n(0x73u8, depth)); // start group, field 14
+            buf.extend(std::iter::repeat_n(0x74u8, depth)); // end group, field 14
+            buf.extend_from_slice(&[0x10, 0x05]); // sequence = 5
+            let by_prost = crate::pb::Ack::decode(buf.as_slice()).is_ok();
+            let by_view = AckView::parse(&buf).is_ok();
+            assert_eq!(by_view, by_prost, "depth {depth}");
+            let by_prost = crate::pb::PubMsg::decode(buf.as_slice()).is_ok();
+            let by_view = PubMsgView::parse(&buf).is_ok();
+            assert!(
+                !by_prost || by_view,
+                "depth {depth}: prost took a PubMsg the view refused"
+            );
+        }
+    }
     use super::*;
     use crate::pb::{Ack, MsgProto, PubAck, PubMsg};
     use proptest::prelude::*;
