@@ -38,6 +38,11 @@ fn nats_server(client: u16, route: u16, routes: &[String]) -> Option<NatsServer>
     if !routes.is_empty() {
         cmd.args(["--routes", &routes.join(",")]);
     }
+    Some(launch(cmd, client, monitor))
+}
+
+/// Starts a nats-server command and waits until its client port answers.
+fn launch(mut cmd: Command, client: u16, monitor: u16) -> NatsServer {
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -53,7 +58,7 @@ fn nats_server(client: u16, route: u16, routes: &[String]) -> Option<NatsServer>
         assert!(Instant::now() < deadline, "nats-server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Some(server)
+    server
 }
 
 fn stanza_with_route(route: u16, routes: &[String], extra: &[&str]) -> Server {
@@ -637,24 +642,9 @@ fn tls_nats_server(
     );
     let path = certs.dir.0.join(format!("nats-{client}.conf"));
     std::fs::write(&path, config).expect("write nats-server config");
-    let child = Command::new("nats-server")
-        .arg("-c")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server");
-    let server = NatsServer {
-        child,
-        client,
-        monitor,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(server)
+    let mut cmd = Command::new("nats-server");
+    cmd.arg("-c").arg(&path);
+    Some(launch(cmd, client, monitor))
 }
 
 /// TLS routes with verification both ways, stanza dialling and accepting, against a
