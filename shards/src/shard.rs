@@ -1662,10 +1662,12 @@ impl Shard {
     /// inbox that was not handed out is ignored, as an unknown one).
     fn ack_inbox_owner(&self, inbox: &[u8]) -> Option<u64> {
         let tail = inbox.strip_prefix(self.cfg.ack_prefix.as_bytes())?;
-        let mut parts = tail.splitn(3, |&b| b == b'.');
-        let id = decimal(parts.next()?)?;
-        let generation = u32::try_from(decimal(parts.next()?)?).ok()?;
-        let tag = crate::ack_key::parse_tag(parts.next()?)?;
+        // `<id>.<generation>.<16 hex digits>`: the tag is the fixed-size tail.
+        let (named, tag) = tail.split_at_checked(tail.len().checked_sub(17)?)?;
+        let tag = crate::ack_key::parse_tag(tag.strip_prefix(b".")?)?;
+        let dot = named.iter().position(|&b| b == b'.')?;
+        let id = decimal(&named[..dot])?;
+        let generation = u32::try_from(decimal(&named[dot + 1..])?).ok()?;
         let sub = self.subs.get(&id)?;
         let expected = if generation == sub.ack_generation {
             sub.ack_tag
