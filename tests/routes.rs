@@ -897,3 +897,39 @@ fn nats_py_clients_spread_over_the_cluster() {
         common::run_client(cmd, Duration::from_secs(60));
     }
 }
+
+/// The npm `nats` client on both nodes of a stanza/nats-server cluster, and
+/// node-nats-streaming connected to the nats-server node served by stanza's streaming server.
+#[test]
+fn node_clients_over_the_cluster() {
+    let modules = common::repo_path("tests/clients/node/node_modules");
+    if !modules.join("nats").exists() || !modules.join("node-nats-streaming").exists() {
+        common::skip("npm packages nats / node-nats-streaming are not installed (run .ci/run)");
+        return;
+    }
+    if !common::available("node", "node", &["--version"]) {
+        return;
+    }
+    let (b_client, b_route, a_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let Some(b) = nats_server(b_client, b_route, &[]) else {
+        return;
+    };
+    let a = stanza_with_route(a_route, &[format!("nats-route://127.0.0.1:{b_route}")], &[]);
+    assert!(a.wait_for_log("Route connection created", Duration::from_secs(10)));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut cmd = Command::new("node");
+    cmd.arg(common::repo_path("tests/clients/node/core_nats.mjs"))
+        .args([
+            "cluster",
+            &format!("nats://127.0.0.1:{},nats://127.0.0.1:{}", a.port, b.client),
+        ]);
+    common::run_client(cmd, Duration::from_secs(60));
+    let mut cmd = Command::new("node");
+    cmd.arg(common::repo_path("tests/clients/node/stan_smoke.mjs"))
+        .args(["smoke", &format!("nats://127.0.0.1:{}", b.client)]);
+    common::run_client(cmd, Duration::from_secs(60));
+}

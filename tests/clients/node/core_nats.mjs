@@ -71,6 +71,54 @@ const cases = {
     for (const nc of conns) await nc.close();
   },
 
+  // Two nodes of a routed cluster ("urlA,urlB"): pub/sub with a wildcard, request/reply and
+  // a queue group with a member on each node, all across the route.
+  async cluster(urls) {
+    const [ua, ub] = urls.split(",");
+    const a = await connect({ servers: ua });
+    const b = await connect({ servers: ub });
+    const probe = async () => {
+      // Interest crosses the route asynchronously.
+      const s = a.subscribe("cluster.probe", { max: 1 });
+      await a.flush();
+      const got = (async () => { for await (const _ of s) return true; })();
+      for (let i = 0; i < 100; i++) {
+        b.publish("cluster.probe");
+        await b.flush();
+        const done = await Promise.race([got, new Promise((r) => setTimeout(() => r(false), 100))]);
+        if (done) return;
+      }
+      throw new Error("interest never crossed the route");
+    };
+    const sub = a.subscribe("cluster.*.x");
+    const gathered = gather(sub, 20);
+    await probe();
+    for (let i = 0; i < 20; i++) b.publish(`cluster.${i}.x`, sc.encode(String(i)));
+    await b.flush();
+    const msgs = await withTimeout(gathered, "messages across the route");
+    assert.equal(new Set(msgs.map((m) => sc.decode(m.data))).size, 20);
+    a.subscribe("cluster.svc", { callback: (_e, m) => m.respond(sc.encode("pong")) });
+    await probe();
+    const reply = await b.request("cluster.svc", sc.encode("ping"), { timeout: TIMEOUT });
+    assert.equal(sc.decode(reply.data), "pong");
+    const seen = [];
+    for (const nc of [a, b]) {
+      nc.subscribe("cluster.jobs", { queue: "w", callback: (_e, m) => seen.push(sc.decode(m.data)) });
+      await nc.flush();
+    }
+    await probe();
+    await new Promise((r) => setTimeout(r, 300));
+    for (let i = 0; i < 100; i++) b.publish("cluster.jobs", sc.encode(String(i)));
+    await b.flush();
+    const deadline = Date.now() + TIMEOUT;
+    while (seen.length < 100 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(seen.length, 100, "each job once");
+    assert.equal(new Set(seen).size, 100);
+    await a.close();
+    await b.close();
+  },
+
   async request(servers) {
     const a = await connect({ servers });
     const b = await connect({ servers });
