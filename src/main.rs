@@ -10,14 +10,6 @@ use std::path::Path;
 /// Longest a graceful stop may take before the process exits anyway.
 const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The first of `keys` a configuration file sets (for the error message).
-fn key_at<'a>(keys: &[&'a str], files: &[&Path]) -> &'a str {
-    keys.iter()
-        .find(|k| stanza::config::load::key_position(files, &[**k]).is_some())
-        .copied()
-        .unwrap_or_default()
-}
-
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     match argv.get(1).map(String::as_str) {
@@ -58,7 +50,7 @@ fn main() {
             .collect();
         for u in &unbuilt {
             let at = stanza::config::load::key_position(&files, u.keys)
-                .map(|pos| format!("{pos}: '{}'", key_at(u.keys, &files)))
+                .map(|(pos, key)| format!("{pos}: '{key}'"))
                 .unwrap_or_else(|| format!("flag {}", u.flags));
             eprintln!(
                 "stanza: configuration error: {at}: {} is not available in this build yet; remove it to start without it",

@@ -150,15 +150,15 @@ fn apply_streaming(options: &mut Options, root: &Spanned) -> Result<Vec<String>,
         .collect())
 }
 
-/// Where the first of `paths` (dotted key paths) is set in the configuration file(s), as
-/// `file:line:column`; `None` when no file sets any of them.
-pub fn key_position(files: &[&Path], paths: &[&str]) -> Option<String> {
+/// Where the first of `paths` (dotted key paths) set in the configuration file(s) is, as
+/// `file:line:column`, and which path it is; `None` when no file sets any of them.
+pub fn key_position<'a>(files: &[&Path], paths: &[&'a str]) -> Option<(String, &'a str)> {
     let roots: Vec<Spanned> = files.iter().filter_map(|f| read_file(f).ok()).collect();
     paths.iter().find_map(|path| {
         roots
             .iter()
             .find_map(|root| de::position_of(root, path))
-            .map(|pos| pos.to_string())
+            .map(|pos| (pos.to_string(), *path))
     })
 }
 

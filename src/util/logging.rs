@@ -188,17 +188,12 @@ fn rotate(path: &Path, file: &mut File, written: &mut u64) {
 /// `2006.01.02.15.04.05.999999999` in Go's layout (UTC; trailing zeroes of the nanoseconds
 /// dropped, as Go does).
 fn backup_suffix(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
+    let c = Civil::of(t);
     let mut out = format!(
-        "{year:04}.{month:02}.{day:02}.{:02}.{:02}.{:02}",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
+        "{:04}.{:02}.{:02}.{:02}.{:02}.{:02}",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
     );
-    let nanos = format!("{:09}", d.subsec_nanos());
+    let nanos = format!("{:09}", c.nanos);
     let nanos = nanos.trim_end_matches('0');
     if !nanos.is_empty() {
         out.push('.');
@@ -292,17 +287,47 @@ pub fn set_levels(levels: Levels) {
 
 /// `YYYY/MM/DD hh:mm:ss.micros` in UTC.
 pub fn timestamp(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
+    let c = Civil::of(t);
     format!(
-        "{year:04}/{month:02}/{day:02} {:02}:{:02}:{:02}.{:06}",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        d.subsec_micros()
+        "{:04}/{:02}/{:02} {:02}:{:02}:{:02}.{:06}",
+        c.year,
+        c.month,
+        c.day,
+        c.hour,
+        c.minute,
+        c.second,
+        c.nanos / 1_000
     )
+}
+
+/// A UTC time broken into calendar fields (for the log, backup and syslog formats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Civil {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u64,
+    pub minute: u64,
+    pub second: u64,
+    pub nanos: u32,
+}
+
+impl Civil {
+    pub fn of(t: SystemTime) -> Civil {
+        let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = d.as_secs();
+        let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+        let rem = secs % 86_400;
+        Civil {
+            year,
+            month,
+            day,
+            hour: rem / 3600,
+            minute: (rem / 60) % 60,
+            second: rem % 60,
+            nanos: d.subsec_nanos(),
+        }
+    }
 }
 
 /// Days since 1970-01-01 to a (year, month, day) date in the proleptic Gregorian calendar.

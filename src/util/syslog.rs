@@ -4,11 +4,12 @@
 //! Facility daemon; `[INF]` and `[TRC]` lines at notice, `[WRN]` warning, `[ERR]` err, `[DBG]`
 //! debug. A line that cannot be sent is dropped (a TCP connection is dialled again once).
 
+use super::logging::Civil;
 use log::Level;
 use std::io::{self, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 const FACILITY_DAEMON: u8 = 3 << 3;
 const LOCAL_SOCKETS: [&str; 3] = ["/dev/log", "/var/run/syslog", "/var/run/log"];
@@ -178,30 +179,21 @@ fn stamp(t: SystemTime) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let (y_m_d, hms) = split(t);
-    let month = MONTHS[(y_m_d.1 as usize).saturating_sub(1) % 12];
-    format!("{month} {:>2} {hms}", y_m_d.2)
+    let c = Civil::of(t);
+    let month = MONTHS[(c.month as usize).saturating_sub(1) % 12];
+    format!(
+        "{month} {:>2} {:02}:{:02}:{:02}",
+        c.day, c.hour, c.minute, c.second
+    )
 }
 
 /// `2006-01-02T15:04:05Z`, UTC.
 fn rfc3339(t: SystemTime) -> String {
-    let ((year, month, day), hms) = split(t);
-    format!("{year:04}-{month:02}-{day:02}T{hms}Z")
-}
-
-fn split(t: SystemTime) -> ((i64, u32, u32), String) {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    // logging::timestamp is "YYYY/MM/DD hh:mm:ss.micros": reuse its calendar.
-    let text = super::logging::timestamp(UNIX_EPOCH + std::time::Duration::from_secs(secs));
-    let date: Vec<i64> = text[..10]
-        .split('/')
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    let ymd = match date.as_slice() {
-        [y, m, d] => (*y, *m as u32, *d as u32),
-        _ => (1970, 1, 1),
-    };
-    (ymd, text[11..19].to_string())
+    let c = Civil::of(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    )
 }
 
 #[cfg(test)]
@@ -236,7 +228,7 @@ mod tests {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let url = format!("udp://{}", socket.local_addr().unwrap());
         let s = Syslog::remote(&url, "stanza").unwrap();
-        let t = UNIX_EPOCH + Duration::from_secs(1_575_492_040);
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_575_492_040);
         let line = s.format(Level::Warn, "[WRN] careful", t);
         let pid = std::process::id();
         assert_eq!(
