@@ -201,20 +201,8 @@ fn cluster_json(m: &Monitor) -> Value {
     let Some(c) = &m.opts.cluster else {
         return json!({});
     };
-    let (addr, port) = c
-        .listen
-        .as_deref()
-        .and_then(crate::util::url::route_address)
-        .and_then(|(hp, _)| {
-            let (h, p) = hp.rsplit_once(':')?;
-            Some((h.to_string(), p.parse::<i64>().ok()?))
-        })
-        .unwrap_or_else(|| {
-            (
-                c.host.clone().unwrap_or_else(|| "0.0.0.0".into()),
-                i64::from(c.port.unwrap_or(0)),
-            )
-        });
+    let (addr, port) = crate::nats::route::listen_address(c)
+        .unwrap_or_else(|| (c.host.clone().unwrap_or_else(|| "0.0.0.0".into()), 0));
     json!({
         "name": m.node.core.routes.cluster_name(),
         "addr": addr,

@@ -238,19 +238,20 @@ impl RouteHub {
     }
 }
 
-/// The cluster listen address from `cluster { listen | host + port }` (port -1: random).
-fn listen_address(c: &crate::config::options::RouteCluster) -> Option<(String, u16)> {
+/// The cluster listen address from `cluster { listen | host + port }` as configured (`listen`
+/// may be a URL, `host:port` or a bare port; port -1 means random). Routes bind it; `/varz`
+/// shows it.
+pub fn listen_address(c: &crate::config::options::RouteCluster) -> Option<(String, i32)> {
     if let Some(listen) = &c.listen {
         let (hostport, _) = crate::util::url::route_address(listen)
             .or_else(|| Some((format!("0.0.0.0:{}", listen.parse::<i32>().ok()?), false)))?;
         let (host, port) = hostport.rsplit_once(':')?;
-        let port: i32 = port.parse().ok()?;
-        return Some((host.to_string(), u16::try_from(port).unwrap_or(0)));
+        return Some((host.to_string(), port.parse().ok()?));
     }
     let port = c.port?;
     Some((
         c.host.clone().unwrap_or_else(|| "0.0.0.0".to_string()),
-        port,
+        i32::from(port),
     ))
 }
 
@@ -293,6 +294,8 @@ pub fn start(core: &Rc<Core>) -> Result<Option<String>, String> {
     hub.announce_dirty(core);
     let mut bound = None;
     if let Some((host, port)) = listen_address(&cluster) {
+        // -1 (random) binds port 0.
+        let port = u16::try_from(port).unwrap_or(0);
         let listener = TcpListener::bind((host.as_str(), port))
             .map_err(|e| format!("Error listening on router port: {host}:{port}: {e}"))?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(port);
