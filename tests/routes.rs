@@ -61,6 +61,24 @@ fn launch(mut cmd: Command, client: u16, monitor: u16) -> NatsServer {
     server
 }
 
+/// Debian's nats-server (B) and a stanza node (A) that dials it, once their route is up;
+/// `None` (with the skip reason printed) without nats-server. Also returns B's route port.
+fn stanza_routed_to_nats_server() -> Option<(Server, NatsServer, u16)> {
+    let (b_client, b_route, a_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let b = nats_server(b_client, b_route, &[])?;
+    let a = stanza_with_route(a_route, &[format!("nats-route://127.0.0.1:{b_route}")], &[]);
+    assert!(
+        a.wait_for_log("Route connection created", Duration::from_secs(10)),
+        "{}",
+        a.log_text()
+    );
+    Some((a, b, b_route))
+}
+
 fn stanza_with_route(route: u16, routes: &[String], extra: &[&str]) -> Server {
     let list: Vec<String> = routes.iter().map(|r| format!("\"{r}\"")).collect();
     let config = format!(
@@ -196,20 +214,9 @@ fn cross_checks(a: u16, b: u16) {
 
 #[test]
 fn stanza_dials_nats_server() {
-    let (b_client, b_route, a_route) = (
-        common::free_port(),
-        common::free_port(),
-        common::free_port(),
-    );
-    let Some(b) = nats_server(b_client, b_route, &[]) else {
+    let Some((a, b, _)) = stanza_routed_to_nats_server() else {
         return;
     };
-    let a = stanza_with_route(a_route, &[format!("nats-route://127.0.0.1:{b_route}")], &[]);
-    assert!(
-        a.wait_for_log("Route connection created", Duration::from_secs(10)),
-        "{}",
-        a.log_text()
-    );
     cross_checks(a.port, b.client);
     let routez = common::http_get(&format!("127.0.0.1:{}", b.monitor), "/routez");
     assert!(routez.contains("\"num_routes\": 1"), "{routez}");
@@ -279,16 +286,10 @@ fn a_route_to_itself_is_dropped() {
 /// interest of both sides is exchanged anew.
 #[test]
 fn the_route_comes_back_after_the_peer_restarts() {
-    let (b_client, b_route, a_route) = (
-        common::free_port(),
-        common::free_port(),
-        common::free_port(),
-    );
-    let Some(b) = nats_server(b_client, b_route, &[]) else {
+    let Some((a, b, b_route)) = stanza_routed_to_nats_server() else {
         return;
     };
-    let a = stanza_with_route(a_route, &[format!("nats-route://127.0.0.1:{b_route}")], &[]);
-    assert!(a.wait_for_log("Route connection created", Duration::from_secs(10)));
+    let b_client = b.client;
     let mut on_a = connected(a.port);
     on_a.send(b"SUB after 1\r\n");
     on_a.ping_pong();
@@ -318,16 +319,9 @@ fn a_stan_client_on_the_other_node_is_served_across_the_route() {
     let Some(bin) = common::go_program("stan-go") else {
         return;
     };
-    let (b_client, b_route, a_route) = (
-        common::free_port(),
-        common::free_port(),
-        common::free_port(),
-    );
-    let Some(b) = nats_server(b_client, b_route, &[]) else {
+    let Some((_a, b, _)) = stanza_routed_to_nats_server() else {
         return;
     };
-    let a = stanza_with_route(a_route, &[format!("nats-route://127.0.0.1:{b_route}")], &[]);
-    assert!(a.wait_for_log("Route connection created", Duration::from_secs(10)));
     // The streaming subjects reach the peer with the route's first interest.
     std::thread::sleep(Duration::from_millis(500));
     let url = format!("nats://127.0.0.1:{}", b.client);
@@ -564,16 +558,9 @@ fn a_mixed_cluster_meshes_by_gossip() {
 /// client that spoke protocol 1 gets a new INFO when a peer goes, so it can fail over.
 #[test]
 fn clients_learn_the_cluster_urls() {
-    let (b_client, b_route, a_route) = (
-        common::free_port(),
-        common::free_port(),
-        common::free_port(),
-    );
-    let Some(b) = nats_server(b_client, b_route, &[]) else {
+    let Some((a, b, _)) = stanza_routed_to_nats_server() else {
         return;
     };
-    let a = stanza_with_route(a_route, &[format!("nats-route://127.0.0.1:{b_route}")], &[]);
-    assert!(a.wait_for_log("Route connection created", Duration::from_secs(10)));
     let fresh = RawClient::connect(a.port);
     let urls: Vec<String> = fresh.info["connect_urls"]
         .as_array()
@@ -587,7 +574,7 @@ fn clients_learn_the_cluster_urls() {
         urls,
         vec![
             format!("127.0.0.1:{}", a.port),
-            format!("127.0.0.1:{b_client}")
+            format!("127.0.0.1:{}", b.client)
         ],
         "{:?}",
         fresh.info
@@ -877,16 +864,9 @@ fn nats_py_clients_spread_over_the_cluster() {
     if !common::available("nats-py", "python3", &["-c", "import nats"]) {
         return;
     }
-    let (b_client, b_route, a_route) = (
-        common::free_port(),
-        common::free_port(),
-        common::free_port(),
-    );
-    let Some(b) = nats_server(b_client, b_route, &[]) else {
+    let Some((a, b, _)) = stanza_routed_to_nats_server() else {
         return;
     };
-    let a = stanza_with_route(a_route, &[format!("nats-route://127.0.0.1:{b_route}")], &[]);
-    assert!(a.wait_for_log("Route connection created", Duration::from_secs(10)));
     for urls in [
         format!("nats://127.0.0.1:{},nats://127.0.0.1:{}", a.port, b.client),
         format!("nats://127.0.0.1:{},nats://127.0.0.1:{}", b.client, a.port),
@@ -910,16 +890,9 @@ fn node_clients_over_the_cluster() {
     if !common::available("node", "node", &["--version"]) {
         return;
     }
-    let (b_client, b_route, a_route) = (
-        common::free_port(),
-        common::free_port(),
-        common::free_port(),
-    );
-    let Some(b) = nats_server(b_client, b_route, &[]) else {
+    let Some((a, b, _)) = stanza_routed_to_nats_server() else {
         return;
     };
-    let a = stanza_with_route(a_route, &[format!("nats-route://127.0.0.1:{b_route}")], &[]);
-    assert!(a.wait_for_log("Route connection created", Duration::from_secs(10)));
     std::thread::sleep(Duration::from_millis(300));
     let mut cmd = Command::new("node");
     cmd.arg(common::repo_path("tests/clients/node/core_nats.mjs"))

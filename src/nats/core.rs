@@ -827,6 +827,30 @@ impl Core {
     }
 
     /// Delivers to one member of a queue group, trying others if the first cannot take it.
+    /// Delivers to plain subscribers (but `skip_cid`); a route's subscription adds that route
+    /// to `fanout` instead (`None`: the message came from a route and goes to no route).
+    /// Returns whether any subscriber was found.
+    fn deliver_plain(
+        &self,
+        subs: &[SubRef],
+        msg: &MsgRef<'_>,
+        skip_cid: Option<u64>,
+        fanout: &mut Option<RouteFanout>,
+    ) -> bool {
+        let mut found = false;
+        for sub in subs {
+            if Some(sub.0.cid) == skip_cid {
+                continue;
+            }
+            found |= match (is_route_sub(&sub.0), fanout.as_mut()) {
+                (false, _) => self.deliver(&sub.0, msg),
+                (true, Some(f)) => f.plain(&sub.0),
+                (true, None) => false,
+            };
+        }
+        found
+    }
+
     /// A member that is a route's subscription adds the group to that route's message in
     /// `fanout` instead (`None`: the message came from a route and goes to no route).
     fn deliver_to_one(
@@ -896,18 +920,7 @@ impl Core {
         let (local, remote) = self.match_both(msg.subject);
         let mut found = false;
         let mut fanout = (!from_route).then(RouteFanout::default);
-        for sub in &local.plain {
-            if Some(sub.0.cid) == skip_cid {
-                continue;
-            }
-            if is_route_sub(&sub.0) {
-                if let Some(f) = fanout.as_mut() {
-                    found |= f.plain(&sub.0);
-                }
-                continue;
-            }
-            found |= self.deliver(&sub.0, msg);
-        }
+        found |= self.deliver_plain(&local.plain, msg, skip_cid, &mut fanout);
         // Per remote core: (deliver to plain subscribers, queue groups it must serve).
         let mut targets: Vec<(usize, bool, Vec<Bytes>)> = Vec::new();
         for &core in &remote.plain {
@@ -1102,15 +1115,7 @@ impl Core {
                 // for its routes: only this core holds routes).
                 let mut fanout = Some(RouteFanout::default());
                 if r.plain {
-                    for sub in &local.plain {
-                        if is_route_sub(&sub.0) {
-                            if let Some(f) = fanout.as_mut() {
-                                f.plain(&sub.0);
-                            }
-                        } else {
-                            self.deliver(&sub.0, &m);
-                        }
-                    }
+                    self.deliver_plain(&local.plain, &m, None, &mut fanout);
                 }
                 for group in &r.queues {
                     if let Some((_, members)) = local.queues.iter().find(|(q, _)| q == group) {
