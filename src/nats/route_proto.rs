@@ -310,11 +310,7 @@ pub fn push_msg(
     payload: &[u8],
     peer_headers: bool,
 ) {
-    let (header_len, payload) = if header_len > 0 && !peer_headers {
-        (0, &payload[header_len.min(payload.len())..])
-    } else {
-        (header_len, payload)
-    };
+    let (header_len, payload) = crate::nats::wire::headers_for(header_len, payload, peer_headers);
     out.reserve(subject.len() + payload.len() + 64);
     out.extend_from_slice(if header_len > 0 {
         b"HMSG $G "

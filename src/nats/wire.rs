@@ -33,6 +33,16 @@ fn push_num(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(buf.format(n).as_bytes());
 }
 
+/// A message's headers and payload as a receiver gets them: cut off when it does not take
+/// headers (a client without `headers`, a route peer without them).
+pub fn headers_for(header_len: usize, payload: &[u8], takes_headers: bool) -> (usize, &[u8]) {
+    if header_len > 0 && !takes_headers {
+        (0, &payload[header_len.min(payload.len())..])
+    } else {
+        (header_len, payload)
+    }
+}
+
 /// Writes a MSG (or HMSG when `header_len` > 0) frame. A client that did not ask for headers
 /// gets the body only, as nats-server does.
 pub fn push_msg(
@@ -44,11 +54,7 @@ pub fn push_msg(
     payload: &[u8],
     client_headers: bool,
 ) {
-    let (header_len, payload) = if header_len > 0 && !client_headers {
-        (0, &payload[header_len.min(payload.len())..])
-    } else {
-        (header_len, payload)
-    };
+    let (header_len, payload) = headers_for(header_len, payload, client_headers);
     out.reserve(subject.len() + sid.len() + payload.len() + 48);
     out.extend_from_slice(if header_len > 0 { b"HMSG " } else { b"MSG " });
     out.extend_from_slice(subject);
