@@ -771,10 +771,10 @@ impl Node {
     /// standalone check across the routes, so that a second streaming server with the same
     /// cluster ID refuses to start, as it does with `-ns`.
     pub async fn refuse_if_served_elsewhere(&self) -> Result<(), String> {
-        let configured = self.opts.cluster.as_ref().map_or(0, |c| c.routes.len());
-        if configured == 0 && self.opts.cluster.is_none() {
+        let Some(cluster) = &self.opts.cluster else {
             return Ok(());
-        }
+        };
+        let configured = cluster.routes.len();
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while self.core.routes.links().len() < configured && std::time::Instant::now() < deadline {
             glommio::timer::sleep(Duration::from_millis(20)).await;
