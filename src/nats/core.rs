@@ -311,22 +311,22 @@ fn is_route_sub(sub: &LocalSub) -> bool {
     sub.conn.upgrade().is_some_and(|c| c.route.get())
 }
 
+/// One route a message goes to: the connection and the queue groups chosen for it (plain
+/// interest needs no mark: being listed sends the `RMSG`).
+type RouteTarget = (Rc<ClientConn>, Vec<Bytes>);
+
 /// The routes one message goes to: each at most once, with the queue groups chosen for it
 /// (nats-server sends one `RMSG` per route carrying the union of its queue names).
-/// One route a message goes to: the connection, whether plain interest matched, and the
-/// queue groups chosen for it.
-type RouteTarget = (Rc<ClientConn>, bool, Vec<Bytes>);
-
 #[derive(Default)]
 struct RouteFanout(smallvec::SmallVec<[RouteTarget; 2]>);
 
 impl RouteFanout {
     fn entry(&mut self, sub: &LocalSub) -> Option<&mut RouteTarget> {
         let conn = sub.conn.upgrade().filter(|c| !c.is_closed())?;
-        let at = match self.0.iter().position(|(c, _, _)| c.cid == conn.cid) {
+        let at = match self.0.iter().position(|(c, _)| c.cid == conn.cid) {
             Some(at) => at,
             None => {
-                self.0.push((conn, false, Vec::new()));
+                self.0.push((conn, Vec::new()));
                 self.0.len() - 1
             }
         };
@@ -334,20 +334,14 @@ impl RouteFanout {
     }
 
     fn plain(&mut self, sub: &LocalSub) -> bool {
-        match self.entry(sub) {
-            Some(e) => {
-                e.1 = true;
-                true
-            }
-            None => false,
-        }
+        self.entry(sub).is_some()
     }
 
     fn queue(&mut self, sub: &LocalSub, group: &Bytes) -> bool {
         match self.entry(sub) {
-            Some(e) => {
-                if !e.2.contains(group) {
-                    e.2.push(group.clone());
+            Some((_, queues)) => {
+                if !queues.contains(group) {
+                    queues.push(group.clone());
                 }
                 true
             }
@@ -356,7 +350,7 @@ impl RouteFanout {
     }
 
     fn write(self, msg: &MsgRef<'_>) {
-        for (conn, _plain, queues) in self.0 {
+        for (conn, queues) in self.0 {
             {
                 let mut out = conn.out.borrow_mut();
                 crate::nats::route_proto::push_msg(
