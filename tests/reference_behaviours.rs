@@ -135,7 +135,10 @@ fn the_log_file_rotates_by_size() {
         let backups: Vec<String> = std::fs::read_dir(&dir.0)
             .expect("dir")
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with("stanza.log."))
+            .filter(|n| {
+                n.strip_prefix("stanza.log.")
+                    .is_some_and(|date| date.starts_with(|c: char| c.is_ascii_digit()))
+            })
             .collect();
         if backups.len() >= 2 || std::time::Instant::now() > deadline {
             break backups;

@@ -154,23 +154,22 @@ fn open_log(path: &Path) -> std::io::Result<File> {
 }
 
 /// Moves a full log file aside as `<file>.<YYYY.MM.DD.hh.mm.ss.nanos>` (nats-server's name for
-/// the backup) and starts a new one, which says where the old lines went. A failure keeps
-/// writing to the current file and is reported on standard error.
+/// the backup) and starts a new one, which says where the old lines went. The log path never
+/// goes missing while this runs (a reader or a tail sees the old file or the new one): the full
+/// file gets its backup name as a second link, and the new file, written under a temporary
+/// name, replaces it with one rename. A failure keeps writing to the current file and is
+/// reported on standard error.
 fn rotate(path: &Path, file: &mut File, written: &mut u64) {
     let now = SystemTime::now();
-    let mut backup = path.as_os_str().to_owned();
-    backup.push(format!(".{}", backup_suffix(now)));
-    let backup = PathBuf::from(backup);
-    let renamed = std::fs::rename(path, &backup).and_then(|_| open_log(path));
-    match renamed {
-        Ok(mut fresh) => {
-            let line = format!(
-                "[{}] {} [INF] Rotated log, backup saved as {}\n",
-                std::process::id(),
-                timestamp(now),
-                backup.display()
-            );
-            let _ = fresh.write_all(line.as_bytes());
+    let backup = with_suffix(path, &backup_suffix(now));
+    let line = format!(
+        "[{}] {} [INF] Rotated log, backup saved as {}\n",
+        std::process::id(),
+        timestamp(now),
+        backup.display()
+    );
+    match swap_in_fresh_log(path, &backup, line.as_bytes()) {
+        Ok(fresh) => {
             *written = line.len() as u64;
             *file = fresh;
         }
@@ -183,6 +182,40 @@ fn rotate(path: &Path, file: &mut File, written: &mut u64) {
             *written = 0;
         }
     }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Links the full log to `backup`, then renames a new file that starts with `first_line` over
+/// `path`. Where links are not supported the full file is renamed instead (the path is then
+/// missing for the moment between the two renames).
+fn swap_in_fresh_log(path: &Path, backup: &Path, first_line: &[u8]) -> std::io::Result<File> {
+    if std::fs::hard_link(path, backup).is_err() {
+        std::fs::rename(path, backup)?;
+        let mut fresh = open_log(path)?;
+        fresh.write_all(first_line)?;
+        return Ok(fresh);
+    }
+    let staging = with_suffix(path, "rotating");
+    let staged = (|| {
+        // A staging file left by a crash mid-rotation holds nothing worth keeping.
+        let _ = std::fs::remove_file(&staging);
+        let mut fresh = open_log(&staging)?;
+        fresh.write_all(first_line)?;
+        std::fs::rename(&staging, path)?;
+        Ok(fresh)
+    })();
+    if staged.is_err() {
+        // The full file keeps its name and its lines; drop the extra link and the staging file.
+        let _ = std::fs::remove_file(backup);
+        let _ = std::fs::remove_file(&staging);
+    }
+    staged
 }
 
 /// `2006.01.02.15.04.05.999999999` in Go's layout (UTC; trailing zeroes of the nanoseconds
@@ -363,5 +396,33 @@ mod tests {
         assert_eq!(timestamp(UNIX_EPOCH), "1970/01/01 00:00:00.000000");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(&timestamp(leap)[..10], "2000/02/29");
+    }
+
+    #[test]
+    fn rotation_keeps_the_full_file_and_starts_a_new_one() {
+        let dir = std::env::temp_dir().join(format!("stanza-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("s.log");
+        let mut file = open_log(&path).expect("open");
+        file.write_all(b"old lines\n").expect("write");
+        let mut written = 10;
+        rotate(&path, &mut file, &mut written);
+        file.write_all(b"new line\n").expect("write");
+        let current = std::fs::read_to_string(&path).expect("current");
+        assert!(
+            current.contains("Rotated log, backup saved as"),
+            "{current}"
+        );
+        assert!(current.ends_with("new line\n"), "{current}");
+        assert_eq!(written as usize, current.len() - "new line\n".len());
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        let backups: Vec<&String> = names.iter().filter(|n| n.starts_with("s.log.")).collect();
+        assert_eq!(backups.len(), 1, "{names:?}");
+        let old = std::fs::read_to_string(dir.join(backups[0])).expect("backup");
+        assert_eq!(old, "old lines\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
