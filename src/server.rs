@@ -9,10 +9,12 @@ use crate::nats::client;
 use crate::nats::core::{CloseReason, Core, GlobalCounters};
 use crate::stan::directory::SharedDirectory;
 use crate::stan::node::Node;
+use crate::stan::role::Role;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::{AcceptedTcpStream, TcpListener};
 use glommio::{LocalExecutorBuilder, Placement};
 use shards::ack_key::AckKey;
+use shards::store::lock::{Attempt, StoreLock};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -41,6 +43,10 @@ pub enum ServerError {
     Core { core: usize, msg: String },
     #[error("{0}")]
     Tls(#[from] crate::nats::tls::TlsError),
+    #[error("stan: store directory {dir:?} is in use by another server ({holder}); one server uses a store directory at a time (FT servers share one with ft_group)")]
+    StoreInUse { dir: String, holder: String },
+    #[error("{0}")]
+    StoreLock(#[from] shards::store::lock::LockError),
     #[error("the server did not become ready within {0:?}")]
     StartTimeout(Duration),
 }
@@ -163,6 +169,8 @@ pub struct Running {
     quiesced: mpsc::Receiver<usize>,
     stopped: mpsc::Receiver<usize>,
     reload: Arc<ReloadSlot>,
+    /// A standalone file store's directory lock, held until the process ends.
+    _store_lock: Option<StoreLock>,
 }
 
 /// Authorization handed from the main thread (SIGHUP) to the cores, which poll `generation`.
@@ -252,8 +260,20 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
             });
         }
     }
-    let kept_ack_key = match (&opts.streaming.store, &opts.streaming.dir) {
-        (crate::config::streaming::StoreType::File, Some(dir)) => Some(
+    let ft = opts.streaming.ft_group.is_some();
+    let role = Arc::new(Role::new(ft, crate::monitor::format::nuid()));
+    // FT servers share the directory: the one holding its lock is active (stan::ft). Any
+    // other server owns its directory alone.
+    let store_dir = match (&opts.streaming.store, &opts.streaming.dir) {
+        (crate::config::streaming::StoreType::File, Some(dir)) => Some(dir.clone()),
+        _ => None,
+    };
+    let store_lock = match &store_dir {
+        Some(dir) if !ft => Some(lock_store_directory(dir, &role.server_id)?),
+        _ => None,
+    };
+    let kept_ack_key = match &store_dir {
+        Some(dir) if !ft => Some(
             shards::store::file::check_server_file(dir, &opts.streaming.cluster_id)
                 .map_err(|msg| ServerError::Core { core: 0, msg })?,
         ),
@@ -303,6 +323,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         let directory = directory.clone();
         let tls = tls.clone();
         let ack_key = ack_key.clone();
+        let role = role.clone();
         let ready_tx = ready_tx.clone();
         let lifecycle = Lifecycle {
             streaming_stopped: streaming_stopped.clone(),
@@ -335,8 +356,8 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
                 };
                 executor.run(async move {
                     if let Err(e) = run_core(
-                        opts, mesh, handoff, ncores, server_id, global, directory, ack_key, tls,
-                        &ready_tx, lifecycle,
+                        opts, mesh, handoff, ncores, server_id, global, directory, ack_key, role,
+                        tls, &ready_tx, lifecycle,
                     )
                     .await
                     {
@@ -376,7 +397,31 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         quiesced: quiesced_rx,
         stopped: stopped_rx,
         reload,
+        _store_lock: store_lock,
     })
+}
+
+/// Takes the store directory's lock for this process, waiting up to PORT_RETRY for a server
+/// that is still exiting; refuses with who holds it.
+fn lock_store_directory(dir: &std::path::Path, server_id: &str) -> Result<StoreLock, ServerError> {
+    let me = crate::stan::ft::holder_description(server_id);
+    let deadline = std::time::Instant::now() + PORT_RETRY;
+    loop {
+        match StoreLock::try_acquire(dir, &me)? {
+            Attempt::Held(lock) => return Ok(lock),
+            Attempt::Busy { holder } if std::time::Instant::now() >= deadline => {
+                return Err(ServerError::StoreInUse {
+                    dir: dir.display().to_string(),
+                    holder: if holder.is_empty() {
+                        "a process that did not say who it is".into()
+                    } else {
+                        holder
+                    },
+                })
+            }
+            Attempt::Busy { .. } => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// Counts reports from cores until `expected` or the deadline.
@@ -417,6 +462,7 @@ async fn run_core(
     global: Arc<GlobalCounters>,
     directory: Arc<SharedDirectory>,
     ack_key: AckKey,
+    role: Arc<Role>,
     tls: Option<Arc<rustls::ServerConfig>>,
     ready: &mpsc::Sender<Result<usize, ServerError>>,
     lifecycle: Lifecycle,
@@ -436,9 +482,11 @@ async fn run_core(
     core.outbox.start_flushers(Rc::new(senders));
     core.set_tls(tls.clone());
     // Registered before the mesh is read, so no streaming message from a peer finds it absent.
-    let streaming = Node::start(core.clone(), &opts, directory, ack_key);
+    let ft = role.is_ft();
+    let streaming = Node::start(core.clone(), &opts, directory, ack_key, role);
     streaming.stop_answering_when(lifecycle.streaming_stopped.clone());
-    if opts.streaming.store == crate::config::streaming::StoreType::File {
+    // An FT standby opens the store only once it holds the lock.
+    if opts.streaming.store == crate::config::streaming::StoreType::File && !ft {
         streaming
             .open_store()
             .await
@@ -446,10 +494,13 @@ async fn run_core(
     }
     if id == 0 && opts.streaming.nats_server.is_none() {
         crate::nats::route::start(&core).map_err(|msg| ServerError::Core { core: id, msg })?;
-        streaming
-            .refuse_if_served_elsewhere()
-            .await
-            .map_err(|msg| ServerError::Core { core: id, msg })?;
+        // FT servers share a cluster ID by design; the lock decides among them.
+        if !ft {
+            streaming
+                .refuse_if_served_elsewhere()
+                .await
+                .map_err(|msg| ServerError::Core { core: id, msg })?;
+        }
     }
     if id == 0 {
         let monitor_tls = match &opts.tls {
@@ -516,6 +567,9 @@ async fn run_core(
         )
     };
     let _ = ready.send(Ok(id));
+    if let (Some(ft), Some(dir)) = (streaming.ft.clone(), opts.streaming.dir.clone()) {
+        glommio::spawn_local(crate::stan::ft::run(streaming.clone(), ft, dir)).detach();
+    }
     let accepting = async {
         match &listener {
             Some(l) => accept_loop(&core, l, &handoff_tx).await,

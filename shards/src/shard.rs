@@ -331,6 +331,12 @@ impl Shard {
         }
     }
 
+    /// The ack key of a store opened after start-up (an FT standby becoming active learns it
+    /// from the store): set before any subscription exists, since their ack inboxes use it.
+    pub fn set_ack_key(&mut self, key: AckKey) {
+        self.cfg.ack_key = key;
+    }
+
     /// Keeps every stored message's record for the file store (see `take_unwritten`).
     pub fn persist_messages(&mut self) {
         self.unwritten = Some(UnwrittenMap::default());

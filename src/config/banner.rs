@@ -68,17 +68,6 @@ pub fn unbuilt_features(o: &Options) -> Vec<Unbuilt> {
         "the SQL store",
     );
     note(
-        s.ft_group.is_some(),
-        &[
-            "streaming.ft_group",
-            "streaming.ft_group_name",
-            "ft_group",
-            "ft_group_name",
-        ],
-        "--ft_group",
-        "fault-tolerant mode",
-    );
-    note(
         s.cluster.is_some(),
         &["streaming.cluster", "streaming.clustering"],
         "--clustered / --cluster_node_id / --cluster_peers / --cluster_bootstrap",

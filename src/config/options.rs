@@ -333,6 +333,19 @@ impl Options {
         if s.ft_group.is_some() && s.store == StoreType::Memory {
             return Err(invalid("ft: only FILE or SQL stores supported in FT mode"));
         }
+        if s.ft_group.is_some() && s.cluster.is_some() {
+            // The reference does not check this; its FT lock and raft would fight over one store.
+            return Err(invalid(
+                "ft: FT mode and clustering are mutually exclusive: set either ft_group or cluster",
+            ));
+        }
+        if let Some(group) = &s.ft_group {
+            if !crate::nats::subject::is_valid_literal_subject(group.as_bytes()) {
+                return Err(invalid(format!(
+                    "ft: invalid ft_group {group:?}: it names the subject _STAN.ft.<cluster_id>.<ft_group>"
+                )));
+            }
+        }
         if s.store == StoreType::File && s.dir.is_none() {
             return Err(invalid(
                 "the FILE store needs a directory: set --dir or the 'dir' key",

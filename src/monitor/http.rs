@@ -174,10 +174,25 @@ async fn handle(monitor: &Monitor, req: Request<Incoming>) -> Response<Full<Byte
         "/streaming/storez" => streaming_endpoints::storez(monitor).await,
         "/streaming/clientsz" => streaming_endpoints::clientsz(monitor, &query).await,
         "/streaming/channelsz" => streaming_endpoints::channelsz(monitor, &query).await,
-        "/streaming/isFTActive" => Reply::Status(StatusCode::NO_CONTENT),
+        "/streaming/isFTActive" => {
+            // 200 only on the FT active server (standalone and standby: 204, as the reference).
+            let active = is_ft_active(monitor);
+            Reply::Status(if active {
+                StatusCode::OK
+            } else {
+                StatusCode::NO_CONTENT
+            })
+        }
         _ => Reply::NotFound("404 page not found\n".into()),
     };
     respond(reply, query.get("callback"))
+}
+
+/// 200 once the FT active server answers streaming requests: a load balancer that sends
+/// clients to it then never sends them during the take-over's recovery (serverz already says
+/// FT_ACTIVE then).
+fn is_ft_active(monitor: &Monitor) -> bool {
+    monitor.node.role.state() == crate::stan::role::State::Active
 }
 
 fn respond(reply: Reply, callback: Option<&String>) -> Response<Full<Bytes>> {

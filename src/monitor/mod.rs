@@ -111,9 +111,9 @@ pub fn start(
         .unwrap_or_default();
     let monitor = Rc::new(Monitor {
         opts: node.opts.clone(),
+        stan_server_id: node.role.server_id.clone(),
         node,
         started: SystemTime::now(),
-        stan_server_id: format::nuid(),
         http_host,
         http_port,
         requests: RefCell::new(BTreeMap::new()),

@@ -219,7 +219,7 @@ fn streaming_subscriptions(m: &Monitor) -> Vec<String> {
     if m.opts.streaming.nats_server.is_some() {
         return Vec::new();
     }
-    m.node.subjects.internal_subscriptions()
+    m.node.served_subjects()
 }
 
 pub async fn subsz(m: &Monitor, q: &Query) -> Reply {

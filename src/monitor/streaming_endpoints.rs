@@ -73,7 +73,7 @@ pub async fn serverz(m: &Monitor) -> Reply {
         "server_id": m.stan_server_id,
         "version": COMPATIBLE_WITH,
         "go": format!("stanza {} (rust)", env!("CARGO_PKG_VERSION")),
-        "state": "STANDALONE",
+        "state": m.node.role.state().name(),
         "now": now(),
         "start_time": rfc3339(m.started),
         "uptime": uptime(m.started.elapsed().unwrap_or(Duration::ZERO)),

@@ -63,6 +63,18 @@ pub enum StanMsg {
     HurryHeartbeat {
         client_id: String,
     },
+    /// FT take-over, from core 0 to every core: open this core's part of the store (its ack
+    /// inboxes made with the store's key) and answer with `Activated`.
+    Activate {
+        ack_key: shards::ack_key::AckKey,
+    },
+    Activated {
+        result: Result<(), String>,
+    },
+    /// A message on the FT subject published on another core, for core 0 to look at.
+    FtMessage {
+        payload: Bytes,
+    },
     /// Monitoring: report this core's figures to the asking core.
     Snapshot {
         token: u64,

@@ -12,8 +12,11 @@
 pub mod control;
 pub mod directory;
 pub mod external;
+pub mod ft;
+pub mod ft_heartbeat;
 pub mod messages;
 pub mod node;
 pub mod requests;
+pub mod role;
 pub mod subjects;
 pub mod time;

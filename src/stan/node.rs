@@ -6,8 +6,10 @@
 use super::control::ControlPlane;
 use super::directory::SharedDirectory;
 use super::external::External;
+use super::ft::Ft;
 use super::messages::{PublishFrame, StanMsg};
 use super::requests;
+use super::role::{Role, State};
 use super::subjects::{Kind, Subjects};
 use super::time;
 use crate::config::Options;
@@ -86,6 +88,10 @@ pub struct Node {
     pub dir: Arc<SharedDirectory>,
     pub opts: Rc<Options>,
     pub control: Option<ControlPlane>,
+    /// Whether the streaming server answers (standalone, or FT and active).
+    pub role: Arc<Role>,
+    /// Core 0 in FT mode: the standby loop's state and the active server's heartbeats.
+    pub ft: Option<Rc<Ft>>,
     /// This shard's connection to an external NATS server (`-ns`); `None` when embedded.
     external: RefCell<Option<Rc<External>>>,
     waiters: RefCell<FxHashMap<u64, Rc<Waiter>>>,
@@ -124,9 +130,14 @@ impl Node {
         opts: &Options,
         dir: Arc<SharedDirectory>,
         ack_key: shards::ack_key::AckKey,
+        role: Arc<Role>,
     ) -> Rc<Node> {
         let s = &opts.streaming;
-        let subjects = Rc::new(Subjects::new(&s.cluster_id, &s.discover_prefix));
+        let subjects = Rc::new(Subjects::new(
+            &s.cluster_id,
+            &s.discover_prefix,
+            s.ft_group.as_deref(),
+        ));
         let limits = match s.store_limits.to_limits().build() {
             Ok(l) => l,
             Err(e) => {
@@ -146,13 +157,15 @@ impl Node {
             limits,
             replace_durable: s.replace_durable,
         });
-        if core.id == 0 && s.nats_server.is_none() {
-            // Routes to other servers announce the streaming server's subjects as interest.
-            core.routes.set_internal(subjects.internal_subscriptions());
-        }
         let node = Rc::new(Node {
             stopped: std::cell::OnceCell::new(),
             control: (core.id == 0).then(ControlPlane::default),
+            ft: subjects
+                .ft
+                .clone()
+                .filter(|_| core.id == 0)
+                .map(|subject| Rc::new(Ft::new(subject))),
+            role,
             external: RefCell::new(None),
             core: core.clone(),
             subjects,
@@ -176,6 +189,11 @@ impl Node {
             me: RefCell::new(Weak::new()),
         });
         *node.me.borrow_mut() = Rc::downgrade(&node);
+        if core.id == 0 && s.nats_server.is_none() {
+            // Routes to other servers announce the streaming server's subjects as interest
+            // (a standby's only the FT subject).
+            core.routes.set_internal(node.served_subjects());
+        }
         core.set_internal_handler(node.clone());
         let ticking = node.clone();
         glommio::spawn_local(async move {
@@ -195,9 +213,42 @@ impl Node {
     }
 
     fn is_stopped(&self) -> bool {
-        self.stopped
-            .get()
-            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
+        !self.role.serving()
+            || self
+                .stopped
+                .get()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// The subjects the streaming server listens on now: the FT subject in FT mode, and the
+    /// request and inbox subjects unless it stands by.
+    pub fn served_subjects(&self) -> Vec<String> {
+        let standing_by = matches!(self.role.state(), State::Standby | State::Failed);
+        self.streaming_subjects(!standing_by)
+    }
+
+    fn streaming_subjects(&self, serving: bool) -> Vec<String> {
+        let mut subjects = if serving {
+            self.subjects.internal_subscriptions()
+        } else {
+            Vec::new()
+        };
+        subjects.extend(self.subjects.ft.clone());
+        subjects
+    }
+
+    /// FT take-over on this core: opens its part of the store with the store's ack key, then
+    /// listens on the streaming subjects (they answer once every core has done this).
+    pub async fn activate(self: &Rc<Self>, ack_key: shards::ack_key::AckKey) -> Result<(), String> {
+        self.shard.borrow_mut().set_ack_key(ack_key);
+        self.open_store().await?;
+        if self.external.borrow().is_some() {
+            return self.serve_external(false).await;
+        }
+        if self.core.id == 0 {
+            self.core.routes.set_internal(self.streaming_subjects(true));
+        }
+        Ok(())
     }
 
     pub fn rc(&self) -> Option<Rc<Node>> {
@@ -733,20 +784,36 @@ impl Node {
         InternalHandler::on_publish(self, &msg);
     }
 
-    /// External NATS mode: connects this shard, and on shard 0 checks that no other streaming
-    /// server answers on the discover subject before serving it.
+    /// External NATS mode: connects this shard. A standalone server then checks (shard 0) that
+    /// no other streaming server answers on the discover subject and serves; an FT standby
+    /// listens only for heartbeats until it takes over (`activate`).
     pub async fn start_external(self: &Rc<Self>) -> Result<(), String> {
         let ext = External::new(self)?;
+        if let (0, Some(ft)) = (self.core.id, &self.subjects.ft) {
+            ext.subscribe(ft);
+        }
+        ext.start().await?;
+        *self.external.borrow_mut() = Some(ext);
+        if !self.role.serving() {
+            return Ok(());
+        }
+        self.serve_external(true).await
+    }
+
+    /// External NATS mode: subscribes this shard's inboxes and, on shard 0, the request
+    /// subjects (after the standalone check when `probe`).
+    async fn serve_external(self: &Rc<Self>, probe: bool) -> Result<(), String> {
+        let Some(ext) = self.external.borrow().clone() else {
+            return Ok(());
+        };
         let cid = self.subjects.cluster_id.clone();
         ext.subscribe(&format!("{}>", self.subjects.ack_prefix(self.core.id)));
         ext.subscribe(&format!("_STAN.reply.{cid}.{}.>", self.core.id));
-        ext.start().await?;
-        *self.external.borrow_mut() = Some(ext.clone());
         if self.core.id != 0 {
             return Ok(());
         }
         ext.flush(PROBE_TIMEOUT * 4).await;
-        if self.another_server_answers().await {
+        if probe && self.another_server_answers().await {
             return Err(format!(
                 "discovered another streaming server with cluster ID {cid:?}"
             ));
@@ -1033,6 +1100,25 @@ impl Node {
             StanMsg::Close { payload, reply } => self.on_close(payload, reply),
             StanMsg::Done { token } => self.on_done(token),
             StanMsg::HurryHeartbeat { client_id } => self.hurry_heartbeat(&client_id),
+            StanMsg::Activate { ack_key } => {
+                if let Some(me) = self.rc() {
+                    glommio::spawn_local(async move {
+                        let result = me.activate(ack_key).await;
+                        me.send_to(0, StanMsg::Activated { result });
+                    })
+                    .detach();
+                }
+            }
+            StanMsg::FtMessage { payload } => {
+                if let Some(ft) = &self.ft {
+                    ft.on_message(self, &payload);
+                }
+            }
+            StanMsg::Activated { result } => {
+                if let Some(ft) = &self.ft {
+                    ft.core_reported(result);
+                }
+            }
             StanMsg::Snapshot { token } => {
                 let snapshot = Box::new(snapshot::take(self));
                 self.send_to(from, StanMsg::SnapshotReply { token, snapshot });
@@ -1059,6 +1145,20 @@ impl InternalHandler for Node {
         let Some(kind) = self.subjects.classify(msg.subject) else {
             return Handled::No;
         };
+        if kind == Kind::Ft {
+            // Core 0 watches the FT subject (routes and the external connection deliver there;
+            // a local publisher's message is passed on); the message still goes to whoever
+            // else subscribes.
+            match &self.ft {
+                Some(ft) => ft.on_message(self, msg.payload),
+                None if self.role.is_ft() => {
+                    let payload = msg.share(msg.payload);
+                    self.send_to(0, StanMsg::FtMessage { payload });
+                }
+                None => {}
+            }
+            return Handled::No;
+        }
         if self.is_stopped() {
             return Handled::No;
         }
@@ -1133,6 +1233,7 @@ impl InternalHandler for Node {
             Kind::Discover => self.send_to(0, StanMsg::Connect { payload, reply }),
             Kind::Close => self.send_to(0, StanMsg::Close { payload, reply }),
             Kind::Ping => self.ping(&payload, reply.as_ref()),
+            Kind::Ft => {}
         }
         Handled::Yes
     }

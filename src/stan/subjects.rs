@@ -19,23 +19,34 @@ pub struct Subjects {
     ack_root: String,
     /// `_STAN.reply.<cid>.`: followed by `<shard>.<token>`.
     reply_root: String,
+    /// FT mode: `_STAN.ft.<cid>.<group>`, where the active server's heartbeats go.
+    pub ft: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind<'a> {
     Discover,
     Ping,
-    Publish { channel: &'a [u8] },
+    Publish {
+        channel: &'a [u8],
+    },
     Subscribe,
     Unsubscribe,
     SubClose,
     Close,
-    Ack { shard: usize },
-    Reply { shard: usize, token: u64 },
+    Ack {
+        shard: usize,
+    },
+    Reply {
+        shard: usize,
+        token: u64,
+    },
+    /// On the FT subject (a heartbeat, in FT mode).
+    Ft,
 }
 
 impl Subjects {
-    pub fn new(cluster_id: &str, discover_prefix: &str) -> Self {
+    pub fn new(cluster_id: &str, discover_prefix: &str, ft_group: Option<&str>) -> Self {
         let discover = format!("{discover_prefix}.{cluster_id}");
         Subjects {
             cluster_id: cluster_id.to_string(),
@@ -49,6 +60,7 @@ impl Subjects {
             close: format!("_STAN.close.{cluster_id}"),
             ack_root: format!("_STAN.ack.{cluster_id}."),
             reply_root: format!("_STAN.reply.{cluster_id}."),
+            ft: ft_group.map(|g| format!("_STAN.ft.{cluster_id}.{g}")),
         }
     }
 
@@ -104,6 +116,13 @@ impl Subjects {
             (self.sub_close.as_bytes(), Kind::SubClose),
             (self.close.as_bytes(), Kind::Close),
         ];
+        if self
+            .ft
+            .as_deref()
+            .is_some_and(|ft| ft.as_bytes() == subject)
+        {
+            return Some(Kind::Ft);
+        }
         exact
             .into_iter()
             .find(|(s, _)| *s == subject)
@@ -127,7 +146,7 @@ mod tests {
 
     #[test]
     fn classifies_every_kind() {
-        let s = Subjects::new("test-cluster", "_STAN.discover");
+        let s = Subjects::new("test-cluster", "_STAN.discover", Some("g"));
         assert_eq!(
             s.classify(b"_STAN.discover.test-cluster"),
             Some(Kind::Discover)
@@ -162,6 +181,8 @@ mod tests {
                 token: 77
             })
         );
+        assert_eq!(s.classify(b"_STAN.ft.test-cluster.g"), Some(Kind::Ft));
+        assert_eq!(s.classify(b"_STAN.ft.test-cluster.h"), None);
         assert_eq!(s.classify(b"_STAN.discover.other"), None);
         assert_eq!(s.classify(b"_STAN.ack.test-cluster.x.1"), None);
         assert_eq!(s.classify(b"foo"), None);

@@ -329,11 +329,17 @@ pub fn run_client(cmd: Command, timeout: Duration) -> Output {
 /// Runs a program to its end, killing it at `timeout`, and returns what it printed.
 pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
     let shown = format!("{cmd:?}");
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    finish_bounded(child, timeout)
+}
+
+/// Waits for a started program (its output piped) to end, killing it at `timeout`, and returns
+/// what it printed.
+pub fn finish_bounded(mut child: Child, timeout: Duration) -> Output {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {

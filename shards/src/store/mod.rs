@@ -6,6 +6,7 @@ pub mod file;
 pub mod file_log;
 pub mod index;
 pub mod journal;
+pub mod lock;
 pub mod log;
 pub mod memory;
 pub mod record;

@@ -1,0 +1,112 @@
+//! Whether this process's streaming server answers requests, one value shared by every core.
+//! A standalone server answers from start-up. In FT mode it stands by (serving NATS and
+//! monitoring only) until core 0 holds the store lock and every core has opened its part of
+//! the store (`ft.rs`).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Standalone,
+    /// FT mode, waiting for the store lock.
+    Standby,
+    /// FT mode, lock held, the store being recovered (`serverz` already says FT_ACTIVE, as the
+    /// reference's does; `isFTActive` waits for `Active`).
+    Activating,
+    Active,
+    /// FT mode, the take-over failed (the process is exiting).
+    Failed,
+}
+
+impl State {
+    /// The name `/streaming/serverz` reports (`state`).
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Standalone => "STANDALONE",
+            State::Standby => "FT_STANDBY",
+            State::Activating | State::Active => "FT_ACTIVE",
+            State::Failed => "FAILED",
+        }
+    }
+
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Standalone,
+            1 => State::Standby,
+            2 => State::Activating,
+            3 => State::Active,
+            _ => State::Failed,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            State::Standalone => 0,
+            State::Standby => 1,
+            State::Activating => 2,
+            State::Active => 3,
+            State::Failed => 4,
+        }
+    }
+}
+
+pub struct Role {
+    state: AtomicU8,
+    /// The streaming server's ID: a NUID made at each start, as the reference's (monitoring
+    /// reports it; FT heartbeats carry it).
+    pub server_id: String,
+}
+
+impl Role {
+    pub fn new(ft: bool, server_id: String) -> Role {
+        let state = if ft {
+            State::Standby
+        } else {
+            State::Standalone
+        };
+        Role {
+            state: AtomicU8::new(state.to_u8()),
+            server_id,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub fn set(&self, state: State) {
+        self.state.store(state.to_u8(), Ordering::Release);
+    }
+
+    pub fn is_ft(&self) -> bool {
+        self.state() != State::Standalone
+    }
+
+    /// Whether streaming requests are answered.
+    pub fn serving(&self) -> bool {
+        matches!(self.state(), State::Standalone | State::Active)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_standalone_and_active_serve() {
+        let role = Role::new(true, "id".into());
+        assert_eq!(role.state().name(), "FT_STANDBY");
+        assert!(!role.serving());
+        role.set(State::Activating);
+        assert_eq!(role.state().name(), "FT_ACTIVE");
+        assert!(!role.serving());
+        role.set(State::Active);
+        assert!(role.serving());
+        role.set(State::Failed);
+        assert!(!role.serving());
+        let standalone = Role::new(false, "id".into());
+        assert!(standalone.serving());
+        assert!(!standalone.is_ft());
+        assert_eq!(standalone.state().name(), "STANDALONE");
+    }
+}
