@@ -145,7 +145,8 @@ fn state(monitor: u16) -> String {
 /// stan.go clients on the cluster publish, and durable and queue subscribers receive, while the
 /// active is killed with SIGKILL ten times (each time restarted as a standby): every
 /// acknowledged message is in the channel exactly once and in order, and reached both
-/// subscriptions. Never two actives at any sample.
+/// subscriptions. Never two actives at any sample. Longer loops:
+/// `STANZA_FT_KILLS=100 cargo test --release --test ft kill_nine` (README, Testing).
 #[test]
 fn kill_nine_of_the_active_under_load_ten_times() {
     let Some(bin) = common::go_program("stan-go") else {
@@ -167,15 +168,22 @@ fn kill_nine_of_the_active_under_load_ten_times() {
         .map(|n| format!("nats://127.0.0.1:{}", n.client))
         .collect();
     let stop = store.0.join("stop-publishing");
+    let kills: u32 = std::env::var("STANZA_FT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    // About 2 s per kill, then the checks.
+    let case_timeout = Duration::from_secs(60 + 3 * u64::from(kills));
     let mut cmd = Command::new(&bin);
     cmd.args(["ft_failover_load", &urls.join(","), "ft-load"])
         .env("STANZA_STOP_FILE", &stop)
+        .env("STANZA_CASE_TIMEOUT", case_timeout.as_secs().to_string())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let client = cmd.spawn().expect("stan.go case");
     std::thread::sleep(Duration::from_millis(1500));
     let mut take_overs = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..kills {
         let (active, _) = the_active(&nodes, TAKE_OVER_BOUND);
         nodes[active].kill();
         let (next, took) = the_active(&nodes, TAKE_OVER_BOUND);
@@ -191,7 +199,7 @@ fn kill_nine_of_the_active_under_load_ten_times() {
     }
     std::fs::write(&stop, b"").expect("stop file");
     eprintln!("take-overs (kill -9 to isFTActive 200 elsewhere): {take_overs:?}");
-    let out = common::finish_bounded(client, Duration::from_secs(60));
+    let out = common::finish_bounded(client, case_timeout);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -420,4 +428,37 @@ fn the_reference_servers_heartbeats_decode() {
     std::fs::write(seeds.join("go-reference"), &payload).expect("seed");
     let ours = stanza::stan::ft_heartbeat::encode("stanza-server", activated);
     std::fs::write(seeds.join("stanza"), &ours).expect("seed");
+}
+
+/// node-nats-streaming through a standby's port: its smoke case (publish, subscribe, durable,
+/// queue), then messages published through the standby are all there, through the same port,
+/// after kill -9 of the active.
+#[test]
+fn node_clients_through_a_standby() {
+    let modules = common::repo_path("tests/clients/node/node_modules");
+    if !modules.join("node-nats-streaming").exists() {
+        common::skip("npm package node-nats-streaming is not installed (run .ci/run)");
+        return;
+    }
+    if !common::available("node", "node", &["--version"]) {
+        return;
+    }
+    let store = TempDir::new("ft-node");
+    // node-nats-streaming's smoke case uses the default cluster ID.
+    let mut nodes = ft_cluster(2, &store, "test-cluster");
+    let (active, _) = the_active(&nodes, TAKE_OVER_BOUND);
+    let standby = 1 - active;
+    let url = format!("nats://127.0.0.1:{}", nodes[standby].client);
+    let node = |args: &[&str]| {
+        let mut cmd = Command::new("node");
+        cmd.arg(common::repo_path("tests/clients/node/stan_smoke.mjs"))
+            .args(args);
+        common::run_client(cmd, Duration::from_secs(60));
+    };
+    node(&["smoke", &url]);
+    node(&["publish", &url, "ft.node", "50"]);
+    nodes[active].kill();
+    let (next, _) = the_active(&nodes, TAKE_OVER_BOUND);
+    assert_eq!(next, standby);
+    node(&["consume", &url, "ft.node", "50"]);
 }

@@ -82,7 +82,7 @@ func init() {
 		acked := map[string]bool{}
 		var ackedOrder []string
 		failedAcks := 0
-		deadline := time.Now().Add(90 * time.Second)
+		deadline := time.Now().Add(caseTimeout() - 45*time.Second)
 		for i := 1; time.Now().Before(deadline); i++ {
 			if _, err := os.Stat(stopFile); err == nil {
 				break

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -222,7 +223,15 @@ func main() {
 	select {
 	case <-done:
 		fmt.Println("OK", os.Args[1])
-	case <-time.After(60 * time.Second):
-		fail("case %s did not finish in 60s", os.Args[1])
+	case <-time.After(caseTimeout()):
+		fail("case %s did not finish in %v", os.Args[1], caseTimeout())
 	}
+}
+
+// caseTimeout bounds every case: 60 s, or STANZA_CASE_TIMEOUT seconds (long FT kill loops).
+func caseTimeout() time.Duration {
+	if v, err := strconv.Atoi(os.Getenv("STANZA_CASE_TIMEOUT")); err == nil && v > 0 {
+		return time.Duration(v) * time.Second
+	}
+	return 60 * time.Second
 }
