@@ -120,21 +120,6 @@ fn the_active(nodes: &[Node], within: Duration) -> (usize, Duration) {
     }
 }
 
-/// Starts a Go server (output discarded) and waits until it listens on `port`.
-fn listening(cmd: &mut Command, port: u16) -> std::process::Child {
-    let child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{cmd:?} did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
 fn state(monitor: u16) -> String {
     let body = common::http_get(&format!("127.0.0.1:{monitor}"), "/streaming/serverz");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -321,14 +306,9 @@ fn ft_with_an_external_nats_server() {
     let Some(bin) = common::go_program("stan-go") else {
         return;
     };
-    if !common::available("Debian's nats-server", "nats-server", &["--version"]) {
+    let Some((mut nats, port)) = common::plain_nats_server() else {
         return;
-    }
-    let port = common::free_port();
-    let mut nats = listening(
-        Command::new("nats-server").args(["-a", "127.0.0.1", "-p", &port.to_string()]),
-        port,
-    );
+    };
     let store = TempDir::new("ft-ns");
     let url = format!("nats://127.0.0.1:{port}");
     let start = |monitor: u16| {
@@ -402,7 +382,7 @@ fn the_reference_servers_heartbeats_decode() {
     }
     let port = common::free_port();
     let dir = TempDir::new("go-ft");
-    let mut go = listening(
+    let mut go = common::spawn_listening(
         Command::new("nats-streaming-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .args(["-cid", "ref-ft", "--ft_group", "g", "-st", "FILE", "--dir"])

@@ -717,23 +717,12 @@ fn tls_routes_with_verification() {
 fn a_second_streaming_server_with_the_same_cluster_id_refuses_to_start() {
     let (a_route, b_route) = (common::free_port(), common::free_port());
     let a = stanza_with_route(a_route, &[], &[]);
-    let dir = common::TempDir::new("second-server");
     let config = |cid: &str| {
         format!(
             "cluster {{\n  name: routes-test\n  listen: \"127.0.0.1:{b_route}\"\n  routes: [\"nats-route://127.0.0.1:{a_route}\"]\n}}\nstreaming {{ cluster_id: {cid} }}\n"
         )
     };
-    let path = dir.0.join("b.conf");
-    std::fs::write(&path, config("test-cluster")).expect("write");
-    let port = common::free_port().to_string();
-    let err = common::fails_cleanly(&[
-        "-a",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-c",
-        path.to_str().expect("utf-8"),
-    ]);
+    let err = common::refused_config(&config("test-cluster"));
     assert!(
         err.contains("discovered another streaming server with cluster ID \"test-cluster\""),
         "{err}"

@@ -331,6 +331,11 @@ impl Shard {
         }
     }
 
+    /// Whether the client registry (replicated to every shard) has `client_id`.
+    pub fn knows_client(&self, client_id: &str) -> bool {
+        self.clients.contains_key(client_id)
+    }
+
     /// The ack key of a store opened after start-up (an FT standby becoming active learns it
     /// from the store): set before any subscription exists, since their ack inboxes use it.
     pub fn set_ack_key(&mut self, key: AckKey) {

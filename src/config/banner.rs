@@ -74,12 +74,6 @@ pub fn unbuilt_features(o: &Options) -> Vec<Unbuilt> {
         "streaming (raft) clustering",
     );
     note(
-        s.partitioning,
-        &["streaming.partitioning", "partitioning"],
-        "--partitioning",
-        "partitioning",
-    );
-    note(
         s.encrypt,
         &[
             "streaming.encrypt",

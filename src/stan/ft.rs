@@ -226,6 +226,12 @@ async fn take_over(node: &Rc<Node>, ft: &Rc<Ft>, lock: Arc<StoreLock>, dir: &Pat
         ft.reported.notified().await;
     }
     node.role.set(State::Active);
+    if node.partition.is_some() {
+        if let Err(e) = node.check_partitions().await {
+            fatal(node, &format!("Partitioning error: {e}"));
+        }
+        node.watch_partitions();
+    }
     log::info!("STAN: Streaming Server is ready");
 }
 

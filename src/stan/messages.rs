@@ -41,6 +41,7 @@ pub enum StanMsg {
     /// A client's answer on a server reply inbox, to the shard that made the request.
     Reply {
         token: u64,
+        payload: Bytes,
     },
     /// From the control plane to every shard; answered with `Done`.
     ClientAdded {

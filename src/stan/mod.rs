@@ -16,6 +16,7 @@ pub mod ft;
 pub mod ft_heartbeat;
 pub mod messages;
 pub mod node;
+pub mod partitions;
 pub mod requests;
 pub mod role;
 pub mod subjects;

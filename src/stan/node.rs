@@ -8,6 +8,7 @@ use super::directory::SharedDirectory;
 use super::external::External;
 use super::ft::Ft;
 use super::messages::{PublishFrame, StanMsg};
+use super::partitions::{self, Partition};
 use super::requests;
 use super::role::{Role, State};
 use super::subjects::{Kind, Subjects};
@@ -70,12 +71,21 @@ const DMA_BUFFER_CAP: usize = 64 << 10;
 /// How long the standalone check waits for another server's answer (the reference's 250 ms).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
+/// Partitioning: the quiet time that ends the collection of other servers' answers, the wait
+/// after a route joins before checking again, and how long a subscription of a client not
+/// known yet waits for its connect (the reference's values).
+const PARTITION_REPLY_WAIT: Duration = Duration::from_secs(1);
+const PARTITION_RECHECK: Duration = Duration::from_millis(500);
+const PARTITION_CONNECT_WAIT: Duration = Duration::from_secs(1);
+
 /// A request this core made to a client (heartbeat, duplicate-ID probe), waiting for an
 /// answer on a reply inbox.
 #[derive(Default)]
 pub struct Waiter {
     pub answered: Cell<bool>,
     pub notify: Notify,
+    /// Every answer's payload, for requests that gather several (partition lists).
+    pub answers: RefCell<Vec<Bytes>>,
 }
 
 pub struct Node {
@@ -92,6 +102,8 @@ pub struct Node {
     pub role: Arc<Role>,
     /// Core 0 in FT mode: the standby loop's state and the active server's heartbeats.
     pub ft: Option<Rc<Ft>>,
+    /// Partitioning: the channels this server serves (requests for others are left alone).
+    pub partition: Option<Rc<Partition>>,
     /// This shard's connection to an external NATS server (`-ns`); `None` when embedded.
     external: RefCell<Option<Rc<External>>>,
     waiters: RefCell<FxHashMap<u64, Rc<Waiter>>>,
@@ -150,6 +162,11 @@ impl Node {
                 }
             }
         };
+        let partition = s.partitioning.then(|| {
+            Rc::new(Partition::new(
+                limits.entries.iter().map(|e| e.name.clone()).collect(),
+            ))
+        });
         let shard = Shard::new(ShardConfig {
             shard: core.id,
             ack_prefix: subjects.ack_prefix(core.id),
@@ -166,6 +183,7 @@ impl Node {
                 .filter(|_| core.id == 0)
                 .map(|subject| Rc::new(Ft::new(subject))),
             role,
+            partition,
             external: RefCell::new(None),
             core: core.clone(),
             subjects,
@@ -233,8 +251,157 @@ impl Node {
         } else {
             Vec::new()
         };
+        if let (true, Some(p)) = (serving, &self.partition) {
+            // Publishes of this server's channels only, as the reference subscribes them, and
+            // the other servers' lists.
+            let all = format!("{}.>", self.subjects.publish_prefix);
+            subjects.retain(|s| *s != all);
+            for channel in p.channels() {
+                subjects.push(format!("{}.{channel}", self.subjects.publish_prefix));
+            }
+            subjects.push(self.subjects.partitions.clone());
+        }
         subjects.extend(self.subjects.ft.clone());
         subjects
+    }
+
+    /// Whether this server serves `channel`: always, unless partitioning leaves it to another.
+    fn serves_channel(&self, channel: &[u8]) -> bool {
+        self.partition.as_ref().is_none_or(|p| p.owns(channel))
+    }
+
+    /// Partitioning: a subscription of a client this server does not know yet waits up to a
+    /// second for its connect, then fails with the reference's text for that case.
+    async fn subscribe_once_known(
+        self: Rc<Self>,
+        req: Box<shards::pb::SubscriptionRequest>,
+        reply: Option<Bytes>,
+    ) {
+        let deadline = std::time::Instant::now() + PARTITION_CONNECT_WAIT;
+        while !self.shard.borrow().knows_client(&req.client_id) {
+            if std::time::Instant::now() >= deadline {
+                self.reply(
+                    reply.as_ref(),
+                    requests::sub_error(requests::ERR_INVALID_SUB_REQ),
+                );
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        self.shard
+            .borrow_mut()
+            .subscribe(time::now(), *req, reply, &*self.dir);
+        self.flush();
+    }
+
+    /// Partitioning, core 0: another server's list; the answer names the first channel both
+    /// claim, or nothing.
+    fn answer_partition_list(&self, payload: &[u8], reply: Option<&[u8]>) {
+        let (Some(partition), Some(reply)) = (&self.partition, reply) else {
+            return;
+        };
+        if payload.is_empty() {
+            return;
+        }
+        let theirs = partitions::decode(payload)
+            .and_then(|(sender, data)| Ok((sender, partitions::decode_list(&data)?)));
+        let (sender, theirs) = match theirs {
+            Ok(v) => v,
+            Err(e) => {
+                log::error!("STAN: Error processing partitioning request: {e}");
+                return;
+            }
+        };
+        if sender == self.role.server_id {
+            return;
+        }
+        let conflict = partition.first_conflict(&theirs);
+        if let Some(c) = &conflict {
+            log::error!("STAN: channel {c:?} is also served by server {sender:?}");
+        }
+        self.publish(
+            reply,
+            None,
+            &partitions::encode_reply(&self.role.server_id, conflict.as_deref()),
+        );
+    }
+
+    /// Partitioning, core 0: sends this server's list to the others and collects their answers
+    /// until a second passes without one (how many servers there are is not known); an answer
+    /// naming a channel is a clash.
+    pub async fn check_partitions(&self) -> Result<(), String> {
+        let Some(partition) = &self.partition else {
+            return Ok(());
+        };
+        let lists = partitions::encode_list(
+            &self.role.server_id,
+            partition.channels(),
+            self.opts.max_payload,
+        )?;
+        let (inbox, token, waiter) = self.new_waiter();
+        for list in &lists {
+            self.publish(
+                self.subjects.partitions.as_bytes(),
+                Some(inbox.as_bytes()),
+                list,
+            );
+        }
+        let mut read = 0;
+        let result = loop {
+            let more = within(PARTITION_REPLY_WAIT, async {
+                while waiter.answers.borrow().len() == read {
+                    waiter.notify.notified().await;
+                }
+            })
+            .await
+            .is_some();
+            let answers: Vec<Bytes> = waiter.answers.borrow()[read..].to_vec();
+            read += answers.len();
+            let clash = answers.iter().find_map(|a| match partitions::decode(a) {
+                Ok((_, data)) if data.is_empty() => None,
+                Ok((server, data)) => Some(format!(
+                    "channel {:?} causes conflict with channels on server {server:?}",
+                    String::from_utf8_lossy(&data)
+                )),
+                Err(e) => Some(format!("unable to decode partitioning response: {e}")),
+            });
+            if let Some(clash) = clash {
+                break Err(clash);
+            }
+            if !more {
+                break Ok(());
+            }
+        };
+        self.drop_waiter(token);
+        result
+    }
+
+    /// Partitioning, core 0: checks the lists again whenever a route joins (the reference
+    /// does so 500 ms after NATS reports new servers); a clash then ends the process.
+    pub fn watch_partitions(self: &Rc<Self>) {
+        if self.partition.is_none() || self.core.id != 0 {
+            return;
+        }
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            let mut known = me.core.routes.links().len();
+            loop {
+                glommio::timer::sleep(PARTITION_RECHECK).await;
+                let now = me.core.routes.links().len();
+                let joined = now > known;
+                known = now;
+                if !joined {
+                    continue;
+                }
+                glommio::timer::sleep(PARTITION_RECHECK).await;
+                if let Err(e) = me.check_partitions().await {
+                    log::error!("STAN: Partitioning error: {e}");
+                    log::logger().flush();
+                    std::process::exit(1);
+                }
+            }
+        })
+        .detach();
     }
 
     /// FT take-over on this core: opens its part of the store with the store's ack key, then
@@ -813,31 +980,48 @@ impl Node {
             return Ok(());
         }
         ext.flush(PROBE_TIMEOUT * 4).await;
-        if probe && self.another_server_answers().await {
+        // Partitioned servers share the cluster ID by design: their lists are checked instead.
+        if probe && self.partition.is_none() && self.another_server_answers().await {
             return Err(format!(
                 "discovered another streaming server with cluster ID {cid:?}"
             ));
         }
         let s = &self.subjects;
-        for subject in [
+        let mut subjects = vec![
             s.discover.clone(),
             s.pings.clone(),
-            format!("{}.>", s.publish_prefix),
             s.subscribe.clone(),
             s.unsubscribe.clone(),
             s.sub_close.clone(),
             s.close.clone(),
-        ] {
-            ext.subscribe(&subject);
+        ];
+        match &self.partition {
+            Some(p) => {
+                subjects.extend(
+                    p.channels()
+                        .iter()
+                        .map(|c| format!("{}.{c}", s.publish_prefix)),
+                );
+                subjects.push(s.partitions.clone());
+            }
+            None => subjects.push(format!("{}.>", s.publish_prefix)),
+        }
+        for subject in &subjects {
+            ext.subscribe(subject);
         }
         ext.flush(PROBE_TIMEOUT * 4).await;
+        if probe {
+            self.check_partitions().await?;
+            self.watch_partitions();
+        }
         Ok(())
     }
 
     /// On a routed cluster (core 0, once the configured routes are up or 2 s passed): the
     /// standalone check across the routes, so that a second streaming server with the same
-    /// cluster ID refuses to start, as it does with `-ns`.
-    pub async fn refuse_if_served_elsewhere(&self) -> Result<(), String> {
+    /// cluster ID refuses to start, as it does with `-ns`; with partitioning, the check of the
+    /// servers' channel lists instead (then again whenever a route joins).
+    pub async fn refuse_if_served_elsewhere(self: &Rc<Self>) -> Result<(), String> {
         let Some(cluster) = &self.opts.cluster else {
             return Ok(());
         };
@@ -846,11 +1030,17 @@ impl Node {
         while self.core.routes.links().len() < configured && std::time::Instant::now() < deadline {
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }
+        if self.partition.is_some() {
+            self.watch_partitions();
+        }
         if self.core.routes.links().is_empty() {
             return Ok(());
         }
         // Let the peers apply our interest (and we theirs) before asking.
         glommio::timer::sleep(Duration::from_millis(100)).await;
+        if self.partition.is_some() {
+            return self.check_partitions().await;
+        }
         if self.another_server_answers().await {
             return Err(format!(
                 "discovered another streaming server with cluster ID {:?}",
@@ -1063,6 +1253,14 @@ impl Node {
         match msg {
             StanMsg::Publish(_) | StanMsg::Ack { .. } | StanMsg::Batch(_) => {}
             StanMsg::Subscribe { req, reply } => {
+                if self.partition.is_some() && !self.shard.borrow().knows_client(&req.client_id) {
+                    // Another server may have answered the client's connect before this one
+                    // registered it: wait for it a moment, as the reference does.
+                    if let Some(me) = self.rc() {
+                        glommio::spawn_local(me.subscribe_once_known(req, reply)).detach();
+                    }
+                    return;
+                }
                 self.shard
                     .borrow_mut()
                     .subscribe(now, *req, reply, &*self.dir);
@@ -1072,9 +1270,12 @@ impl Node {
                 self.shard.borrow_mut().unsubscribe(now, &req, end, reply);
                 self.flush();
             }
-            StanMsg::Reply { token } => {
-                if let Some(w) = self.waiters.borrow_mut().remove(&token) {
+            StanMsg::Reply { token, payload } => {
+                // The waiter stays registered until its owner drops it: a request may gather
+                // several answers.
+                if let Some(w) = self.waiters.borrow().get(&token) {
                     w.answered.set(true);
+                    w.answers.borrow_mut().push(payload);
                     w.notify.notify();
                 }
             }
@@ -1177,6 +1378,9 @@ impl InternalHandler for Node {
         }
         let ncores = self.core.ncores;
         if let Kind::Publish { channel } = kind {
+            if !self.serves_channel(channel) {
+                return Handled::No;
+            }
             let shard = shards::shard_for_bytes(channel, ncores);
             let Some(frame) = PublishFrame::new(msg.backing, channel, msg.reply, msg.payload)
             else {
@@ -1186,11 +1390,19 @@ impl InternalHandler for Node {
             self.send_to(shard, StanMsg::Publish(frame));
             return Handled::Channel { core: shard };
         }
+        if kind == Kind::Partitions {
+            // Lists reach core 0 (its routes, its external connection).
+            if self.core.id == 0 {
+                self.answer_partition_list(msg.payload, msg.reply);
+            }
+            return Handled::No;
+        }
         let reply = msg.reply.map(|r| msg.share(r));
         let payload = msg.share(msg.payload);
         match kind {
             Kind::Publish { .. } => {}
             Kind::Subscribe => match requests::check_subscription(&payload) {
+                Ok(req) if !self.serves_channel(req.subject.as_bytes()) => return Handled::No,
                 Ok(req) => {
                     let shard = shards::shard_for(&req.subject, ncores);
                     self.send_to(
@@ -1211,6 +1423,7 @@ impl InternalHandler for Node {
                     SubEnd::Close
                 };
                 match requests::decode_unsubscribe(&payload) {
+                    Ok(req) if !self.serves_channel(req.subject.as_bytes()) => return Handled::No,
                     Ok(req) => {
                         let shard = shards::shard_for(&req.subject, ncores);
                         self.send_to(
@@ -1229,11 +1442,11 @@ impl InternalHandler for Node {
                 let subject = msg.share(msg.subject);
                 self.send_to(shard, StanMsg::Ack { subject, payload });
             }
-            Kind::Reply { shard, token } => self.send_to(shard, StanMsg::Reply { token }),
+            Kind::Reply { shard, token } => self.send_to(shard, StanMsg::Reply { token, payload }),
             Kind::Discover => self.send_to(0, StanMsg::Connect { payload, reply }),
             Kind::Close => self.send_to(0, StanMsg::Close { payload, reply }),
             Kind::Ping => self.ping(&payload, reply.as_ref()),
-            Kind::Ft => {}
+            Kind::Ft | Kind::Partitions => {}
         }
         Handled::Yes
     }

@@ -21,6 +21,8 @@ pub struct Subjects {
     reply_root: String,
     /// FT mode: `_STAN.ft.<cid>.<group>`, where the active server's heartbeats go.
     pub ft: Option<String>,
+    /// Partitioning: `_STAN.part.<cid>`, where servers sharing the cluster ID send their lists.
+    pub partitions: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,8 @@ pub enum Kind<'a> {
     },
     /// On the FT subject (a heartbeat, in FT mode).
     Ft,
+    /// Another partitioned server's channel list.
+    Partitions,
 }
 
 impl Subjects {
@@ -61,6 +65,7 @@ impl Subjects {
             ack_root: format!("_STAN.ack.{cluster_id}."),
             reply_root: format!("_STAN.reply.{cluster_id}."),
             ft: ft_group.map(|g| format!("_STAN.ft.{cluster_id}.{g}")),
+            partitions: format!("_STAN.part.{cluster_id}"),
         }
     }
 
@@ -123,6 +128,9 @@ impl Subjects {
         {
             return Some(Kind::Ft);
         }
+        if self.partitions.as_bytes() == subject {
+            return Some(Kind::Partitions);
+        }
         exact
             .into_iter()
             .find(|(s, _)| *s == subject)
@@ -183,6 +191,10 @@ mod tests {
         );
         assert_eq!(s.classify(b"_STAN.ft.test-cluster.g"), Some(Kind::Ft));
         assert_eq!(s.classify(b"_STAN.ft.test-cluster.h"), None);
+        assert_eq!(
+            s.classify(b"_STAN.part.test-cluster"),
+            Some(Kind::Partitions)
+        );
         assert_eq!(s.classify(b"_STAN.discover.other"), None);
         assert_eq!(s.classify(b"_STAN.ack.test-cluster.x.1"), None);
         assert_eq!(s.classify(b"foo"), None);

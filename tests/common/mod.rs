@@ -419,6 +419,55 @@ impl Server {
     }
 }
 
+/// Starts stanza on a free loopback port with a configuration file holding `config`,
+/// expecting it to refuse to start (`fails_cleanly`). Returns its stderr.
+#[allow(dead_code)]
+pub fn refused_config(config: &str) -> String {
+    let dir = TempDir::new("refused");
+    let path = dir.0.join("refused.conf");
+    std::fs::write(&path, config).expect("write config");
+    let port = free_port().to_string();
+    fails_cleanly(&[
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-c",
+        path.to_str().expect("utf-8 path"),
+    ])
+}
+
+/// Starts a Go server (its output discarded) and waits until it listens on `port`.
+#[allow(dead_code)]
+pub fn spawn_listening(cmd: &mut Command, port: u16) -> Child {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{cmd:?} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Debian's nats-server alone on a free loopback port (killed by the caller), and that port;
+/// `None` (with the skip reason printed) when it is not installed.
+#[allow(dead_code)]
+pub fn plain_nats_server() -> Option<(Child, u16)> {
+    if !available("Debian's nats-server", "nats-server", &["--version"]) {
+        return None;
+    }
+    let port = free_port();
+    let child = spawn_listening(
+        Command::new("nats-server").args(["-a", "127.0.0.1", "-p", &port.to_string()]),
+        port,
+    );
+    Some((child, port))
+}
+
 /// Runs stanza expecting it to refuse to start: exit status 1, no panic. Returns its stderr.
 pub fn fails_cleanly(args: &[&str]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_stanza"));
