@@ -519,7 +519,8 @@ fn full_disk(flags: &[&str]) {
 /// Runs a stan.go case that prints "ready" where the server is to be restarted (on the same
 /// port, stopped with each signal of `stops` in turn) and then reads a line from stdin; it
 /// prints "done" at the end.
-fn restart_dialogue(case: &str, stops: &[i32]) {
+/// `stops`: how the server is stopped each time, and the core count it restarts with.
+fn restart_dialogue(case: &str, stops: &[(i32, &str)]) {
     use std::io::{BufRead, BufReader, Write};
     let Some(bin) = stan_go() else {
         return;
@@ -547,14 +548,15 @@ fn restart_dialogue(case: &str, stops: &[i32]) {
         }
     });
     let mut outcome = String::new();
-    for &stop in stops {
+    for &(stop, cores) in stops {
         let ready = rx.recv_timeout(Duration::from_secs(60));
         if ready.as_deref() != Ok("ready") {
             outcome = format!("the client did not get ready: {ready:?}");
             break;
         }
         srv.signal_and_wait(stop, Duration::from_secs(10));
-        srv = Server::start_on(port, None, &args);
+        let restart = ["--cores", cores, "-st", "file", "--dir", &dir];
+        srv = Server::start_on(port, None, &restart);
         stdin.write_all(b"restarted\n").expect("tell the client");
     }
     if outcome.is_empty() {
@@ -578,7 +580,7 @@ fn restart_dialogue(case: &str, stops: &[i32]) {
 /// ID is still taken while it answers heartbeats, and closing it frees the ID.
 #[test]
 fn item48_registered_clients_survive_a_restart() {
-    restart_dialogue("client_survives_restart", &[libc::SIGKILL]);
+    restart_dialogue("client_survives_restart", &[(libc::SIGKILL, "2")]);
 }
 
 /// Conformance 48 and 31: subscriptions of a live client come back after kill -9 with their
@@ -588,7 +590,18 @@ fn item48_registered_clients_survive_a_restart() {
 fn item48_item31_subscriptions_and_durables_survive_restarts() {
     restart_dialogue(
         "subscriptions_survive_restart",
-        &[libc::SIGKILL, libc::SIGTERM],
+        &[(libc::SIGKILL, "2"), (libc::SIGTERM, "2")],
+    );
+}
+
+/// A restart on another number of cores (an FT standby on other hardware, a moved store):
+/// the ack inboxes handed out before it still acknowledge, whichever core now owns the channel
+/// and whatever ID the subscription was given back; nothing acknowledged is redelivered.
+#[test]
+fn acks_count_after_a_restart_on_another_core_count() {
+    restart_dialogue(
+        "acks_survive_a_core_count_change",
+        &[(libc::SIGKILL, "1"), (libc::SIGTERM, "3")],
     );
 }
 
@@ -747,7 +760,10 @@ fn subscription_and_client_logs_are_compacted_while_running() {
 /// start).
 #[test]
 fn long_fields_survive_a_restart() {
-    restart_dialogue("hostile_long_fields_survive_restart", &[libc::SIGKILL]);
+    restart_dialogue(
+        "hostile_long_fields_survive_restart",
+        &[(libc::SIGKILL, "2")],
+    );
 }
 
 /// Issue 21.1: one bad record in the middle of `clients.dat` is refused at start-up naming

@@ -74,6 +74,30 @@ pub struct ShardConfig {
     pub replace_durable: bool,
 }
 
+impl ShardConfig {
+    /// `ack_prefix` without this shard's number (`_STAN.ack.<cid>.`): inboxes of every shard,
+    /// whatever the core count when they were handed out, start with it.
+    fn ack_root(&self) -> &str {
+        let without_dot = self
+            .ack_prefix
+            .strip_suffix('.')
+            .unwrap_or(&self.ack_prefix);
+        match without_dot.rfind('.') {
+            Some(i) => &self.ack_prefix[..=i],
+            None => "",
+        }
+    }
+}
+
+/// Where an ack belongs (`Shard::take_ack_now`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckPlace {
+    /// Taken, or ignored (unknown inbox or sequence) on the shard that owns its channel.
+    Here,
+    /// Its channel is not on this shard.
+    Elsewhere,
+}
+
 #[derive(Debug, Clone, Default)]
 struct ClientEntry {
     conn_id: Bytes,
@@ -994,6 +1018,7 @@ impl Shard {
             inbox: Bytes::from(rec.inbox),
             ack_generation: rec.ack_generation,
             ack_tag: self.cfg.ack_key.tag(id, rec.ack_generation),
+            earlier_id: (rec.id != 0 && rec.id != id).then_some(rec.id),
             durable_name: rec.durable_name,
             queue: rec.queue,
             is_durable: rec.is_durable,
@@ -1091,6 +1116,7 @@ impl Shard {
             inbox: Bytes::from(req.inbox.clone()),
             ack_generation: 0,
             ack_tag: self.cfg.ack_key.tag(id, 0),
+            earlier_id: None,
             durable_name: String::new(),
             queue: String::new(),
             is_durable: false,
@@ -1590,22 +1616,40 @@ impl Shard {
 
     /// Several acks: every pending entry goes first, then each subscription (or queue group)
     /// that got room is given what it can take, once, instead of once per ack.
-    pub fn acks<'a>(&mut self, now: Now, acks: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) {
-        for (subject, payload) in acks {
-            self.take_ack_now(subject, payload);
+    /// Returns the positions of acks whose channel is not on this shard (`take_ack_now`).
+    pub fn acks<'a>(
+        &mut self,
+        now: Now,
+        acks: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Vec<usize> {
+        let mut elsewhere = Vec::new();
+        for (i, (subject, payload)) in acks.into_iter().enumerate() {
+            if self.take_ack_now(subject, payload) == AckPlace::Elsewhere {
+                elsewhere.push(i);
+            }
         }
         self.fill_acked(now);
+        elsewhere
     }
 
     /// Removes what an ack acknowledges now and remembers who got room; `fill_acked` fills
     /// it. Lets a caller take acks as it reads them, without keeping them.
-    pub fn take_ack_now(&mut self, ack_subject: &[u8], payload: &[u8]) {
-        if let Some(room) = self.take_ack(ack_subject, payload) {
-            // Acks of one subscription come together; filling one twice costs a look at its
-            // window, so only neighbours are merged (no quadratic search).
-            if self.acked_rooms.last() != Some(&room) {
-                self.acked_rooms.push(room);
+    ///
+    /// An ack whose channel is not on this shard (its inbox was handed out under another core
+    /// count, naming the core that owned the channel then) is `Elsewhere`: the caller passes it
+    /// to the channel's owner, which finds the subscription by channel.
+    pub fn take_ack_now(&mut self, ack_subject: &[u8], payload: &[u8]) -> AckPlace {
+        match self.take_ack(ack_subject, payload) {
+            Ok(Some(room)) => {
+                // Acks of one subscription come together; filling one twice costs a look at
+                // its window, so only neighbours are merged (no quadratic search).
+                if self.acked_rooms.last() != Some(&room) {
+                    self.acked_rooms.push(room);
+                }
+                AckPlace::Here
             }
+            Ok(None) => AckPlace::Here,
+            Err(elsewhere) => elsewhere,
         }
     }
 
@@ -1632,13 +1676,22 @@ impl Shard {
     }
 
     /// Removes what an ack acknowledges; says who got room in its window.
-    fn take_ack(&mut self, ack_subject: &[u8], payload: &[u8]) -> Option<Room> {
-        let id = self.ack_inbox_owner(ack_subject)?;
-        let ack = AckView::parse(payload).ok()?;
-        let sub = self.subs.get(&id)?;
-        if sub.channel.as_bytes() != ack.subject {
-            return None;
-        }
+    fn take_ack(&mut self, ack_subject: &[u8], payload: &[u8]) -> Result<Option<Room>, AckPlace> {
+        let Ok(ack) = AckView::parse(payload) else {
+            return Ok(None);
+        };
+        let Some(id) = self.ack_inbox_owner(ack_subject, ack.subject) else {
+            let here =
+                std::str::from_utf8(ack.subject).is_ok_and(|c| self.channels.contains_key(c));
+            return if here {
+                Ok(None)
+            } else {
+                Err(AckPlace::Elsewhere)
+            };
+        };
+        let Some(sub) = self.subs.get(&id) else {
+            return Ok(None);
+        };
         log::trace!(
             "STAN: [Client:{}] Processing ack for subid={id}, subject={}, seq={}",
             sub.client_id,
@@ -1646,9 +1699,9 @@ impl Shard {
             ack.sequence
         );
         if sub.queue.is_empty() {
-            return self
+            return Ok(self
                 .remove_pending(id, ack.sequence)
-                .then_some(Room::Plain(id));
+                .then_some(Room::Plain(id)));
         }
         let channel = sub.channel.clone();
         let queue = sub.queue.clone();
@@ -1665,29 +1718,48 @@ impl Shard {
                 .into_iter()
                 .any(|m| self.remove_pending(m, ack.sequence));
         }
-        acked.then_some(Room::Queue { channel, queue })
+        Ok(acked.then_some(Room::Queue { channel, queue }))
     }
 
-    /// The subscription an ack inbox of this shard names: `<prefix><id>.<generation>.<tag>`,
-    /// with a generation it has had and the tag that generation was handed out with (an
-    /// inbox that was not handed out is ignored, as an unknown one).
-    fn ack_inbox_owner(&self, inbox: &[u8]) -> Option<u64> {
-        let tail = inbox.strip_prefix(self.cfg.ack_prefix.as_bytes())?;
+    /// The subscription of `channel` an ack inbox names: `<root><shard>.<id>.<generation>.<tag>`,
+    /// with a generation it has had and the tag that generation was handed out with (an inbox
+    /// that was not handed out is ignored, as an unknown one). Inboxes of this shard are found
+    /// by ID; one handed out under another core count (another shard number, or an ID the
+    /// subscription no longer has) is looked for among the channel's subscriptions.
+    fn ack_inbox_owner(&self, inbox: &[u8], channel: &[u8]) -> Option<u64> {
+        let tail = inbox.strip_prefix(self.cfg.ack_root().as_bytes())?;
+        let dot = tail.iter().position(|&b| b == b'.')?;
+        let shard = decimal(&tail[..dot])?;
+        let tail = &tail[dot + 1..];
         // `<id>.<generation>.<16 hex digits>`: the tag is the fixed-size tail.
         let (named, tag) = tail.split_at_checked(tail.len().checked_sub(17)?)?;
         let tag = crate::ack_key::parse_tag(tag.strip_prefix(b".")?)?;
         let dot = named.iter().position(|&b| b == b'.')?;
         let id = decimal(&named[..dot])?;
         let generation = u32::try_from(decimal(&named[dot + 1..])?).ok()?;
-        let sub = self.subs.get(&id)?;
-        let expected = if generation == sub.ack_generation {
-            sub.ack_tag
-        } else if generation < sub.ack_generation {
-            self.cfg.ack_key.tag(id, generation)
-        } else {
+        if shard == self.cfg.shard as u64 {
+            if let Some(sub) = self.subs.get(&id) {
+                let expected = if generation == sub.ack_generation {
+                    Some(sub.ack_tag)
+                } else if generation < sub.ack_generation {
+                    Some(self.cfg.ack_key.tag(id, generation))
+                } else {
+                    None
+                };
+                if expected == Some(tag) && sub.channel.as_bytes() == channel {
+                    return Some(id);
+                }
+            }
+        }
+        let ch = self.channels.get(std::str::from_utf8(channel).ok()?)?;
+        if self.cfg.ack_key.tag(id, generation) != tag {
             return None;
-        };
-        (tag == expected).then_some(id)
+        }
+        ch.subscription_ids().find(|sid| {
+            self.subs.get(sid).is_some_and(|s| {
+                (s.id == id || s.earlier_id == Some(id)) && generation <= s.ack_generation
+            })
+        })
     }
 
     // ---- unsubscribe / close ----
@@ -1728,11 +1800,9 @@ impl Shard {
         };
         // A closed durable (or a durable queue group's offline shadow) is no subscription to
         // close or unsubscribe: the reference answers "invalid subscription".
-        let by_ack = self.ack_inbox_owner(req.inbox.as_bytes()).filter(|id| {
-            self.subs
-                .get(id)
-                .is_some_and(|s| s.channel == ch.name && !s.offline)
-        });
+        let by_ack = self
+            .ack_inbox_owner(req.inbox.as_bytes(), ch.name.as_bytes())
+            .filter(|id| self.subs.get(id).is_some_and(|s| !s.offline));
         let id = by_ack.or_else(|| {
             ch.subscription_ids().find(|id| {
                 self.subs

@@ -18,6 +18,10 @@ pub struct Subscription {
     /// The secret tag of the ack inbox of `ack_generation` (ack_key.rs), kept so that an ack
     /// is checked with a comparison instead of a MAC.
     pub ack_tag: u64,
+    /// The ID its ack inboxes were made with before a restart gave it another (its channel
+    /// met, on this core, a subscription holding the same ID: the core count changed). Those
+    /// inboxes, still in the client's hands, keep acknowledging.
+    pub earlier_id: Option<u64>,
     /// Durable name of a plain durable (empty otherwise; durable queue groups keep it in
     /// `queue` as "durable:group", as the reference stores it).
     pub durable_name: String,

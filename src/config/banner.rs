@@ -87,6 +87,41 @@ pub fn unbuilt_features(o: &Options) -> Vec<Unbuilt> {
     out
 }
 
+/// nats-server 2.9 features this build does not have, recognised by their configuration keys
+/// (which the options model does not know): a file that sets one refuses to start, since
+/// running without it would open what it closes (permissions, accounts) or drop what it
+/// connects (gateways, leaf nodes). What the key sets, if `path` (dotted, list items by index)
+/// is one of them.
+pub fn unbuilt_key(path: &str) -> Option<&'static str> {
+    let segments: Vec<String> = path.split('.').map(str::to_ascii_lowercase).collect();
+    let first = segments.first().map(String::as_str).unwrap_or("");
+    if segments
+        .iter()
+        .any(|s| s == "permissions" || s == "default_permissions")
+    {
+        return Some(if first == "cluster" {
+            "route permissions"
+        } else {
+            "publish/subscribe permissions"
+        });
+    }
+    if segments.iter().any(|s| s == "nkey") {
+        return Some("nkey authentication");
+    }
+    match first {
+        "accounts" | "no_auth_user" | "system_account" | "operator" | "operators" | "resolver"
+        | "resolver_preload" | "trusted" | "trusted_keys" => {
+            Some("accounts and JWT authentication")
+        }
+        "gateway" => Some("gateways (super-clusters)"),
+        "leafnodes" | "leaf" => Some("leaf nodes"),
+        "websocket" | "ws" => Some("WebSocket clients"),
+        "mqtt" => Some("MQTT clients"),
+        "jetstream" => Some("JetStream"),
+        _ => None,
+    }
+}
+
 const TITLE: &str = "---------- Store Limits ----------";
 
 fn limits_table(limits: &ResolvedLimits) -> Vec<String> {

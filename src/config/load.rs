@@ -76,8 +76,8 @@ pub fn apply_files(
             let stan_root = read_file(b)?;
             let nats_unknown = apply_nats(options, &nats_root)?;
             let stan_unknown = apply_streaming(options, &stan_root)?;
-            warn_unknown(&nats_root, &nats_unknown, &mut warnings);
-            warn_unknown(&stan_root, &stan_unknown, &mut warnings);
+            warn_unknown(&nats_root, &nats_unknown, &mut warnings)?;
+            warn_unknown(&stan_root, &stan_unknown, &mut warnings)?;
         }
         (Some(path), _) | (None, Some(path)) => {
             let root = read_file(path)?;
@@ -107,14 +107,24 @@ fn apply_one_file(options: &mut Options, root: &Spanned) -> Result<Vec<String>, 
     let unknown: Vec<String> = if has_streaming_block(root) {
         nats_unknown.into_iter().chain(stan_unknown).collect()
     } else {
-        // Read twice from the same keys: unknown only if neither side knows it.
+        // Read twice from the same keys: unknown only if neither side knows it (the streaming
+        // side, not knowing a NATS block, lists the block, not the key inside it).
         nats_unknown
             .into_iter()
-            .filter(|p| stan_unknown.contains(p))
+            .filter(|p| {
+                let mut prefix = String::new();
+                p.split('.').any(|segment| {
+                    if !prefix.is_empty() {
+                        prefix.push('.');
+                    }
+                    prefix.push_str(segment);
+                    stan_unknown.contains(&prefix)
+                })
+            })
             .collect()
     };
     let mut warnings = Vec::new();
-    warn_unknown(root, &unknown, &mut warnings);
+    warn_unknown(root, &unknown, &mut warnings)?;
     Ok(warnings)
 }
 
@@ -162,15 +172,38 @@ pub fn key_position<'a>(files: &[&Path], paths: &[&'a str]) -> Option<(String, &
     })
 }
 
-fn warn_unknown(root: &Spanned, unknown: &[String], warnings: &mut Vec<String>) {
+/// Unknown keys are warned about, except those of nats-server features this build does not
+/// have, which refuse the start (`banner::unbuilt_key`).
+fn warn_unknown(
+    root: &Spanned,
+    unknown: &[String],
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    let mut refused = Vec::new();
     for path in unknown {
+        // An optional block shows as a `?` step in the path: not a key anyone wrote.
+        let path = &path
+            .split('.')
+            .filter(|s| *s != "?")
+            .collect::<Vec<_>>()
+            .join(".");
         let at = match de::position_of(root, path) {
             Some(pos) => pos.to_string(),
             None => root.pos.file.to_string(),
         };
-        warnings.push(format!(
-            "{at}: unknown configuration key '{path}' (ignored)"
-        ));
+        match super::banner::unbuilt_key(path) {
+            Some(what) => refused.push(format!(
+                "{at}: '{path}': {what} is not available in this build yet; remove it to start without it"
+            )),
+            None => warnings.push(format!(
+                "{at}: unknown configuration key '{path}' (ignored)"
+            )),
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(refused.join("\n")))
     }
 }
 
@@ -188,6 +221,35 @@ mod tests {
         o.finish()?;
         o.validate()?;
         Ok((o, warnings))
+    }
+
+    #[test]
+    fn keys_of_features_not_built_refuse_to_start() {
+        for (text, what) in [
+            (
+                "authorization { users: [ {user: a, password: b, permissions: { publish: \"x\" }} ] }",
+                "'authorization.users.0.permissions': publish/subscribe permissions",
+            ),
+            (
+                "authorization { default_permissions: { subscribe: \"x\" } }",
+                "publish/subscribe permissions",
+            ),
+            (
+                "cluster { listen: \"127.0.0.1:-1\", permissions: { import: \"x\" } }",
+                "t.conf:1:48: 'cluster.permissions': route permissions",
+            ),
+            ("accounts { A: {} }", "accounts and JWT"),
+            (
+                "authorization { users: [ {user: a, password: b, nkey: UABC} ] }",
+                "nkey authentication",
+            ),
+            ("leafnodes { port: 7422 }", "leaf nodes"),
+            ("jetstream: enabled", "JetStream"),
+        ] {
+            let err = load_str(text).expect_err(text).to_string();
+            assert!(err.contains(what), "{text}: {err}");
+            assert!(err.contains("not available in this build"), "{err}");
+        }
     }
 
     #[test]

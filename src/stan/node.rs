@@ -24,7 +24,7 @@ use fxhash::FxHashMap;
 use prost::Message;
 use shards::limits::{ChannelLimits, ResolvedLimits};
 use shards::pb::{ConnectRequest, Ping, PingResponse};
-use shards::shard::{Incoming, OwedAcks, Shard, ShardConfig, SubEnd};
+use shards::shard::{AckPlace, Incoming, OwedAcks, Shard, ShardConfig, SubEnd};
 use shards::store::clients::{self, ClientLog};
 use shards::store::file::{ChannelBatch, FileStore, SliceLimits};
 use shards::store::journal::{self, CompactPolicy};
@@ -268,6 +268,20 @@ impl Node {
     /// Whether this server serves `channel`: always, unless partitioning leaves it to another.
     fn serves_channel(&self, channel: &[u8]) -> bool {
         self.partition.as_ref().is_none_or(|p| p.owns(channel))
+    }
+
+    /// An ack whose inbox names a shard that does not hold its channel (handed out under
+    /// another core count) goes to the channel's owner, which finds the subscription by
+    /// channel. `here_too`: also when that is this core (an inbox naming a shard this run
+    /// does not have); an ack this core's shard already put `Elsewhere` is dropped instead.
+    fn pass_ack_to_owner(&self, subject: Bytes, payload: Bytes, here_too: bool) {
+        let Ok(ack) = shards::wire::AckView::parse(&payload) else {
+            return;
+        };
+        let owner = shards::shard_for_bytes(ack.subject, self.core.ncores);
+        if owner != self.core.id || here_too {
+            self.send_to(owner, StanMsg::Ack { subject, payload });
+        }
     }
 
     /// Partitioning: a subscription of a client this server does not know yet waits up to a
@@ -1192,6 +1206,7 @@ impl Node {
             return;
         }
         let now = time::now();
+        let mut misplaced = Vec::new();
         {
             let mut shard = self.shard.borrow_mut();
             shard.fill_acked(now);
@@ -1214,7 +1229,7 @@ impl Node {
                     .take_while(|m| matches!(m, StanMsg::Ack { .. }))
                     .count()
                     .max(1);
-                shard.acks(
+                let elsewhere = shard.acks(
                     now,
                     rest[..run].iter().filter_map(|m| match m {
                         StanMsg::Ack { subject, payload } => {
@@ -1223,8 +1238,16 @@ impl Node {
                         _ => None,
                     }),
                 );
+                for i in elsewhere {
+                    if let Some(StanMsg::Ack { subject, payload }) = rest.get(i) {
+                        misplaced.push((subject.clone(), payload.clone()));
+                    }
+                }
                 rest = &rest[run..];
             }
+        }
+        for (subject, payload) in misplaced {
+            self.pass_ack_to_owner(subject, payload, false);
         }
         // Keep the buffer's capacity for the next turn.
         let mut batch = batch;
@@ -1370,9 +1393,13 @@ impl InternalHandler for Node {
         {
             // An ack for this core is taken at once, in place (nothing is kept but who got
             // room); only filling that room waits for the end of the turn.
-            self.shard
+            let place = self
+                .shard
                 .borrow_mut()
                 .take_ack_now(msg.subject, msg.payload);
+            if place == AckPlace::Elsewhere {
+                self.pass_ack_to_owner(msg.share(msg.subject), msg.share(msg.payload), false);
+            }
             self.schedule_batch();
             return Handled::Yes;
         }
@@ -1440,7 +1467,12 @@ impl InternalHandler for Node {
             }
             Kind::Ack { shard } => {
                 let subject = msg.share(msg.subject);
-                self.send_to(shard, StanMsg::Ack { subject, payload });
+                if shard < ncores {
+                    self.send_to(shard, StanMsg::Ack { subject, payload });
+                } else {
+                    // An inbox of a larger core count than this run's.
+                    self.pass_ack_to_owner(subject, payload, true);
+                }
             }
             Kind::Reply { shard, token } => self.send_to(shard, StanMsg::Reply { token, payload }),
             Kind::Discover => self.send_to(0, StanMsg::Connect { payload, reply }),

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -169,5 +170,87 @@ func init() {
 			}
 		}
 		fmt.Println("seqs " + strings.Join(seqs, ","))
+	}
+}
+
+// Acks after a restart on another number of cores: subscriptions made before it keep the ack
+// inboxes they were given (naming the core that owned the channel then, and an ID that may now
+// be another subscription's); their acks must still count, so nothing acknowledged comes back.
+// The harness restarts the server (with another --cores) when this prints "ready".
+func init() {
+	cases["acks_survive_a_core_count_change"] = func() {
+		stdin := bufio.NewReader(os.Stdin)
+		sc := connect("layout", stan.NatsOptions(nats.Timeout(wait), nats.MaxReconnects(-1),
+			nats.ReconnectWait(100*time.Millisecond)))
+		type seen struct {
+			seqs        map[uint64]bool
+			redelivered int
+		}
+		var mu sync.Mutex
+		got := map[string]*seen{}
+		const channels = 8
+		for i := 0; i < channels; i++ {
+			name := fmt.Sprintf("layout.%d", i)
+			got[name] = &seen{seqs: map[uint64]bool{}}
+			_, err := sc.Subscribe(name, func(m *stan.Msg) {
+				mu.Lock()
+				s := got[m.Subject]
+				s.seqs[m.Sequence] = true
+				if m.Redelivered {
+					s.redelivered++
+				}
+				mu.Unlock()
+				m.Ack()
+			}, stan.SetManualAckMode(), stan.AckWait(time.Second))
+			must(err, "subscribe "+name)
+		}
+		// Two restarts (the harness picks the core counts): each time every channel gets five
+		// more messages, acknowledged as they come.
+		for round := 1; round <= 2; round++ {
+			fmt.Println("ready")
+			if _, err := stdin.ReadString('\n'); err != nil {
+				fail("waiting for the restart: %v", err)
+			}
+			for i := 0; i < channels; i++ {
+				name := fmt.Sprintf("layout.%d", i)
+				for n := 0; n < 5; n++ {
+					var err error
+					for deadline := time.Now().Add(2 * wait); time.Now().Before(deadline); {
+						if err = sc.Publish(name, []byte("after")); err == nil {
+							break
+						}
+						time.Sleep(100 * time.Millisecond)
+					}
+					must(err, "publish on "+name+" after the restart")
+				}
+			}
+			deadline := time.Now().Add(wait)
+			for {
+				mu.Lock()
+				all := true
+				for _, s := range got {
+					all = all && len(s.seqs) == 5*round
+				}
+				mu.Unlock()
+				if all {
+					break
+				}
+				if time.Now().After(deadline) {
+					fail("round %d: not every message arrived", round)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			// Two ack waits: an ack that did not count brings its message back by now.
+			time.Sleep(2500 * time.Millisecond)
+			mu.Lock()
+			for name, s := range got {
+				if s.redelivered > 0 {
+					fail("round %d: %s: %d acknowledged messages were redelivered", round, name, s.redelivered)
+				}
+			}
+			mu.Unlock()
+		}
+		must(sc.Close(), "close")
+		fmt.Println("done")
 	}
 }
