@@ -322,10 +322,19 @@ impl FileStore {
         if let Err(e) = warm_up(root).await {
             log::warn!("DMA warm-up in {} failed: {e}", root.display());
         }
+        let read_size = read_size_for(root);
+        // Every core opens the store; one line says what they all read with.
+        static LOGGED: std::sync::Once = std::sync::Once::new();
+        LOGGED.call_once(|| {
+            log::info!(
+                "STAN: DMA reads capped at {} KiB (the data device's single-request limit, at most 128 KiB)",
+                read_size >> 10
+            )
+        });
         Ok(FileStore {
             root: root.to_path_buf(),
             buffer_size,
-            read_size: read_size_for(root),
+            read_size,
             writers: RefCell::new(FxHashMap::default()),
             slices: RefCell::new(FxHashMap::default()),
             slice_limits,
@@ -543,23 +552,36 @@ impl FileStore {
         self.max_readers = n.max(1);
     }
 
-    /// Reads the bytes of a planned read (`plan.start..plan.end` of the slice) with one DMA
-    /// read.
+    /// Reads the bytes of a planned read (`plan.start..plan.end` of the slice) with DMA reads
+    /// issued together, none crossing a multiple of `read_size`: each then stays within the
+    /// device's single-request limit once aligned (on Linux 6.1 a larger DMA read on glommio's
+    /// polled ring is retried inside the kernel forever; see slice::read_size_for).
     pub async fn read_block(&self, channel: &str, plan: &ReadPlan) -> io::Result<Bytes> {
         let file = self.reader(channel, plan.slice).await?;
-        let len = usize::try_from(plan.end - plan.start)
+        let total = usize::try_from(plan.end.saturating_sub(plan.start))
             .map_err(|_| io::Error::other("read too large"))?;
-        let read = file
-            .read_at(plan.start, len)
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        if read.len() < len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{} bytes where {len} were indexed", read.len()),
-            ));
+        let reads: Vec<_> = read_windows(plan.start, plan.end, self.read_size as u64)
+            .map(|(pos, len)| {
+                let file = file.clone();
+                glommio::spawn_local(async move { (len, file.read_at(pos, len).await) })
+            })
+            .collect();
+        let mut out = bytes::BytesMut::with_capacity(total);
+        for read in reads {
+            let (len, read) = read.await;
+            let read = read.map_err(|e| io::Error::other(e.to_string()))?;
+            if read.len() < len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} bytes where {total} were indexed",
+                        out.len() + read.len()
+                    ),
+                ));
+            }
+            out.extend_from_slice(&read[..len]);
         }
-        Ok(Bytes::copy_from_slice(&read[..len]))
+        Ok(out.freeze())
     }
 
     /// The path of a channel's slice.
@@ -972,8 +994,37 @@ fn archive(script: &Path, channel: &str, slice: &Path) {
     }
 }
 
+/// `start..end` cut at the multiples of `window` (a power of two): (position, length) of each
+/// piece.
+fn read_windows(start: u64, end: u64, window: u64) -> impl Iterator<Item = (u64, usize)> {
+    let mut pos = start;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let next = ((pos / window) + 1) * window;
+        let piece_end = next.min(end);
+        let piece = (pos, (piece_end - pos) as usize);
+        pos = piece_end;
+        Some(piece)
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_are_cut_at_window_boundaries() {
+        let pieces: Vec<_> = super::read_windows(100, 300_000, 65_536).collect();
+        assert_eq!(pieces.first(), Some(&(100, 65_436)));
+        assert_eq!(pieces.last(), Some(&(262_144, 37_856)));
+        assert!(pieces
+            .iter()
+            .all(|(p, l)| p / 65_536 == (p + *l as u64 - 1) / 65_536));
+        let total: usize = pieces.iter().map(|(_, l)| l).sum();
+        assert_eq!(total, 300_000 - 100);
+        assert_eq!(super::read_windows(5, 5, 4096).count(), 0);
+    }
+
     use super::*;
 
     #[test]
