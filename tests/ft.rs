@@ -306,7 +306,7 @@ fn ft_with_an_external_nats_server() {
     let Some(bin) = common::go_program("stan-go") else {
         return;
     };
-    let Some((mut nats, port)) = common::plain_nats_server() else {
+    let Some((nats, port)) = common::plain_nats_server() else {
         return;
     };
     let store = TempDir::new("ft-ns");
@@ -357,8 +357,7 @@ fn ft_with_an_external_nats_server() {
     std::thread::sleep(Duration::from_millis(1500));
     std::fs::write(&stop, b"").expect("stop file");
     let out = common::finish_bounded(client, Duration::from_secs(60));
-    let _ = nats.kill();
-    let _ = nats.wait();
+    drop(nats);
     assert!(
         out.status.success(),
         "stan.go case failed:\n{}\n{}\nlog of the new active:\n{}",
@@ -382,7 +381,7 @@ fn the_reference_servers_heartbeats_decode() {
     }
     let port = common::free_port();
     let dir = TempDir::new("go-ft");
-    let mut go = common::spawn_listening(
+    let go = common::spawn_listening(
         Command::new("nats-streaming-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .args(["-cid", "ref-ft", "--ft_group", "g", "-st", "FILE", "--dir"])
@@ -393,8 +392,7 @@ fn the_reference_servers_heartbeats_decode() {
     raw.send(b"CONNECT {\"verbose\":false}\r\nSUB _STAN.ft.ref-ft.g 1\r\n");
     raw.ping_pong();
     let (line, payload) = raw.msg();
-    let _ = go.kill();
-    let _ = go.wait();
+    drop(go);
     assert!(line.starts_with("MSG _STAN.ft.ref-ft.g 1"), "{line}");
     let hb = stanza::stan::ft_heartbeat::decode(&payload).expect("a heartbeat");
     assert!(!hb.server_id.is_empty());

@@ -84,7 +84,7 @@ fn partitioned_servers_on_an_external_nats_server() {
     let Some(bin) = common::go_program("stan-go") else {
         return;
     };
-    let Some((mut nats, port)) = common::plain_nats_server() else {
+    let Some((nats, port)) = common::plain_nats_server() else {
         return;
     };
     let url = format!("nats://127.0.0.1:{port}");
@@ -123,6 +123,5 @@ fn partitioned_servers_on_an_external_nats_server() {
         std::fs::write(seeds.join(name), payload).expect("seed");
     }
     run_case(&bin, &url);
-    let _ = nats.kill();
-    let _ = nats.wait();
+    drop(nats);
 }

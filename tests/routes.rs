@@ -895,3 +895,48 @@ fn node_clients_over_the_cluster() {
         .args(["smoke", &format!("nats://127.0.0.1:{}", b.client)]);
     common::run_client(cmd, Duration::from_secs(60));
 }
+
+/// The Go nats-streaming-server v0.25.6 with its embedded NATS server as a route peer: each
+/// streaming server serves its own cluster ID, and a stan.go client connected to either node
+/// is served by the other node's streaming server across the route.
+#[test]
+fn the_go_streaming_server_is_a_route_peer() {
+    let Some(bin) = common::go_program("stan-go") else {
+        return;
+    };
+    if !common::available(
+        "the Go nats-streaming-server",
+        "nats-streaming-server",
+        &["--version"],
+    ) {
+        return;
+    }
+    let (a_route, go_client, go_route) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let a = stanza_with_route(a_route, &[], &[]);
+    let go = common::spawn_listening(
+        Command::new("nats-streaming-server")
+            .args(["-a", "127.0.0.1", "-p", &go_client.to_string()])
+            .args(["-cid", "go-cluster"])
+            .args(["--cluster", &format!("nats://127.0.0.1:{go_route}")])
+            .args(["--routes", &format!("nats://127.0.0.1:{a_route}")]),
+        go_client,
+    );
+    let routed = a.wait_for_log("Route connection created", Duration::from_secs(10));
+    // Interest (the streaming subjects) crosses with the route's first messages.
+    std::thread::sleep(Duration::from_millis(500));
+    let run = |url: String, cluster_id: &str| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["item10_publish_sequences", &url, cluster_id]);
+        common::run_client(cmd, Duration::from_secs(60));
+    };
+    if routed {
+        run(format!("nats://127.0.0.1:{go_client}"), "test-cluster");
+        run(a.url(), "go-cluster");
+    }
+    drop(go);
+    assert!(routed, "no route to the Go server:\n{}", a.log_text());
+}

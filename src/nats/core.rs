@@ -965,7 +965,11 @@ impl Core {
                 None => targets.push((core, false, vec![group.clone()])),
             }
         }
-        if let Some(f) = fanout {
+        if let Some(f) = fanout.filter(|f| !f.0.is_empty()) {
+            // Interest this message's sender announced first goes out first: a peer's
+            // streaming server answers a subscription request at once, to an inbox it must
+            // already know we listen on.
+            self.routes.announce_pending(self);
             f.write(msg);
         }
         if targets.is_empty() {
@@ -1116,7 +1120,8 @@ impl Core {
                         self.deliver_to_one(members, group, &m, None, &mut fanout);
                     }
                 }
-                if let Some(f) = fanout {
+                if let Some(f) = fanout.filter(|f| !f.0.is_empty()) {
+                    self.routes.announce_pending(self);
                     f.write(&m);
                 }
             }

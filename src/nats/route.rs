@@ -196,6 +196,14 @@ impl RouteHub {
         core.own_interest(&key.0, key.1.as_ref()) + u32::from(internal)
     }
 
+    /// Announces what changed now, if anything did, before a message goes to the routes (the
+    /// announcing task would do it only after this turn).
+    pub fn announce_pending(&self, core: &Core) {
+        if !self.dirty.borrow().is_empty() {
+            self.announce_dirty(core);
+        }
+    }
+
     /// Announces the changed keys to every registered route.
     fn announce_dirty(&self, core: &Core) {
         let mut dirty = std::mem::take(&mut *self.dirty.borrow_mut());

@@ -437,9 +437,19 @@ pub fn refused_config(config: &str) -> String {
     ])
 }
 
+/// A child process killed when dropped (a failing assertion must not leave it running).
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts a Go server (its output discarded) and waits until it listens on `port`.
 #[allow(dead_code)]
-pub fn spawn_listening(cmd: &mut Command, port: u16) -> Child {
+pub fn spawn_listening(cmd: &mut Command, port: u16) -> ChildGuard {
     let child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -450,13 +460,13 @@ pub fn spawn_listening(cmd: &mut Command, port: u16) -> Child {
         assert!(Instant::now() < deadline, "{cmd:?} did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    ChildGuard(child)
 }
 
 /// Debian's nats-server alone on a free loopback port (killed by the caller), and that port;
 /// `None` (with the skip reason printed) when it is not installed.
 #[allow(dead_code)]
-pub fn plain_nats_server() -> Option<(Child, u16)> {
+pub fn plain_nats_server() -> Option<(ChildGuard, u16)> {
     if !available("Debian's nats-server", "nats-server", &["--version"]) {
         return None;
     }
