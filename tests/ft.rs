@@ -440,3 +440,28 @@ fn node_clients_through_a_standby() {
     assert_eq!(next, standby);
     node(&["consume", &url, "ft.node", "50"]);
 }
+
+/// A standby stops promptly on SIGTERM (exit 0) and the active is not disturbed.
+#[test]
+fn a_standby_stops_promptly() {
+    let store = TempDir::new("ft-stop");
+    let mut nodes = ft_cluster(2, &store, "ft-stop");
+    let (active, _) = the_active(&nodes, TAKE_OVER_BOUND);
+    let standby = 1 - active;
+    let started = Instant::now();
+    let code = nodes[standby]
+        .server
+        .as_mut()
+        .expect("running")
+        .signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    nodes[standby].server = None;
+    let (still, _) = the_active(&nodes, TAKE_OVER_BOUND);
+    assert_eq!(still, active);
+    assert_eq!(state(nodes[active].monitor), "FT_ACTIVE");
+}

@@ -13,6 +13,7 @@ use crate::config::Options;
 use crate::mesh::{InterestSync, MeshMsg, Outbox, Routed};
 use crate::nats::sublist::{MatchResult, Sublist};
 use crate::nats::{subject, wire};
+use crate::util::gathering::Gathering;
 use crate::util::notify::Notify;
 use crate::util::rng::Rng;
 use crate::util::timeout::within;
@@ -436,9 +437,8 @@ pub struct Core {
     /// The last subject routed and what it matched: publishers mostly repeat one subject.
     last_route: RefCell<Option<RouteMemo>>,
     /// Barriers in progress: id -> peers that have not answered yet.
-    barriers: RefCell<FxHashMap<u64, usize>>,
-    barrier_done: Notify,
-    next_barrier: Cell<u64>,
+    /// Barrier rounds in flight (`barrier`).
+    barriers: Gathering<()>,
     internal: RefCell<Option<Rc<dyn InternalHandler>>>,
     /// TLS on the client port: every connection upgrades after the INFO line.
     tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
@@ -477,9 +477,7 @@ impl Core {
             connect_urls: RefCell::new(Vec::new()),
             stall_threshold: (opts_max_pending / 2).clamp(1, MAX_STALL_THRESHOLD),
             last_route: RefCell::new(None),
-            barriers: RefCell::new(FxHashMap::default()),
-            barrier_done: Notify::new(),
-            next_barrier: Cell::new(0),
+            barriers: Gathering::default(),
             internal: RefCell::new(None),
             tls: RefCell::new(None),
             moving_out: RefCell::new(FxHashMap::default()),
@@ -1186,16 +1184,7 @@ impl Core {
             // Adopted by the server loop, which owns the core's Rc (see server.rs).
             MeshMsg::ConnMove(_) => {}
             MeshMsg::Barrier { id } => self.outbox.push(from, MeshMsg::BarrierAck { id }),
-            MeshMsg::BarrierAck { id } => {
-                let mut barriers = self.barriers.borrow_mut();
-                if let Some(left) = barriers.get_mut(&id) {
-                    *left -= 1;
-                    if *left == 0 {
-                        barriers.remove(&id);
-                        self.barrier_done.notify();
-                    }
-                }
-            }
+            MeshMsg::BarrierAck { id } => self.barriers.answer(id, ()),
         }
     }
 
@@ -1205,15 +1194,11 @@ impl Core {
         if self.ncores < 2 {
             return;
         }
-        let id = self.next_barrier.get();
-        self.next_barrier.set(id + 1);
-        self.barriers.borrow_mut().insert(id, self.ncores - 1);
+        let id = self.barriers.open(self.ncores - 1);
         for peer in self.outbox.peers() {
             self.outbox.push(peer, MeshMsg::Barrier { id });
         }
-        while self.barriers.borrow().contains_key(&id) {
-            self.barrier_done.notified().await;
-        }
+        self.barriers.wait(id, None).await;
     }
 
     /// nats-server's "no responders": a request nobody received gets a 503 status message

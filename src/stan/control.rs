@@ -6,6 +6,7 @@
 use super::messages::StanMsg;
 use super::node::Node;
 use super::requests::{self, ERR_CLIENT_REGISTERED, ERR_INVALID_CLOSE_REQ};
+use crate::util::gathering::Gathering;
 use crate::util::notify::Notify;
 use crate::util::timeout::within;
 use bytes::Bytes;
@@ -36,10 +37,8 @@ pub struct ControlPlane {
     clients: RefCell<FxHashMap<String, ClientRecord>>,
     /// Client IDs whose previous owner is being probed.
     checking: RefCell<FxHashSet<String>>,
-    /// Registry broadcasts in flight: token -> shards that have not applied it yet.
-    broadcasts: RefCell<FxHashMap<u64, usize>>,
-    broadcast_done: Notify,
-    next_token: Cell<u64>,
+    /// Registry broadcasts in flight (every shard answers `Done` once it applied one).
+    broadcasts: Gathering<()>,
 }
 
 impl ControlPlane {
@@ -70,14 +69,7 @@ impl Node {
         let Some(cp) = &self.control else {
             return;
         };
-        let mut b = cp.broadcasts.borrow_mut();
-        if let Some(left) = b.get_mut(&token) {
-            *left -= 1;
-            if *left == 0 {
-                b.remove(&token);
-                cp.broadcast_done.notify();
-            }
-        }
+        cp.broadcasts.answer(token, ());
     }
 
     pub(super) fn hurry_heartbeat(&self, client_id: &str) {
@@ -94,15 +86,11 @@ impl Node {
         let Some(cp) = &self.control else {
             return;
         };
-        let token = cp.next_token.get();
-        cp.next_token.set(token + 1);
-        cp.broadcasts.borrow_mut().insert(token, self.core.ncores);
+        let token = cp.broadcasts.open(self.core.ncores);
         for shard in 0..self.core.ncores {
             self.send_to(shard, msg_for(token));
         }
-        while cp.broadcasts.borrow().contains_key(&token) {
-            cp.broadcast_done.notified().await;
-        }
+        cp.broadcasts.wait(token, None).await;
     }
 
     /// Tells every shard whether a client is missing heartbeats (no answer needed).

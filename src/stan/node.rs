@@ -17,6 +17,7 @@ use crate::config::Options;
 use crate::mesh::MeshMsg;
 use crate::monitor::snapshot::{self, CoreSnapshot};
 use crate::nats::core::{Core, Handled, InternalHandler, MsgRef};
+use crate::util::gathering::Gathering;
 use crate::util::notify::Notify;
 use crate::util::timeout::within;
 use bytes::Bytes;
@@ -117,9 +118,8 @@ pub struct Node {
     /// File store: the task queue reads back from disk run in, with fewer shares than the
     /// default queue (publishes, acks, live deliveries), so catching up does not starve them.
     replay_queue: Cell<Option<glommio::TaskQueueHandle>>,
-    /// Monitoring snapshots being gathered: token -> (cores left, reports so far).
-    gathers: RefCell<FxHashMap<u64, (usize, Vec<CoreSnapshot>)>>,
-    gathered: Notify,
+    /// Monitoring snapshots being gathered from every core.
+    gathers: Gathering<CoreSnapshot>,
     /// The output buffer swapped with the shard's at each flush (no allocation per message).
     scratch: RefCell<Vec<shards::shard::Out>>,
     /// Publishes and acks of this turn, handled together once the task that received them
@@ -131,7 +131,6 @@ pub struct Node {
     /// each when the receiving task yields (or before anything else for that shard).
     remote_batches: RefCell<Vec<Vec<StanMsg>>>,
     remote_scheduled: Cell<bool>,
-    next_token: Cell<u64>,
     me: RefCell<Weak<Node>>,
 }
 
@@ -201,9 +200,7 @@ impl Node {
             committing: Cell::new(false),
             replay_queue: Cell::new(None),
             ticks: Cell::new(0),
-            gathers: RefCell::new(FxHashMap::default()),
-            gathered: Notify::new(),
-            next_token: Cell::new(1),
+            gathers: Gathering::default(),
             me: RefCell::new(Weak::new()),
         });
         *node.me.borrow_mut() = Rc::downgrade(&node);
@@ -1123,26 +1120,11 @@ impl Node {
 
     /// Every core's monitoring report (cores that do not answer within `limit` are missing).
     pub async fn gather(&self, limit: Duration) -> Vec<CoreSnapshot> {
-        let token = self.next_token.get();
-        self.next_token.set(token + 1);
-        self.gathers
-            .borrow_mut()
-            .insert(token, (self.core.ncores, Vec::new()));
+        let token = self.gathers.open(self.core.ncores);
         for shard in 0..self.core.ncores {
             self.send_to(shard, StanMsg::Snapshot { token });
         }
-        let _ = within(limit, async {
-            while self.gathers.borrow().get(&token).is_some_and(|g| g.0 > 0) {
-                self.gathered.notified().await;
-            }
-        })
-        .await;
-        let mut reports = self
-            .gathers
-            .borrow_mut()
-            .remove(&token)
-            .map(|g| g.1)
-            .unwrap_or_default();
+        let mut reports = self.gathers.wait(token, Some(limit)).await;
         reports.sort_by_key(|r| r.core);
         reports
     }
@@ -1347,16 +1329,7 @@ impl Node {
                 let snapshot = Box::new(snapshot::take(self));
                 self.send_to(from, StanMsg::SnapshotReply { token, snapshot });
             }
-            StanMsg::SnapshotReply { token, snapshot } => {
-                let mut gathers = self.gathers.borrow_mut();
-                if let Some((left, reports)) = gathers.get_mut(&token) {
-                    reports.push(*snapshot);
-                    *left -= 1;
-                    if *left == 0 {
-                        self.gathered.notify();
-                    }
-                }
-            }
+            StanMsg::SnapshotReply { token, snapshot } => self.gathers.answer(token, *snapshot),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Small single-threaded building blocks shared by the per-core tasks.
 
+pub mod gathering;
 pub mod go_duration;
 pub mod logging;
 pub mod memory;
