@@ -101,7 +101,7 @@ fn on_disk(c: &mut Criterion) {
         ex.run(async move {
             let _ = warm_up(&dir).await;
             let path = dir.join("slice.1.dat");
-            let Ok(mut w) = SliceWriter::create(&path, 64 << 10, sync).await else {
+            let Ok(mut w) = SliceWriter::create(&path, 64 << 10, sync, true).await else {
                 return Duration::ZERO;
             };
             let start = Instant::now();

@@ -41,22 +41,28 @@ fn batch(from: u64, n: u64) -> Vec<u8> {
 
 #[test]
 fn committed_batches_read_back_and_survive_an_abandoned_writer() {
-    commit_and_crash("commit-dma", true);
+    commit_and_crash("commit-dma", true, true);
+}
+
+/// `file { zero_ahead: false }` (SD cards): records appended past the end of the file.
+#[test]
+fn committed_batches_without_zeroes_ahead_survive_an_abandoned_writer() {
+    commit_and_crash("commit-dma-no-zeroes", true, false);
 }
 
 #[test]
 fn committed_batches_read_back_and_survive_an_abandoned_page_cache_writer() {
-    commit_and_crash("commit-cached", false);
+    commit_and_crash("commit-cached", false, true);
 }
 
-fn commit_and_crash(tag: &str, sync: bool) {
+fn commit_and_crash(tag: &str, sync: bool, zero_ahead: bool) {
     let dir = scratch(tag);
     let path = dir.join("msgs.1.dat");
     let p = path.clone();
     let d = dir.clone();
     run(move || async move {
         warm_up(&d).await.expect("warm up");
-        let mut w = SliceWriter::create(&p, 64 << 10, sync)
+        let mut w = SliceWriter::create(&p, 64 << 10, sync, zero_ahead)
             .await
             .expect("create");
         for turn in 0..50u64 {
@@ -96,7 +102,9 @@ fn closed_slice_has_no_padding() {
     let (p, d) = (path.clone(), dir.clone());
     run(move || async move {
         warm_up(&d).await.expect("warm up");
-        let mut w = SliceWriter::create(&p, 4096, true).await.expect("create");
+        let mut w = SliceWriter::create(&p, 4096, true, true)
+            .await
+            .expect("create");
         w.write(&batch(1, 3)).await.expect("write");
         // The padding after a commit is zeroes.
         let padded = std::fs::read(&p).expect("read");
@@ -115,7 +123,7 @@ fn zeroes_written_ahead_never_cover_records() {
     let (p, d) = (path.clone(), dir.clone());
     run(move || async move {
         warm_up(&d).await.expect("warm up");
-        let mut w = SliceWriter::create(&p, 64 << 10, true)
+        let mut w = SliceWriter::create(&p, 64 << 10, true, true)
             .await
             .expect("create");
         // Batches of 1 to 300 records (about 6 MiB in all): commits cross the end of several
@@ -154,7 +162,7 @@ fn an_abandoned_slice_keeps_only_what_earlier_commits_wrote() {
         warm_up(&d).await.expect("warm up");
         for sync in [true, false] {
             let p = d.join(format!("msgs.{sync}.dat"));
-            let mut w = SliceWriter::create(&p, 64 << 10, sync)
+            let mut w = SliceWriter::create(&p, 64 << 10, sync, true)
                 .await
                 .expect("create");
             w.write(&batch(1, 100)).await.expect("write");

@@ -295,6 +295,10 @@ pub struct Cli {
         help_heading = "Streaming Server File Store"
     )]
     pub file_parallel_recovery: Option<i64>,
+    /// stanza: with file_sync, write zeroes ahead of the records (faster synced commits, twice
+    /// the bytes written; false for SD cards)
+    #[arg(long = "file_zero_ahead", num_args = 0..=1, default_missing_value = "true", require_equals = true, help_heading = "Streaming Server File Store")]
+    pub file_zero_ahead: Option<bool>,
     /// Truncate files for which there is an unexpected EOF on recovery, dataloss may occur
     #[arg(long = "file_truncate_bad_eof", num_args = 0..=1, default_missing_value = "true", require_equals = true, help_heading = "Streaming Server File Store")]
     pub file_truncate_bad_eof: Option<bool>,
@@ -825,6 +829,7 @@ impl Cli {
         set(&mut f.file_descriptors_limit, &self.file_fds_limit);
         set(&mut f.parallel_recovery, &self.file_parallel_recovery);
         set(&mut f.truncate_bad_eof, &self.file_truncate_bad_eof);
+        set(&mut f.zero_ahead, &self.file_zero_ahead);
         set(&mut f.read_buffer_size, &self.file_read_buffer_size);
         set(&mut f.auto_sync, &self.file_auto_sync);
 
@@ -1035,6 +1040,7 @@ mod tests {
             "-file_slice_max_bytes",
             "10KB",
             "-file_truncate_bad_eof",
+            "-file_zero_ahead=false",
         ]);
         let (o, _) = cli.build_options().unwrap();
         let c = o.streaming.cluster.as_ref().unwrap();
@@ -1044,6 +1050,16 @@ mod tests {
         assert!(!o.streaming.file.sync);
         assert_eq!(o.streaming.file.slice_max_bytes, 10 << 10);
         assert!(o.streaming.file.truncate_bad_eof);
+        assert!(!o.streaming.file.zero_ahead);
+        assert!(
+            parse(&["stanza"])
+                .build_options()
+                .unwrap()
+                .0
+                .streaming
+                .file
+                .zero_ahead
+        );
     }
 
     #[test]

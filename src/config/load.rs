@@ -371,6 +371,7 @@ streaming {
     slice_max_age: "1h"
     fds_limit: 100
     auto_sync: "30s"
+    zero_ahead: false
   }
   cluster {
     node_id: "a"
@@ -413,7 +414,7 @@ streaming {
       "orders.eu": { max_bytes: 10MB }
     }
   }
-  file { compact_frag: 40, buffer_size: 4MB, sync_on_flush: false, slice_max_age: "1h" }
+  file { compact_frag: 40, buffer_size: 4MB, sync_on_flush: false, slice_max_age: "1h", zero_ahead: false }
   cluster { node_id: "a", peers: ["b", "c"], log_path: /data/raft, raft_election_timeout: "3s" }
 }
 "#;
@@ -455,6 +456,7 @@ streaming {
         assert_eq!(s.file.compact_frag, 40);
         assert_eq!(s.file.buffer_size, 4 << 20);
         assert!(!s.file.sync);
+        assert!(!s.file.zero_ahead);
         assert_eq!(s.file.slice_max_age, Duration::from_secs(3600));
         let sc = s.cluster.as_ref().unwrap();
         assert_eq!(sc.peers, vec!["b", "c"]);

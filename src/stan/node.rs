@@ -763,6 +763,7 @@ impl Node {
         let mut store = FileStore::open(&dir, buffer, slice_limits, compact, s.file.sync)
             .await
             .map_err(|e| format!("cannot open the file store in {}: {e}", dir.display()))?;
+        store.set_zero_ahead(s.file.zero_ahead);
         if s.file.file_descriptors_limit > 0 {
             // The limit is the process's: each shard keeps its share of slices open for reading.
             let share = s.file.file_descriptors_limit as usize / self.core.ncores.max(1);

@@ -307,6 +307,7 @@ pub struct FileStore {
     readers: RefCell<FxHashMap<(String, u64), OpenReader>>,
     reads: std::cell::Cell<u64>,
     max_readers: usize,
+    zero_ahead: std::cell::Cell<bool>,
 }
 
 impl FileStore {
@@ -344,6 +345,7 @@ impl FileStore {
             readers: RefCell::new(FxHashMap::default()),
             reads: std::cell::Cell::new(0),
             max_readers: DEFAULT_MAX_READERS,
+            zero_ahead: std::cell::Cell::new(true),
         })
     }
 
@@ -548,6 +550,11 @@ impl FileStore {
         &self.slice_limits
     }
 
+    /// With sync: whether slices get zeroes written ahead of their records (the default).
+    pub fn set_zero_ahead(&self, on: bool) {
+        self.zero_ahead.set(on);
+    }
+
     pub fn set_max_readers(&mut self, n: usize) {
         self.max_readers = n.max(1);
     }
@@ -741,7 +748,9 @@ impl FileStore {
                 let dir = self.channel_dir(channel);
                 std::fs::create_dir_all(&dir)?;
                 let path = dir.join(format!("slice.{first_seq}.dat"));
-                let w = SliceWriter::create(&path, self.buffer_size, self.sync).await?;
+                let w =
+                    SliceWriter::create(&path, self.buffer_size, self.sync, self.zero_ahead.get())
+                        .await?;
                 let index = AppendFile::open_at(&path.with_extension("idx"), 0, false).await?;
                 let mut slices = self.slices.borrow_mut();
                 let list = slices.entry(channel.to_string()).or_default();

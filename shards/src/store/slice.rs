@@ -82,9 +82,15 @@ enum Writer {
 impl SliceWriter {
     /// Creates (or truncates) a slice file. `max_write` bounds one DMA write. `sync`: every
     /// commit is on the device when it completes.
-    pub async fn create(path: &Path, max_write: usize, sync: bool) -> io::Result<SliceWriter> {
+    /// `zero_ahead` (with `sync`): zeroes are written ahead of the records (see `DirectSlice`).
+    pub async fn create(
+        path: &Path,
+        max_write: usize,
+        sync: bool,
+        zero_ahead: bool,
+    ) -> io::Result<SliceWriter> {
         let writer = if sync {
-            Writer::Direct(DirectSlice::create(path, max_write).await?)
+            Writer::Direct(DirectSlice::create(path, max_write, zero_ahead).await?)
         } else {
             Writer::Cached(CachedSlice::create(path)?)
         };
@@ -161,8 +167,14 @@ const PAGE: usize = 4096;
 impl DirectSlice {
     /// Creates (or truncates) a slice file, opened O_DSYNC: every write is on the device when
     /// it completes, so a commit waits for one operation instead of a write and an fdatasync.
-    /// `max_write` bounds one DMA write.
-    pub async fn create(path: &Path, max_write: usize) -> io::Result<DirectSlice> {
+    /// `max_write` bounds one DMA write. Without `zero_ahead` records are appended past the
+    /// end of the file: each commit also waits for the file system to record the new blocks,
+    /// and nothing is written twice.
+    pub async fn create(
+        path: &Path,
+        max_write: usize,
+        zero_ahead: bool,
+    ) -> io::Result<DirectSlice> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -180,7 +192,7 @@ impl DirectSlice {
             max_write: max_write.max(PAGE).next_multiple_of(PAGE),
             zeroed: 0,
             zeroing: None,
-            next_run: ZERO_RUN_FIRST,
+            next_run: if zero_ahead { ZERO_RUN_FIRST } else { 0 },
         };
         // The first run is waited for: the first commits would wait for it anyway.
         writer.zero_ahead();
