@@ -23,8 +23,6 @@ pub struct Monitor {
     pub node: Rc<Node>,
     pub opts: Rc<Options>,
     pub started: SystemTime,
-    /// The streaming server's ID (a NUID made at each start, as the reference does).
-    pub stan_server_id: String,
     pub http_host: String,
     pub http_port: u16,
     requests: RefCell<BTreeMap<String, u64>>,
@@ -111,7 +109,6 @@ pub fn start(
         .unwrap_or_default();
     let monitor = Rc::new(Monitor {
         opts: node.opts.clone(),
-        stan_server_id: node.role.server_id.clone(),
         node,
         started: SystemTime::now(),
         http_host,

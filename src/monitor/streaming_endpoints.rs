@@ -51,7 +51,7 @@ fn list_header(
 ) -> Map<String, Value> {
     let mut o = Map::new();
     o.insert("cluster_id".into(), json!(m.opts.streaming.cluster_id));
-    o.insert("server_id".into(), json!(m.stan_server_id));
+    o.insert("server_id".into(), json!(m.node.role.server_id));
     o.insert("now".into(), json!(now()));
     o.insert("offset".into(), json!(offset));
     o.insert("limit".into(), json!(limit));
@@ -70,7 +70,7 @@ pub async fn serverz(m: &Monitor) -> Reply {
     let (open_fds, max_fds) = fds();
     let mut v = json!({
         "cluster_id": m.opts.streaming.cluster_id,
-        "server_id": m.stan_server_id,
+        "server_id": m.node.role.server_id,
         "version": COMPATIBLE_WITH,
         "go": format!("stanza {} (rust)", env!("CARGO_PKG_VERSION")),
         "state": m.node.role.state().name(),
@@ -130,7 +130,7 @@ pub async fn storez(m: &Monitor) -> Reply {
     }
     Reply::Json(json!({
         "cluster_id": m.opts.streaming.cluster_id,
-        "server_id": m.stan_server_id,
+        "server_id": m.node.role.server_id,
         "now": now(),
         "type": m.opts.streaming.store.name(),
         "limits": limits,

@@ -115,19 +115,8 @@ pub fn holder_description(server_id: &str) -> String {
     format!(
         "pid {} on host {}, stanza server {server_id}",
         std::process::id(),
-        hostname()
+        crate::util::syslog::hostname()
     )
-}
-
-fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "?".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// Core 0: the standby loop, then the take-over. Runs for the life of the process.

@@ -244,22 +244,19 @@ impl Node {
 
     fn streaming_subjects(&self, serving: bool) -> Vec<String> {
         let mut subjects = if serving {
-            self.subjects.internal_subscriptions()
+            self.subjects
+                .internal_subscriptions(self.partition_channels())
         } else {
             Vec::new()
         };
-        if let (true, Some(p)) = (serving, &self.partition) {
-            // Publishes of this server's channels only, as the reference subscribes them, and
-            // the other servers' lists.
-            let all = format!("{}.>", self.subjects.publish_prefix);
-            subjects.retain(|s| *s != all);
-            for channel in p.channels() {
-                subjects.push(format!("{}.{channel}", self.subjects.publish_prefix));
-            }
-            subjects.push(self.subjects.partitions.clone());
-        }
         subjects.extend(self.subjects.ft.clone());
         subjects
+    }
+
+    /// Partitioning: the channels this server lists (it listens to their publishes only, as
+    /// the reference subscribes them).
+    fn partition_channels(&self) -> Option<&[String]> {
+        self.partition.as_deref().map(Partition::channels)
     }
 
     /// Whether this server serves `channel`: always, unless partitioning leaves it to another.
@@ -987,7 +984,7 @@ impl Node {
         };
         let cid = self.subjects.cluster_id.clone();
         ext.subscribe(&format!("{}>", self.subjects.ack_prefix(self.core.id)));
-        ext.subscribe(&format!("_STAN.reply.{cid}.{}.>", self.core.id));
+        ext.subscribe(&format!("{}>", self.subjects.reply_prefix(self.core.id)));
         if self.core.id != 0 {
             return Ok(());
         }
@@ -998,28 +995,8 @@ impl Node {
                 "discovered another streaming server with cluster ID {cid:?}"
             ));
         }
-        let s = &self.subjects;
-        let mut subjects = vec![
-            s.discover.clone(),
-            s.pings.clone(),
-            s.subscribe.clone(),
-            s.unsubscribe.clone(),
-            s.sub_close.clone(),
-            s.close.clone(),
-        ];
-        match &self.partition {
-            Some(p) => {
-                subjects.extend(
-                    p.channels()
-                        .iter()
-                        .map(|c| format!("{}.{c}", s.publish_prefix)),
-                );
-                subjects.push(s.partitions.clone());
-            }
-            None => subjects.push(format!("{}.>", s.publish_prefix)),
-        }
-        for subject in &subjects {
-            ext.subscribe(subject);
+        for subject in self.subjects.request_subjects(self.partition_channels()) {
+            ext.subscribe(&subject);
         }
         ext.flush(PROBE_TIMEOUT * 4).await;
         if probe {

@@ -79,21 +79,41 @@ impl Subjects {
         format!("{}{shard}.{token}", self.reply_root)
     }
 
-    /// The subjects the streaming server listens on, as NATS subscriptions of the embedded
-    /// server (the reference's streaming connection has these; monitoring reports them, and
-    /// readiness checks poll `/subsz` until they appear).
-    pub fn internal_subscriptions(&self) -> Vec<String> {
-        vec![
+    /// The prefix of the server's reply inboxes of shard `shard` (`reply_inbox`).
+    pub fn reply_prefix(&self, shard: usize) -> String {
+        format!("{}{shard}.", self.reply_root)
+    }
+
+    /// The subjects of client requests. With partitioning (`channels`: this server's list)
+    /// only the publishes of those channels, and the other servers' lists.
+    pub fn request_subjects(&self, channels: Option<&[String]>) -> Vec<String> {
+        let mut subjects = vec![
             self.discover.clone(),
-            format!("{}.>", self.publish_prefix),
             self.subscribe.clone(),
             self.unsubscribe.clone(),
             self.sub_close.clone(),
             self.close.clone(),
             self.pings.clone(),
-            format!("{}>", self.reply_root),
-            format!("{}>", self.ack_root),
-        ]
+        ];
+        match channels {
+            Some(list) => {
+                subjects.extend(list.iter().map(|c| format!("{}.{c}", self.publish_prefix)));
+                subjects.push(self.partitions.clone());
+            }
+            None => subjects.push(format!("{}.>", self.publish_prefix)),
+        }
+        subjects
+    }
+
+    /// The subjects the streaming server listens on, as NATS subscriptions of the embedded
+    /// server (the reference's streaming connection has these; monitoring reports them, and
+    /// readiness checks poll `/subsz` until they appear): the requests, and every shard's
+    /// reply and ack inboxes.
+    pub fn internal_subscriptions(&self, channels: Option<&[String]>) -> Vec<String> {
+        let mut subjects = self.request_subjects(channels);
+        subjects.push(format!("{}>", self.reply_root));
+        subjects.push(format!("{}>", self.ack_root));
+        subjects
     }
 
     /// What a published subject is for the streaming server, if anything.

@@ -166,7 +166,8 @@ fn dial(target: &Target) -> io::Result<Conn> {
     }
 }
 
-fn hostname() -> String {
+/// This host's name (syslog lines; the FT lock file names its holder's host with it).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
