@@ -116,8 +116,13 @@ async fn recover(root: &Path, skip_bad: bool) {
         shard.restore_subscriptions(now, &name, subs);
     }
     // Read back what restored subscribers want, a bounded number of rounds.
+    shard.start_reading();
     for _ in 0..8 {
-        let plans = shard.take_reads();
+        let ready = shard.ready();
+        if let Some(commit) = ready.commit {
+            let _ = shard.advance(now, commit.held, &Default::default());
+        }
+        let plans = ready.reads;
         if plans.is_empty() {
             break;
         }
@@ -132,7 +137,6 @@ async fn recover(root: &Path, skip_bad: bool) {
             };
             shard.loaded(now, &channel, plan.first_seq, msgs);
         }
-        let _ = shard.take_out();
     }
 }
 

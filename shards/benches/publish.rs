@@ -9,6 +9,7 @@ use prost::Message;
 use shards::limits::StoreLimits;
 use shards::pb::{PubMsg, SubscriptionRequest, SubscriptionResponse};
 use shards::shard::{ChannelDirectory, Incoming, Now, Out, Shard, ShardConfig};
+use shards::store::file::{Landed, WriteOutcome};
 use shards::wire::{encode_ack_into, MsgView, PubMsgView};
 
 const TURN: usize = 256;
@@ -81,12 +82,42 @@ fn publish_turn(shard: &mut Shard, now: &mut Now, msgs: &[Bytes]) -> Vec<Out> {
         };
         shard.publish(*now, "bench", incoming, &Dir);
     }
-    let (batches, _) = shard.take_unwritten();
-    for (channel, batch) in &batches {
-        shard.written(channel, batch.first_seq, batch.count, 1, 0);
+    settle(shard, *now)
+}
+
+/// What the driver does at the end of a turn: every commit written in full (slice 1), its
+/// output released. Returns what would be sent (PubAcks are counted, not encoded).
+fn settle(shard: &mut Shard, now: Now) -> Vec<Out> {
+    let mut sent = Vec::new();
+    loop {
+        let ready = shard.ready();
+        sent.extend(ready.send);
+        let Some(commit) = ready.commit else {
+            return sent;
+        };
+        let landed = commit
+            .batches
+            .iter()
+            .filter(|b| b.msgs > 0)
+            .map(|b| {
+                let at = Landed {
+                    first_seq: b.first_seq,
+                    msgs: b.msgs,
+                    slice: 1,
+                    offset: 0,
+                };
+                (b.channel.clone(), at)
+            })
+            .collect();
+        black_box(&commit.batches);
+        let outcome = WriteOutcome {
+            landed,
+            ..Default::default()
+        };
+        let released = shard.advance(now, commit.held, &outcome);
+        black_box(&released.pub_acks);
+        sent.extend(released.out);
     }
-    black_box(batches);
-    shard.take_out()
 }
 
 fn start() -> Now {
@@ -130,8 +161,7 @@ fn publish_delivered_acked(c: &mut Criterion) {
         Some(Bytes::from_static(b"subreply")),
         &Dir,
     );
-    let ack_inbox = shard
-        .take_out()
+    let ack_inbox = settle(&mut shard, now)
         .iter()
         .find(|o| o.subject.as_ref() == b"subreply")
         .and_then(|o| SubscriptionResponse::decode(o.payload.clone()).ok())

@@ -10,6 +10,9 @@ use fxhash::FxHashMap;
 #[derive(Debug)]
 pub struct Channel {
     pub name: String,
+    /// Its number on its shard, never reused (a channel deleted and created again gets a new
+    /// one): what the shard's queued deliveries name it by.
+    pub uid: u64,
     pub log: ChannelLog,
     pub limits: ChannelLimits,
     /// Plain subscriptions, online or (durables) offline.
@@ -24,9 +27,10 @@ pub struct Channel {
 
 impl Channel {
     /// A new channel; `on_disk` for the file store (messages read back from disk on demand).
-    pub fn new(name: &str, limits: ChannelLimits, now_mono: u64, on_disk: bool) -> Self {
+    pub fn new(name: &str, uid: u64, limits: ChannelLimits, now_mono: u64, on_disk: bool) -> Self {
         Channel {
             name: name.to_string(),
+            uid,
             log: if on_disk {
                 ChannelLog::File(Box::new(FileLog::new()))
             } else {

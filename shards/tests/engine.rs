@@ -5,8 +5,10 @@ use bytes::Bytes;
 use prost::Message;
 use shards::limits::StoreLimits;
 use shards::pb::{self, Ack, MsgProto, PubAck, PubMsg, SubscriptionRequest, SubscriptionResponse};
-use shards::shard::{ChannelDirectory, Incoming, Now, Out, Shard, ShardConfig, SubEnd};
+use shards::shard::{ChannelDirectory, Incoming, Now, Ready, Shard, ShardConfig, SubEnd};
+use shards::store::file::{Landed, WriteOutcome};
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 #[derive(Default)]
 struct Dir(RefCell<Vec<String>>, i64);
@@ -32,6 +34,17 @@ struct H {
     dir: Dir,
     now: Now,
     guid: u64,
+    /// What commits wrote, per channel: message records (one slice) and subscription records.
+    disk: HashMap<String, (Vec<u8>, Vec<u8>)>,
+    /// The next commit fails for these channels (their messages), with this error.
+    fail_next: Vec<String>,
+}
+
+/// Something the shard had sent: an output, or a PubAck a commit released.
+#[derive(Debug, Clone)]
+struct Out {
+    subject: Bytes,
+    payload: Bytes,
 }
 
 impl H {
@@ -56,6 +69,8 @@ impl H {
                 mono_ns: 1_000 * SEC,
             },
             guid: 0,
+            disk: HashMap::new(),
+            fail_next: Vec::new(),
         }
     }
 
@@ -89,9 +104,84 @@ impl H {
         acks.into_iter().last().unwrap()
     }
 
+    /// What the driver does until the shard wants nothing more: sends what waits for nothing,
+    /// and writes each commit (to `disk`; failing the channels in `fail_next`), then sends
+    /// what it released. Returns everything sent, in order.
+    fn take_out(&mut self) -> Vec<Out> {
+        let mut sent = Vec::new();
+        loop {
+            let Ready {
+                send,
+                commit,
+                reads,
+                ..
+            } = self.shard.ready();
+            sent.extend(send.into_iter().map(|o| Out {
+                subject: o.subject,
+                payload: o.payload,
+            }));
+            let served = !reads.is_empty();
+            for (channel, plan) in reads {
+                let records = self.disk.get(&channel).map(|d| &d.0[..]).unwrap_or(&[]);
+                let block = records
+                    .get(plan.start as usize..plan.end as usize)
+                    .unwrap_or(&[]);
+                let (msgs, bad) =
+                    shards::store::file_log::parse_read(&plan, &Bytes::copy_from_slice(block));
+                assert!(bad.is_empty(), "{bad:?}");
+                self.shard.loaded(self.now, &channel, plan.first_seq, msgs);
+            }
+            let Some(commit) = commit else {
+                if served {
+                    continue;
+                }
+                return sent;
+            };
+            let mut outcome = WriteOutcome::default();
+            for batch in commit.batches {
+                let (records, subs) = self.disk.entry(batch.channel.clone()).or_default();
+                if self.fail_next.contains(&batch.channel) {
+                    outcome
+                        .failed
+                        .push((batch.channel, std::io::Error::other("disk full")));
+                    continue;
+                }
+                let offset = records.len() as u64;
+                records.extend_from_slice(&batch.records);
+                subs.extend_from_slice(&batch.subs);
+                if batch.msgs > 0 {
+                    let landed = Landed {
+                        first_seq: batch.first_seq,
+                        msgs: batch.msgs,
+                        slice: 1,
+                        offset,
+                    };
+                    outcome.landed.push((batch.channel, landed));
+                }
+            }
+            self.fail_next.clear();
+            let released = self.shard.advance(self.now, commit.held, &outcome);
+            sent.extend(released.out.into_iter().map(|o| Out {
+                subject: o.subject,
+                payload: o.payload,
+            }));
+            for (acks, error) in released.pub_acks {
+                let (payloads, ends) = acks.encode(&error);
+                let mut start = 0;
+                for ((reply, _), end) in acks.iter().zip(ends) {
+                    sent.push(Out {
+                        subject: Bytes::copy_from_slice(reply),
+                        payload: payloads.slice(start..end),
+                    });
+                    start = end;
+                }
+            }
+        }
+    }
+
     /// Takes queued output and keeps the part not addressed to `subject` for later reads.
     fn drain_to(&mut self, subject: &str) -> Vec<Out> {
-        let out = self.shard.take_out();
+        let out = self.take_out();
         let (mine, rest): (Vec<Out>, Vec<Out>) = out
             .into_iter()
             .partition(|o| o.subject.as_ref() == subject.as_bytes());
@@ -100,7 +190,7 @@ impl H {
     }
 
     fn msgs(&mut self, inbox: &str) -> Vec<MsgProto> {
-        let mut all = self.shard.take_out();
+        let mut all = self.take_out();
         PENDING.with(|p| {
             let mut p = p.borrow_mut();
             let mut kept: Vec<Out> = p.drain(..).collect();
@@ -502,29 +592,67 @@ fn failed_write_takes_the_messages_back() {
     let ack_inbox = h.subscribe(req("foo", "in")).ack_inbox;
     let publish = |h: &mut H, data: &str| publish_persisted(h, "foo", data);
     publish(&mut h, "one");
-    let (batches, covered) = h.shard.take_unwritten();
-    assert_eq!(batches.len(), 1);
-    assert_eq!((batches[0].1.first_seq, batches[0].1.acks.len()), (1, 1));
+    let Ready { send, commit, .. } = h.shard.ready();
+    assert!(send.is_empty(), "nothing goes out before its write");
+    let commit = commit.expect("a commit");
+    assert_eq!(commit.batches.len(), 1);
     assert_eq!(
-        h.shard.take_out_prefix(covered).len(),
-        1,
-        "the delivery of 1"
+        (commit.batches[0].first_seq, commit.batches[0].msgs),
+        (1, 1)
     );
+    assert_eq!(commit.held.len(), 1, "the delivery of 1");
+    let landed = WriteOutcome {
+        landed: vec![(
+            "foo".into(),
+            Landed {
+                first_seq: 1,
+                msgs: 1,
+                slice: 1,
+                offset: 0,
+            },
+        )],
+        ..Default::default()
+    };
+    let released = h.shard.advance(h.now, commit.held, &landed);
+    assert_eq!(released.out.len(), 1, "the delivery of 1, once written");
+    assert_eq!(released.pub_acks.len(), 1);
+    assert_eq!(released.pub_acks[0].0.len(), 1);
+    assert_eq!(released.pub_acks[0].1, "");
     // 2 and 3 are taken for writing; 4 comes in while the write is under way; the write fails.
     publish(&mut h, "two");
     publish(&mut h, "three");
-    let (batches, mut covered) = h.shard.take_unwritten();
-    assert_eq!((batches[0].1.first_seq, covered), (2, 2));
+    let commit = h.shard.ready().commit.expect("a commit");
+    assert_eq!((commit.batches[0].first_seq, commit.held.len()), (2, 2));
     publish(&mut h, "four");
-    let later = h.shard.rollback("foo", 2, &mut covered);
-    assert_eq!(covered, 0, "no delivery of 2 or 3 goes out");
-    assert_eq!(later.len(), 1, "the PubAck owed for 4 is refused too");
-    assert!(h.shard.take_out().is_empty(), "nor of 4");
-    let (after, _) = h.shard.take_unwritten();
+    let meanwhile = h.shard.ready();
     assert!(
-        after.iter().all(|(_, b)| b.count == 0 && b.acks.is_empty()),
-        "no message waits; only the subscription's position moved back"
+        meanwhile.send.is_empty() && meanwhile.commit.is_none(),
+        "nothing more is handed out while a write is out"
     );
+    let failed = WriteOutcome {
+        failed: vec![("foo".into(), std::io::Error::other("disk full"))],
+        ..Default::default()
+    };
+    let released = h.shard.advance(h.now, commit.held, &failed);
+    assert!(released.out.is_empty(), "no delivery of 2 or 3 goes out");
+    assert_eq!(released.pub_acks.len(), 1);
+    let (acks, error) = &released.pub_acks[0];
+    assert_eq!(
+        (acks.len(), error.as_str()),
+        (3, "disk full"),
+        "the PubAcks of 2 and 3, and of 4 owed later, carry the error"
+    );
+    let after = h.shard.ready();
+    assert!(after.send.is_empty(), "nor of 4");
+    if let Some(commit) = after.commit {
+        assert!(
+            commit.batches.iter().all(|b| b.msgs == 0) && commit.held.is_empty(),
+            "no message waits; only the subscription's position moved back"
+        );
+        let _ = h
+            .shard
+            .advance(h.now, commit.held, &WriteOutcome::default());
+    }
     let ch = h.shard.channel("foo").unwrap();
     assert_eq!((ch.log.first_seq(), ch.log.last_seq()), (1, 1));
     // Publishing goes on from 2; only 1 waits for an ack.
@@ -553,14 +681,15 @@ fn publish_persisted(h: &mut H, channel: &str, data: &str) {
     );
 }
 
-/// What a commit would write for `channel`: its records and its subscription log.
+/// What commits wrote for `channel` so far: its records and its subscription log.
 fn written(h: &mut H, channel: &str, records: &mut Vec<u8>, subs_log: &mut Vec<u8>) {
-    let (batches, _) = h.shard.take_unwritten();
-    for (name, b) in batches {
-        if name == channel {
-            records.extend_from_slice(&b.records);
-            subs_log.extend_from_slice(&b.subs.finish().0);
-        }
+    // As at a clean stop: sends and acks journaled since the last commit are written too.
+    h.shard.write_journal_soon();
+    let out = h.take_out();
+    PENDING.with(|p| p.borrow_mut().extend(out));
+    if let Some((r, subs)) = h.disk.get(channel) {
+        records.extend_from_slice(r);
+        subs_log.extend_from_slice(subs);
     }
 }
 
@@ -587,17 +716,13 @@ fn restarted(records: &[u8], subs_log: &[u8], clients: &[&str]) -> H {
     h
 }
 
-/// Does what the node does for reads from disk, from the slice bytes `slice`, until no reader
-/// waits.
+/// Does what the driver does once the store is open: reads from disk (from `slice`, the
+/// channel's one slice) until no reader waits.
 fn serve_reads(h: &mut H, slice: &[u8]) {
-    while h.shard.has_reads() {
-        for (channel, plan) in h.shard.take_reads() {
-            let buf = Bytes::copy_from_slice(&slice[plan.start as usize..plan.end as usize]);
-            let (msgs, bad) = shards::store::file_log::parse_read(&plan, &buf);
-            assert!(bad.is_empty(), "{bad:?}");
-            h.shard.loaded(h.now, &channel, plan.first_seq, msgs);
-        }
-    }
+    h.disk.entry("foo".into()).or_default().0 = slice.to_vec();
+    h.shard.start_reading();
+    let out = h.take_out();
+    PENDING.with(|p| p.borrow_mut().extend(out));
 }
 
 #[test]
@@ -678,5 +803,32 @@ fn a_durable_queue_group_comes_back_as_its_shadow() {
         seqs(&h.msgs("q.other")),
         vec![1, 2, 3],
         "the unacked ones first"
+    );
+}
+
+#[test]
+fn a_subscription_whose_put_is_not_stored_is_refused() {
+    let mut h = H::new();
+    h.shard.persist_messages();
+    let reply = Some(Bytes::from_static(b"subreply"));
+    h.shard.subscribe(h.now, req("foo", "in"), reply, &h.dir);
+    let Ready { send, commit, .. } = h.shard.ready();
+    assert!(send.is_empty(), "the OK waits for the put");
+    let commit = commit.expect("the put is written first");
+    assert_eq!(commit.held.len(), 1);
+    let outcome = WriteOutcome {
+        subs_failed: vec![("foo".into(), std::io::Error::other("disk full"))],
+        ..Default::default()
+    };
+    let released = h.shard.advance(h.now, commit.held, &outcome);
+    assert_eq!(released.out.len(), 1);
+    let answer = SubscriptionResponse::decode(released.out[0].payload.clone()).unwrap();
+    assert_eq!(
+        (answer.error.as_str(), answer.ack_inbox.as_str()),
+        ("disk full", "")
+    );
+    assert!(
+        h.shard.channel("foo").is_none_or(|c| c.plain.is_empty()),
+        "the subscription is gone"
     );
 }

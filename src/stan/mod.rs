@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod directory;
+pub mod driver;
 pub mod external;
 pub mod ft;
 pub mod ft_heartbeat;

@@ -25,9 +25,9 @@ use fxhash::FxHashMap;
 use prost::Message;
 use shards::limits::{ChannelLimits, ResolvedLimits};
 use shards::pb::{ConnectRequest, Ping, PingResponse};
-use shards::shard::{AckPlace, Incoming, OwedAcks, Shard, ShardConfig, SubEnd};
+use shards::shard::{AckPlace, Incoming, Shard, ShardConfig, SubEnd};
 use shards::store::clients::{self, ClientLog};
-use shards::store::file::{ChannelBatch, FileStore, SliceLimits};
+use shards::store::file::{FileStore, SliceLimits};
 use shards::store::journal::{self, CompactPolicy};
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
@@ -37,17 +37,6 @@ use std::time::Duration;
 /// Shares of the replay task queue against the default queue's 1000: reads from disk for
 /// catching-up subscribers get a fifth of a busy core.
 const REPLAY_SHARES: usize = 250;
-
-/// A failed read: its messages, marked unreadable (delivery stops before them).
-fn unreadable(plan: &shards::store::file_log::ReadPlan) -> Vec<shards::store::StoredMsg> {
-    (0..plan.offsets.len() as u64)
-        .map(|i| shards::store::StoredMsg {
-            seq: plan.first_seq + i,
-            timestamp: 0,
-            encoded: Bytes::new(),
-        })
-        .collect()
-}
 
 /// The file store's compact* options.
 pub(super) fn compact_policy(file: &crate::config::streaming::FileOptions) -> CompactPolicy {
@@ -62,9 +51,6 @@ pub(super) fn compact_policy(file: &crate::config::streaming::FileOptions) -> Co
 /// How often a shard looks at its timers (redelivery, max_age, max_inactivity). Ack waits
 /// are whole seconds, so this bounds lateness well below what clients notice.
 const TICK: Duration = Duration::from_millis(20);
-
-/// Ticks between sweeps of the file store for slices of expired messages (about 1 s).
-const SLICE_SWEEP_TICKS: u64 = 50;
 
 /// Largest single DMA write of a slice (see `open_store`).
 const DMA_BUFFER_CAP: usize = 64 << 10;
@@ -109,19 +95,17 @@ pub struct Node {
     external: RefCell<Option<Rc<External>>>,
     waiters: RefCell<FxHashMap<u64, Rc<Waiter>>>,
     /// The file store of this shard (`--store file`); `None` with the memory store.
-    store: RefCell<Option<Rc<FileStore>>>,
+    pub(super) store: RefCell<Option<Rc<FileStore>>>,
     /// File store, shard 0: the client registry's log.
     pub(super) client_log: RefCell<Option<Rc<ClientLog>>>,
-    ticks: Cell<u64>,
+    pub(super) ticks: Cell<u64>,
     /// A commit (write + sync of this turn's messages) is in progress or scheduled.
-    committing: Cell<bool>,
+    pub(super) committing: Cell<bool>,
     /// File store: the task queue reads back from disk run in, with fewer shares than the
     /// default queue (publishes, acks, live deliveries), so catching up does not starve them.
-    replay_queue: Cell<Option<glommio::TaskQueueHandle>>,
+    pub(super) replay_queue: Cell<Option<glommio::TaskQueueHandle>>,
     /// Monitoring snapshots being gathered from every core.
     gathers: Gathering<CoreSnapshot>,
-    /// The output buffer swapped with the shard's at each flush (no allocation per message).
-    scratch: RefCell<Vec<shards::shard::Out>>,
     /// Publishes and acks of this turn, handled together once the task that received them
     /// yields: one clock reading and one flush for a whole read of the socket, not per message.
     batched: RefCell<Vec<StanMsg>>,
@@ -190,7 +174,6 @@ impl Node {
             dir,
             opts: Rc::new(opts.clone()),
             waiters: RefCell::new(FxHashMap::default()),
-            scratch: RefCell::new(Vec::new()),
             batched: RefCell::new(Vec::new()),
             batch_scheduled: Cell::new(false),
             remote_batches: RefCell::new((0..core.ncores).map(|_| Vec::new()).collect()),
@@ -430,44 +413,6 @@ impl Node {
         self.me.borrow().upgrade()
     }
 
-    fn tick(&self) {
-        let now = time::now();
-        self.shard.borrow_mut().tick(now, &*self.dir);
-        self.flush();
-        self.write_journal();
-        // About once a second: slices whose messages aged out (max_age) on channels that
-        // receive nothing new are deleted too.
-        let n = self.ticks.get().wrapping_add(1);
-        self.ticks.set(n);
-        if n.is_multiple_of(SLICE_SWEEP_TICKS) {
-            let store = self.store.borrow().clone();
-            if let Some(store) = store {
-                let names: Vec<String> = self
-                    .shard
-                    .borrow()
-                    .channels()
-                    .map(|c| c.name.clone())
-                    .collect();
-                for name in names {
-                    self.drop_emptied_slices(&store, &name);
-                }
-            }
-        }
-    }
-
-    /// Deletes (or archives) the slices of `channel` that hold only messages its limits
-    /// dropped.
-    fn drop_emptied_slices(&self, store: &FileStore, channel: &str) {
-        let first = self
-            .shard
-            .borrow()
-            .channel(channel)
-            .map(|c| c.log.first_seq());
-        if let Some(first) = first {
-            store.drop_slices_before(channel, first);
-        }
-    }
-
     /// Sends a request to the shard that owns it: handled here if that is this core.
     pub fn send_to(&self, shard: usize, msg: StanMsg) {
         if shard == self.core.id {
@@ -510,232 +455,6 @@ impl Node {
         self.core
             .outbox
             .push(shard, MeshMsg::Internal(Box::new(StanMsg::Batch(batch))));
-    }
-
-    /// Publishes what the state machine queued, in order. With the file store, output waits
-    /// while stored messages are not on disk yet: a commit task writes them (one write per
-    /// channel per turn) and then releases what they cover.
-    pub fn flush(&self) {
-        if self.committing.get() {
-            return;
-        }
-        if self.shard.borrow().has_unwritten() {
-            self.committing.set(true);
-            if let Some(me) = self.rc() {
-                glommio::spawn_local(async move { me.commit_loop().await }).detach();
-            }
-            return;
-        }
-        let mut out = std::mem::take(&mut *self.scratch.borrow_mut());
-        self.shard.borrow_mut().swap_out(&mut out);
-        for o in out.drain(..) {
-            self.publish_out(&o);
-        }
-        *self.scratch.borrow_mut() = out;
-        if self.shard.borrow().has_reads() {
-            self.start_reads();
-        }
-    }
-
-    /// Sends and acks of subscriptions hold nothing back and need no sync: they go to disk with
-    /// the next commit of messages, or at the latest at the next tick, not after every turn
-    /// (a commit in progress holds the shard's output back).
-    fn write_journal(&self) {
-        if self.committing.get() || !self.shard.borrow().has_journal() {
-            return;
-        }
-        self.committing.set(true);
-        if let Some(me) = self.rc() {
-            glommio::spawn_local(async move { me.commit_loop().await }).detach();
-        }
-    }
-
-    /// Reads back from disk what catching-up subscribers wait for, each read in its own task
-    /// (in the replay queue); the messages go to the shard, which delivers them.
-    fn start_reads(&self) {
-        // Before the store is in place (start-up restores subscriptions first) the wanted
-        // reads stay queued: taking them marks their blocks as being read, and dropping them
-        // then would leave those messages unreadable for good (a restored durable's pending
-        // messages were never redelivered when a tick came in between, seen under load).
-        let store = self.store.borrow().clone();
-        let (Some(store), Some(me)) = (store, self.rc()) else {
-            return;
-        };
-        let plans = self.shard.borrow_mut().take_reads();
-        for (channel, plan) in plans {
-            let (store, me) = (store.clone(), me.clone());
-            let task = async move {
-                let msgs = match store.read_block(&channel, &plan).await {
-                    Ok(buf) => {
-                        let (msgs, bad) = shards::store::file_log::parse_read(&plan, &buf);
-                        let path = store.slice_path(&channel, plan.slice);
-                        for (offset, why) in bad {
-                            log::error!(
-                                "STAN: {}: {why} at offset {offset}: a damaged message of channel {channel:?}; its subscribers stop before it (nothing is delivered past it until the channel's limits drop it)",
-                                path.display()
-                            );
-                        }
-                        msgs
-                    }
-                    Err(e) => {
-                        log::error!(
-                            "STAN: reading channel {channel:?} (slice {}, bytes {}..{}) failed: {e}; its subscribers stop before those messages (a restart reads them again)",
-                            plan.slice,
-                            plan.start,
-                            plan.end
-                        );
-                        unreadable(&plan)
-                    }
-                };
-                me.shard
-                    .borrow_mut()
-                    .loaded(time::now(), &channel, plan.first_seq, msgs);
-                me.flush();
-            };
-            let spawned = match self.replay_queue.get() {
-                Some(q) => glommio::spawn_local_into(task, q).map(|t| {
-                    t.detach();
-                }),
-                None => {
-                    glommio::spawn_local(task).detach();
-                    Ok(())
-                }
-            };
-            if let Err(e) = spawned {
-                log::error!("STAN: cannot start a read from disk: {e}");
-            }
-        }
-    }
-
-    async fn commit_loop(self: Rc<Self>) {
-        // Let the rest of this turn's requests join the same write.
-        futures_lite::future::yield_now().await;
-        let store = self.store.borrow().clone();
-        loop {
-            let deleted = self.shard.borrow_mut().take_deleted();
-            if let Some(s) = &store {
-                for channel in &deleted {
-                    s.delete_channel(channel).await;
-                }
-            }
-            let (batches, mut covered) = self.shard.borrow_mut().take_unwritten();
-            if batches.is_empty() && deleted.is_empty() {
-                break;
-            }
-            // Per channel: first sequence of the batch and the (reply, guid) PubAcks it owes.
-            let mut owed: Vec<(String, u64, OwedAcks)> = Vec::new();
-            let mut records = Vec::with_capacity(batches.len());
-            let mut with_subs = Vec::new();
-            let mut confirms = Vec::new();
-            for (channel, batch) in batches {
-                if !batch.confirms.is_empty() {
-                    confirms.push((channel.clone(), batch.confirms));
-                }
-                let subs_sync = batch.subs.gating;
-                let (subs, sub_records) = batch.subs.finish();
-                if sub_records > 0 {
-                    with_subs.push(channel.clone());
-                }
-                owed.push((channel.clone(), batch.first_seq, batch.acks));
-                let slice_limits = store
-                    .as_ref()
-                    .and_then(|s| self.auto_slice_limits(s, &channel));
-                records.push(ChannelBatch {
-                    channel,
-                    records: batch.records,
-                    first_seq: batch.first_seq,
-                    msgs: batch.count,
-                    subs,
-                    sub_records,
-                    subs_sync,
-                    slice_limits,
-                });
-            }
-            let outcome = match &store {
-                Some(s) => s.write(records).await,
-                None => Default::default(),
-            };
-            for (channel, l) in &outcome.landed {
-                self.shard
-                    .borrow_mut()
-                    .written(channel, l.first_seq, l.msgs, l.slice, l.offset);
-            }
-            // Subscriptions whose puts did not land are refused before their replies go out.
-            for (channel, e) in &outcome.subs_failed {
-                if let Some((_, refused)) = confirms.iter().find(|(c, _)| c == channel) {
-                    self.shard.borrow_mut().subscriptions_not_stored(
-                        time::now(),
-                        refused,
-                        &e.to_string(),
-                    );
-                }
-            }
-            let failed = outcome.failed;
-            // Failed channels first: their messages are taken back before anything covered by
-            // this commit goes out, so no delivery of them leaves the server.
-            let mut refused: Vec<(OwedAcks, String)> = Vec::new();
-            for (channel, e) in &failed {
-                let text = e.to_string();
-                log::error!("STAN: storing messages of channel {channel:?} failed: {text}");
-                let Some((_, first_seq, acks)) = owed.iter_mut().find(|(c, _, _)| c == channel)
-                else {
-                    continue;
-                };
-                let later = self
-                    .shard
-                    .borrow_mut()
-                    .rollback(channel, *first_seq, &mut covered);
-                let mut acks = std::mem::take(acks);
-                acks.extend(&later);
-                refused.push((acks, text));
-            }
-            if let Some(s) = &store {
-                for (channel, _, _) in &owed {
-                    self.drop_emptied_slices(s, channel);
-                }
-                self.compact_subs(s, &with_subs).await;
-            }
-            let outs = self.shard.borrow_mut().take_out_prefix(covered);
-            for o in outs {
-                self.publish_out(&o);
-            }
-            for (_, _, acks) in &owed {
-                self.send_pub_acks(acks, "");
-            }
-            for (acks, error) in &refused {
-                self.send_pub_acks(acks, error);
-            }
-        }
-        self.committing.set(false);
-        self.flush();
-    }
-
-    /// With no slice limit configured, a channel's slices follow its own limits: a quarter of
-    /// each (the reference's automatic limits).
-    fn auto_slice_limits(&self, store: &FileStore, channel: &str) -> Option<SliceLimits> {
-        let configured = store.slice_limits();
-        if !configured.is_unset() {
-            return None;
-        }
-        let shard = self.shard.borrow();
-        let limits = shard.channel(channel)?.limits;
-        Some(configured.auto_for(
-            u64::try_from(limits.max_msgs).unwrap_or(0),
-            u64::try_from(limits.max_bytes).unwrap_or(0),
-            limits.max_age,
-        ))
-    }
-
-    /// Compacts the subscription logs (of channels just written to) that the compact* options
-    /// say are due. Runs in the commit task, the logs' only writer.
-    async fn compact_subs(&self, store: &FileStore, channels: &[String]) {
-        for channel in channels {
-            let live = self.shard.borrow().sub_live_records(channel);
-            if store.subs_compaction_due(channel, live) {
-                let (contents, records) = self.shard.borrow().sub_snapshot(channel);
-                store.rewrite_subs(channel, contents, records).await;
-            }
-        }
     }
 
     /// `--store file`: opens this shard's store and recovers the channels it owns (found in the
@@ -859,28 +578,10 @@ impl Node {
             }
         }
         *self.store.borrow_mut() = Some(Rc::new(store));
+        // Reads wanted during recovery (restored subscribers' backlogs) start now.
+        self.shard.borrow_mut().start_reading();
+        self.flush();
         Ok(())
-    }
-
-    /// Clean shutdown of the file store.
-    pub async fn close_store(&self) {
-        // The journal's sends and acks not written yet go to disk before the files close.
-        if let Some(me) = self.rc() {
-            for _ in 0..200 {
-                if !self.committing.get() {
-                    break;
-                }
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-            if !self.committing.get() && self.shard.borrow().has_journal() {
-                self.committing.set(true);
-                me.commit_loop().await;
-            }
-        }
-        let store = self.store.borrow().clone();
-        if let Some(s) = store {
-            s.close().await;
-        }
     }
 
     /// Returns whether anyone could receive it: a subscriber here or on another core (always
@@ -889,23 +590,9 @@ impl Node {
         self.publish_with(subject, None, reply, payload, payload)
     }
 
-    /// Sends the PubAcks a commit owed, with `error` (empty: stored). Their payloads are
-    /// encoded into one buffer, each sent as a part of it.
-    fn send_pub_acks(&self, acks: &OwedAcks, error: &str) {
-        if acks.is_empty() {
-            return;
-        }
-        let (payloads, ends) = acks.encode(error);
-        let mut start = 0;
-        for ((reply, _), end) in acks.iter().zip(ends) {
-            self.publish_with(reply, None, None, &payloads[start..end], &payloads);
-            start = end;
-        }
-    }
-
     /// `publish` of a subject held in its own `Bytes` (deliveries, replies): it is shared with
     /// another core instead of copied.
-    fn publish_out(&self, o: &shards::shard::Out) {
+    pub(super) fn publish_out(&self, o: &shards::shard::Out) {
         self.publish_with(
             &o.subject,
             Some(&o.subject),
@@ -916,7 +603,7 @@ impl Node {
     }
 
     /// `payload` lies within `backing`, which a core it goes to shares instead of copying.
-    fn publish_with(
+    pub(super) fn publish_with(
         &self,
         subject: &[u8],
         subject_backing: Option<&Bytes>,

@@ -1,0 +1,310 @@
+//! The driver of one core's shard: the only code that carries out what the shard asks for
+//! (`Shard::ready`) and tells it how that went (`Shard::advance`, `Shard::loaded`). It sends
+//! output that waits for nothing at once, runs commits (one task at a time: files to delete,
+//! records to write, then the held output released), starts reads from disk in the replay task
+//! queue, and ticks the shard. Requests reach the shard through `Node` (routing), which calls
+//! `flush` after each batch.
+
+use super::node::Node;
+use super::time;
+use bytes::Bytes;
+use shards::shard::{Commit, OwedAcks, Ready};
+use shards::store::file::{FileStore, SliceLimits, WriteOutcome};
+use shards::store::file_log::ReadPlan;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Ticks between sweeps of the file store for slices of expired messages (about 1 s).
+const SLICE_SWEEP_TICKS: u64 = 50;
+
+/// A failed read: its messages, marked unreadable (delivery stops before them).
+fn unreadable(plan: &ReadPlan) -> Vec<shards::store::StoredMsg> {
+    (0..plan.offsets.len() as u64)
+        .map(|i| shards::store::StoredMsg {
+            seq: plan.first_seq + i,
+            timestamp: 0,
+            encoded: Bytes::new(),
+        })
+        .collect()
+}
+
+impl Node {
+    /// Carries out what the shard wants done now. A commit is left to its own task, which
+    /// first lets the rest of this turn's requests join it (one write per channel per turn);
+    /// while it runs, output waits behind it.
+    pub fn flush(&self) {
+        if self.committing.get() {
+            return;
+        }
+        let ready = {
+            let mut shard = self.shard.borrow_mut();
+            if shard.wants_write() {
+                None
+            } else {
+                Some(shard.ready())
+            }
+        };
+        match ready {
+            Some(ready) => {
+                if let Some(commit) = self.carry_out(ready) {
+                    self.start_commit(Some(commit));
+                }
+            }
+            None => self.start_commit(None),
+        }
+    }
+
+    /// Sends what waits for nothing and starts the reads; returns the commit, if any.
+    fn carry_out(&self, ready: Ready) -> Option<Commit> {
+        let Ready {
+            mut send,
+            commit,
+            reads,
+            deadline: _,
+        } = ready;
+        for o in send.drain(..) {
+            self.publish_out(&o);
+        }
+        self.shard.borrow_mut().recycle(send);
+        self.start_reads(reads);
+        commit
+    }
+
+    fn start_commit(&self, first: Option<Commit>) {
+        self.committing.set(true);
+        if let Some(me) = self.rc() {
+            glommio::spawn_local(async move { me.commit_loop(first).await }).detach();
+        }
+    }
+
+    /// The tick: the shard's timers, then what they made it want; sends and acks journaled
+    /// since the last commit are written now (they hold no output back, so they wait for a
+    /// commit of messages or for this).
+    pub(super) fn tick(&self) {
+        let now = time::now();
+        {
+            let mut shard = self.shard.borrow_mut();
+            shard.tick(now, &*self.dir);
+            shard.write_journal_soon();
+        }
+        self.flush();
+        // About once a second: slices whose messages aged out (max_age) on channels that
+        // receive nothing new are deleted too.
+        let n = self.ticks.get().wrapping_add(1);
+        self.ticks.set(n);
+        if n.is_multiple_of(SLICE_SWEEP_TICKS) {
+            let store = self.store.borrow().clone();
+            if let Some(store) = store {
+                let names: Vec<String> = self
+                    .shard
+                    .borrow()
+                    .channels()
+                    .map(|c| c.name.clone())
+                    .collect();
+                for name in names {
+                    self.drop_emptied_slices(&store, &name);
+                }
+            }
+        }
+    }
+
+    /// Deletes (or archives) the slices of `channel` that hold only messages its limits
+    /// dropped.
+    pub(super) fn drop_emptied_slices(&self, store: &FileStore, channel: &str) {
+        let first = self
+            .shard
+            .borrow()
+            .channel(channel)
+            .map(|c| c.log.first_seq());
+        if let Some(first) = first {
+            store.drop_slices_before(channel, first);
+        }
+    }
+
+    /// Reads back from disk what catching-up subscribers wait for, each read in its own task
+    /// (in the replay queue); the messages go to the shard, which delivers them. The shard
+    /// hands out reads only once the store is in place (`Shard::start_reading`).
+    fn start_reads(&self, plans: Vec<(String, ReadPlan)>) {
+        if plans.is_empty() {
+            return;
+        }
+        let store = self.store.borrow().clone();
+        let (Some(store), Some(me)) = (store, self.rc()) else {
+            log::error!("STAN: reads from disk wanted with no store open");
+            return;
+        };
+        for (channel, plan) in plans {
+            let (store, me) = (store.clone(), me.clone());
+            let task = async move {
+                let msgs = match store.read_block(&channel, &plan).await {
+                    Ok(buf) => {
+                        let (msgs, bad) = shards::store::file_log::parse_read(&plan, &buf);
+                        let path = store.slice_path(&channel, plan.slice);
+                        for (offset, why) in bad {
+                            log::error!(
+                                "STAN: {}: {why} at offset {offset}: a damaged message of channel {channel:?}; its subscribers stop before it (nothing is delivered past it until the channel's limits drop it)",
+                                path.display()
+                            );
+                        }
+                        msgs
+                    }
+                    Err(e) => {
+                        log::error!(
+                            "STAN: reading channel {channel:?} (slice {}, bytes {}..{}) failed: {e}; its subscribers stop before those messages (a restart reads them again)",
+                            plan.slice,
+                            plan.start,
+                            plan.end
+                        );
+                        unreadable(&plan)
+                    }
+                };
+                me.shard
+                    .borrow_mut()
+                    .loaded(time::now(), &channel, plan.first_seq, msgs);
+                me.flush();
+            };
+            let spawned = match self.replay_queue.get() {
+                Some(q) => glommio::spawn_local_into(task, q).map(|t| {
+                    t.detach();
+                }),
+                None => {
+                    glommio::spawn_local(task).detach();
+                    Ok(())
+                }
+            };
+            if let Err(e) = spawned {
+                log::error!("STAN: cannot start a read from disk: {e}");
+            }
+        }
+    }
+
+    /// Writes commits until the shard wants none, each one's held output released only once
+    /// the write is done. `first`: a commit already taken; else this turn's requests join the
+    /// next one first.
+    async fn commit_loop(self: Rc<Self>, first: Option<Commit>) {
+        if first.is_none() {
+            futures_lite::future::yield_now().await;
+        }
+        let store = self.store.borrow().clone();
+        let mut next = first;
+        loop {
+            let commit = match next.take() {
+                Some(c) => c,
+                None => {
+                    let ready = self.shard.borrow_mut().ready();
+                    match self.carry_out(ready) {
+                        Some(c) => c,
+                        None => break,
+                    }
+                }
+            };
+            self.write_commit(store.as_deref(), commit).await;
+        }
+        self.committing.set(false);
+    }
+
+    async fn write_commit(&self, store: Option<&FileStore>, commit: Commit) {
+        let Commit {
+            deleted,
+            mut batches,
+            held,
+        } = commit;
+        if let Some(s) = store {
+            for channel in &deleted {
+                s.delete_channel(channel).await;
+            }
+            for batch in &mut batches {
+                batch.slice_limits = self.auto_slice_limits(s, &batch.channel);
+            }
+        }
+        let written: Vec<String> = batches.iter().map(|b| b.channel.clone()).collect();
+        let with_subs: Vec<String> = batches
+            .iter()
+            .filter(|b| b.sub_records > 0)
+            .map(|b| b.channel.clone())
+            .collect();
+        let outcome = match store {
+            Some(s) => s.write(batches).await,
+            None => WriteOutcome::default(),
+        };
+        let released = self.shard.borrow_mut().advance(time::now(), held, &outcome);
+        if let Some(s) = store {
+            for channel in &written {
+                self.drop_emptied_slices(s, channel);
+            }
+            self.compact_subs(s, &with_subs).await;
+        }
+        for o in &released.out {
+            self.publish_out(o);
+        }
+        for (acks, error) in &released.pub_acks {
+            self.send_pub_acks(acks, error);
+        }
+    }
+
+    /// With no slice limit configured, a channel's slices follow its own limits: a quarter of
+    /// each (the reference's automatic limits).
+    fn auto_slice_limits(&self, store: &FileStore, channel: &str) -> Option<SliceLimits> {
+        let configured = store.slice_limits();
+        if !configured.is_unset() {
+            return None;
+        }
+        let shard = self.shard.borrow();
+        let limits = shard.channel(channel)?.limits;
+        Some(configured.auto_for(
+            u64::try_from(limits.max_msgs).unwrap_or(0),
+            u64::try_from(limits.max_bytes).unwrap_or(0),
+            limits.max_age,
+        ))
+    }
+
+    /// Compacts the subscription logs (of channels just written to) that the compact* options
+    /// say are due. Runs in the commit task, the logs' only writer.
+    async fn compact_subs(&self, store: &FileStore, channels: &[String]) {
+        for channel in channels {
+            let live = self.shard.borrow().sub_live_records(channel);
+            if store.subs_compaction_due(channel, live) {
+                let (contents, records) = self.shard.borrow().sub_snapshot(channel);
+                store.rewrite_subs(channel, contents, records).await;
+            }
+        }
+    }
+
+    /// Clean shutdown of the file store: the journal's sends and acks not written yet go to
+    /// disk before the files close.
+    pub async fn close_store(&self) {
+        if let Some(me) = self.rc() {
+            for _ in 0..200 {
+                if !self.committing.get() {
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            if !self.committing.get() {
+                self.shard.borrow_mut().write_journal_soon();
+                if self.shard.borrow().wants_write() {
+                    self.committing.set(true);
+                    me.commit_loop(None).await;
+                }
+            }
+        }
+        let store = self.store.borrow().clone();
+        if let Some(s) = store {
+            s.close().await;
+        }
+    }
+
+    /// Sends the PubAcks a commit owed, with `error` (empty: stored). Their payloads are
+    /// encoded into one buffer, each sent as a part of it.
+    fn send_pub_acks(&self, acks: &OwedAcks, error: &str) {
+        if acks.is_empty() {
+            return;
+        }
+        let (payloads, ends) = acks.encode(error);
+        let mut start = 0;
+        for ((reply, _), end) in acks.iter().zip(ends) {
+            self.publish_with(reply, None, None, &payloads[start..end], &payloads);
+            start = end;
+        }
+    }
+}
