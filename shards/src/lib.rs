@@ -5,6 +5,7 @@ pub mod ack_key;
 pub mod channel;
 pub mod limits;
 pub mod owed_acks;
+pub mod registry;
 pub mod shard;
 pub mod store;
 pub mod subscription;

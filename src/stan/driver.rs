@@ -88,6 +88,7 @@ impl Node {
             shard.write_journal_soon();
         }
         self.flush();
+        self.tick_control();
         // About once a second: slices whose messages aged out (max_age) on channels that
         // receive nothing new are deleted too.
         let n = self.ticks.get().wrapping_add(1);

@@ -159,7 +159,7 @@ impl Node {
         });
         let node = Rc::new(Node {
             stopped: std::cell::OnceCell::new(),
-            control: (core.id == 0).then(ControlPlane::default),
+            control: (core.id == 0).then(|| ControlPlane::new(s)),
             ft: subjects
                 .ft
                 .clone()
@@ -763,20 +763,21 @@ impl Node {
     /// probe in the client's place.
     pub fn new_waiter(&self) -> (String, u64, Rc<Waiter>) {
         let waiter = Rc::new(Waiter::default());
-        let mut waiters = self.waiters.borrow_mut();
+        let (inbox, token) = self.new_reply_inbox(|_| false);
+        self.waiters.borrow_mut().insert(token, waiter.clone());
+        (inbox, token, waiter)
+    }
+
+    /// A reply inbox of this core under a fresh random token: not a waiter's, nor `taken`.
+    pub(super) fn new_reply_inbox(&self, taken: impl Fn(u64) -> bool) -> (String, u64) {
+        let waiters = self.waiters.borrow();
         let token = loop {
             let token = rand::random::<u64>() >> 1;
-            if !waiters.contains_key(&token) {
+            if !waiters.contains_key(&token) && !taken(token) {
                 break token;
             }
         };
-        waiters.insert(token, waiter.clone());
-        drop(waiters);
-        (
-            self.subjects.reply_inbox(self.core.id, token),
-            token,
-            waiter,
-        )
+        (self.subjects.reply_inbox(self.core.id, token), token)
     }
 
     pub fn drop_waiter(&self, token: u64) {
@@ -941,6 +942,9 @@ impl Node {
                 self.flush();
             }
             StanMsg::Reply { token, payload } => {
+                if self.control_answer(token) {
+                    return;
+                }
                 // The waiter stays registered until its owner drops it: a request may gather
                 // several answers.
                 if let Some(w) = self.waiters.borrow().get(&token) {

@@ -18,7 +18,6 @@ pub const ERR_INVALID_UNSUB_REQ: &str = "stan: invalid unsubscribe request";
 pub const ERR_INVALID_CONN_REQ: &str = "stan: invalid connection request";
 pub const ERR_INVALID_CLIENT_ID: &str =
     "stan: invalid clientID: only alphanumeric and `-` or `_` characters allowed";
-pub const ERR_CLIENT_REGISTERED: &str = "stan: clientID already registered";
 pub const ERR_INVALID_CLOSE_REQ: &str = "stan: invalid close request";
 pub const ERR_PING_UNKNOWN: &str = "client has been replaced or is no longer registered";
 
