@@ -4,9 +4,10 @@
 
 use crate::config::options::Authorization;
 use crate::config::Options;
-use crate::mesh::{Batch, MeshMsg};
+use crate::mesh::Batch;
 use crate::nats::client;
 use crate::nats::core::{CloseReason, Core, GlobalCounters};
+use crate::nats::mesh_msg::MeshMsg;
 use crate::stan::directory::SharedDirectory;
 use crate::stan::node::Node;
 use crate::stan::role::Role;
@@ -291,7 +292,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         Some(t) => Some(crate::nats::tls::server_config(t)?),
         None => None,
     };
-    let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(ncores, MESH_RING_BATCHES);
+    let mesh: MeshBuilder<Batch<MeshMsg>, _> = MeshBuilder::full(ncores, MESH_RING_BATCHES);
     let server_id: Arc<str> = new_server_id().into();
     let global = Arc::new(GlobalCounters::new(ncores));
     let mut shared_directory = SharedDirectory::new(opts.streaming.store_limits.max_channels);
@@ -455,7 +456,7 @@ struct Lifecycle {
 #[allow(clippy::too_many_arguments)]
 async fn run_core(
     opts: Options,
-    mesh: MeshBuilder<Batch, Full>,
+    mesh: MeshBuilder<Batch<MeshMsg>, Full>,
     handoff: MeshBuilder<AcceptedTcpStream, Full>,
     ncores: usize,
     server_id: Arc<str>,

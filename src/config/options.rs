@@ -306,7 +306,7 @@ impl Options {
                 s.cluster_id
             )));
         }
-        if !crate::nats::subject::is_valid_literal_subject(s.discover_prefix.as_bytes()) {
+        if !crate::util::subject::is_valid_literal_subject(s.discover_prefix.as_bytes()) {
             return Err(invalid(format!(
                 "invalid discover_prefix {:?}",
                 s.discover_prefix
@@ -340,7 +340,7 @@ impl Options {
             ));
         }
         if let Some(group) = &s.ft_group {
-            if !crate::nats::subject::is_valid_literal_subject(group.as_bytes()) {
+            if !crate::util::subject::is_valid_literal_subject(group.as_bytes()) {
                 return Err(invalid(format!(
                     "ft: invalid ft_group {group:?}: it names the subject _STAN.ft.<cluster_id>.<ft_group>"
                 )));

@@ -5,12 +5,11 @@
 pub mod format;
 pub mod http;
 pub mod nats_endpoints;
-pub mod snapshot;
 pub mod streaming_endpoints;
 
 use crate::config::Options;
 use crate::stan::node::Node;
-use snapshot::CoreSnapshot;
+use crate::stan::snapshot::CoreSnapshot;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;

@@ -3,9 +3,9 @@
 
 use super::format::{rfc3339, uptime};
 use super::http::{Query, Reply};
-use super::snapshot::{ConnSnapshot, CoreSnapshot};
 use super::{page, paging, Monitor};
 use crate::nats::wire::NATS_PROTOCOL_VERSION;
+use crate::stan::snapshot::{ConnSnapshot, CoreSnapshot};
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
 

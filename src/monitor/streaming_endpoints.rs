@@ -3,9 +3,9 @@
 
 use super::format::{rfc3339, uptime};
 use super::http::{Query, Reply};
-use super::snapshot::{ChannelSnapshot, CoreSnapshot, SubSnapshot};
 use super::{page, paging, Monitor};
 use crate::config::banner::COMPATIBLE_WITH;
+use crate::stan::snapshot::{ChannelSnapshot, CoreSnapshot, SubSnapshot};
 use serde_json::{json, Map, Value};
 use std::time::{Duration, SystemTime};
 

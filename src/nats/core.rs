@@ -8,9 +8,10 @@
 //! message exactly once: the publishing core picks the local members or one interested core,
 //! and that core picks one of its members.
 
+use super::mesh_msg::{MeshMsg, Routed};
 use crate::config::options::Authorization;
 use crate::config::Options;
-use crate::mesh::{InterestSync, MeshMsg, Outbox, Routed};
+use crate::mesh::{InterestSync, Outbox};
 use crate::nats::sublist::{MatchResult, Sublist};
 use crate::nats::{subject, wire};
 use crate::util::gathering::Gathering;
@@ -417,7 +418,7 @@ pub struct Core {
     pub sublist: RefCell<Sublist<SubRef>>,
     pub interest: RefCell<Sublist<usize>>,
     local_interest: RefCell<FxHashMap<(Bytes, Option<Bytes>), usize>>,
-    pub outbox: Rc<Outbox>,
+    pub outbox: Rc<Outbox<MeshMsg>>,
     pub sync: InterestSync,
     pub rng: Rng,
     pub stats: CoreStats,
@@ -626,7 +627,7 @@ impl Core {
         from: usize,
         cid: u64,
         left: usize,
-        changes: &[crate::mesh::InterestChange],
+        changes: &[super::mesh_msg::InterestChange],
     ) {
         {
             let mut interest = self.interest.borrow_mut();

@@ -25,7 +25,7 @@
 //! arrive after ones it published just after (forwarded through the old core): per-publisher
 //! order holds except across that instant, and only with three or more cores.
 
-use crate::mesh::{InterestChange, MeshMsg};
+use super::mesh_msg::{InterestChange, MeshMsg};
 use crate::nats::client;
 use crate::nats::core::{ClientConn, ConnectOptions, Core, LocalSub};
 use crate::nats::parser::Parser;

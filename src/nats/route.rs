@@ -990,7 +990,7 @@ fn refresh_connect_urls(core: &Core) {
     };
     for peer in core.outbox.peers() {
         core.outbox
-            .push(peer, crate::mesh::MeshMsg::ConnectUrls(urls.clone()));
+            .push(peer, super::mesh_msg::MeshMsg::ConnectUrls(urls.clone()));
     }
     core.set_connect_urls(urls);
 }

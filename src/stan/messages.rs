@@ -82,7 +82,7 @@ pub enum StanMsg {
     },
     SnapshotReply {
         token: u64,
-        snapshot: Box<crate::monitor::snapshot::CoreSnapshot>,
+        snapshot: Box<crate::stan::snapshot::CoreSnapshot>,
     },
 }
 

@@ -20,5 +20,6 @@ pub mod node;
 pub mod partitions;
 pub mod requests;
 pub mod role;
+pub mod snapshot;
 pub mod subjects;
 pub mod time;

@@ -7,6 +7,7 @@ pub mod memory;
 pub mod notify;
 pub mod process_signal;
 pub mod rng;
+pub mod subject;
 pub mod syslog;
 pub mod timeout;
 pub mod url;

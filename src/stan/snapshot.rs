@@ -2,8 +2,8 @@
 //! channels and subscriptions. Core 0 asks every core (over the mesh) and builds the JSON from
 //! the answers, so no figure is read across threads.
 
+use super::node::Node;
 use crate::nats::sublist::SublistStats;
-use crate::stan::node::Node;
 use std::time::SystemTime;
 
 #[derive(Debug, Clone, Default)]
