@@ -5,7 +5,7 @@
 //! answers it reports back, the client log (file store) in one queue, registry changes applied
 //! on every shard (reported once all have answered), and the answers to clients.
 
-use super::messages::StanMsg;
+use super::messages::{RegistryEvent, StanMsg};
 use super::node::Node;
 use super::requests::{self, ERR_INVALID_CLOSE_REQ};
 use super::time;
@@ -222,25 +222,27 @@ impl Node {
                 job,
                 client_id,
                 conn_id,
-            } => self.apply_on_shards(cp, job, |token| StanMsg::ClientAdded {
-                client_id: client_id.clone(),
-                conn_id: conn_id.clone(),
-                token,
+            } => self.apply_on_shards(cp, job, |token| {
+                StanMsg::Registry(RegistryEvent::ClientAdded {
+                    client_id: client_id.clone(),
+                    conn_id: conn_id.clone(),
+                    token,
+                })
             }),
-            Effect::RemoveFromShards { job, client_id } => {
-                self.apply_on_shards(cp, job, |token| StanMsg::ClientRemoved {
+            Effect::RemoveFromShards { job, client_id } => self.apply_on_shards(cp, job, |token| {
+                StanMsg::Registry(RegistryEvent::ClientRemoved {
                     client_id: client_id.clone(),
                     token,
                 })
-            }
+            }),
             Effect::HeartbeatState { client_id, failed } => {
                 for shard in 0..self.core.ncores {
                     self.send_to(
                         shard,
-                        StanMsg::HeartbeatState {
+                        StanMsg::Registry(RegistryEvent::HeartbeatState {
                             client_id: client_id.clone(),
                             failed,
-                        },
+                        }),
                     );
                 }
             }
@@ -276,10 +278,7 @@ impl Node {
     /// Sends `msg_for(token)` to every shard (this one included); the registry hears when all
     /// have applied it.
     fn apply_on_shards(&self, cp: &ControlPlane, job: u64, msg_for: impl Fn(u64) -> StanMsg) {
-        let token = cp.broadcasts.open(self.core.ncores);
-        for shard in 0..self.core.ncores {
-            self.send_to(shard, msg_for(token));
-        }
+        let token = self.call_every_core(&cp.broadcasts, msg_for);
         let Some(me) = self.rc() else {
             return;
         };

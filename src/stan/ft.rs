@@ -12,7 +12,7 @@
 //! costs standbys a failed lock attempt, and ten small messages a second are nothing to NATS.
 
 use super::ft_heartbeat;
-use super::messages::StanMsg;
+use super::messages::ControlMsg;
 use super::node::Node;
 use super::role::State;
 use crate::util::notify::Notify;
@@ -197,9 +197,9 @@ async fn take_over(node: &Rc<Node>, ft: &Rc<Ft>, lock: Arc<StoreLock>, dir: &Pat
         Err(why) => fatal(node, &why),
     };
     for core in 0..node.core.ncores {
-        node.send_to(
+        node.send_control(
             core,
-            StanMsg::Activate {
+            ControlMsg::Activate {
                 ack_key: key.clone(),
             },
         );

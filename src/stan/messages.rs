@@ -7,14 +7,28 @@ use shards::shard::SubEnd;
 use shards::wire::range_within;
 use std::ops::Range;
 
+/// What one core's streaming layer sends another, by plane.
 pub enum StanMsg {
-    /// Publishes and acks of one turn for the same shard, in the order they came: one mesh
-    /// message instead of one each.
-    Batch(Vec<StanMsg>),
-    /// To the channel's owner.
+    /// The data plane: requests for the shard that owns their channel, in the order they came
+    /// (a turn's requests for one shard travel as one mesh message).
+    Data(Vec<DataMsg>),
+    /// The client registry, from the control plane to every shard.
+    Registry(RegistryEvent),
+    /// Coordination: requests for the control plane, answers on reply inboxes, FT take-over,
+    /// monitoring.
+    Control(ControlMsg),
+}
+
+/// A request for the shard that owns its channel. (Requests are boxed: every message is as
+/// large as the largest variant, and publishes are moved into batches by the many.)
+pub enum DataMsg {
     Publish(PublishFrame),
-    /// To the channel's owner, checked for format already. (Requests are boxed: every message
-    /// is as large as the largest variant, and publishes are moved into batches by the many.)
+    /// To the shard named in the ack inbox.
+    Ack {
+        subject: Bytes,
+        payload: Bytes,
+    },
+    /// Checked for format already.
     Subscribe {
         req: Box<SubscriptionRequest>,
         reply: Option<Bytes>,
@@ -24,26 +38,11 @@ pub enum StanMsg {
         end: SubEnd,
         reply: Option<Bytes>,
     },
-    /// To the shard named in the ack inbox.
-    Ack {
-        subject: Bytes,
-        payload: Bytes,
-    },
-    /// To the control plane (shard 0).
-    Connect {
-        payload: Bytes,
-        reply: Option<Bytes>,
-    },
-    Close {
-        payload: Bytes,
-        reply: Option<Bytes>,
-    },
-    /// A client's answer on a server reply inbox, to the shard that made the request.
-    Reply {
-        token: u64,
-        payload: Bytes,
-    },
-    /// From the control plane to every shard; answered with `Done`.
+}
+
+/// A change of the client registry, applied by every shard to its copy; those with a token
+/// are answered with `ControlMsg::Done`.
+pub enum RegistryEvent {
     ClientAdded {
         client_id: String,
         conn_id: Bytes,
@@ -53,16 +52,34 @@ pub enum StanMsg {
         client_id: String,
         token: u64,
     },
-    Done {
-        token: u64,
-    },
     HeartbeatState {
         client_id: String,
         failed: bool,
     },
+}
+
+pub enum ControlMsg {
+    /// To the control plane (shard 0).
+    Connect {
+        payload: Bytes,
+        reply: Option<Bytes>,
+    },
+    Close {
+        payload: Bytes,
+        reply: Option<Bytes>,
+    },
+    /// A shard applied a registry change.
+    Done {
+        token: u64,
+    },
     /// From any core to the control plane: a failed client pinged, try it again now.
     HurryHeartbeat {
         client_id: String,
+    },
+    /// A client's answer on a server reply inbox, to the shard that made the request.
+    Reply {
+        token: u64,
+        payload: Bytes,
     },
     /// FT take-over, from core 0 to every core: open this core's part of the store (its ack
     /// inboxes made with the store's key) and answer with `Activated`.

@@ -7,7 +7,7 @@ use super::control::ControlPlane;
 use super::directory::SharedDirectory;
 use super::external::External;
 use super::ft::Ft;
-use super::messages::{PublishFrame, StanMsg};
+use super::messages::{ControlMsg, DataMsg, PublishFrame, RegistryEvent, StanMsg};
 use super::partitions::{self, Partition};
 use super::requests;
 use super::role::{Role, State};
@@ -108,12 +108,12 @@ pub struct Node {
     gathers: Gathering<CoreSnapshot>,
     /// Publishes and acks of this turn, handled together once the task that received them
     /// yields: one clock reading and one flush for a whole read of the socket, not per message.
-    batched: RefCell<Vec<StanMsg>>,
+    batched: RefCell<Vec<DataMsg>>,
     /// A task to handle `batched` is spawned and has not run yet.
     batch_scheduled: Cell<bool>,
     /// Publishes and acks of this turn for other shards, per shard, sent as one mesh message
     /// each when the receiving task yields (or before anything else for that shard).
-    remote_batches: RefCell<Vec<Vec<StanMsg>>>,
+    remote_batches: RefCell<Vec<Vec<DataMsg>>>,
     remote_scheduled: Cell<bool>,
     me: RefCell<Weak<Node>>,
 }
@@ -257,7 +257,7 @@ impl Node {
         };
         let owner = shards::shard_for_bytes(ack.subject, self.core.ncores);
         if owner != self.core.id || here_too {
-            self.send_to(owner, StanMsg::Ack { subject, payload });
+            self.send_data(owner, DataMsg::Ack { subject, payload });
         }
     }
 
@@ -413,38 +413,66 @@ impl Node {
         self.me.borrow().upgrade()
     }
 
-    /// Sends a request to the shard that owns it: handled here if that is this core.
-    pub fn send_to(&self, shard: usize, msg: StanMsg) {
+    /// Sends a message to a core: handled here if that is this core. Requests batched for
+    /// that core this turn go first.
+    pub fn send_to(&self, core: usize, msg: StanMsg) {
+        if core == self.core.id {
+            self.handle(core, msg);
+            return;
+        }
+        if core >= self.core.ncores {
+            return;
+        }
+        self.send_remote_batch(core);
+        self.core
+            .outbox
+            .push(core, MeshMsg::Internal(Box::new(msg)));
+    }
+
+    /// Calls every core (this one included) with `msg_for(token)`; their answers are gathered
+    /// in `gathering` under that token (`Gathering::wait`).
+    pub fn call_every_core<T>(
+        &self,
+        gathering: &Gathering<T>,
+        msg_for: impl Fn(u64) -> StanMsg,
+    ) -> u64 {
+        let token = gathering.open(self.core.ncores);
+        for core in 0..self.core.ncores {
+            self.send_to(core, msg_for(token));
+        }
+        token
+    }
+
+    pub fn send_control(&self, core: usize, msg: ControlMsg) {
+        self.send_to(core, StanMsg::Control(msg));
+    }
+
+    /// A request for the shard that owns its channel: handled here if that is this core, else
+    /// kept with the other requests of this turn for that core and sent with them, as one
+    /// mesh message, when the task that received them yields.
+    pub fn send_data(&self, shard: usize, msg: DataMsg) {
         if shard == self.core.id {
-            self.handle(shard, msg);
+            self.handle_data(msg);
             return;
         }
         if shard >= self.core.ncores {
             return;
         }
-        if matches!(msg, StanMsg::Publish(_) | StanMsg::Ack { .. }) {
-            if let Some(batch) = self.remote_batches.borrow_mut().get_mut(shard) {
-                batch.push(msg);
-            }
-            if !self.remote_scheduled.replace(true) {
-                if let Some(me) = self.rc() {
-                    glommio::spawn_local(async move {
-                        futures_lite::future::yield_now().await;
-                        me.remote_scheduled.set(false);
-                        for shard in 0..me.core.ncores {
-                            me.send_remote_batch(shard);
-                        }
-                    })
-                    .detach();
-                }
-            }
-            return;
+        if let Some(batch) = self.remote_batches.borrow_mut().get_mut(shard) {
+            batch.push(msg);
         }
-        // Whatever was batched for that shard goes before this.
-        self.send_remote_batch(shard);
-        self.core
-            .outbox
-            .push(shard, MeshMsg::Internal(Box::new(msg)));
+        if !self.remote_scheduled.replace(true) {
+            if let Some(me) = self.rc() {
+                glommio::spawn_local(async move {
+                    futures_lite::future::yield_now().await;
+                    me.remote_scheduled.set(false);
+                    for shard in 0..me.core.ncores {
+                        me.send_remote_batch(shard);
+                    }
+                })
+                .detach();
+            }
+        }
     }
 
     fn send_remote_batch(&self, shard: usize) {
@@ -454,7 +482,7 @@ impl Node {
         };
         self.core
             .outbox
-            .push(shard, MeshMsg::Internal(Box::new(StanMsg::Batch(batch))));
+            .push(shard, MeshMsg::Internal(Box::new(StanMsg::Data(batch))));
     }
 
     /// `--store file`: opens this shard's store and recovers the channels it owns (found in the
@@ -786,10 +814,9 @@ impl Node {
 
     /// Every core's monitoring report (cores that do not answer within `limit` are missing).
     pub async fn gather(&self, limit: Duration) -> Vec<CoreSnapshot> {
-        let token = self.gathers.open(self.core.ncores);
-        for shard in 0..self.core.ncores {
-            self.send_to(shard, StanMsg::Snapshot { token });
-        }
+        let token = self.call_every_core(&self.gathers, |token| {
+            StanMsg::Control(ControlMsg::Snapshot { token })
+        });
         let mut reports = self.gathers.wait(token, Some(limit)).await;
         reports.sort_by_key(|r| r.core);
         reports
@@ -811,7 +838,7 @@ impl Node {
             Some(client_id) => {
                 self.reply(reply, Bytes::new());
                 if self.shard.borrow().heartbeat_failed(&client_id) {
-                    self.send_to(0, StanMsg::HurryHeartbeat { client_id });
+                    self.send_control(0, ControlMsg::HurryHeartbeat { client_id });
                 }
             }
             None => {
@@ -824,7 +851,7 @@ impl Node {
     }
 
     /// Keeps a publish or an ack for the end of the turn (see `batched`).
-    fn batch(&self, msg: StanMsg) {
+    fn batch(&self, msg: DataMsg) {
         self.batched.borrow_mut().push(msg);
         self.schedule_batch();
     }
@@ -860,7 +887,7 @@ impl Node {
             shard.fill_acked(now);
             let mut rest = batch.as_slice();
             while let Some(first) = rest.first() {
-                if let StanMsg::Publish(p) = first {
+                if let DataMsg::Publish(p) = first {
                     let channel = std::str::from_utf8(p.channel()).unwrap_or("");
                     let incoming = Incoming {
                         pub_msg: p.payload(),
@@ -874,20 +901,20 @@ impl Node {
                 // A run of acks: room made by all of them is filled once.
                 let run = rest
                     .iter()
-                    .take_while(|m| matches!(m, StanMsg::Ack { .. }))
+                    .take_while(|m| matches!(m, DataMsg::Ack { .. }))
                     .count()
                     .max(1);
                 let elsewhere = shard.acks(
                     now,
                     rest[..run].iter().filter_map(|m| match m {
-                        StanMsg::Ack { subject, payload } => {
+                        DataMsg::Ack { subject, payload } => {
                             Some((subject.as_ref(), payload.as_ref()))
                         }
                         _ => None,
                     }),
                 );
                 for i in elsewhere {
-                    if let Some(StanMsg::Ack { subject, payload }) = rest.get(i) {
+                    if let Some(DataMsg::Ack { subject, payload }) = rest.get(i) {
                         misplaced.push((subject.clone(), payload.clone()));
                     }
                 }
@@ -909,21 +936,45 @@ impl Node {
     }
 
     fn handle(&self, from: usize, msg: StanMsg) {
-        if matches!(msg, StanMsg::Publish(_) | StanMsg::Ack { .. }) {
-            self.batch(msg);
-            return;
+        match msg {
+            StanMsg::Data(msgs) => {
+                // Publishes and acks are handled together, at once (they waited on the
+                // sending core already); anything else after those before it.
+                for m in msgs {
+                    match m {
+                        DataMsg::Publish(_) | DataMsg::Ack { .. } => {
+                            self.batched.borrow_mut().push(m)
+                        }
+                        other => self.handle_data(other),
+                    }
+                }
+                self.handle_batched();
+            }
+            // Anything else sees the state the publishes and acks before it left.
+            StanMsg::Registry(event) => {
+                self.handle_batched();
+                self.apply_registry(from, event);
+            }
+            StanMsg::Control(msg) => {
+                self.handle_batched();
+                self.handle_control(from, msg);
+            }
         }
-        if let StanMsg::Batch(msgs) = msg {
-            self.batched.borrow_mut().extend(msgs);
-            self.handle_batched();
-            return;
-        }
-        // Anything else sees the state the publishes and acks before it left.
+    }
+
+    fn handle_data(&self, msg: DataMsg) {
+        let req = match msg {
+            DataMsg::Publish(_) | DataMsg::Ack { .. } => {
+                self.batch(msg);
+                return;
+            }
+            other => other,
+        };
         self.handle_batched();
         let now = time::now();
-        match msg {
-            StanMsg::Publish(_) | StanMsg::Ack { .. } | StanMsg::Batch(_) => {}
-            StanMsg::Subscribe { req, reply } => {
+        match req {
+            DataMsg::Publish(_) | DataMsg::Ack { .. } => {}
+            DataMsg::Subscribe { req, reply } => {
                 if self.partition.is_some() && !self.shard.borrow().knows_client(&req.client_id) {
                     // Another server may have answered the client's connect before this one
                     // registered it: wait for it a moment, as the reference does.
@@ -937,11 +988,41 @@ impl Node {
                     .subscribe(now, *req, reply, &*self.dir);
                 self.flush();
             }
-            StanMsg::Unsubscribe { req, end, reply } => {
+            DataMsg::Unsubscribe { req, end, reply } => {
                 self.shard.borrow_mut().unsubscribe(now, &req, end, reply);
                 self.flush();
             }
-            StanMsg::Reply { token, payload } => {
+        }
+    }
+
+    fn apply_registry(&self, from: usize, event: RegistryEvent) {
+        match event {
+            RegistryEvent::ClientAdded {
+                client_id,
+                conn_id,
+                token,
+            } => {
+                self.shard.borrow_mut().client_added(&client_id, conn_id);
+                self.send_control(from, ControlMsg::Done { token });
+            }
+            RegistryEvent::ClientRemoved { client_id, token } => {
+                self.shard
+                    .borrow_mut()
+                    .client_removed(time::now(), &client_id);
+                self.flush();
+                self.send_control(from, ControlMsg::Done { token });
+            }
+            RegistryEvent::HeartbeatState { client_id, failed } => {
+                self.shard
+                    .borrow_mut()
+                    .set_heartbeat_failed(&client_id, failed);
+            }
+        }
+    }
+
+    fn handle_control(&self, from: usize, msg: ControlMsg) {
+        match msg {
+            ControlMsg::Reply { token, payload } => {
                 if self.control_answer(token) {
                     return;
                 }
@@ -953,52 +1034,34 @@ impl Node {
                     w.notify.notify();
                 }
             }
-            StanMsg::ClientAdded {
-                client_id,
-                conn_id,
-                token,
-            } => {
-                self.shard.borrow_mut().client_added(&client_id, conn_id);
-                self.send_to(from, StanMsg::Done { token });
-            }
-            StanMsg::ClientRemoved { client_id, token } => {
-                self.shard.borrow_mut().client_removed(now, &client_id);
-                self.flush();
-                self.send_to(from, StanMsg::Done { token });
-            }
-            StanMsg::HeartbeatState { client_id, failed } => {
-                self.shard
-                    .borrow_mut()
-                    .set_heartbeat_failed(&client_id, failed);
-            }
-            StanMsg::Connect { payload, reply } => self.on_connect(payload, reply),
-            StanMsg::Close { payload, reply } => self.on_close(payload, reply),
-            StanMsg::Done { token } => self.on_done(token),
-            StanMsg::HurryHeartbeat { client_id } => self.hurry_heartbeat(&client_id),
-            StanMsg::Activate { ack_key } => {
+            ControlMsg::Connect { payload, reply } => self.on_connect(payload, reply),
+            ControlMsg::Close { payload, reply } => self.on_close(payload, reply),
+            ControlMsg::Done { token } => self.on_done(token),
+            ControlMsg::HurryHeartbeat { client_id } => self.hurry_heartbeat(&client_id),
+            ControlMsg::Activate { ack_key } => {
                 if let Some(me) = self.rc() {
                     glommio::spawn_local(async move {
                         let result = me.activate(ack_key).await;
-                        me.send_to(0, StanMsg::Activated { result });
+                        me.send_control(0, ControlMsg::Activated { result });
                     })
                     .detach();
                 }
             }
-            StanMsg::FtMessage { payload } => {
+            ControlMsg::FtMessage { payload } => {
                 if let Some(ft) = &self.ft {
                     ft.on_message(self, &payload);
                 }
             }
-            StanMsg::Activated { result } => {
+            ControlMsg::Activated { result } => {
                 if let Some(ft) = &self.ft {
                     ft.core_reported(result);
                 }
             }
-            StanMsg::Snapshot { token } => {
+            ControlMsg::Snapshot { token } => {
                 let snapshot = Box::new(snapshot::take(self));
-                self.send_to(from, StanMsg::SnapshotReply { token, snapshot });
+                self.send_control(from, ControlMsg::SnapshotReply { token, snapshot });
             }
-            StanMsg::SnapshotReply { token, snapshot } => self.gathers.answer(token, *snapshot),
+            ControlMsg::SnapshotReply { token, snapshot } => self.gathers.answer(token, *snapshot),
         }
     }
 }
@@ -1019,7 +1082,7 @@ impl InternalHandler for Node {
                 Some(ft) => ft.on_message(self, msg.payload),
                 None if self.role.is_ft() => {
                     let payload = msg.share(msg.payload);
-                    self.send_to(0, StanMsg::FtMessage { payload });
+                    self.send_control(0, ControlMsg::FtMessage { payload });
                 }
                 None => {}
             }
@@ -1056,7 +1119,7 @@ impl InternalHandler for Node {
                 log::warn!("STAN: publish of 4 GiB or more on {channel:?} dropped");
                 return Handled::Yes;
             };
-            self.send_to(shard, StanMsg::Publish(frame));
+            self.send_data(shard, DataMsg::Publish(frame));
             return Handled::Channel { core: shard };
         }
         if kind == Kind::Partitions {
@@ -1074,9 +1137,9 @@ impl InternalHandler for Node {
                 Ok(req) if !self.serves_channel(req.subject.as_bytes()) => return Handled::No,
                 Ok(req) => {
                     let shard = shards::shard_for(&req.subject, ncores);
-                    self.send_to(
+                    self.send_data(
                         shard,
-                        StanMsg::Subscribe {
+                        DataMsg::Subscribe {
                             req: Box::new(req),
                             reply,
                         },
@@ -1095,9 +1158,9 @@ impl InternalHandler for Node {
                     Ok(req) if !self.serves_channel(req.subject.as_bytes()) => return Handled::No,
                     Ok(req) => {
                         let shard = shards::shard_for(&req.subject, ncores);
-                        self.send_to(
+                        self.send_data(
                             shard,
-                            StanMsg::Unsubscribe {
+                            DataMsg::Unsubscribe {
                                 req: Box::new(req),
                                 end,
                                 reply,
@@ -1110,15 +1173,17 @@ impl InternalHandler for Node {
             Kind::Ack { shard } => {
                 let subject = msg.share(msg.subject);
                 if shard < ncores {
-                    self.send_to(shard, StanMsg::Ack { subject, payload });
+                    self.send_data(shard, DataMsg::Ack { subject, payload });
                 } else {
                     // An inbox of a larger core count than this run's.
                     self.pass_ack_to_owner(subject, payload, true);
                 }
             }
-            Kind::Reply { shard, token } => self.send_to(shard, StanMsg::Reply { token, payload }),
-            Kind::Discover => self.send_to(0, StanMsg::Connect { payload, reply }),
-            Kind::Close => self.send_to(0, StanMsg::Close { payload, reply }),
+            Kind::Reply { shard, token } => {
+                self.send_control(shard, ControlMsg::Reply { token, payload })
+            }
+            Kind::Discover => self.send_control(0, ControlMsg::Connect { payload, reply }),
+            Kind::Close => self.send_control(0, ControlMsg::Close { payload, reply }),
             Kind::Ping => self.ping(&payload, reply.as_ref()),
             Kind::Ft | Kind::Partitions => {}
         }
