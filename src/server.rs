@@ -189,6 +189,9 @@ const STOP_POLL: Duration = Duration::from_millis(50);
 /// How long a core waits for its connections to flush and close when stopping.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a core's long-lived tasks get to end at shutdown before they are cancelled.
+const TASKS_STOP_LIMIT: Duration = Duration::from_secs(1);
+
 impl Running {
     /// Puts a reloaded authorization in force on every core (within one poll interval); each
     /// core then closes connected clients whose credentials no longer pass.
@@ -480,7 +483,7 @@ async fn run_core(
         Rc::from(&*server_id),
         global,
     ));
-    core.outbox.start_flushers(Rc::new(senders));
+    core.outbox.start_flushers(Rc::new(senders), &core.tasks);
     core.set_tls(tls.clone());
     // Registered before the mesh is read, so no streaming message from a peer finds it absent.
     let ft = role.is_ft();
@@ -523,8 +526,9 @@ async fn run_core(
         }
     }
     for (peer, stream) in receivers.streams() {
-        let core = core.clone();
-        glommio::spawn_local(async move {
+        let core_ = core.clone();
+        core.tasks.spawn("mesh reader", None, async move {
+            let core = core_;
             while let Some(batch) = stream.recv().await {
                 for msg in batch {
                     match msg {
@@ -535,22 +539,20 @@ async fn run_core(
                     }
                 }
             }
-        })
-        .detach();
+        });
     }
     let (handoff_tx, mut handoff_rx) = handoff.join().await.map_err(|_| ServerError::Core {
         core: id,
         msg: "cannot join the connection hand-off mesh".into(),
     })?;
     for (_, incoming) in handoff_rx.streams() {
-        let core = core.clone();
-        glommio::spawn_local(async move {
+        let core_ = core.clone();
+        core.tasks.spawn("hand-off reader", None, async move {
             while let Some(accepted) = incoming.recv().await {
                 let stream = accepted.bind_to_executor();
-                glommio::spawn_local(client::serve(core.clone(), stream)).detach();
+                glommio::spawn_local(client::serve(core_.clone(), stream)).detach();
             }
-        })
-        .detach();
+        });
     }
     // With an external NATS server (-ns) stanza serves no NATS clients itself.
     let listener = if opts.streaming.nats_server.is_some() {
@@ -569,7 +571,8 @@ async fn run_core(
     };
     let _ = ready.send(Ok(id));
     if let (Some(ft), Some(dir)) = (streaming.ft.clone(), opts.streaming.dir.clone()) {
-        glommio::spawn_local(crate::stan::ft::run(streaming.clone(), ft, dir)).detach();
+        core.tasks
+            .spawn("ft", None, crate::stan::ft::run(streaming.clone(), ft, dir));
     }
     let accepting = async {
         match &listener {
@@ -596,6 +599,12 @@ async fn run_core(
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     drain(&core).await;
+    // The tick and every other long-lived task end before the store closes (a tick would
+    // otherwise start a commit on closed files).
+    let late = core.tasks.stop_all(TASKS_STOP_LIMIT).await;
+    if !late.is_empty() {
+        log::warn!("core {id}: tasks cancelled at shutdown: {late:?}");
+    }
     streaming.close_store().await;
     let _ = lifecycle.stopped.send(id);
     Ok(())

@@ -5,6 +5,7 @@
 //! two cores can never deadlock sending to each other.
 
 use crate::util::notify::Notify;
+use crate::util::tasks::CoreTasks;
 use glommio::channels::channel_mesh::Senders;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -63,11 +64,11 @@ impl<M: Send + 'static> Outbox<M> {
 
     /// Starts one flusher task per peer; each sends everything queued for its peer as one
     /// batch, after letting the current turn's producers finish.
-    pub fn start_flushers(self: &Rc<Self>, senders: Rc<Senders<Batch<M>>>) {
+    pub fn start_flushers(self: &Rc<Self>, senders: Rc<Senders<Batch<M>>>, tasks: &CoreTasks) {
         for peer in self.peers().collect::<Vec<_>>() {
             let outbox = self.clone();
             let senders = senders.clone();
-            glommio::spawn_local(async move {
+            tasks.spawn("mesh flusher", None, async move {
                 loop {
                     if outbox.queues[peer].borrow().is_empty() {
                         outbox.signals[peer].notified().await;
@@ -85,8 +86,7 @@ impl<M: Send + 'static> Outbox<M> {
                     outbox.queued.set(outbox.queued.get().saturating_sub(sent));
                     outbox.drained.notify();
                 }
-            })
-            .detach();
+            });
         }
     }
 }

@@ -115,7 +115,8 @@ pub fn start(
         requests: RefCell::new(BTreeMap::new()),
     });
     for (listener, acceptor, _, _) in listeners {
-        glommio::spawn_local(http::serve(listener, monitor.clone(), acceptor)).detach();
+        let serving = http::serve(listener, monitor.clone(), acceptor);
+        monitor.node.core.tasks.spawn("monitoring", None, serving);
     }
     Ok(bound)
 }

@@ -17,6 +17,7 @@ use crate::nats::{subject, wire};
 use crate::util::gathering::Gathering;
 use crate::util::notify::Notify;
 use crate::util::rng::Rng;
+use crate::util::tasks::CoreTasks;
 use crate::util::timeout::within;
 use bytes::Bytes;
 use fxhash::FxHashMap;
@@ -408,6 +409,8 @@ pub enum Handled {
 
 pub struct Core {
     pub id: usize,
+    /// This core's long-lived tasks, stopped together at shutdown.
+    pub tasks: CoreTasks,
     pub ncores: usize,
     pub opts: Rc<Options>,
     /// Authorization in force: `opts.auth` at start, replaced by a configuration reload.
@@ -468,6 +471,7 @@ impl Core {
             interest: RefCell::new(Sublist::new()),
             local_interest: RefCell::new(FxHashMap::default()),
             outbox: Rc::new(Outbox::new(id, ncores)),
+            tasks: CoreTasks::new(),
             sync: InterestSync::new(id, ncores),
             rng: Rng::new(0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1) ^ std::process::id() as u64),
             stats: CoreStats::default(),

@@ -311,8 +311,9 @@ pub fn start(core: &Rc<Core>) -> Result<Option<String>, String> {
         let addr = format!("{host}:{port}");
         log::info!("Listening for route connections on {addr}");
         bound = Some(addr);
-        let core = core.clone();
-        glommio::spawn_local(async move {
+        let accepting = core.clone();
+        core.tasks.spawn("route listener", None, async move {
+            let core = accepting;
             while let Ok(stream) = listener.accept().await {
                 let core = core.clone();
                 glommio::spawn_local(async move {
@@ -321,11 +322,10 @@ pub fn start(core: &Rc<Core>) -> Result<Option<String>, String> {
                 })
                 .detach();
             }
-        })
-        .detach();
+        });
     }
     let announcer = core.clone();
-    glommio::spawn_local(async move {
+    core.tasks.spawn("route announcer", None, async move {
         loop {
             if announcer.routes.dirty.borrow().is_empty() {
                 announcer.routes.wake.notified().await;
@@ -334,8 +334,7 @@ pub fn start(core: &Rc<Core>) -> Result<Option<String>, String> {
             futures_lite::future::yield_now().await;
             announcer.routes.announce_dirty(&announcer);
         }
-    })
-    .detach();
+    });
     let own_port = bound
         .as_deref()
         .and_then(|a| a.rsplit_once(':'))
@@ -352,12 +351,11 @@ fn spawn_configured(core: &Rc<Core>, url: &str, own_port: Option<u16>) {
         log::error!("Error parsing route URL {url:?}");
         return;
     };
-    let core = core.clone();
+    let dialing = core.clone();
     let url = url.to_string();
-    glommio::spawn_local(
-        async move { dial_loop(core, url, address, own_port, Dial::Configured).await },
-    )
-    .detach();
+    core.tasks.spawn("route dialer", None, async move {
+        dial_loop(dialing, url, address, own_port, Dial::Configured).await
+    });
 }
 
 /// A reloaded `cluster.routes`: new routes are dialled; removed ones are closed and their

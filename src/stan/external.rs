@@ -275,7 +275,12 @@ impl External {
                     log::info!("STAN: Connected to NATS Server at {addr}");
                     self.connected.set(true);
                     let me = self.clone();
-                    glommio::spawn_local(async move { me.run(stream, buf).await }).detach();
+                    match self.node.upgrade() {
+                        Some(node) => node.core.tasks.spawn("external NATS", None, async move {
+                            me.run(stream, buf).await
+                        }),
+                        None => return Err("the streaming layer is gone".into()),
+                    }
                     return Ok(());
                 }
                 Err(e) => last = e,

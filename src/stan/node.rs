@@ -194,13 +194,12 @@ impl Node {
         }
         core.set_internal_handler(node.clone());
         let ticking = node.clone();
-        glommio::spawn_local(async move {
+        core.tasks.spawn("streaming tick", None, async move {
             loop {
                 glommio::timer::sleep(TICK).await;
                 ticking.tick();
             }
-        })
-        .detach();
+        });
         node
     }
 
@@ -374,7 +373,7 @@ impl Node {
             return;
         }
         let me = self.clone();
-        glommio::spawn_local(async move {
+        self.core.tasks.spawn("partition watch", None, async move {
             let mut known = me.core.routes.links().len();
             loop {
                 glommio::timer::sleep(PARTITION_RECHECK).await;
@@ -391,8 +390,7 @@ impl Node {
                     std::process::exit(1);
                 }
             }
-        })
-        .detach();
+        });
     }
 
     /// FT take-over on this core: opens its part of the store with the store's ack key, then

@@ -9,5 +9,6 @@ pub mod process_signal;
 pub mod rng;
 pub mod subject;
 pub mod syslog;
+pub mod tasks;
 pub mod timeout;
 pub mod url;
