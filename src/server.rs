@@ -9,8 +9,8 @@ use crate::nats::client;
 use crate::nats::core::{CloseReason, Core, GlobalCounters};
 use crate::nats::mesh_msg::MeshMsg;
 use crate::stan::directory::SharedDirectory;
-use crate::stan::node::Node;
 use crate::stan::role::Role;
+use crate::stan::streaming::Streaming;
 use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::net::{AcceptedTcpStream, TcpListener};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -487,7 +487,7 @@ async fn run_core(
     core.set_tls(tls.clone());
     // Registered before the mesh is read, so no streaming message from a peer finds it absent.
     let ft = role.is_ft();
-    let streaming = Node::start(core.clone(), &opts, directory, ack_key, role);
+    let streaming = Streaming::start(core.clone(), &opts, directory, ack_key, role);
     streaming.stop_answering_when(lifecycle.streaming_stopped.clone());
     // An FT standby opens the store only once it holds the lock.
     if opts.streaming.store == crate::config::streaming::StoreType::File && !ft {

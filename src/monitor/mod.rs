@@ -8,8 +8,8 @@ pub mod nats_endpoints;
 pub mod streaming_endpoints;
 
 use crate::config::Options;
-use crate::stan::node::Node;
 use crate::stan::snapshot::CoreSnapshot;
+use crate::stan::streaming::Streaming;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 const GATHER_LIMIT: Duration = Duration::from_secs(2);
 
 pub struct Monitor {
-    pub node: Rc<Node>,
+    pub node: Rc<Streaming>,
     pub opts: Rc<Options>,
     pub started: SystemTime,
     pub http_host: String,
@@ -69,7 +69,7 @@ fn https_address(opts: &Options) -> Option<(String, u16)> {
 /// Binds the monitoring port(s) on this core (core 0) and serves them in the background.
 /// Returns the addresses bound, "http://..." / "https://...".
 pub fn start(
-    node: Rc<Node>,
+    node: Rc<Streaming>,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) -> Result<Vec<String>, std::io::Error> {
     let plain = http_address(&node.opts);

@@ -6,8 +6,8 @@
 //! on every shard (reported once all have answered), and the answers to clients.
 
 use super::messages::{RegistryEvent, StanMsg};
-use super::node::Node;
 use super::requests::{self, ERR_INVALID_CLOSE_REQ};
+use super::streaming::Streaming;
 use super::time;
 use crate::config::streaming::StreamingOptions;
 use crate::util::gathering::Gathering;
@@ -85,7 +85,7 @@ fn mono_now() -> u64 {
     time::now().mono_ns
 }
 
-impl Node {
+impl Streaming {
     pub(super) fn on_connect(&self, payload: Bytes, reply: Option<Bytes>) {
         let Some(cp) = &self.control else {
             return;
@@ -330,7 +330,7 @@ impl Node {
                         // heartbeats.
                         log::error!("STAN: [Client:{client_id}] cannot store the removal: {e}");
                     }
-                    let policy = super::node::compact_policy(&self.opts.streaming.file);
+                    let policy = super::recovery::compact_policy(&self.opts.streaming.file);
                     let registered = || cp.registry.borrow().clients().cloned().collect();
                     if let Err(e) = log.compact_if_due(&policy, registered).await {
                         log::error!("STAN: cannot compact the client log: {e}");

@@ -2,10 +2,10 @@
 //! (`Shard::ready`) and tells it how that went (`Shard::advance`, `Shard::loaded`). It sends
 //! output that waits for nothing at once, runs commits (one task at a time: files to delete,
 //! records to write, then the held output released), starts reads from disk in the replay task
-//! queue, and ticks the shard. Requests reach the shard through `Node` (routing), which calls
+//! queue, and ticks the shard. Requests reach the shard through `Streaming` (routing), which calls
 //! `flush` after each batch.
 
-use super::node::Node;
+use super::streaming::Streaming;
 use super::time;
 use bytes::Bytes;
 use shards::shard::{Commit, OwedAcks, Ready};
@@ -28,7 +28,7 @@ fn unreadable(plan: &ReadPlan) -> Vec<shards::store::StoredMsg> {
         .collect()
 }
 
-impl Node {
+impl Streaming {
     /// Carries out what the shard wants done now. A commit is left to its own task, which
     /// first lets the rest of this turn's requests join it (one write per channel per turn);
     /// while it runs, output waits behind it.

@@ -6,7 +6,7 @@
 //! the shard publishes meanwhile is dropped (a PubAck then times out and the client
 //! publishes again: nothing acknowledged is lost).
 
-use super::node::Node;
+use super::streaming::Streaming;
 use crate::nats::client_proto::{self, ServerOp};
 use crate::nats::transport::{SharedStream, Transport};
 use crate::util::notify::Notify;
@@ -80,7 +80,7 @@ pub fn parse_urls(text: &str) -> Result<Vec<NatsUrl>, String> {
 }
 
 pub struct External {
-    node: Weak<Node>,
+    node: Weak<Streaming>,
     urls: Vec<NatsUrl>,
     /// Credentials from the options, used when a URL carries none.
     user: Option<String>,
@@ -101,7 +101,7 @@ pub struct External {
 }
 
 impl External {
-    pub fn new(node: &Rc<Node>) -> Result<Rc<External>, String> {
+    pub fn new(node: &Rc<Streaming>) -> Result<Rc<External>, String> {
         let o = &node.opts;
         let s = &o.streaming;
         let urls = parse_urls(s.nats_server.as_deref().unwrap_or(""))?;

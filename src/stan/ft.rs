@@ -13,8 +13,8 @@
 
 use super::ft_heartbeat;
 use super::messages::ControlMsg;
-use super::node::Node;
 use super::role::State;
+use super::streaming::Streaming;
 use crate::util::notify::Notify;
 use shards::ack_key::AckKey;
 use shards::store::lock::{Attempt, StoreLock};
@@ -60,7 +60,7 @@ impl Ft {
 
     /// A message on the FT subject. A standby counts anything there as a heartbeat (as the
     /// reference does); an active server looks for another active one.
-    pub fn on_message(&self, node: &Node, payload: &[u8]) {
+    pub fn on_message(&self, node: &Streaming, payload: &[u8]) {
         match node.role.state() {
             State::Standby => self.heard.notify(),
             State::Activating | State::Active => self.check_other_active(node, payload),
@@ -68,7 +68,7 @@ impl Ft {
         }
     }
 
-    fn check_other_active(&self, node: &Node, payload: &[u8]) {
+    fn check_other_active(&self, node: &Streaming, payload: &[u8]) {
         let Some(hb) = ft_heartbeat::decode(payload) else {
             return;
         };
@@ -97,7 +97,7 @@ impl Ft {
 
 /// Logs a fatal FT error and ends the process, as the reference's panic does: another server
 /// serves (or will serve) this store, and this one must not write to it again.
-fn fatal(node: &Node, why: &str) -> ! {
+fn fatal(node: &Streaming, why: &str) -> ! {
     node.role.set(State::Failed);
     log::error!("STAN: {why}");
     log::logger().flush();
@@ -120,7 +120,7 @@ pub fn holder_description(server_id: &str) -> String {
 }
 
 /// Core 0: the standby loop, then the take-over. Runs for the life of the process.
-pub async fn run(node: Rc<Node>, ft: Rc<Ft>, dir: PathBuf) {
+pub async fn run(node: Rc<Streaming>, ft: Rc<Ft>, dir: PathBuf) {
     let heartbeat = jittered(HEARTBEAT);
     let missed = jittered(MISSED);
     log::info!("STAN: Starting in standby mode");
@@ -170,7 +170,13 @@ pub async fn run(node: Rc<Node>, ft: Rc<Ft>, dir: PathBuf) {
     take_over(&node, &ft, Arc::new(lock), &dir, heartbeat).await;
 }
 
-async fn take_over(node: &Rc<Node>, ft: &Rc<Ft>, lock: Arc<StoreLock>, dir: &Path, hb: Duration) {
+async fn take_over(
+    node: &Rc<Streaming>,
+    ft: &Rc<Ft>,
+    lock: Arc<StoreLock>,
+    dir: &Path,
+    hb: Duration,
+) {
     let activated = SystemTime::now();
     ft.activated.set(Some(activated));
     node.role.set(State::Activating);
@@ -225,7 +231,7 @@ async fn take_over(node: &Rc<Node>, ft: &Rc<Ft>, lock: Arc<StoreLock>, dir: &Pat
 }
 
 async fn send_heartbeats(
-    node: Rc<Node>,
+    node: Rc<Streaming>,
     ft: Rc<Ft>,
     lock: Arc<StoreLock>,
     activated: SystemTime,

@@ -2,7 +2,7 @@
 //! channels and subscriptions. Core 0 asks every core (over the mesh) and builds the JSON from
 //! the answers, so no figure is read across threads.
 
-use super::node::Node;
+use super::streaming::Streaming;
 use crate::nats::sublist::SublistStats;
 use std::time::SystemTime;
 
@@ -71,7 +71,7 @@ pub struct CoreSnapshot {
 }
 
 /// This core's report.
-pub fn take(node: &Node) -> CoreSnapshot {
+pub fn take(node: &Streaming) -> CoreSnapshot {
     let core = &node.core;
     let s = &core.stats;
     let mut snap = CoreSnapshot {

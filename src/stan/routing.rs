@@ -1,0 +1,481 @@
+//! Where each streaming request goes: `on_publish` classifies a subject on the core that read
+//! it and sends the request to the core that owns it (the channel's shard, the control plane
+//! on core 0, the core that waits on a reply inbox); requests for one core are batched per
+//! turn. On the receiving core, `handle` takes each plane's messages: publishes and acks of a
+//! turn together, then subscriptions, registry changes and control messages.
+
+use super::messages::{ControlMsg, DataMsg, PublishFrame, RegistryEvent, StanMsg};
+use super::requests;
+use super::streaming::Streaming;
+use super::subjects::Kind;
+use super::time;
+use crate::nats::core::{Handled, InternalHandler, MsgRef};
+use crate::nats::mesh_msg::MeshMsg;
+use crate::stan::snapshot::{self};
+use crate::util::gathering::Gathering;
+use bytes::Bytes;
+use prost::Message;
+use shards::pb::{Ping, PingResponse};
+use shards::shard::{AckPlace, Incoming, SubEnd};
+
+impl Streaming {
+    /// An ack whose inbox names a shard that does not hold its channel (handed out under
+    /// another core count) goes to the channel's owner, which finds the subscription by
+    /// channel. `here_too`: also when that is this core (an inbox naming a shard this run
+    /// does not have); an ack this core's shard already put `Elsewhere` is dropped instead.
+    pub(super) fn pass_ack_to_owner(&self, subject: Bytes, payload: Bytes, here_too: bool) {
+        let Ok(ack) = shards::wire::AckView::parse(&payload) else {
+            return;
+        };
+        let owner = shards::shard_for_bytes(ack.subject, self.core.ncores);
+        if owner != self.core.id || here_too {
+            self.send_data(owner, DataMsg::Ack { subject, payload });
+        }
+    }
+
+    /// Sends a message to a core: handled here if that is this core. Requests batched for
+    /// that core this turn go first.
+    pub fn send_to(&self, core: usize, msg: StanMsg) {
+        if core == self.core.id {
+            self.handle(core, msg);
+            return;
+        }
+        if core >= self.core.ncores {
+            return;
+        }
+        self.send_remote_batch(core);
+        self.core
+            .outbox
+            .push(core, MeshMsg::Internal(Box::new(msg)));
+    }
+
+    /// Calls every core (this one included) with `msg_for(token)`; their answers are gathered
+    /// in `gathering` under that token (`Gathering::wait`).
+    pub fn call_every_core<T>(
+        &self,
+        gathering: &Gathering<T>,
+        msg_for: impl Fn(u64) -> StanMsg,
+    ) -> u64 {
+        let token = gathering.open(self.core.ncores);
+        for core in 0..self.core.ncores {
+            self.send_to(core, msg_for(token));
+        }
+        token
+    }
+
+    pub fn send_control(&self, core: usize, msg: ControlMsg) {
+        self.send_to(core, StanMsg::Control(msg));
+    }
+
+    /// A request for the shard that owns its channel: handled here if that is this core, else
+    /// kept with the other requests of this turn for that core and sent with them, as one
+    /// mesh message, when the task that received them yields.
+    pub fn send_data(&self, shard: usize, msg: DataMsg) {
+        if shard == self.core.id {
+            self.handle_data(msg);
+            return;
+        }
+        if shard >= self.core.ncores {
+            return;
+        }
+        if let Some(batch) = self.remote_batches.borrow_mut().get_mut(shard) {
+            batch.push(msg);
+        }
+        if !self.remote_scheduled.replace(true) {
+            if let Some(me) = self.rc() {
+                glommio::spawn_local(async move {
+                    futures_lite::future::yield_now().await;
+                    me.remote_scheduled.set(false);
+                    for shard in 0..me.core.ncores {
+                        me.send_remote_batch(shard);
+                    }
+                })
+                .detach();
+            }
+        }
+    }
+
+    pub(super) fn send_remote_batch(&self, shard: usize) {
+        let batch = match self.remote_batches.borrow_mut().get_mut(shard) {
+            Some(b) if !b.is_empty() => std::mem::take(b),
+            _ => return,
+        };
+        self.core
+            .outbox
+            .push(shard, MeshMsg::Internal(Box::new(StanMsg::Data(batch))));
+    }
+
+    pub(super) fn ping(&self, payload: &Bytes, reply: Option<&Bytes>) {
+        if payload.is_empty() {
+            return;
+        }
+        let Ok(ping) = Ping::decode(payload.clone()) else {
+            return;
+        };
+        let client = self
+            .shard
+            .borrow()
+            .client_for_conn(&ping.conn_id)
+            .map(str::to_string);
+        match client {
+            Some(client_id) => {
+                self.reply(reply, Bytes::new());
+                if self.shard.borrow().heartbeat_failed(&client_id) {
+                    self.send_control(0, ControlMsg::HurryHeartbeat { client_id });
+                }
+            }
+            None => {
+                let r = PingResponse {
+                    error: requests::ERR_PING_UNKNOWN.to_string(),
+                };
+                self.reply(reply, Bytes::from(r.encode_to_vec()));
+            }
+        }
+    }
+
+    /// Keeps a publish or an ack for the end of the turn (see `batched`).
+    pub(super) fn batch(&self, msg: DataMsg) {
+        self.batched.borrow_mut().push(msg);
+        self.schedule_batch();
+    }
+
+    /// Handles what was kept, once, when the task that read it yields.
+    pub(super) fn schedule_batch(&self) {
+        if self.batch_scheduled.replace(true) {
+            return;
+        }
+        if let Some(me) = self.rc() {
+            // glommio runs a spawned task at once, up to its first wait: yield first, so that
+            // the receiving task finishes its whole read before the batch is handled.
+            glommio::spawn_local(async move {
+                futures_lite::future::yield_now().await;
+                me.batch_scheduled.set(false);
+                me.handle_batched();
+            })
+            .detach();
+        }
+    }
+
+    /// Handles the publishes and acks kept this turn, in the order they came, and fills the
+    /// room that acks taken at once made.
+    pub(super) fn handle_batched(&self) {
+        let batch = std::mem::take(&mut *self.batched.borrow_mut());
+        if batch.is_empty() && !self.shard.borrow().has_acked_rooms() {
+            return;
+        }
+        let now = time::now();
+        let mut misplaced = Vec::new();
+        {
+            let mut shard = self.shard.borrow_mut();
+            shard.fill_acked(now);
+            let mut rest = batch.as_slice();
+            while let Some(first) = rest.first() {
+                if let DataMsg::Publish(p) = first {
+                    let channel = std::str::from_utf8(p.channel()).unwrap_or("");
+                    let incoming = Incoming {
+                        pub_msg: p.payload(),
+                        reply: p.reply(),
+                        frame: Some(p.frame()),
+                    };
+                    shard.publish(now, channel, incoming, &*self.dir);
+                    rest = &rest[1..];
+                    continue;
+                }
+                // A run of acks: room made by all of them is filled once.
+                let run = rest
+                    .iter()
+                    .take_while(|m| matches!(m, DataMsg::Ack { .. }))
+                    .count()
+                    .max(1);
+                let elsewhere = shard.acks(
+                    now,
+                    rest[..run].iter().filter_map(|m| match m {
+                        DataMsg::Ack { subject, payload } => {
+                            Some((subject.as_ref(), payload.as_ref()))
+                        }
+                        _ => None,
+                    }),
+                );
+                for i in elsewhere {
+                    if let Some(DataMsg::Ack { subject, payload }) = rest.get(i) {
+                        misplaced.push((subject.clone(), payload.clone()));
+                    }
+                }
+                rest = &rest[run..];
+            }
+        }
+        for (subject, payload) in misplaced {
+            self.pass_ack_to_owner(subject, payload, false);
+        }
+        // Keep the buffer's capacity for the next turn.
+        let mut batch = batch;
+        batch.clear();
+        let mut kept = self.batched.borrow_mut();
+        if kept.is_empty() {
+            *kept = batch;
+        }
+        drop(kept);
+        self.flush();
+    }
+
+    pub(super) fn handle(&self, from: usize, msg: StanMsg) {
+        match msg {
+            StanMsg::Data(msgs) => {
+                // Publishes and acks are handled together, at once (they waited on the
+                // sending core already); anything else after those before it.
+                for m in msgs {
+                    match m {
+                        DataMsg::Publish(_) | DataMsg::Ack { .. } => {
+                            self.batched.borrow_mut().push(m)
+                        }
+                        other => self.handle_data(other),
+                    }
+                }
+                self.handle_batched();
+            }
+            // Anything else sees the state the publishes and acks before it left.
+            StanMsg::Registry(event) => {
+                self.handle_batched();
+                self.apply_registry(from, event);
+            }
+            StanMsg::Control(msg) => {
+                self.handle_batched();
+                self.handle_control(from, msg);
+            }
+        }
+    }
+
+    pub(super) fn handle_data(&self, msg: DataMsg) {
+        let req = match msg {
+            DataMsg::Publish(_) | DataMsg::Ack { .. } => {
+                self.batch(msg);
+                return;
+            }
+            other => other,
+        };
+        self.handle_batched();
+        let now = time::now();
+        match req {
+            DataMsg::Publish(_) | DataMsg::Ack { .. } => {}
+            DataMsg::Subscribe { req, reply } => {
+                if self.partition.is_some() && !self.shard.borrow().knows_client(&req.client_id) {
+                    // Another server may have answered the client's connect before this one
+                    // registered it: wait for it a moment, as the reference does.
+                    if let Some(me) = self.rc() {
+                        glommio::spawn_local(me.subscribe_once_known(req, reply)).detach();
+                    }
+                    return;
+                }
+                self.shard
+                    .borrow_mut()
+                    .subscribe(now, *req, reply, &*self.dir);
+                self.flush();
+            }
+            DataMsg::Unsubscribe { req, end, reply } => {
+                self.shard.borrow_mut().unsubscribe(now, &req, end, reply);
+                self.flush();
+            }
+        }
+    }
+
+    pub(super) fn apply_registry(&self, from: usize, event: RegistryEvent) {
+        match event {
+            RegistryEvent::ClientAdded {
+                client_id,
+                conn_id,
+                token,
+            } => {
+                self.shard.borrow_mut().client_added(&client_id, conn_id);
+                self.send_control(from, ControlMsg::Done { token });
+            }
+            RegistryEvent::ClientRemoved { client_id, token } => {
+                self.shard
+                    .borrow_mut()
+                    .client_removed(time::now(), &client_id);
+                self.flush();
+                self.send_control(from, ControlMsg::Done { token });
+            }
+            RegistryEvent::HeartbeatState { client_id, failed } => {
+                self.shard
+                    .borrow_mut()
+                    .set_heartbeat_failed(&client_id, failed);
+            }
+        }
+    }
+
+    pub(super) fn handle_control(&self, from: usize, msg: ControlMsg) {
+        match msg {
+            ControlMsg::Reply { token, payload } => {
+                if self.control_answer(token) {
+                    return;
+                }
+                // The waiter stays registered until its owner drops it: a request may gather
+                // several answers.
+                if let Some(w) = self.waiters.borrow().get(&token) {
+                    w.answered.set(true);
+                    w.answers.borrow_mut().push(payload);
+                    w.notify.notify();
+                }
+            }
+            ControlMsg::Connect { payload, reply } => self.on_connect(payload, reply),
+            ControlMsg::Close { payload, reply } => self.on_close(payload, reply),
+            ControlMsg::Done { token } => self.on_done(token),
+            ControlMsg::HurryHeartbeat { client_id } => self.hurry_heartbeat(&client_id),
+            ControlMsg::Activate { ack_key } => {
+                if let Some(me) = self.rc() {
+                    glommio::spawn_local(async move {
+                        let result = me.activate(ack_key).await;
+                        me.send_control(0, ControlMsg::Activated { result });
+                    })
+                    .detach();
+                }
+            }
+            ControlMsg::FtMessage { payload } => {
+                if let Some(ft) = &self.ft {
+                    ft.on_message(self, &payload);
+                }
+            }
+            ControlMsg::Activated { result } => {
+                if let Some(ft) = &self.ft {
+                    ft.core_reported(result);
+                }
+            }
+            ControlMsg::Snapshot { token } => {
+                let snapshot = Box::new(snapshot::take(self));
+                self.send_control(from, ControlMsg::SnapshotReply { token, snapshot });
+            }
+            ControlMsg::SnapshotReply { token, snapshot } => self.gathers.answer(token, *snapshot),
+        }
+    }
+}
+
+impl InternalHandler for Streaming {
+    /// Publishes and subscription requests name the core of their channel: the sender's
+    /// connection is best served from there (deliveries, acks and PubAcks then never cross
+    /// between cores).
+    fn on_publish(&self, msg: &MsgRef<'_>) -> Handled {
+        let Some(kind) = self.subjects.classify(msg.subject) else {
+            return Handled::No;
+        };
+        if kind == Kind::Ft {
+            // Core 0 watches the FT subject (routes and the external connection deliver there;
+            // a local publisher's message is passed on); the message still goes to whoever
+            // else subscribes.
+            match &self.ft {
+                Some(ft) => ft.on_message(self, msg.payload),
+                None if self.role.is_ft() => {
+                    let payload = msg.share(msg.payload);
+                    self.send_control(0, ControlMsg::FtMessage { payload });
+                }
+                None => {}
+            }
+            return Handled::No;
+        }
+        if self.is_stopped() {
+            return Handled::No;
+        }
+        if kind
+            == (Kind::Ack {
+                shard: self.core.id,
+            })
+        {
+            // An ack for this core is taken at once, in place (nothing is kept but who got
+            // room); only filling that room waits for the end of the turn.
+            let place = self
+                .shard
+                .borrow_mut()
+                .take_ack_now(msg.subject, msg.payload);
+            if place == AckPlace::Elsewhere {
+                self.pass_ack_to_owner(msg.share(msg.subject), msg.share(msg.payload), false);
+            }
+            self.schedule_batch();
+            return Handled::Yes;
+        }
+        let ncores = self.core.ncores;
+        if let Kind::Publish { channel } = kind {
+            if !self.serves_channel(channel) {
+                return Handled::No;
+            }
+            let shard = shards::shard_for_bytes(channel, ncores);
+            let Some(frame) = PublishFrame::new(msg.backing, channel, msg.reply, msg.payload)
+            else {
+                log::warn!("STAN: publish of 4 GiB or more on {channel:?} dropped");
+                return Handled::Yes;
+            };
+            self.send_data(shard, DataMsg::Publish(frame));
+            return Handled::Channel { core: shard };
+        }
+        if kind == Kind::Partitions {
+            // Lists reach core 0 (its routes, its external connection).
+            if self.core.id == 0 {
+                self.answer_partition_list(msg.payload, msg.reply);
+            }
+            return Handled::No;
+        }
+        let reply = msg.reply.map(|r| msg.share(r));
+        let payload = msg.share(msg.payload);
+        match kind {
+            Kind::Publish { .. } => {}
+            Kind::Subscribe => match requests::check_subscription(&payload) {
+                Ok(req) if !self.serves_channel(req.subject.as_bytes()) => return Handled::No,
+                Ok(req) => {
+                    let shard = shards::shard_for(&req.subject, ncores);
+                    self.send_data(
+                        shard,
+                        DataMsg::Subscribe {
+                            req: Box::new(req),
+                            reply,
+                        },
+                    );
+                    return Handled::Channel { core: shard };
+                }
+                Err(e) => self.reply(reply.as_ref(), requests::sub_error(e)),
+            },
+            Kind::Unsubscribe | Kind::SubClose => {
+                let end = if kind == Kind::Unsubscribe {
+                    SubEnd::Unsubscribe
+                } else {
+                    SubEnd::Close
+                };
+                match requests::decode_unsubscribe(&payload) {
+                    Ok(req) if !self.serves_channel(req.subject.as_bytes()) => return Handled::No,
+                    Ok(req) => {
+                        let shard = shards::shard_for(&req.subject, ncores);
+                        self.send_data(
+                            shard,
+                            DataMsg::Unsubscribe {
+                                req: Box::new(req),
+                                end,
+                                reply,
+                            },
+                        );
+                    }
+                    Err(e) => self.reply(reply.as_ref(), requests::sub_error(e)),
+                }
+            }
+            Kind::Ack { shard } => {
+                let subject = msg.share(msg.subject);
+                if shard < ncores {
+                    self.send_data(shard, DataMsg::Ack { subject, payload });
+                } else {
+                    // An inbox of a larger core count than this run's.
+                    self.pass_ack_to_owner(subject, payload, true);
+                }
+            }
+            Kind::Reply { shard, token } => {
+                self.send_control(shard, ControlMsg::Reply { token, payload })
+            }
+            Kind::Discover => self.send_control(0, ControlMsg::Connect { payload, reply }),
+            Kind::Close => self.send_control(0, ControlMsg::Close { payload, reply }),
+            Kind::Ping => self.ping(&payload, reply.as_ref()),
+            Kind::Ft | Kind::Partitions => {}
+        }
+        Handled::Yes
+    }
+
+    fn on_mesh(&self, from: usize, msg: Box<dyn std::any::Any + Send>) {
+        if let Ok(m) = msg.downcast::<StanMsg>() {
+            self.handle(from, *m);
+        }
+    }
+}
