@@ -119,7 +119,7 @@ async fn recover(root: &Path, skip_bad: bool) {
     shard.start_reading();
     for _ in 0..8 {
         let ready = shard.ready();
-        if let Some(commit) = ready.commit {
+        if let Some(commit) = shard.take_commit() {
             let _ = shard.advance(now, commit.held, &Default::default());
         }
         let plans = ready.reads;

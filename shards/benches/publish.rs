@@ -80,7 +80,7 @@ fn publish_turn(shard: &mut Shard, now: &mut Now, msgs: &[Bytes]) -> Vec<Out> {
             reply: Some(REPLY),
             frame: Some(m),
         };
-        shard.publish(*now, "bench", incoming, &Dir);
+        shard.publish(*now, "bench", incoming);
     }
     settle(shard, *now)
 }
@@ -92,8 +92,14 @@ fn settle(shard: &mut Shard, now: Now) -> Vec<Out> {
     loop {
         let ready = shard.ready();
         sent.extend(ready.send);
-        let Some(commit) = ready.commit else {
-            return sent;
+        for name in &ready.grants {
+            shard.granted(now, name, Dir.register(name));
+        }
+        let Some(commit) = shard.take_commit() else {
+            if ready.grants.is_empty() {
+                return sent;
+            }
+            continue;
         };
         let landed = commit
             .batches
@@ -159,7 +165,6 @@ fn publish_delivered_acked(c: &mut Criterion) {
             ..Default::default()
         },
         Some(Bytes::from_static(b"subreply")),
-        &Dir,
     );
     let ack_inbox = settle(&mut shard, now)
         .iter()

@@ -77,7 +77,7 @@ impl H {
     fn advance(&mut self, ns: u64) {
         self.now.mono_ns += ns;
         self.now.wall_ns += ns as i64;
-        self.shard.tick(self.now, &self.dir);
+        self.shard.tick(self.now);
     }
 
     /// A PubMsg of client "me" with the next guid.
@@ -104,6 +104,16 @@ impl H {
         acks.into_iter().last().unwrap()
     }
 
+    /// Answers the channel grants the shard asks for (and nothing else), as the driver does.
+    fn grant_all(&mut self) {
+        let ready = self.shard.ready();
+        assert!(ready.send.is_empty(), "grant_all takes no output");
+        for name in &ready.grants {
+            let answer = self.dir.register(name);
+            self.shard.granted(self.now, name, answer);
+        }
+    }
+
     /// What the driver does until the shard wants nothing more: sends what waits for nothing,
     /// and writes each commit (to `disk`; failing the channels in `fail_next`), then sends
     /// what it released. Returns everything sent, in order.
@@ -112,10 +122,19 @@ impl H {
         loop {
             let Ready {
                 send,
-                commit,
+                released,
+                grants,
                 reads,
                 ..
             } = self.shard.ready();
+            for name in &released {
+                self.dir.unregister(name);
+            }
+            let granted = !grants.is_empty();
+            for name in &grants {
+                let answer = self.dir.register(name);
+                self.shard.granted(self.now, name, answer);
+            }
             sent.extend(send.into_iter().map(|o| Out {
                 subject: o.subject,
                 payload: o.payload,
@@ -131,8 +150,8 @@ impl H {
                 assert!(bad.is_empty(), "{bad:?}");
                 self.shard.loaded(self.now, &channel, plan.first_seq, msgs);
             }
-            let Some(commit) = commit else {
-                if served {
+            let Some(commit) = self.shard.take_commit() else {
+                if served || granted {
                     continue;
                 }
                 return sent;
@@ -207,12 +226,8 @@ impl H {
     }
 
     fn subscribe(&mut self, req: SubscriptionRequest) -> SubscriptionResponse {
-        self.shard.subscribe(
-            self.now,
-            req,
-            Some(Bytes::from_static(b"subreply")),
-            &self.dir,
-        );
+        self.shard
+            .subscribe(self.now, req, Some(Bytes::from_static(b"subreply")));
         let r = self.drain_to("subreply");
         SubscriptionResponse::decode(r[0].payload.clone()).unwrap()
     }
@@ -268,7 +283,6 @@ fn publish_assigns_sequences_and_rejects_bad_requests() {
             reply: Some(b"acks"),
             frame: None,
         },
-        &h.dir,
     );
     let bad = h.drain_to("acks");
     assert_eq!(
@@ -287,7 +301,6 @@ fn publish_assigns_sequences_and_rejects_bad_requests() {
                 reply: Some(b"acks"),
                 frame: None,
             },
-            &h.dir,
         );
         let bad = h.drain_to("acks");
         assert_eq!(bad.len(), 1, "{payload:?} got a PubAck");
@@ -592,9 +605,12 @@ fn failed_write_takes_the_messages_back() {
     let ack_inbox = h.subscribe(req("foo", "in")).ack_inbox;
     let publish = |h: &mut H, data: &str| publish_persisted(h, "foo", data);
     publish(&mut h, "one");
-    let Ready { send, commit, .. } = h.shard.ready();
+    let Ready {
+        send, write_due, ..
+    } = h.shard.ready();
     assert!(send.is_empty(), "nothing goes out before its write");
-    let commit = commit.expect("a commit");
+    assert!(write_due);
+    let commit = h.shard.take_commit().expect("a commit");
     assert_eq!(commit.batches.len(), 1);
     assert_eq!(
         (commit.batches[0].first_seq, commit.batches[0].msgs),
@@ -621,12 +637,12 @@ fn failed_write_takes_the_messages_back() {
     // 2 and 3 are taken for writing; 4 comes in while the write is under way; the write fails.
     publish(&mut h, "two");
     publish(&mut h, "three");
-    let commit = h.shard.ready().commit.expect("a commit");
+    let commit = h.shard.take_commit().expect("a commit");
     assert_eq!((commit.batches[0].first_seq, commit.held.len()), (2, 2));
     publish(&mut h, "four");
     let meanwhile = h.shard.ready();
     assert!(
-        meanwhile.send.is_empty() && meanwhile.commit.is_none(),
+        meanwhile.send.is_empty() && h.shard.take_commit().is_none(),
         "nothing more is handed out while a write is out"
     );
     let failed = WriteOutcome {
@@ -644,7 +660,7 @@ fn failed_write_takes_the_messages_back() {
     );
     let after = h.shard.ready();
     assert!(after.send.is_empty(), "nor of 4");
-    if let Some(commit) = after.commit {
+    if let Some(commit) = h.shard.take_commit() {
         assert!(
             commit.batches.iter().all(|b| b.msgs == 0) && commit.held.is_empty(),
             "no message waits; only the subscription's position moved back"
@@ -677,7 +693,6 @@ fn publish_persisted(h: &mut H, channel: &str, data: &str) {
             reply: Some(b"acks"),
             frame: Some(&payload),
         },
-        &h.dir,
     );
 }
 
@@ -811,10 +826,11 @@ fn a_subscription_whose_put_is_not_stored_is_refused() {
     let mut h = H::new();
     h.shard.persist_messages();
     let reply = Some(Bytes::from_static(b"subreply"));
-    h.shard.subscribe(h.now, req("foo", "in"), reply, &h.dir);
-    let Ready { send, commit, .. } = h.shard.ready();
+    h.shard.subscribe(h.now, req("foo", "in"), reply);
+    h.grant_all();
+    let Ready { send, .. } = h.shard.ready();
     assert!(send.is_empty(), "the OK waits for the put");
-    let commit = commit.expect("the put is written first");
+    let commit = h.shard.take_commit().expect("the put is written first");
     assert_eq!(commit.held.len(), 1);
     let outcome = WriteOutcome {
         subs_failed: vec![("foo".into(), std::io::Error::other("disk full"))],
@@ -831,4 +847,108 @@ fn a_subscription_whose_put_is_not_stored_is_refused() {
         h.shard.channel("foo").is_none_or(|c| c.plain.is_empty()),
         "the subscription is gone"
     );
+}
+
+/// A publish of client "me" on `channel`, PubAck to "acks", as the shard takes it (nothing
+/// else done).
+fn publish_raw(h: &mut H, channel: &str, data: &str) {
+    let payload = h.pub_msg(channel, data);
+    h.shard.publish(
+        h.now,
+        channel,
+        Incoming {
+            pub_msg: &payload,
+            reply: Some(b"acks"),
+            frame: Some(&payload),
+        },
+    );
+}
+
+#[test]
+fn requests_for_a_new_channel_wait_for_its_grant_and_keep_their_order() {
+    let mut h = H::new();
+    publish_raw(&mut h, "new", "one");
+    publish_raw(&mut h, "new", "two");
+    let mut first = req("new", "in");
+    first.start_position = pb::StartPosition::First as i32;
+    h.shard
+        .subscribe(h.now, first, Some(Bytes::from_static(b"subreply")));
+    publish_raw(&mut h, "new", "three");
+    let ready = h.shard.ready();
+    assert_eq!(ready.grants, vec!["new".to_string()], "asked for once");
+    assert!(
+        ready.send.is_empty(),
+        "nothing is answered before the grant"
+    );
+    assert!(h.shard.channel("new").is_none());
+    h.shard.granted(h.now, "new", Ok(()));
+    let sent = h.take_out();
+    let to = |subject: &str| {
+        sent.iter()
+            .filter(|o| o.subject.as_ref() == subject.as_bytes())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let acks: Vec<PubAck> = to("acks")
+        .iter()
+        .map(|o| PubAck::decode(o.payload.clone()).unwrap())
+        .collect();
+    assert_eq!(acks.len(), 3);
+    assert!(acks.iter().all(|a| a.error.is_empty()), "{acks:?}");
+    let sub = to("subreply");
+    assert!(SubscriptionResponse::decode(sub[0].payload.clone())
+        .unwrap()
+        .error
+        .is_empty());
+    let got: Vec<MsgProto> = to("in")
+        .iter()
+        .map(|o| MsgProto::decode(o.payload.clone()).unwrap())
+        .collect();
+    assert_eq!(seqs(&got), vec![1, 2, 3], "in the order they came");
+    assert_eq!(got[0].data.as_ref(), b"one");
+    assert!(
+        h.shard.ready().grants.is_empty(),
+        "a known channel asks nothing"
+    );
+}
+
+#[test]
+fn a_refused_grant_answers_everything_that_waited_with_the_reason() {
+    let mut h = H::new();
+    publish_raw(&mut h, "full", "one");
+    h.shard.subscribe(
+        h.now,
+        req("full", "in"),
+        Some(Bytes::from_static(b"subreply")),
+    );
+    let ready = h.shard.ready();
+    assert_eq!(ready.grants, vec!["full".to_string()]);
+    h.shard
+        .granted(h.now, "full", Err("too many channels".into()));
+    let sent = h.take_out();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let ack = PubAck::decode(sent[0].payload.clone()).unwrap();
+    assert_eq!(ack.error, "too many channels");
+    let sub = SubscriptionResponse::decode(sent[1].payload.clone()).unwrap();
+    assert_eq!(
+        (sub.error.as_str(), sub.ack_inbox.as_str()),
+        ("too many channels", "")
+    );
+    assert!(h.shard.channel("full").is_none());
+    // The next request asks again.
+    publish_raw(&mut h, "full", "two");
+    assert_eq!(h.shard.ready().grants, vec!["full".to_string()]);
+}
+
+#[test]
+fn a_channel_deleted_for_inactivity_is_handed_back() {
+    let mut limits = StoreLimits::default();
+    limits.global.max_inactivity = std::time::Duration::from_secs(1);
+    let mut h = H::with_limits(limits);
+    assert_eq!(h.publish("idle", "x").error, "");
+    assert_eq!(h.dir.0.borrow().len(), 1);
+    h.advance(2 * SEC);
+    let _ = h.take_out();
+    assert!(h.shard.channel("idle").is_none());
+    assert!(h.dir.0.borrow().is_empty(), "its name is free again");
 }

@@ -1,7 +1,8 @@
-//! The server-wide channel directory: `max_channels` and "no two channels that differ only by
-//! case" span all shards. A lock is taken only when a channel is created or deleted, never on
-//! the publish path; it replaces a round trip to the control plane that would otherwise have
-//! to hold back the publishes queued behind the first one.
+//! The server-wide channel directory, which grants channels on one server: `max_channels` and
+//! "no two channels that differ only by case" span all shards. Each core's driver answers its
+//! shard's grants (`Ready::grants`) and releases (`Ready::released`) from it in the same turn;
+//! a lock is taken only then, never on the publish path, instead of a round trip to the
+//! control plane that would hold back the requests queued behind a new channel's first.
 
 use shards::shard::{ChannelDirectory, ERR_TOO_MANY_CHANNELS};
 use std::collections::HashMap;

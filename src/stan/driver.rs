@@ -8,7 +8,7 @@
 use super::streaming::Streaming;
 use super::time;
 use bytes::Bytes;
-use shards::shard::{Commit, OwedAcks, Ready};
+use shards::shard::{ChannelDirectory, Commit, OwedAcks, Ready};
 use shards::store::file::{FileStore, SliceLimits, WriteOutcome};
 use shards::store::file_log::ReadPlan;
 use std::rc::Rc;
@@ -28,6 +28,15 @@ fn unreadable(plan: &ReadPlan) -> Vec<shards::store::StoredMsg> {
         .collect()
 }
 
+/// What the driver does after carrying out a `Ready`.
+enum Next {
+    /// Write the commit that is due.
+    Commit,
+    /// Ask the shard again (granted channels let waiting requests go on).
+    Again,
+    Done,
+}
+
 impl Streaming {
     /// Carries out what the shard wants done now. A commit is left to its own task, which
     /// first lets the rest of this turn's requests join it (one write per channel per turn);
@@ -36,44 +45,58 @@ impl Streaming {
         if self.committing.get() {
             return;
         }
-        let ready = {
-            let mut shard = self.shard.borrow_mut();
-            if shard.wants_write() {
-                None
-            } else {
-                Some(shard.ready())
-            }
-        };
-        match ready {
-            Some(ready) => {
-                if let Some(commit) = self.carry_out(ready) {
-                    self.start_commit(Some(commit));
+        loop {
+            let ready = self.shard.borrow_mut().ready();
+            match self.carry_out(ready) {
+                Next::Commit => {
+                    self.start_commit();
+                    return;
                 }
+                Next::Again => continue,
+                Next::Done => return,
             }
-            None => self.start_commit(None),
         }
     }
 
-    /// Sends what waits for nothing and starts the reads; returns the commit, if any.
-    fn carry_out(&self, ready: Ready) -> Option<Commit> {
+    /// Sends what waits for nothing, starts the reads, hands deleted channels back and answers
+    /// the grants asked for (on one server: the channel directory, at once); says what comes
+    /// next.
+    fn carry_out(&self, ready: Ready) -> Next {
         let Ready {
             mut send,
-            commit,
+            released,
+            grants,
+            write_due,
             reads,
             deadline: _,
         } = ready;
         for o in send.drain(..) {
             self.publish_out(&o);
         }
-        self.shard.borrow_mut().recycle(send);
         self.start_reads(reads);
-        commit
+        let mut shard = self.shard.borrow_mut();
+        shard.recycle(send);
+        for name in &released {
+            self.dir.unregister(name);
+        }
+        let now = time::now();
+        for name in &grants {
+            shard.granted(now, name, self.dir.register(name));
+        }
+        if write_due {
+            Next::Commit
+        } else if grants.is_empty() {
+            Next::Done
+        } else {
+            // What waited for the channels went on: it may want more.
+            Next::Again
+        }
     }
 
-    fn start_commit(&self, first: Option<Commit>) {
+    fn start_commit(&self) {
         self.committing.set(true);
         if let Some(me) = self.rc() {
-            glommio::spawn_local(async move { me.commit_loop(first).await }).detach();
+            glommio::spawn_local(async move { me.commit_loop(true).await }).detach();
         }
     }
 
@@ -84,7 +107,7 @@ impl Streaming {
         let now = time::now();
         {
             let mut shard = self.shard.borrow_mut();
-            shard.tick(now, &*self.dir);
+            shard.tick(now);
             shard.write_journal_soon();
         }
         self.flush();
@@ -180,26 +203,22 @@ impl Streaming {
     }
 
     /// Writes commits until the shard wants none, each one's held output released only once
-    /// the write is done. `first`: a commit already taken; else this turn's requests join the
-    /// next one first.
-    async fn commit_loop(self: Rc<Self>, first: Option<Commit>) {
-        if first.is_none() {
+    /// the write is done. `gather`: let the rest of this turn's requests join the first one.
+    async fn commit_loop(self: Rc<Self>, gather: bool) {
+        if gather {
             futures_lite::future::yield_now().await;
         }
         let store = self.store.borrow().clone();
-        let mut next = first;
         loop {
-            let commit = match next.take() {
-                Some(c) => c,
-                None => {
-                    let ready = self.shard.borrow_mut().ready();
-                    match self.carry_out(ready) {
-                        Some(c) => c,
-                        None => break,
-                    }
-                }
-            };
-            self.write_commit(store.as_deref(), commit).await;
+            let commit = self.shard.borrow_mut().take_commit();
+            if let Some(commit) = commit {
+                self.write_commit(store.as_deref(), commit).await;
+            }
+            let ready = self.shard.borrow_mut().ready();
+            match self.carry_out(ready) {
+                Next::Commit | Next::Again => continue,
+                Next::Done => break,
+            }
         }
         self.committing.set(false);
     }
@@ -285,7 +304,7 @@ impl Streaming {
                 self.shard.borrow_mut().write_journal_soon();
                 if self.shard.borrow().wants_write() {
                     self.committing.set(true);
-                    me.commit_loop(None).await;
+                    me.commit_loop(false).await;
                 }
             }
         }

@@ -177,7 +177,7 @@ impl Streaming {
                         reply: p.reply(),
                         frame: Some(p.frame()),
                     };
-                    shard.publish(now, channel, incoming, &*self.dir);
+                    shard.publish(now, channel, incoming);
                     rest = &rest[1..];
                     continue;
                 }
@@ -266,9 +266,7 @@ impl Streaming {
                     }
                     return;
                 }
-                self.shard
-                    .borrow_mut()
-                    .subscribe(now, *req, reply, &*self.dir);
+                self.shard.borrow_mut().subscribe(now, *req, reply);
                 self.flush();
             }
             DataMsg::Unsubscribe { req, end, reply } => {

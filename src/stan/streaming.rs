@@ -247,9 +247,7 @@ impl Streaming {
             }
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
-        self.shard
-            .borrow_mut()
-            .subscribe(time::now(), *req, reply, &*self.dir);
+        self.shard.borrow_mut().subscribe(time::now(), *req, reply);
         self.flush();
     }
 

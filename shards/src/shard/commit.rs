@@ -1,6 +1,7 @@
-//! The seam between a shard and the world (file store): `ready` hands out everything the
-//! shard wants done (output to send now, a commit to write with the output it holds back,
-//! reads to start, the next deadline) and `advance` is told how a commit went. The output a
+//! The seam between a shard and the world: `ready` hands out everything the shard wants done
+//! (output to send now, channels to ask for and to hand back, reads to start, whether a
+//! commit is due, the next deadline), `take_commit` the commit (what to write, with the
+//! output it holds back), and `advance` is told how the commit went. The output a
 //! commit covers is `Held`, which only `advance` opens: nothing leaves before its write lands.
 //! A failed write takes its messages back here, finding their queued deliveries by what they
 //! are (`About`), never by decoding them. Replication (raft, issue 18) goes in this seam: a
@@ -15,8 +16,14 @@ use crate::store::file::{ChannelBatch, WriteOutcome};
 pub struct Ready {
     /// Output that waits for nothing: send it now, in order.
     pub send: Vec<Out>,
-    /// File store: what to write, and what waits for it.
-    pub commit: Option<Commit>,
+    /// Channels deleted (max_inactivity): hand their names back to whoever grants channels.
+    /// Before `grants`: a name deleted and asked for again is released first.
+    pub released: Vec<String>,
+    /// Channels wanted by requests that wait for them: answer each with `Shard::granted`.
+    pub grants: Vec<String>,
+    /// File store: a commit is due (`take_commit`). The driver may let the rest of its turn's
+    /// requests join it first; meanwhile all output waits for it (`send` is empty).
+    pub write_due: bool,
     /// File store: messages to read back from disk for waiting readers (then `Shard::loaded`).
     pub reads: Vec<(String, ReadPlan)>,
     /// When `Shard::tick` is due next (monotonic ns), if anything waits for time.
@@ -86,8 +93,7 @@ impl Shard {
         self.has_unwritten() || self.unwritten.as_ref().is_some_and(|u| !u.is_empty())
     }
 
-    /// Whether `ready` would hand out a commit now. The driver lets the rest of its turn's
-    /// requests join it before calling `ready`.
+    /// Whether a commit is due (`take_commit`).
     pub fn wants_write(&self) -> bool {
         !self.writing && (self.has_unwritten() || (self.journal_due && self.has_journal()))
     }
@@ -103,38 +109,28 @@ impl Shard {
         self.journal_due = true;
     }
 
-    /// Everything the shard wants done now. While a commit is out (`advance` not called yet)
-    /// nothing is handed out: output queued meanwhile waits behind that write.
+    /// Everything the shard wants done now. While a commit is due or out (`advance` not
+    /// called yet) no output is handed out: what is queued waits behind that write.
     pub fn ready(&mut self) -> Ready {
-        let deadline = self.next_deadline();
+        let mut ready = Ready {
+            released: std::mem::take(&mut self.released),
+            grants: std::mem::take(&mut self.grants_wanted),
+            deadline: self.next_deadline(),
+            ..Ready::default()
+        };
         if self.writing {
-            return Ready {
-                deadline,
-                ..Ready::default()
-            };
+            return ready;
         }
         if self.wants_write() {
-            self.journal_due = false;
-            self.writing = true;
-            return Ready {
-                commit: Some(self.take_commit()),
-                deadline,
-                ..Ready::default()
-            };
+            ready.write_due = true;
+            return ready;
         }
         self.journal_due = false;
-        let send = std::mem::replace(&mut self.out, std::mem::take(&mut self.spare_out));
-        let reads = if self.reading {
-            self.take_reads()
-        } else {
-            Vec::new()
-        };
-        Ready {
-            send,
-            commit: None,
-            reads,
-            deadline,
+        ready.send = std::mem::replace(&mut self.out, std::mem::take(&mut self.spare_out));
+        if self.reading {
+            ready.reads = self.take_reads();
         }
+        ready
     }
 
     /// Gives back an emptied output buffer (`Ready::send`) to be filled again: no allocation
@@ -146,7 +142,14 @@ impl Shard {
         }
     }
 
-    fn take_commit(&mut self) -> Commit {
+    /// The commit that is due, if one is (`Ready::write_due`): channels to delete, records to
+    /// write, and everything queued so far, held until `advance`.
+    pub fn take_commit(&mut self) -> Option<Commit> {
+        if !self.wants_write() {
+            return None;
+        }
+        self.journal_due = false;
+        self.writing = true;
         let deleted = std::mem::take(&mut self.deleted);
         let mut batches = Vec::new();
         let mut owed = Vec::new();
@@ -171,7 +174,7 @@ impl Shard {
                 });
             }
         }
-        Commit {
+        Some(Commit {
             deleted,
             batches,
             held: Held {
@@ -179,7 +182,7 @@ impl Shard {
                 owed,
                 confirms,
             },
-        }
+        })
     }
 
     /// How the commit that held `held` went. Records that landed may leave memory;

@@ -25,6 +25,7 @@ use std::collections::BTreeSet;
 
 mod acks;
 mod commit;
+mod grants;
 pub use commit::{Commit, Held, Ready, Released};
 mod delivery;
 mod publish;
@@ -177,6 +178,11 @@ pub struct Shard {
     /// Sends and acks in the journal are to be written with the next `ready` even though no
     /// message waits (set by `tick` and `journal_due`).
     journal_due: bool,
+    /// Requests for channels not created yet, per channel, waiting for its grant.
+    awaiting: FxHashMap<String, Vec<grants::AwaitingGrant>>,
+    /// Channels to ask for (`Ready::grants`), and deleted ones to hand back (`Ready::released`).
+    grants_wanted: Vec<String>,
+    released: Vec<String>,
     /// The number the next new channel gets (`Channel::uid`, never reused).
     next_channel_uid: u64,
     /// Reads from disk may be handed out (`start_reading`).
@@ -396,6 +402,9 @@ impl Shard {
             writing: false,
             journal_due: false,
             next_channel_uid: 1,
+            awaiting: FxHashMap::default(),
+            grants_wanted: Vec::new(),
+            released: Vec::new(),
             spare_out: Vec::new(),
             reading: false,
         }

@@ -3,39 +3,10 @@
 use super::*;
 
 impl Shard {
-    // ---- channels ----
-
-    pub(super) fn lookup_or_create(
-        &mut self,
-        now: Now,
-        name: &str,
-        dir: &dyn ChannelDirectory,
-    ) -> Result<(), String> {
-        if self.channels.contains_key(name) {
-            return Ok(());
-        }
-        dir.register(name)?;
-        let limits = self.cfg.limits.for_channel(name);
-        let on_disk = self.unwritten.is_some();
-        let uid = self.next_channel_uid;
-        self.next_channel_uid += 1;
-        self.channels.insert(
-            name.to_string(),
-            Channel::new(name, uid, limits, now.mono_ns, on_disk),
-        );
-        Ok(())
-    }
-
     // ---- publish ----
 
     /// A PubMsg for `channel` (the publish subject's suffix). Queues the PubAck to `reply`.
-    pub fn publish(
-        &mut self,
-        now: Now,
-        channel: &str,
-        incoming: Incoming<'_>,
-        dir: &dyn ChannelDirectory,
-    ) {
+    pub fn publish(&mut self, now: Now, channel: &str, incoming: Incoming<'_>) {
         let payload = incoming.pub_msg;
         let pm = match PubMsgView::parse(payload) {
             Ok(pm) => pm,
@@ -62,23 +33,31 @@ impl Shard {
             String::from_utf8_lossy(pm.client_id),
             String::from_utf8_lossy(pm.guid)
         );
-        // One lookup for a known channel; a new name is checked before it is created.
-        let ch = match self.channels.get_mut(channel) {
-            Some(ch) => ch,
-            None => {
-                if !is_valid_channel(channel) {
-                    self.pub_ack(&incoming, pm.guid, ERR_INVALID_PUB);
-                    return;
-                }
-                if let Err(e) = self.lookup_or_create(now, channel, dir) {
-                    self.pub_ack(&incoming, pm.guid, &e);
-                    return;
-                }
-                let Some(ch) = self.channels.get_mut(channel) else {
-                    return;
-                };
-                ch
+        self.append_published(now, channel, &incoming, &pm);
+    }
+
+    /// Stores a checked publish in its channel; one of a channel not created yet waits for
+    /// the channel's grant (`grants.rs`).
+    pub(super) fn append_published(
+        &mut self,
+        now: Now,
+        channel: &str,
+        incoming: &Incoming<'_>,
+        pm: &PubMsgView<'_>,
+    ) {
+        // One lookup for a known channel; a new name is checked before it is asked for.
+        let Some(ch) = self.channels.get_mut(channel) else {
+            if !is_valid_channel(channel) {
+                self.pub_ack(incoming, pm.guid, ERR_INVALID_PUB);
+                return;
             }
+            let pub_msg = incoming
+                .frame
+                .and_then(|f| crate::wire::slice_within(f, incoming.pub_msg))
+                .unwrap_or_else(|| Bytes::copy_from_slice(incoming.pub_msg));
+            let reply = incoming.reply_bytes();
+            self.await_grant(channel, grants::AwaitingGrant::Publish { pub_msg, reply });
+            return;
         };
         let stored = ch
             .log
@@ -105,7 +84,7 @@ impl Shard {
         ch.log.enforce_size_limits(&limits);
         let has_subs = !ch.plain.is_empty() || !ch.queues.is_empty();
         if !ack_owed_by_disk {
-            self.pub_ack(&incoming, pm.guid, "");
+            self.pub_ack(incoming, pm.guid, "");
         }
         if has_subs {
             self.deliver_channel(now, channel);

@@ -12,7 +12,10 @@ impl Shard {
         slices: Vec<SliceIndex>,
         dir: &dyn ChannelDirectory,
     ) -> Result<u64, String> {
-        self.lookup_or_create(now, name, dir)?;
+        if !self.channels.contains_key(name) {
+            dir.register(name)?;
+            self.create_channel(now, name);
+        }
         let Some(ch) = self.channels.get_mut(name) else {
             return Ok(0);
         };

@@ -35,19 +35,15 @@ impl Shard {
 
     /// A subscription request already checked for format (payload, client ID present, ack
     /// wait, window, start position, channel name) by the core that received it.
-    pub fn subscribe(
-        &mut self,
-        now: Now,
-        req: SubscriptionRequest,
-        reply: Option<Bytes>,
-        dir: &dyn ChannelDirectory,
-    ) {
+    pub fn subscribe(&mut self, now: Now, req: SubscriptionRequest, reply: Option<Bytes>) {
         if !self.clients.contains_key(&req.client_id) {
             self.sub_reply(reply, "", ERR_UNKNOWN_CLIENT);
             return;
         }
-        if let Err(e) = self.lookup_or_create(now, &req.subject, dir) {
-            self.sub_reply(reply, "", &e);
+        if !self.channels.contains_key(&req.subject) {
+            let channel = req.subject.clone();
+            let req = Box::new(req);
+            self.await_grant(&channel, grants::AwaitingGrant::Subscribe { req, reply });
             return;
         }
         let channel = req.subject.clone();

@@ -4,7 +4,7 @@ use super::*;
 
 impl Shard {
     /// Redelivers what expired, drops aged messages, deletes inactive channels.
-    pub fn tick(&mut self, now: Now, dir: &dyn ChannelDirectory) {
+    pub fn tick(&mut self, now: Now) {
         let horizon = now.mono_ns + REDELIVERY_SLACK_NS;
         let mut due = Vec::new();
         while let Some(&(at, id)) = self.timers.first() {
@@ -20,7 +20,7 @@ impl Shard {
         for id in due {
             self.expire(now, id, horizon);
         }
-        self.apply_age_and_inactivity(now, dir);
+        self.apply_age_and_inactivity(now);
     }
 
     /// Redelivers a subscription's messages whose ack wait ends by `horizon`, soonest first,
@@ -56,7 +56,7 @@ impl Shard {
         }
     }
 
-    pub(super) fn apply_age_and_inactivity(&mut self, now: Now, dir: &dyn ChannelDirectory) {
+    pub(super) fn apply_age_and_inactivity(&mut self, now: Now) {
         let mut inactive = Vec::new();
         for ch in self.channels.values_mut() {
             let limits = ch.limits;
@@ -74,11 +74,11 @@ impl Shard {
             }
         }
         for name in inactive {
-            self.delete_channel(&name, dir);
+            self.delete_channel(&name);
         }
     }
 
-    pub(super) fn delete_channel(&mut self, name: &str, dir: &dyn ChannelDirectory) {
+    pub(super) fn delete_channel(&mut self, name: &str) {
         let Some(ch) = self.channels.remove(name) else {
             return;
         };
@@ -90,7 +90,7 @@ impl Shard {
             u.remove(name);
             self.deleted.push(name.to_string());
         }
-        dir.unregister(name);
+        self.released.push(name.to_string());
     }
 
     /// The next time `tick` has work (for the runtime's timer), if any.
