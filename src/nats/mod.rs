@@ -3,8 +3,11 @@
 pub mod auth;
 pub mod client;
 pub mod client_proto;
+pub mod connections;
 pub mod core;
+pub mod delivery;
 pub mod handover;
+pub mod interest;
 pub mod mesh_msg;
 pub mod parser;
 pub mod route;
