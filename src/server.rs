@@ -265,7 +265,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         }
     }
     let ft = opts.streaming.ft_group.is_some();
-    let role = Arc::new(Role::new(ft, crate::monitor::format::nuid()));
+    let role = Arc::new(Role::new(ft, crate::util::nuid::nuid()));
     // FT servers share the directory: the one holding its lock is active (stan::ft). Any
     // other server owns its directory alone.
     let store_dir = match (&opts.streaming.store, &opts.streaming.dir) {

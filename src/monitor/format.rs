@@ -62,13 +62,7 @@ pub fn uptime(d: Duration) -> String {
     }
 }
 
-/// A 22-character base-62 identifier, like a NUID.
-pub fn nuid() -> String {
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    (0..22)
-        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-        .collect()
-}
+pub use crate::util::nuid::nuid;
 
 #[cfg(test)]
 mod tests {

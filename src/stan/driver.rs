@@ -8,7 +8,7 @@
 use super::streaming::Streaming;
 use super::time;
 use bytes::Bytes;
-use shards::shard::{ChannelDirectory, Commit, OwedAcks, Ready};
+use shards::shard::{ChannelDirectory, Commit, Input, OwedAcks, Ready};
 use shards::store::file::{FileStore, SliceLimits, WriteOutcome};
 use shards::store::file_log::ReadPlan;
 use std::rc::Rc;
@@ -66,6 +66,7 @@ impl Streaming {
             mut send,
             released,
             grants,
+            misplaced_acks,
             write_due,
             reads,
             deadline: _,
@@ -79,9 +80,20 @@ impl Streaming {
         for name in &released {
             self.dir.unregister(name);
         }
-        let now = time::now();
-        for name in &grants {
-            shard.granted(now, name, self.dir.register(name));
+        let now = if grants.is_empty() {
+            None
+        } else {
+            Some(time::now())
+        };
+        for channel in &grants {
+            let result = self.dir.register(channel);
+            if let Some(now) = now {
+                shard.step(now, Input::Granted { channel, result });
+            }
+        }
+        drop(shard);
+        for (subject, payload) in misplaced_acks {
+            self.pass_ack_to_owner(subject, payload, false);
         }
         if write_due {
             Next::Commit
@@ -105,9 +117,10 @@ impl Streaming {
     /// commit of messages or for this).
     pub(super) fn tick(&self) {
         let now = time::now();
+        self.last_now.set(now);
         {
             let mut shard = self.shard.borrow_mut();
-            shard.tick(now);
+            shard.step(now, Input::Tick);
             shard.write_journal_soon();
         }
         self.flush();
@@ -182,9 +195,12 @@ impl Streaming {
                         unreadable(&plan)
                     }
                 };
-                me.shard
-                    .borrow_mut()
-                    .loaded(time::now(), &channel, plan.first_seq, msgs);
+                let loaded = Input::Loaded {
+                    channel: &channel,
+                    first_seq: plan.first_seq,
+                    msgs,
+                };
+                me.shard.borrow_mut().step(time::now(), loaded);
                 me.flush();
             };
             let spawned = match self.replay_queue.get() {

@@ -11,6 +11,7 @@ use crate::nats::client_proto::{self, ServerOp};
 use crate::nats::transport::{SharedStream, Transport};
 use crate::util::notify::Notify;
 use crate::util::timeout::within;
+use crate::util::url::{parse_urls, NatsUrl};
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -21,63 +22,6 @@ use std::time::Duration;
 const RECONNECT_WAIT: Duration = Duration::from_millis(250);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 64 * 1024;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NatsUrl {
-    pub host: String,
-    pub port: u16,
-    pub user: Option<String>,
-    pub pass: Option<String>,
-    /// `tls://`: TLS is required for this URL.
-    pub tls: bool,
-}
-
-/// `nats://[user[:pass]@]host[:port]`, comma-separated; the scheme is optional.
-pub fn parse_urls(text: &str) -> Result<Vec<NatsUrl>, String> {
-    let mut urls = Vec::new();
-    for raw in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (tls, rest) = match raw.split_once("://") {
-            Some(("nats", r)) => (false, r),
-            Some(("tls", r)) => (true, r),
-            Some((scheme, _)) => return Err(format!("unsupported scheme {scheme:?} in {raw:?}")),
-            None => (false, raw),
-        };
-        let (creds, hostport) = match rest.rsplit_once('@') {
-            Some((c, h)) => (Some(c), h),
-            None => (None, rest),
-        };
-        let hostport = hostport.trim_end_matches('/');
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h.trim_matches(['[', ']']).to_string(),
-                p.parse::<u16>()
-                    .map_err(|_| format!("invalid port in NATS URL {raw:?}"))?,
-            ),
-            None => (hostport.to_string(), 4222),
-        };
-        if host.is_empty() {
-            return Err(format!("no host in NATS URL {raw:?}"));
-        }
-        let (user, pass) = match creds {
-            Some(c) => match c.split_once(':') {
-                Some((u, p)) => (Some(u.to_string()), Some(p.to_string())),
-                None => (Some(c.to_string()), None),
-            },
-            None => (None, None),
-        };
-        urls.push(NatsUrl {
-            host,
-            port,
-            user,
-            pass,
-            tls,
-        });
-    }
-    if urls.is_empty() {
-        return Err("no NATS server URL given".into());
-    }
-    Ok(urls)
-}
 
 pub struct External {
     node: Weak<Streaming>,
@@ -397,31 +341,5 @@ async fn read_more(stream: &mut SharedStream, buf: &mut BytesMut) -> Result<(), 
             buf.truncate(start);
             Err(e.to_string())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        let u = parse_urls("nats://u:p@127.0.0.1:4333, localhost,nats://[::1]:5000").unwrap();
-        assert_eq!(
-            u[0],
-            NatsUrl {
-                host: "127.0.0.1".into(),
-                port: 4333,
-                user: Some("u".into()),
-                pass: Some("p".into()),
-                tls: false
-            }
-        );
-        assert_eq!((u[1].host.as_str(), u[1].port), ("localhost", 4222));
-        assert_eq!((u[2].host.as_str(), u[2].port), ("::1", 5000));
-        assert!(parse_urls("tls://x:1").unwrap()[0].tls);
-        assert!(parse_urls("ws://x:1").is_err());
-        assert!(parse_urls("nats://x:notaport").is_err());
-        assert!(parse_urls(" , ").is_err());
     }
 }

@@ -16,7 +16,7 @@ use crate::util::gathering::Gathering;
 use bytes::Bytes;
 use prost::Message;
 use shards::pb::{Ping, PingResponse};
-use shards::shard::{AckPlace, Incoming, SubEnd};
+use shards::shard::{Incoming, Input, SubEnd};
 
 impl Streaming {
     /// An ack whose inbox names a shard that does not hold its channel (handed out under
@@ -164,48 +164,29 @@ impl Streaming {
             return;
         }
         let now = time::now();
-        let mut misplaced = Vec::new();
+        self.last_now.set(now);
         {
             let mut shard = self.shard.borrow_mut();
-            shard.fill_acked(now);
-            let mut rest = batch.as_slice();
-            while let Some(first) = rest.first() {
-                if let DataMsg::Publish(p) = first {
-                    let channel = std::str::from_utf8(p.channel()).unwrap_or("");
-                    let incoming = Incoming {
-                        pub_msg: p.payload(),
-                        reply: p.reply(),
-                        frame: Some(p.frame()),
-                    };
-                    shard.publish(now, channel, incoming);
-                    rest = &rest[1..];
-                    continue;
-                }
-                // A run of acks: room made by all of them is filled once.
-                let run = rest
-                    .iter()
-                    .take_while(|m| matches!(m, DataMsg::Ack { .. }))
-                    .count()
-                    .max(1);
-                let elsewhere = shard.acks(
-                    now,
-                    rest[..run].iter().filter_map(|m| match m {
-                        DataMsg::Ack { subject, payload } => {
-                            Some((subject.as_ref(), payload.as_ref()))
-                        }
-                        _ => None,
-                    }),
-                );
-                for i in elsewhere {
-                    if let Some(DataMsg::Ack { subject, payload }) = rest.get(i) {
-                        misplaced.push((subject.clone(), payload.clone()));
+            for m in &batch {
+                match m {
+                    DataMsg::Publish(p) => {
+                        let channel = std::str::from_utf8(p.channel()).unwrap_or("");
+                        let incoming = Incoming {
+                            pub_msg: p.payload(),
+                            reply: p.reply(),
+                            frame: Some(p.frame()),
+                        };
+                        shard.step(now, Input::Publish { channel, incoming });
                     }
+                    DataMsg::Ack { subject, payload } => {
+                        shard.step(now, Input::Ack { subject, payload })
+                    }
+                    DataMsg::Subscribe { .. } | DataMsg::Unsubscribe { .. } => {}
                 }
-                rest = &rest[run..];
             }
-        }
-        for (subject, payload) in misplaced {
-            self.pass_ack_to_owner(subject, payload, false);
+            // The room acks made (this turn's, and those taken in place) is filled once per
+            // subscription.
+            shard.step(now, Input::EndOfTurn);
         }
         // Keep the buffer's capacity for the next turn.
         let mut batch = batch;
@@ -266,11 +247,16 @@ impl Streaming {
                     }
                     return;
                 }
-                self.shard.borrow_mut().subscribe(now, *req, reply);
+                self.shard
+                    .borrow_mut()
+                    .step(now, Input::Subscribe { req, reply });
                 self.flush();
             }
             DataMsg::Unsubscribe { req, end, reply } => {
-                self.shard.borrow_mut().unsubscribe(now, &req, end, reply);
+                let req = &req;
+                self.shard
+                    .borrow_mut()
+                    .step(now, Input::Unsubscribe { req, end, reply });
                 self.flush();
             }
         }
@@ -283,20 +269,25 @@ impl Streaming {
                 conn_id,
                 token,
             } => {
-                self.shard.borrow_mut().client_added(&client_id, conn_id);
+                let client_id = &client_id;
+                let added = Input::ClientAdded { client_id, conn_id };
+                self.shard.borrow_mut().step(time::now(), added);
                 self.send_control(from, ControlMsg::Done { token });
             }
             RegistryEvent::ClientRemoved { client_id, token } => {
-                self.shard
-                    .borrow_mut()
-                    .client_removed(time::now(), &client_id);
+                self.shard.borrow_mut().step(
+                    time::now(),
+                    Input::ClientRemoved {
+                        client_id: &client_id,
+                    },
+                );
                 self.flush();
                 self.send_control(from, ControlMsg::Done { token });
             }
             RegistryEvent::HeartbeatState { client_id, failed } => {
-                self.shard
-                    .borrow_mut()
-                    .set_heartbeat_failed(&client_id, failed);
+                let client_id = &client_id;
+                let state = Input::HeartbeatState { client_id, failed };
+                self.shard.borrow_mut().step(time::now(), state);
             }
         }
     }
@@ -379,13 +370,13 @@ impl InternalHandler for Streaming {
         {
             // An ack for this core is taken at once, in place (nothing is kept but who got
             // room); only filling that room waits for the end of the turn.
-            let place = self
-                .shard
-                .borrow_mut()
-                .take_ack_now(msg.subject, msg.payload);
-            if place == AckPlace::Elsewhere {
-                self.pass_ack_to_owner(msg.share(msg.subject), msg.share(msg.payload), false);
-            }
+            let ack = Input::Ack {
+                subject: msg.subject,
+                payload: msg.payload,
+            };
+            // Taking an ack reads no time: the turn's last reading does, and saves a clock
+            // read per ack on the hottest path.
+            self.shard.borrow_mut().step(self.last_now.get(), ack);
             self.schedule_batch();
             return Handled::Yes;
         }

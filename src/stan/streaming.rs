@@ -26,7 +26,7 @@ use fxhash::FxHashMap;
 use prost::Message;
 use shards::limits::{ChannelLimits, ResolvedLimits};
 use shards::pb::ConnectRequest;
-use shards::shard::{Shard, ShardConfig};
+use shards::shard::{Input, Shard, ShardConfig};
 use shards::store::clients::ClientLog;
 use shards::store::file::FileStore;
 use std::cell::{Cell, RefCell};
@@ -82,6 +82,8 @@ pub struct Streaming {
     /// File store, shard 0: the client registry's log.
     pub(super) client_log: RefCell<Option<Rc<ClientLog>>>,
     pub(super) ticks: Cell<u64>,
+    /// The time last read on this core (a turn's batch, a tick): for inputs that read none.
+    pub(super) last_now: Cell<shards::shard::Now>,
     /// A commit (write + sync of this turn's messages) is in progress or scheduled.
     pub(super) committing: Cell<bool>,
     /// File store: the task queue reads back from disk run in, with fewer shares than the
@@ -166,6 +168,7 @@ impl Streaming {
             committing: Cell::new(false),
             replay_queue: Cell::new(None),
             ticks: Cell::new(0),
+            last_now: Cell::new(time::now()),
             gathers: Gathering::default(),
             me: RefCell::new(Weak::new()),
         });
@@ -247,7 +250,9 @@ impl Streaming {
             }
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
-        self.shard.borrow_mut().subscribe(time::now(), *req, reply);
+        self.shard
+            .borrow_mut()
+            .step(time::now(), Input::Subscribe { req, reply });
         self.flush();
     }
 

@@ -5,6 +5,7 @@ pub mod go_duration;
 pub mod logging;
 pub mod memory;
 pub mod notify;
+pub mod nuid;
 pub mod process_signal;
 pub mod rng;
 pub mod subject;

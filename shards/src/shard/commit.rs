@@ -19,8 +19,10 @@ pub struct Ready {
     /// Channels deleted (max_inactivity): hand their names back to whoever grants channels.
     /// Before `grants`: a name deleted and asked for again is released first.
     pub released: Vec<String>,
-    /// Channels wanted by requests that wait for them: answer each with `Shard::granted`.
+    /// Channels wanted by requests that wait for them: answer each with `Input::Granted`.
     pub grants: Vec<String>,
+    /// Acks (inbox, payload) of channels another shard owns: pass them to it.
+    pub misplaced_acks: Vec<(Bytes, Bytes)>,
     /// File store: a commit is due (`take_commit`). The driver may let the rest of its turn's
     /// requests join it first; meanwhile all output waits for it (`send` is empty).
     pub write_due: bool,
@@ -115,6 +117,7 @@ impl Shard {
         let mut ready = Ready {
             released: std::mem::take(&mut self.released),
             grants: std::mem::take(&mut self.grants_wanted),
+            misplaced_acks: std::mem::take(&mut self.misplaced_acks),
             deadline: self.next_deadline(),
             ..Ready::default()
         };

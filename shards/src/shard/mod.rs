@@ -26,7 +26,9 @@ use std::collections::BTreeSet;
 mod acks;
 mod commit;
 mod grants;
+mod step;
 pub use commit::{Commit, Held, Ready, Released};
+pub use step::Input;
 mod delivery;
 mod publish;
 mod reads;
@@ -183,6 +185,8 @@ pub struct Shard {
     /// Channels to ask for (`Ready::grants`), and deleted ones to hand back (`Ready::released`).
     grants_wanted: Vec<String>,
     released: Vec<String>,
+    /// Acks of channels of other shards, to pass on (`Ready::misplaced_acks`).
+    misplaced_acks: Vec<(Bytes, Bytes)>,
     /// The number the next new channel gets (`Channel::uid`, never reused).
     next_channel_uid: u64,
     /// Reads from disk may be handed out (`start_reading`).
@@ -405,6 +409,7 @@ impl Shard {
             awaiting: FxHashMap::default(),
             grants_wanted: Vec::new(),
             released: Vec::new(),
+            misplaced_acks: Vec::new(),
             spare_out: Vec::new(),
             reading: false,
         }

@@ -6,7 +6,7 @@
 use super::link::{self, LinkReader, LinkWriter};
 use super::window::{PublishWindow, WindowError};
 use crate::nats::client_proto::{next_op, ServerOp};
-use crate::stan::external::{parse_urls, NatsUrl};
+use crate::util::url::{parse_urls, NatsUrl};
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use shards::pb;
@@ -218,7 +218,7 @@ impl StanConn {
         let mut pending = BytesMut::new();
         wait_for_pong(&mut reader, &mut pending)?;
 
-        let nuid = crate::monitor::format::nuid();
+        let nuid = crate::util::nuid::nuid();
         let inbox_prefix = format!("_INBOX.{nuid}");
         let heartbeat_inbox = format!("{inbox_prefix}.hb");
         let ack_subject = format!("{inbox_prefix}.acks");

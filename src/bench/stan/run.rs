@@ -512,9 +512,8 @@ fn run_phases(
         let ignored = Arc::new(Mutex::new(new_histogram()));
         // The channels may hold more than this run published: each replayer reads until a
         // marker published after the fill, which is not counted.
-        let marker = Arc::new(
-            format!("stanza-bench-replay-end-{}", crate::monitor::format::nuid()).into_bytes(),
-        );
+        let marker =
+            Arc::new(format!("stanza-bench-replay-end-{}", crate::util::nuid::nuid()).into_bytes());
         publish_markers(args, base, channels, &marker)?;
         let mut replayers = Vec::new();
         for i in 0..subscribers_total {
