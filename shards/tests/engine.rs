@@ -682,7 +682,8 @@ fn failed_write_takes_the_messages_back() {
     assert!(h.msgs("in").is_empty(), "nothing taken back is redelivered");
 }
 
-/// A publish; on a shard that persists the PubAck is owed by the disk, not queued.
+/// A publish of client "me" on `channel`, PubAck to "acks", as the shard takes it (nothing
+/// else done: on a shard that persists, the PubAck is owed by the disk, not queued).
 fn publish_persisted(h: &mut H, channel: &str, data: &str) {
     let payload = h.pub_msg(channel, data);
     h.shard.publish(
@@ -849,31 +850,16 @@ fn a_subscription_whose_put_is_not_stored_is_refused() {
     );
 }
 
-/// A publish of client "me" on `channel`, PubAck to "acks", as the shard takes it (nothing
-/// else done).
-fn publish_raw(h: &mut H, channel: &str, data: &str) {
-    let payload = h.pub_msg(channel, data);
-    h.shard.publish(
-        h.now,
-        channel,
-        Incoming {
-            pub_msg: &payload,
-            reply: Some(b"acks"),
-            frame: Some(&payload),
-        },
-    );
-}
-
 #[test]
 fn requests_for_a_new_channel_wait_for_its_grant_and_keep_their_order() {
     let mut h = H::new();
-    publish_raw(&mut h, "new", "one");
-    publish_raw(&mut h, "new", "two");
+    publish_persisted(&mut h, "new", "one");
+    publish_persisted(&mut h, "new", "two");
     let mut first = req("new", "in");
     first.start_position = pb::StartPosition::First as i32;
     h.shard
         .subscribe(h.now, first, Some(Bytes::from_static(b"subreply")));
-    publish_raw(&mut h, "new", "three");
+    publish_persisted(&mut h, "new", "three");
     let ready = h.shard.ready();
     assert_eq!(ready.grants, vec!["new".to_string()], "asked for once");
     assert!(
@@ -915,7 +901,7 @@ fn requests_for_a_new_channel_wait_for_its_grant_and_keep_their_order() {
 #[test]
 fn a_refused_grant_answers_everything_that_waited_with_the_reason() {
     let mut h = H::new();
-    publish_raw(&mut h, "full", "one");
+    publish_persisted(&mut h, "full", "one");
     h.shard.subscribe(
         h.now,
         req("full", "in"),
@@ -936,7 +922,7 @@ fn a_refused_grant_answers_everything_that_waited_with_the_reason() {
     );
     assert!(h.shard.channel("full").is_none());
     // The next request asks again.
-    publish_raw(&mut h, "full", "two");
+    publish_persisted(&mut h, "full", "two");
     assert_eq!(h.shard.ready().grants, vec!["full".to_string()]);
 }
 

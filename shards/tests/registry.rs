@@ -47,6 +47,19 @@ fn settle(r: &mut Registry<&'static str>, now: u64) -> Vec<Effect<&'static str>>
     }
 }
 
+/// Client "a" registered, and a second connect for "a" (answer "second") probing it at 10 ms:
+/// returns the probe's ask.
+fn probing(r: &mut Registry<&'static str>) -> u64 {
+    connected(r, 0, "a", "hb.a");
+    r.connect(10 * MS, client("a", "hb.new"), "second");
+    let effects = settle(r, 10 * MS);
+    let [Effect::Ask { ask, inbox }] = &effects[..] else {
+        panic!("{effects:?}");
+    };
+    assert_eq!(inbox, "hb.a", "the old owner is asked");
+    *ask
+}
+
 fn connected(r: &mut Registry<&'static str>, now: u64, id: &str, inbox: &str) {
     r.connect(now, client(id, inbox), "reply");
     assert_eq!(settle(r, now), vec![Effect::Connected("reply")]);
@@ -97,13 +110,7 @@ fn a_connect_that_cannot_be_stored_is_refused() {
 #[test]
 fn a_duplicate_id_whose_owner_answers_is_refused() {
     let mut r = Registry::new(cfg());
-    connected(&mut r, 0, "a", "hb.a");
-    r.connect(10 * MS, client("a", "hb.new"), "second");
-    let effects = settle(&mut r, 10 * MS);
-    let [Effect::Ask { ask, inbox }] = &effects[..] else {
-        panic!("{effects:?}");
-    };
-    assert_eq!(inbox, "hb.a", "the old owner is asked");
+    let ask = probing(&mut r);
     // A third connect while the probe is out is refused at once.
     r.connect(20 * MS, client("a", "hb.third"), "third");
     assert_eq!(
@@ -113,7 +120,7 @@ fn a_duplicate_id_whose_owner_answers_is_refused() {
             ERR_CLIENT_REGISTERED.into()
         )]
     );
-    r.answered(30 * MS, *ask);
+    r.answered(30 * MS, ask);
     assert_eq!(
         r.ready(),
         vec![Effect::ConnectRefused(
@@ -130,13 +137,7 @@ fn a_duplicate_id_whose_owner_answers_is_refused() {
 #[test]
 fn a_duplicate_id_whose_owner_is_silent_replaces_it() {
     let mut r = Registry::new(cfg());
-    connected(&mut r, 0, "a", "hb.a");
-    r.connect(10 * MS, client("a", "hb.new"), "second");
-    let effects = settle(&mut r, 10 * MS);
-    let [Effect::Ask { ask, .. }] = &effects[..] else {
-        panic!("{effects:?}");
-    };
-    let ask = *ask;
+    let ask = probing(&mut r);
     r.tick(500 * MS);
     assert!(r.ready().is_empty(), "the probe waits 500 ms");
     r.tick(510 * MS);
@@ -170,13 +171,8 @@ fn a_duplicate_id_whose_owner_is_silent_replaces_it() {
 #[test]
 fn a_duplicate_id_nobody_listens_for_is_replaced_at_once() {
     let mut r = Registry::new(cfg());
-    connected(&mut r, 0, "a", "hb.a");
-    r.connect(10 * MS, client("a", "hb.new"), "second");
-    let effects = settle(&mut r, 10 * MS);
-    let [Effect::Ask { ask, .. }] = &effects[..] else {
-        panic!("{effects:?}");
-    };
-    r.no_responders(10 * MS, *ask);
+    let ask = probing(&mut r);
+    r.no_responders(10 * MS, ask);
     assert_eq!(settle(&mut r, 10 * MS), vec![Effect::Connected("second")]);
 }
 
