@@ -8,7 +8,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use prost::Message;
 use shards::limits::StoreLimits;
 use shards::pb::{PubMsg, SubscriptionRequest, SubscriptionResponse};
-use shards::shard::{ChannelDirectory, Incoming, Now, Out, Shard, ShardConfig};
+use shards::shard::{ChannelDirectory, Incoming, Input, Now, Out, Shard, ShardConfig};
 use shards::store::file::{Landed, WriteOutcome};
 use shards::wire::{encode_ack_into, MsgView, PubMsgView};
 
@@ -187,10 +187,15 @@ fn publish_delivered_acked(c: &mut Criterion) {
                     acks.push(ack);
                 }
             }
-            shard.acks(
-                now,
-                acks.iter().map(|a| (ack_inbox.as_bytes(), a.as_slice())),
-            );
+            // As the server takes them: each ack in turn, then the room they made, once.
+            for a in &acks {
+                let ack = Input::Ack {
+                    subject: ack_inbox.as_bytes(),
+                    payload: a,
+                };
+                shard.step(now, ack);
+            }
+            shard.step(now, Input::EndOfTurn);
             black_box(out);
         })
     });

@@ -69,7 +69,6 @@ impl Streaming {
             misplaced_acks,
             write_due,
             reads,
-            deadline: _,
         } = ready;
         for o in send.drain(..) {
             self.publish_out(&o);
@@ -80,14 +79,10 @@ impl Streaming {
         for name in &released {
             self.dir.unregister(name);
         }
-        let now = if grants.is_empty() {
-            None
-        } else {
-            Some(time::now())
-        };
-        for channel in &grants {
-            let result = self.dir.register(channel);
-            if let Some(now) = now {
+        if !grants.is_empty() {
+            let now = time::now();
+            for channel in &grants {
+                let result = self.dir.register(channel);
                 shard.step(now, Input::Granted { channel, result });
             }
         }

@@ -1,10 +1,11 @@
 //! One core's long-lived tasks (mesh readers and flushers, the streaming tick, the FT loop,
 //! listeners, route dialers, the monitoring server, the external NATS reader): each is named,
 //! runs in the task queue it asks for, and ends at its next await point once the core stops
-//! them (`stop_all`), which waits for them. Short-lived tasks (one connection, one commit, one
-//! read from disk) are not listed: they end with what they serve.
+//! them (`stop_all`: each is cancelled, so it is never polled again, and waited for). The
+//! tasks pay nothing for it while they run. Short-lived tasks (one connection, one commit,
+//! one read from disk) are not listed: they end with what they serve.
 
-use super::notify::Notify;
+use super::timeout::within;
 use glommio::task::JoinHandle;
 use glommio::TaskQueueHandle;
 use std::cell::{Cell, RefCell};
@@ -12,30 +13,16 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Set once, when the core stops its tasks.
-#[derive(Default)]
-struct Stop {
-    set: Cell<bool>,
-    notify: Notify,
-}
-
-impl Stop {
-    async fn wait(&self) {
-        while !self.set.get() {
-            self.notify.notified().await;
-        }
-    }
-}
-
 struct Entry {
     name: &'static str,
     handle: JoinHandle<()>,
+    /// Set when the task ended by itself.
     done: Rc<Cell<bool>>,
 }
 
 #[derive(Default)]
 pub struct CoreTasks {
-    stop: Rc<Stop>,
+    stopping: Cell<bool>,
     tasks: RefCell<Vec<Entry>>,
 }
 
@@ -52,15 +39,14 @@ impl CoreTasks {
         queue: Option<TaskQueueHandle>,
         task: impl Future<Output = ()> + 'static,
     ) {
-        if self.stop.set.get() {
+        if self.stopping.get() {
             log::debug!("task {name} not started: the core is stopping");
             return;
         }
-        let stop = self.stop.clone();
         let done = Rc::new(Cell::new(false));
         let finished = done.clone();
         let body = async move {
-            futures_lite::future::or(task, async { stop.wait().await }).await;
+            task.await;
             finished.set(true);
         };
         let spawned = match queue {
@@ -88,30 +74,23 @@ impl CoreTasks {
             .collect()
     }
 
-    /// Whether the core is stopping its tasks.
-    pub fn stopping(&self) -> bool {
-        self.stop.set.get()
-    }
-
-    /// Tells every task to stop and waits for them, at most `limit`; those still running then
-    /// are cancelled, and their names returned.
+    /// Stops every task and waits for them, at most `limit` in all; returns the names of those
+    /// that had not ended by then.
     pub async fn stop_all(&self, limit: Duration) -> Vec<&'static str> {
-        self.stop.set.set(true);
-        self.stop.notify.notify();
-        let deadline = Instant::now() + limit;
-        loop {
-            let running = self.running();
-            if running.is_empty() {
-                return running;
-            }
-            if Instant::now() >= deadline {
-                for e in self.tasks.borrow().iter().filter(|e| !e.done.get()) {
-                    e.handle.cancel();
-                }
-                return running;
-            }
-            glommio::timer::sleep(Duration::from_millis(2)).await;
+        self.stopping.set(true);
+        let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
+        for e in &tasks {
+            e.handle.cancel();
         }
+        let deadline = Instant::now() + limit;
+        let mut late = Vec::new();
+        for e in tasks {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if within(left, e.handle).await.is_none() {
+                late.push(e.name);
+            }
+        }
+        late
     }
 }
 

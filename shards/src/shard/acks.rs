@@ -10,24 +10,6 @@ impl Shard {
         self.fill_acked(now);
     }
 
-    /// Several acks: every pending entry goes first, then each subscription (or queue group)
-    /// that got room is given what it can take, once, instead of once per ack.
-    /// Returns the positions of acks whose channel is not on this shard (`take_ack_now`).
-    pub fn acks<'a>(
-        &mut self,
-        now: Now,
-        acks: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-    ) -> Vec<usize> {
-        let mut elsewhere = Vec::new();
-        for (i, (subject, payload)) in acks.into_iter().enumerate() {
-            if self.take_ack_now(subject, payload) == AckPlace::Elsewhere {
-                elsewhere.push(i);
-            }
-        }
-        self.fill_acked(now);
-        elsewhere
-    }
-
     /// Removes what an ack acknowledges now and remembers who got room; `fill_acked` fills
     /// it. Lets a caller take acks as it reads them, without keeping them.
     ///

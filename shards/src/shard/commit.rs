@@ -1,6 +1,7 @@
 //! The seam between a shard and the world: `ready` hands out everything the shard wants done
 //! (output to send now, channels to ask for and to hand back, reads to start, whether a
-//! commit is due, the next deadline), `take_commit` the commit (what to write, with the
+//! commit is due; the next deadline is `Shard::next_deadline`, asked only by whoever
+//! schedules ticks, not at every turn), `take_commit` the commit (what to write, with the
 //! output it holds back), and `advance` is told how the commit went. The output a
 //! commit covers is `Held`, which only `advance` opens: nothing leaves before its write lands.
 //! A failed write takes its messages back here, finding their queued deliveries by what they
@@ -28,8 +29,6 @@ pub struct Ready {
     pub write_due: bool,
     /// File store: messages to read back from disk for waiting readers (then `Shard::loaded`).
     pub reads: Vec<(String, ReadPlan)>,
-    /// When `Shard::tick` is due next (monotonic ns), if anything waits for time.
-    pub deadline: Option<u64>,
 }
 
 /// One write: channels to delete, then records to append, and what is held until they land.
@@ -100,11 +99,6 @@ impl Shard {
         !self.writing && (self.has_unwritten() || (self.journal_due && self.has_journal()))
     }
 
-    /// A commit is out and `advance` has not been called for it.
-    pub fn is_writing(&self) -> bool {
-        self.writing
-    }
-
     /// Sends and acks journaled since the last commit are written with the next `ready`, even
     /// if no message waits (each tick, and before the store closes).
     pub fn write_journal_soon(&mut self) {
@@ -118,7 +112,6 @@ impl Shard {
             released: std::mem::take(&mut self.released),
             grants: std::mem::take(&mut self.grants_wanted),
             misplaced_acks: std::mem::take(&mut self.misplaced_acks),
-            deadline: self.next_deadline(),
             ..Ready::default()
         };
         if self.writing {
