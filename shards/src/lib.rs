@@ -5,6 +5,7 @@ pub mod ack_key;
 pub mod channel;
 pub mod limits;
 pub mod owed_acks;
+pub mod raft;
 pub mod registry;
 pub mod shard;
 pub mod store;
@@ -15,6 +16,12 @@ pub mod wire;
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pb.rs"));
+}
+
+/// stanza's node-to-node messages (proto/cluster.proto), generated at build time.
+#[allow(clippy::all, missing_docs)]
+pub mod cluster {
+    include!(concat!(env!("OUT_DIR"), "/cluster.rs"));
 }
 
 /// The shard that owns a channel: `fxhash(channel) % shards` (DESIGN.md §2). Stable across

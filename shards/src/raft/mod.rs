@@ -1,0 +1,19 @@
+//! Raft clustering inside a shard: each group is driven by raft-rs's `RawNode` (consensus is
+//! the library's, never stanza's), behind the shard's own step / ready / persisted shape.
+//! `log` is a group's log as raft-rs reads it, `log_file` the shard's file of every group's
+//! log, `group` one group's pump, `wire` the node-to-node encoding that keeps rust-protobuf
+//! away from network input.
+
+// raft-rs's types are rust-protobuf structs with private bookkeeping fields: they are made
+// with `default()` and then filled in (as raft-rs itself does).
+#![allow(clippy::field_reassign_with_default)]
+
+pub mod group;
+pub mod log;
+pub mod log_file;
+pub mod wire;
+
+pub use group::{Group, GroupConfig, GroupError, GroupReady, Outcome};
+pub use log::{GroupLog, LogError};
+pub use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, Message};
+pub use raft::StateRole;
