@@ -1,7 +1,8 @@
 //! Raft clustering inside a shard: each group is driven by raft-rs's `RawNode` (consensus is
 //! the library's, never stanza's), behind the shard's own step / ready / persisted shape.
 //! `log` is a group's log as raft-rs reads it, `log_file` the shard's file of every group's
-//! log, `group` one group's pump, `partition_entry` what a partition group's entries hold (a
+//! log, `group` one group's pump, `shard_groups` all of one shard's groups driven in one
+//! turn, `partition_entry` what a partition group's entries hold (a
 //! channel's records of one turn), `wire` the node-to-node encoding that keeps rust-protobuf
 //! away from network input.
 
@@ -13,9 +14,11 @@ pub mod group;
 pub mod log;
 pub mod log_file;
 pub mod partition_entry;
+pub mod shard_groups;
 pub mod wire;
 
 pub use group::{Group, GroupConfig, GroupError, GroupReady, Outcome};
 pub use log::{GroupLog, LogError};
 pub use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, Message};
 pub use raft::StateRole;
+pub use shard_groups::{PendingWrite, ReceiveError, ShardGroups, Turn};

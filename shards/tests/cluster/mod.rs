@@ -2,11 +2,11 @@
 //! G groups (as a shard owns its partitions' groups), a network of links between nodes that
 //! can drop messages or be cut, nodes that crash (losing what they had not written) and
 //! restart from what they wrote, disks whose writes land a number of steps later, and a fake
-//! clock that ticks every node with seeded jitter. Each node runs what a shard's driver runs:
-//! `ready` for every group, send now what may go now, one write for all groups, then
-//! `persisted` and the messages that waited for the write. Every byte between nodes goes
-//! through `raft::wire` (encode, then decode on arrival), as it will over NATS, and every
-//! write is a `raft::log_file` record appended to the node's file, which a restart replays.
+//! clock that ticks every node with seeded jitter. Each node is one `ShardGroups` (the code a
+//! shard's driver runs) and does what the driver does: `ready`, send now what may go now,
+//! append the turn's records to its raft log file (landing `write_delay` rounds later), then
+//! `written`, and send what waited for the write. Every byte between nodes is an encoded batch
+//! (`raft::wire`), as it will travel over NATS, and a restart replays the node's file.
 //!
 //! The state machine applied on each node is the list of committed entries' data per group;
 //! `check_agreement` and `check_acknowledged` are the two safety properties every scenario ends
@@ -18,7 +18,8 @@
 use bytes::Bytes;
 use shards::raft::{log_file, wire};
 use shards::raft::{
-    ConfChangeV2, Entry, Group, GroupConfig, GroupLog, GroupReady, Message, Outcome, StateRole,
+    ConfChangeV2, Entry, Group, GroupConfig, GroupLog, Outcome, PendingWrite, ShardGroups,
+    StateRole,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -27,26 +28,28 @@ pub const HEARTBEAT_TICKS: usize = 2;
 /// Network and disk rounds per tick.
 pub const ROUNDS_PER_TICK: u64 = 6;
 
-/// One group's records of one ready, on their way to disk.
-struct Written {
-    group: u32,
-    number: u64,
-    entries: Vec<Entry>,
-    hard_state: Option<raft::prelude::HardState>,
-    snapshot: Option<raft::prelude::Snapshot>,
-    after: Vec<Message>,
-}
-
 pub struct Node {
     pub id: u64,
     pub up: bool,
-    groups: Vec<Group>,
+    groups: ShardGroups,
     /// The node's raft log file (`raft::log_file`'s format): what a restart reads back.
     pub file: Vec<u8>,
     /// Per group: the data of every applied normal entry, in log order (the state machine).
     pub applied: Vec<Vec<Bytes>>,
-    /// Writes started and not landed yet, with the step they land at.
-    writing: VecDeque<(u64, Vec<Written>)>,
+    /// Writes started and not landed yet, with the round they land at.
+    writing: VecDeque<(u64, PendingWrite)>,
+}
+
+impl Node {
+    fn group(&self, g: u32) -> &Group {
+        self.groups.group(g).expect("every node has every group")
+    }
+
+    fn group_mut(&mut self, g: u32) -> &mut Group {
+        self.groups
+            .group_mut(g)
+            .expect("every node has every group")
+    }
 }
 
 pub struct Cluster {
@@ -121,7 +124,7 @@ impl Cluster {
             }
             let mut node = Self::node(id, groups);
             // The bootstrap membership is durable from the start.
-            for g in &node.groups {
+            for g in node.groups.groups() {
                 log_file::encode_snapshot(&mut node.file, g.id(), g.log().last_snapshot(), (0, 0));
             }
             cluster.nodes.insert(id, node);
@@ -131,10 +134,14 @@ impl Cluster {
 
     fn node(id: u64, groups: Vec<Group>) -> Node {
         let n = groups.len();
+        let mut shard = ShardGroups::new(id);
+        for g in groups {
+            shard.insert(g);
+        }
         Node {
             id,
             up: true,
-            groups,
+            groups: shard,
             file: Vec::new(),
             applied: vec![Vec::new(); n],
             writing: VecDeque::new(),
@@ -206,7 +213,11 @@ impl Cluster {
             let config = config(g, id, offsets[g as usize]);
             groups.push(Group::new(&config, log, snap_index).expect("restart"));
         }
-        node.groups = groups;
+        let mut shard = ShardGroups::new(id);
+        for g in groups {
+            shard.insert(g);
+        }
+        node.groups = shard;
         node.applied = applied;
         node.up = true;
     }
@@ -215,21 +226,21 @@ impl Cluster {
         self.nodes
             .values()
             .filter(|n| n.up)
-            .find(|n| n.groups[group as usize].is_leader())
+            .find(|n| n.group(group).is_leader())
             .map(|n| n.id)
     }
 
     /// Index and term of the entry before the first one `node` keeps for `group`.
     pub fn log_before(&self, node: u64, group: u32) -> (u64, u64) {
-        self.nodes[&node].groups[group as usize].log().before()
+        self.nodes[&node].group(group).log().before()
     }
 
     pub fn term_of(&self, node: u64, group: u32) -> u64 {
-        self.nodes[&node].groups[group as usize].term()
+        self.nodes[&node].group(group).term()
     }
 
     pub fn role(&self, node: u64, group: u32) -> StateRole {
-        self.nodes[&node].groups[group as usize].role()
+        self.nodes[&node].group(group).role()
     }
 
     /// Proposes `data` on `node`; false when that node refused (it does not lead).
@@ -242,10 +253,7 @@ impl Cluster {
         if !n.up {
             return false;
         }
-        if n.groups[group as usize]
-            .propose(data.clone(), token)
-            .is_err()
-        {
+        if n.groups.propose(group, data.clone(), token).is_err() {
             return false;
         }
         self.proposals.insert(token, data);
@@ -263,13 +271,13 @@ impl Cluster {
     pub fn propose_membership(&mut self, node: u64, group: u32, change: ConfChangeV2) -> bool {
         self.nodes
             .get_mut(&node)
-            .map(|n| n.groups[group as usize].propose_membership(change).is_ok())
+            .map(|n| n.group_mut(group).propose_membership(change).is_ok())
             .unwrap_or(false)
     }
 
     pub fn transfer_leader(&mut self, from: u64, group: u32, to: u64) {
         if let Some(n) = self.nodes.get_mut(&from) {
-            n.groups[group as usize].transfer_leader(to);
+            n.group_mut(group).transfer_leader(to);
         }
     }
 
@@ -278,24 +286,14 @@ impl Cluster {
         let Some(n) = self.nodes.get_mut(&node) else {
             return;
         };
-        // The harness applies every committed entry in the ready that hands it out, so the
+        // The harness applies every committed entry in the turn that hands it out, so the
         // state machine is exactly the log up to `applied`.
         let data = encode_state(&n.applied[group as usize]);
-        let g = &mut n.groups[group as usize];
-        let Ok(index) = g.make_snapshot(data) else {
-            return;
-        };
-        g.compact(index);
-        log_file::encode_snapshot(
-            &mut n.file,
-            group,
-            g.log().last_snapshot(),
-            g.log().before(),
-        );
+        let _ = n.groups.make_snapshot(group, data, true);
     }
 
     pub fn voters(&self, node: u64, group: u32) -> Vec<u64> {
-        self.nodes[&node].groups[group as usize].voters()
+        self.nodes[&node].group(group).voters()
     }
 
     /// One tick of the world: every up node's clock ticks (with seeded jitter), then
@@ -308,9 +306,7 @@ impl Cluster {
             let skip = self.random().is_multiple_of(16);
             let node = self.nodes.get_mut(id).expect("listed");
             if node.up && !skip {
-                for g in node.groups.iter_mut() {
-                    g.tick();
-                }
+                node.groups.tick();
             }
         }
         for _ in 0..ROUNDS_PER_TICK {
@@ -363,23 +359,13 @@ impl Cluster {
                 if !node.up {
                     continue;
                 }
-                for (group, message) in batch.messages {
-                    if let Some(g) = node.groups.get_mut(group as usize) {
-                        // Stale or foreign messages are refused by raft-rs; not a failure.
-                        let _ = g.step(message);
-                    }
-                }
+                node.groups.receive(&bytes).expect("a batch for this node");
             }
         }
     }
 
-    fn send(&mut self, from: u64, messages: Vec<(u32, Message)>) {
-        let mut by_destination: BTreeMap<u64, Vec<(u32, Message)>> = BTreeMap::new();
-        for (group, m) in messages {
-            by_destination.entry(m.to).or_default().push((group, m));
-        }
-        for (to, messages) in by_destination {
-            let bytes = wire::encode_batch(from, to, &messages);
+    fn send(&mut self, from: u64, batches: Vec<(u64, Vec<u8>)>) {
+        for (to, bytes) in batches {
             if let Some(recorded) = &mut self.recorded {
                 recorded.push(bytes.clone());
             }
@@ -392,80 +378,51 @@ impl Cluster {
         if !self.nodes[&id].up {
             return;
         }
-        // Writes that landed: persisted, then their held messages.
-        let step = self.step;
+        let round = self.step;
+        // Writes that landed: appended to the file, then what waited for them goes out.
         loop {
             let node = self.nodes.get_mut(&id).expect("listed");
             let landed = match node.writing.front() {
-                Some((at, _)) if *at <= step => node.writing.pop_front().map(|(_, w)| w),
+                Some((at, _)) if *at <= round => node.writing.pop_front().map(|(_, w)| w),
                 _ => None,
             };
-            let Some(written) = landed else { break };
-            let mut after = Vec::new();
-            for w in written {
-                write(&mut node.file, &w);
-                node.groups[w.group as usize].persisted(w.number);
-                after.extend(w.after.into_iter().map(|m| (w.group, m)));
-            }
+            let Some(mut write) = landed else { break };
+            node.file.append(&mut write.records);
+            let after = node.groups.written(write);
             self.send(id, after);
         }
-        // Readies: several rounds, since a landed write makes more ready.
+        // Turns: several, since a landed write makes more ready.
         for _ in 0..4 {
-            let mut now = Vec::new();
-            let mut batch = Vec::new();
-            let mut outcomes = Vec::new();
             let node = self.nodes.get_mut(&id).expect("listed");
-            for (g, group) in node.groups.iter_mut().enumerate() {
-                if group.wants_snapshot() {
-                    let data = encode_state(&node.applied[g]);
-                    if group.make_snapshot(data).is_ok() {
-                        let made = group.log().last_snapshot();
-                        log_file::encode_snapshot(&mut node.file, g as u32, made, (0, 0));
-                    }
-                }
-                let Some(rd) = group.ready().expect("ready") else {
-                    continue;
-                };
-                let GroupReady {
-                    number,
-                    send_now,
-                    send_after_write,
-                    entries,
-                    hard_state,
-                    snapshot,
-                    committed,
-                    outcomes: o,
-                    ..
-                } = rd;
-                now.extend(send_now.into_iter().map(|m| (g as u32, m)));
-                if let Some(s) = &snapshot {
-                    node.applied[g] = decode_state(&s.data);
-                }
-                apply(&mut node.applied[g], &committed);
-                outcomes.extend(o.into_iter().map(|o| (g, o)));
-                batch.push(Written {
-                    group: g as u32,
-                    number,
-                    entries,
-                    hard_state,
-                    snapshot,
-                    after: send_after_write,
-                });
+            for g in node.groups.snapshots_wanted() {
+                let data = encode_state(&node.applied[g as usize]);
+                let _ = node.groups.make_snapshot(g, data, false);
             }
-            if batch.is_empty() && now.is_empty() {
+            let turn = node.groups.ready();
+            if turn.is_empty() {
                 break;
             }
-            let delay = self.write_delay;
-            let node = self.nodes.get_mut(&id).expect("listed");
-            if !batch.is_empty() {
-                node.writing.push_back((step + delay, batch));
+            assert!(turn.errors.is_empty(), "{:?}", turn.errors);
+            for (g, s) in &turn.snapshots {
+                node.applied[*g as usize] = decode_state(&s.data);
             }
-            self.send(id, now);
-            for (g, outcome) in outcomes {
+            for (g, e) in &turn.committed {
+                apply(&mut node.applied[*g as usize], std::slice::from_ref(e));
+            }
+            let delay = self.write_delay;
+            let write_now = match turn.write {
+                Some(w) if delay > 0 => {
+                    node.writing.push_back((round + delay, w));
+                    None
+                }
+                other => other,
+            };
+            self.send(id, turn.send_now);
+            for (g, outcome) in turn.outcomes {
                 match outcome {
                     Outcome::Committed(token) => {
                         let data = self.proposals.remove(&token).expect("a token we made");
-                        self.acknowledged[g].push(data);
+                        self.acknowledged[g as usize].push(data);
                     }
                     Outcome::Lost(token, _) => {
                         self.proposals.remove(&token);
@@ -473,29 +430,20 @@ impl Cluster {
                     }
                 }
             }
-            if delay > 0 {
+            if let Some(mut write) = write_now {
+                let node = self.nodes.get_mut(&id).expect("listed");
+                node.file.append(&mut write.records);
+                let after = node.groups.written(write);
+                self.send(id, after);
+            } else if delay > 0 {
                 break;
             }
-            self.land_now(id);
         }
-    }
-
-    fn land_now(&mut self, id: u64) {
-        let node = self.nodes.get_mut(&id).expect("listed");
-        let mut after = Vec::new();
-        while let Some((_, written)) = node.writing.pop_front() {
-            for w in written {
-                write(&mut node.file, &w);
-                node.groups[w.group as usize].persisted(w.number);
-                after.extend(w.after.into_iter().map(|m| (w.group, m)));
-            }
-        }
-        self.send(id, after);
     }
 
     fn check_one_leader_per_term(&mut self) {
         for node in self.nodes.values().filter(|n| n.up) {
-            for g in &node.groups {
+            for g in node.groups.groups() {
                 if g.is_leader() {
                     let seen = *self.leaders.entry((g.id(), g.term())).or_insert(node.id);
                     assert_eq!(
@@ -568,19 +516,6 @@ impl Cluster {
             .filter(|n| n.up)
             .all(|n| n.applied[group as usize].len() >= count)
     }
-}
-
-/// A landed write: the group's records appended to the node's log file.
-fn write(file: &mut Vec<u8>, w: &Written) {
-    log_file::encode_ready(
-        file,
-        w.group,
-        &log_file::Records {
-            received_snapshot: w.snapshot.as_ref(),
-            entries: &w.entries,
-            hard_state: w.hard_state.as_ref(),
-        },
-    );
 }
 
 fn apply(state: &mut Vec<Bytes>, committed: &[Entry]) {
