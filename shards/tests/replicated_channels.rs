@@ -15,8 +15,10 @@ use glommio::{LocalExecutorBuilder, Placement};
 use prost::Message as _;
 use shards::limits::StoreLimits;
 use shards::pb::PubMsg;
+use shards::raft::meta_entry::{self, MetaOp};
 use shards::raft::partition_entry::{self, PartitionOp};
 use shards::shard::{ChannelDirectory, Incoming, Now, Shard, ShardConfig};
+use shards::store::clients::StoredClient;
 use shards::store::file::{FileStore, SliceLimits, WriteOutcome};
 use shards::store::journal::CompactPolicy;
 use shards::store::record;
@@ -354,4 +356,19 @@ fn write_fuzz_seeds(cluster: &Cluster) {
     }
     std::fs::write(dir.join("delete"), partition_entry::encode_delete(CHANNEL))
         .expect("write seed");
+    let meta = dir.with_file_name("raft_meta_entry");
+    std::fs::create_dir_all(&meta).expect("seed dir");
+    let ops = [
+        MetaOp::ClientAdded(StoredClient {
+            id: "me".into(),
+            hb_inbox: "_INBOX.hb".into(),
+            conn_id: Bytes::from_static(b"conn1"),
+        }),
+        MetaOp::ClientRemoved("me".into()),
+        MetaOp::NodeAdded { node: 3, cores: 4 },
+        MetaOp::NodeRemoved(3),
+    ];
+    for (k, op) in ops.iter().enumerate() {
+        std::fs::write(meta.join(format!("op-{k}")), meta_entry::encode(op)).expect("write seed");
+    }
 }

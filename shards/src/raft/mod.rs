@@ -2,8 +2,9 @@
 //! the library's, never stanza's), behind the shard's own step / ready / persisted shape.
 //! `log` is a group's log as raft-rs reads it, `log_file` the shard's file of every group's
 //! log, `group` one group's pump, `shard_groups` all of one shard's groups driven in one
-//! turn, `partition_entry` what a partition group's entries hold (a
-//! channel's records of one turn), `wire` the node-to-node encoding that keeps rust-protobuf
+//! turn, `partitions` where a channel lives (partition, group, shard), `partition_entry` what
+//! a partition group's entries hold (a channel's records of one turn), `meta_entry` what the
+//! metadata group's hold (clients, nodes), `wire` the node-to-node encoding that keeps rust-protobuf
 //! away from network input.
 
 // raft-rs's types are rust-protobuf structs with private bookkeeping fields: they are made
@@ -13,7 +14,9 @@
 pub mod group;
 pub mod log;
 pub mod log_file;
+pub mod meta_entry;
 pub mod partition_entry;
+pub mod partitions;
 pub mod shard_groups;
 pub mod wire;
 
