@@ -49,8 +49,10 @@ pub struct Turn {
     pub committed: Vec<(u32, Entry)>,
     pub outcomes: Vec<(u32, Outcome)>,
     pub roles: Vec<(u32, StateRole)>,
-    /// Groups that failed this turn (an entry they could not apply); each is logged by the
-    /// driver and stops being served.
+    /// Groups that failed this turn (an entry they could not apply): each is taken out of
+    /// service here (its later messages are dropped, proposals refused) rather than go on with
+    /// a state that skipped an entry; the driver logs it and, as the reference does when a
+    /// replicated entry cannot be stored, stops the node.
     pub errors: Vec<GroupError>,
 }
 
@@ -73,8 +75,10 @@ pub struct ShardGroups {
     /// Snapshot and compaction records made since the last turn: they go with its write.
     records: Vec<u8>,
     /// Messages for groups this shard does not have (another node's partition map disagrees,
-    /// or a group not created yet): dropped, counted for monitoring.
+    /// or a group not created yet, or one taken out of service): dropped, counted.
     pub dropped: u64,
+    /// Groups taken out of service after an error (see `Turn::errors`).
+    failed: Vec<u32>,
 }
 
 impl ShardGroups {
@@ -84,6 +88,7 @@ impl ShardGroups {
             groups: BTreeMap::new(),
             records: Vec::new(),
             dropped: 0,
+            failed: Vec::new(),
         }
     }
 
@@ -105,6 +110,11 @@ impl ShardGroups {
 
     pub fn groups(&self) -> impl Iterator<Item = &Group> {
         self.groups.values()
+    }
+
+    /// Groups taken out of service after an error.
+    pub fn failed(&self) -> &[u32] {
+        &self.failed
     }
 
     /// A batch another node sent: each message to its group. Messages raft refuses (an old
@@ -189,11 +199,13 @@ impl ShardGroups {
             ..PendingWrite::default()
         };
         let mut now = Vec::new();
+        let mut failed = Vec::new();
         for (id, g) in self.groups.iter_mut() {
             let rd = match g.ready() {
                 Ok(Some(rd)) => rd,
                 Ok(None) => continue,
                 Err(e) => {
+                    failed.push(*id);
                     turn.errors.push(e);
                     continue;
                 }
@@ -223,6 +235,10 @@ impl ShardGroups {
             if let Some(role) = rd.role_changed {
                 turn.roles.push((*id, role));
             }
+        }
+        for id in failed {
+            self.groups.remove(&id);
+            self.failed.push(id);
         }
         turn.send_now = self.by_destination(now);
         if !write.records.is_empty() || !write.readies.is_empty() {
@@ -313,6 +329,62 @@ mod tests {
             .any(|(g, e)| *g == 3 && e.data.as_ref() == b"x"));
         assert_eq!(outcomes, vec![(3, Outcome::Committed(42))]);
         assert!(shard.propose(9, Bytes::from_static(b"y"), 43).is_err());
+    }
+
+    #[test]
+    fn a_group_that_cannot_apply_an_entry_is_taken_out_of_service() {
+        // Node 1 follows node 2 in groups 0 and 1. Node 2 sends group 1 a committed
+        // membership change whose bytes do not decode (only a broken peer or disk makes one).
+        let mut shard = ShardGroups::new(1);
+        for g in [0, 1] {
+            let config = GroupConfig::new(g, 1);
+            shard.insert(Group::new(&config, GroupLog::with_voters(&[1, 2]), 0).unwrap());
+        }
+        let mut entry = Entry::default();
+        entry.set_entry_type(raft::prelude::EntryType::EntryConfChangeV2);
+        entry.term = 1;
+        entry.index = 1;
+        entry.data = Bytes::from_static(b"\xff\xff\xff");
+        let append = |group: u32, entries: Vec<Entry>| {
+            let mut m = Message::default();
+            m.set_msg_type(raft::prelude::MessageType::MsgAppend);
+            m.to = 1;
+            m.from = 2;
+            m.term = 1;
+            m.commit = entries.len() as u64;
+            m.set_entries(entries.into());
+            (group, m)
+        };
+        let mut normal = entry.clone();
+        normal.set_entry_type(raft::prelude::EntryType::EntryNormal);
+        normal.data = Bytes::from_static(b"fine");
+        let batch = wire::encode_batch(2, 1, &[append(0, vec![normal]), append(1, vec![entry])]);
+        shard.receive(&batch).unwrap();
+        let mut errors = Vec::new();
+        let mut applied = Vec::new();
+        for _ in 0..8 {
+            let mut turn = shard.ready();
+            errors.append(&mut turn.errors);
+            applied.append(&mut turn.committed);
+            if let Some(w) = turn.write {
+                let _ = shard.written(w);
+            }
+        }
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(shard.failed(), &[1]);
+        assert!(shard.group(1).is_none());
+        assert!(shard.propose(1, Bytes::from_static(b"x"), 1).is_err());
+        assert!(
+            applied
+                .iter()
+                .any(|(g, e)| *g == 0 && e.data.as_ref() == b"fine"),
+            "the other group goes on"
+        );
+        shard.receive(&batch).unwrap();
+        assert_eq!(
+            shard.dropped, 1,
+            "group 1's messages are dropped from now on"
+        );
     }
 
     #[test]
