@@ -125,3 +125,110 @@ fn partitioned_servers_on_an_external_nats_server() {
     run_case(&bin, &url);
     drop(nats);
 }
+
+/// `-ns`, servers discovered later: two partitioned servers whose lists overlap start on two
+/// separate Debian nats-servers (neither sees the other). When the nats-servers are routed
+/// together (a route added to one of them by a configuration reload), each announces the
+/// other's client URL to its clients, and the streaming servers check their lists again, as
+/// the reference does 500 ms after NATS reports new servers: both stop with its
+/// "Partitioning error".
+#[test]
+fn servers_discovered_through_the_external_nats_server_are_checked_again() {
+    if !common::available("Debian's nats-server", "nats-server", &["--version"]) {
+        return;
+    }
+    let dir = common::TempDir::new("part-discover");
+    let (pa, ca, pb, cb) = (
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    );
+    let nats_conf = |port: u16, cluster: u16, routes: &[u16]| {
+        let routes: Vec<String> = routes
+            .iter()
+            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+            .collect();
+        format!(
+            "host: 127.0.0.1\nport: {port}\ncluster {{\n  name: discover\n  listen: \"127.0.0.1:{cluster}\"\n  routes: [{}]\n}}\n",
+            routes.join(", ")
+        )
+    };
+    let conf_a = dir.0.join("a.conf");
+    let conf_b = dir.0.join("b.conf");
+    std::fs::write(&conf_a, nats_conf(pa, ca, &[])).expect("config");
+    std::fs::write(&conf_b, nats_conf(pb, cb, &[])).expect("config");
+    let _nats_a = common::spawn_listening(
+        Command::new("nats-server").args(["-c", conf_a.to_str().expect("utf-8")]),
+        pa,
+    );
+    let nats_b = common::spawn_listening(
+        Command::new("nats-server").args(["-c", conf_b.to_str().expect("utf-8")]),
+        pb,
+    );
+    let start = |port: u16, channels: &[&str], name: &str| {
+        let path = dir.0.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "streaming {{\n  cluster_id: test-cluster\n{}}}\n",
+                channels_block(channels)
+            ),
+        )
+        .expect("config");
+        Server::start_external(&[
+            "-ns",
+            &format!("nats://127.0.0.1:{port}"),
+            "--cores",
+            "2",
+            "-c",
+            path.to_str().expect("utf-8 path"),
+        ])
+    };
+    let mut s1 = start(pa, &["orders.>"], "s1.conf");
+    let mut s2 = start(pb, &["orders.eu"], "s2.conf");
+    // Apart, both serve.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        s1.wait_exit(Duration::from_millis(10)).is_none(),
+        "{}",
+        s1.log_text()
+    );
+    assert!(
+        s2.wait_exit(Duration::from_millis(10)).is_none(),
+        "{}",
+        s2.log_text()
+    );
+    // Route B to A by reloading B's configuration.
+    std::fs::write(&conf_b, nats_conf(pb, cb, &[ca])).expect("config");
+    let reloaded = Command::new("kill")
+        .args(["-HUP", &nats_b.0.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(reloaded.success());
+    // The first to check again finds the clash and stops; the other may find it too, or
+    // check after the first is gone and find nobody to clash with (as with the reference).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut stopped = Vec::new();
+    while stopped.is_empty() && std::time::Instant::now() < deadline {
+        for (name, server) in [("s1", &mut s1), ("s2", &mut s2)] {
+            if let Some(code) = server.wait_exit(Duration::from_millis(50)) {
+                stopped.push((name, code, server.log_text()));
+            }
+        }
+    }
+    assert!(
+        !stopped.is_empty(),
+        "neither stopped:\n{}\n{}",
+        s1.log_text(),
+        s2.log_text()
+    );
+    for (name, code, log) in stopped {
+        assert_eq!(code, 1, "{name}: {log}");
+        assert!(log.contains("Partitioning error"), "{name}: {log}");
+        assert!(
+            log.contains("causes conflict with channels on server"),
+            "{name}: {log}"
+        );
+    }
+}

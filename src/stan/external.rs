@@ -42,6 +42,18 @@ pub struct External {
     /// TLS to the NATS server (`-secure`, `-tls_client_*`, `tls { client_* }`, `tls://`).
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     tls_server_name: Option<String>,
+    /// The cluster's client URLs the NATS server has announced (its INFO `connect_urls`).
+    known_urls: RefCell<std::collections::BTreeSet<String>>,
+    /// How many times an INFO announced a server not known before (nats.go's "discovered
+    /// servers" event, on which the reference checks partitioning again).
+    discovered: Cell<u64>,
+}
+
+/// The part of a NATS server's INFO this connection reads after the handshake.
+#[derive(serde::Deserialize)]
+struct InfoUrls {
+    #[serde(default)]
+    connect_urls: Vec<String>,
 }
 
 impl External {
@@ -82,6 +94,8 @@ impl External {
             next_url: Cell::new(0),
             pongs: Cell::new(0),
             pong: Notify::new(),
+            known_urls: RefCell::new(std::collections::BTreeSet::new()),
+            discovered: Cell::new(0),
         }))
     }
 
@@ -164,6 +178,7 @@ impl External {
                 if let Some(op) = client_proto::next_op(&mut buf).map_err(|e| e.to_string())? {
                     match op {
                         ServerOp::Info(info) => {
+                            self.note_urls(&info, false);
                             break info.windows(19).any(|w| w == b"\"tls_required\":true");
                         }
                         other => return Err(format!("expected INFO, got {other:?}")),
@@ -320,8 +335,31 @@ impl External {
                 self.pong.notify();
             }
             ServerOp::Err(e) => log::error!("STAN: NATS server error: {e}"),
-            ServerOp::Info(_) | ServerOp::Ok => {}
+            ServerOp::Info(info) => self.note_urls(&info, true),
+            ServerOp::Ok => {}
         }
+    }
+
+    /// Takes the `connect_urls` of an INFO; an INFO after the handshake that names a server
+    /// not known before counts as servers discovered. An INFO that does not parse is ignored
+    /// (the connection does not depend on it).
+    fn note_urls(&self, info: &[u8], after_handshake: bool) {
+        let Ok(parsed) = serde_json::from_slice::<InfoUrls>(info) else {
+            return;
+        };
+        let mut known = self.known_urls.borrow_mut();
+        let mut new = false;
+        for url in parsed.connect_urls {
+            new |= known.insert(url);
+        }
+        if new && after_handshake {
+            self.discovered.set(self.discovered.get() + 1);
+        }
+    }
+
+    /// How many "discovered servers" events this connection has seen.
+    pub fn discovered(&self) -> u64 {
+        self.discovered.get()
     }
 }
 

@@ -338,7 +338,8 @@ impl Streaming {
         result
     }
 
-    /// Partitioning, core 0: checks the lists again whenever a route joins (the reference
+    /// Partitioning, core 0: checks the lists again whenever servers join: a route of the
+    /// embedded server, or (`-ns`) servers the external NATS server announces (the reference
     /// does so 500 ms after NATS reports new servers); a clash then ends the process.
     pub fn watch_partitions(self: &Rc<Self>) {
         if self.partition.is_none() || self.core.id != 0 {
@@ -346,11 +347,19 @@ impl Streaming {
         }
         let me = self.clone();
         self.core.tasks.spawn("partition watch", None, async move {
-            let mut known = me.core.routes.links().len();
+            let servers_seen = |me: &Streaming| {
+                let discovered = me
+                    .external
+                    .borrow()
+                    .as_ref()
+                    .map_or(0, |ext| ext.discovered());
+                (me.core.routes.links().len(), discovered)
+            };
+            let mut known = servers_seen(&me);
             loop {
                 glommio::timer::sleep(PARTITION_RECHECK).await;
-                let now = me.core.routes.links().len();
-                let joined = now > known;
+                let now = servers_seen(&me);
+                let joined = now.0 > known.0 || now.1 > known.1;
                 known = now;
                 if !joined {
                     continue;
