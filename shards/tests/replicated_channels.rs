@@ -8,10 +8,11 @@
 //! a restart recovers it) holding every acknowledged message.
 
 mod cluster;
+mod common;
 
 use bytes::Bytes;
 use cluster::{Cluster, ELECTION_TICKS};
-use glommio::{LocalExecutorBuilder, Placement};
+use common::run;
 use prost::Message as _;
 use shards::limits::StoreLimits;
 use shards::pb::PubMsg;
@@ -37,24 +38,6 @@ impl ChannelDirectory for Grants {
     fn unregister(&self, _name: &str) {}
 }
 
-fn scratch(tag: &str) -> PathBuf {
-    // On the build's own disk (not a tmpfs): O_DIRECT needs a real block device.
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("replicated-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("channels")).expect("mkdir");
-    dir
-}
-
-fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(512 << 10)
-        .spawn(f)
-        .expect("executor")
-        .join()
-        .expect("join");
-}
-
 /// One node's side: its store, and how many committed entries it applied to it.
 struct Replica {
     store: FileStore,
@@ -78,7 +61,8 @@ impl World {
             .expect("a leader");
         let mut replicas = BTreeMap::new();
         for node in 1..=3u64 {
-            let root = scratch(&format!("{tag}-{seed}-{node}"));
+            let root = common::scratch(&format!("replicated-{tag}-{seed}-{node}"));
+            std::fs::create_dir_all(root.join("channels")).expect("mkdir");
             let store = FileStore::open(
                 &root,
                 64 << 10,

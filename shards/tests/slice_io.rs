@@ -4,27 +4,11 @@
 //! recovery reads cleanly (zero padding and zeroes written ahead for DMA), and a truncated file
 //! is a torn tail.
 
-use glommio::{LocalExecutorBuilder, Placement};
+mod common;
+
+use common::{run, scratch};
 use shards::store::record::{encode, scan, ScanEnd};
 use shards::store::slice::{read_size_for, read_slice, warm_up, SliceWriter};
-use std::path::PathBuf;
-
-fn scratch(tag: &str) -> PathBuf {
-    // On the build's own disk (not a tmpfs): O_DIRECT needs a real block device.
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("slice-io-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    dir
-}
-
-fn run<F: std::future::Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(512 << 10)
-        .spawn(f)
-        .expect("executor")
-        .join()
-        .expect("join");
-}
 
 fn batch(from: u64, n: u64) -> Vec<u8> {
     let mut out = Vec::new();
