@@ -4,7 +4,7 @@
 //! log, `group` one group's pump, `shard_groups` all of one shard's groups driven in one
 //! turn, `partitions` where a channel lives (partition, group, shard), `partition_entry` what
 //! a partition group's entries hold (a channel's records of one turn), `meta_entry` what the
-//! metadata group's hold (clients, nodes), `wire` the node-to-node encoding that keeps rust-protobuf
+//! metadata group's hold (clients, nodes), `node_ids` the raft numbers of node names, `wire` the node-to-node encoding that keeps rust-protobuf
 //! away from network input.
 
 // raft-rs's types are rust-protobuf structs with private bookkeeping fields: they are made
@@ -15,6 +15,7 @@ pub mod group;
 pub mod log;
 pub mod log_file;
 pub mod meta_entry;
+pub mod node_ids;
 pub mod partition_entry;
 pub mod partitions;
 pub mod shard_groups;

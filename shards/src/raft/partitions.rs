@@ -18,13 +18,19 @@ pub fn partition_of(channel: &str, partitions: u32) -> u32 {
     if partitions <= 1 {
         return 0;
     }
-    let mut h = fxhash::hash64(channel.as_bytes());
+    (stable_hash(channel.as_bytes()) % u64::from(partitions)) as u32
+}
+
+/// fxhash mixed by MurmurHash3's 64-bit finaliser: every bit depends on every input byte.
+/// What nodes compute alike (partitions, raft IDs of node names): it never changes.
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h = fxhash::hash64(bytes);
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^= h >> 33;
-    (h % u64::from(partitions)) as u32
+    h
 }
 
 /// The raft group of a partition (groups 1..=partitions; 0 is the metadata group).
