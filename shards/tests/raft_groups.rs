@@ -306,3 +306,31 @@ fn writes_fuzz_seeds_from_simulated_traffic() {
     }
     assert!(written >= 8, "only {written} kinds of batches");
 }
+
+/// How long a group is without a leader after its leader's kill -9, in ticks, over many
+/// seeds: what the server's tick and election timeout are chosen from (ARCHITECTURE.md).
+/// Followers wait one to two election timeouts, then pre-vote and vote in one round trip.
+#[test]
+fn fail_over_takes_under_two_election_timeouts_nine_times_in_ten() {
+    let mut took = Vec::new();
+    for seed in 0..seeds().max(100) {
+        let mut c = Cluster::new(seed, 3, 1);
+        c.run_until(ELECTION_BOUND, |c| c.leader(0).is_some())
+            .expect("a leader");
+        c.run(30);
+        let victim = c.leader(0).expect("a leader");
+        c.crash(victim);
+        let ticks = c
+            .run_until(ELECTION_BOUND * 3, |c| {
+                c.leader(0).is_some_and(|l| l != victim)
+            })
+            .unwrap_or_else(|| panic!("seed {seed}: no new leader"));
+        took.push(ticks);
+    }
+    took.sort_unstable();
+    let e = ELECTION_TICKS as u64;
+    let p90 = took[took.len() * 9 / 10];
+    let worst = took[took.len() - 1];
+    assert!(p90 <= 2 * e, "90th percentile {p90} ticks ({took:?})");
+    assert!(worst <= 4 * e, "worst {worst} ticks ({took:?})");
+}
