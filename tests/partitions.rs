@@ -31,6 +31,28 @@ fn partitioned_node(route: u16, routes: &[u16], channels: &[&str]) -> String {
     )
 }
 
+/// A partitioned server on the external NATS server at `url` (`-ns`), its configuration
+/// written in `dir`; the directory must outlive the server.
+fn ns_node(url: &str, channels: &[&str], dir: &common::TempDir, name: &str) -> Server {
+    let path = dir.0.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "streaming {{\n  cluster_id: test-cluster\n{}}}\n",
+            channels_block(channels)
+        ),
+    )
+    .expect("config");
+    Server::start_external(&[
+        "-ns",
+        url,
+        "--cores",
+        "2",
+        "-c",
+        path.to_str().expect("utf-8 path"),
+    ])
+}
+
 fn run_case(bin: &std::path::Path, url: &str) {
     let mut cmd = Command::new(bin);
     cmd.args(["partition_channels", url])
@@ -90,24 +112,7 @@ fn partitioned_servers_on_an_external_nats_server() {
     let url = format!("nats://127.0.0.1:{port}");
     let start = |channels: &[&str]| {
         let dir = common::TempDir::new("part-ns");
-        let path = dir.0.join("p.conf");
-        std::fs::write(
-            &path,
-            format!(
-                "streaming {{\n  cluster_id: test-cluster\n{}}}\n",
-                channels_block(channels)
-            ),
-        )
-        .expect("config");
-        let server = Server::start_external(&[
-            "-ns",
-            &url,
-            "--cores",
-            "2",
-            "-c",
-            path.to_str().expect("utf-8 path"),
-        ]);
-        (server, dir)
+        (ns_node(&url, channels, &dir, "p.conf"), dir)
     };
     let _a = start(&["orders.>"]);
     // The second server's list and the first one's answer, as seeds of the partition_list
@@ -167,23 +172,7 @@ fn servers_discovered_through_the_external_nats_server_are_checked_again() {
         pb,
     );
     let start = |port: u16, channels: &[&str], name: &str| {
-        let path = dir.0.join(name);
-        std::fs::write(
-            &path,
-            format!(
-                "streaming {{\n  cluster_id: test-cluster\n{}}}\n",
-                channels_block(channels)
-            ),
-        )
-        .expect("config");
-        Server::start_external(&[
-            "-ns",
-            &format!("nats://127.0.0.1:{port}"),
-            "--cores",
-            "2",
-            "-c",
-            path.to_str().expect("utf-8 path"),
-        ])
+        ns_node(&format!("nats://127.0.0.1:{port}"), channels, &dir, name)
     };
     let mut s1 = start(pa, &["orders.>"], "s1.conf");
     let mut s2 = start(pb, &["orders.eu"], "s2.conf");
