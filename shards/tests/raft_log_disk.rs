@@ -104,7 +104,7 @@ fn groups_come_back_from_their_log_file_after_a_crash() {
         // Snapshot and compact group 1 halfway, as `trailing_logs` would, then crash: the file
         // is dropped without a close.
         shard
-            .make_snapshot(1, Bytes::from_static(b"state of group 1"), true)
+            .make_snapshot(1, Bytes::from_static(b"state of group 1"), Some(0))
             .expect("snapshot");
         settle(&mut shard, &file).await;
         drop(file);

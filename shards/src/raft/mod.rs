@@ -25,4 +25,4 @@ pub use group::{Group, GroupConfig, GroupError, GroupReady, Outcome};
 pub use log::{GroupLog, LogError};
 pub use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, Message};
 pub use raft::StateRole;
-pub use shard_groups::{PendingWrite, ReceiveError, ShardGroups, Turn};
+pub use shard_groups::{PendingWrite, ReceiveError, ShardGroups, SnapshotPolicy, Turn};

@@ -68,6 +68,23 @@ impl Turn {
     }
 }
 
+/// When groups snapshot and how much log they keep behind a snapshot (the reference's
+/// values: a snapshot once 8,192 entries are new, 10,240 entries kept, `trailing_logs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    pub every: u64,
+    pub trailing: u64,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy {
+            every: 8192,
+            trailing: 10240,
+        }
+    }
+}
+
 /// The groups of one shard on this node.
 pub struct ShardGroups {
     node_id: u64,
@@ -166,13 +183,28 @@ impl ShardGroups {
             .collect()
     }
 
-    /// Records `data` (the group's state with everything applied) as its snapshot; when
-    /// `compact`, forgets the log up to it too. Its records go with the next turn's write.
+    /// Groups whose log grew `policy.every` entries past their last snapshot: snapshot each
+    /// (`make_snapshot` with the state, keeping `policy.trailing` entries).
+    pub fn snapshots_due(&self, policy: &SnapshotPolicy) -> Vec<u32> {
+        self.groups
+            .values()
+            .filter(|g| {
+                let last = g.log().last_snapshot().get_metadata().index;
+                g.applied().saturating_sub(last) >= policy.every
+            })
+            .map(|g| g.id())
+            .collect()
+    }
+
+    /// Records `data` (the group's state with everything applied) as its snapshot, and with
+    /// `keep` forgets the log before the last `keep` entries it covers (the reference's
+    /// `trailing_logs`: a follower a little behind catches up from entries, not a snapshot).
+    /// Its records go with the next turn's write. Returns the snapshot's index.
     pub fn make_snapshot(
         &mut self,
         group: u32,
         data: Bytes,
-        compact: bool,
+        keep: Option<u64>,
     ) -> Result<u64, GroupError> {
         let Some(g) = self.groups.get_mut(&group) else {
             return Err(GroupError::Raft {
@@ -181,11 +213,12 @@ impl ShardGroups {
             });
         };
         let index = g.make_snapshot(data)?;
-        let base = if compact {
-            g.compact(index);
-            g.log().before()
-        } else {
-            (0, 0)
+        let base = match keep {
+            Some(keep) => {
+                g.compact(index.saturating_sub(keep));
+                g.log().before()
+            }
+            None => (0, 0),
         };
         log_file::encode_snapshot(&mut self.records, group, g.log().last_snapshot(), base);
         Ok(index)
@@ -385,6 +418,43 @@ mod tests {
             shard.dropped, 1,
             "group 1's messages are dropped from now on"
         );
+    }
+
+    #[test]
+    fn snapshots_come_due_by_entries_and_keep_the_trailing_log() {
+        let mut shard = single_node(1, &[0, 1]);
+        for g in [0, 1] {
+            shard.group_mut(g).unwrap().campaign().unwrap();
+        }
+        settle(&mut shard);
+        for n in 0..30 {
+            shard.propose(0, Bytes::from(format!("{n}")), n).unwrap();
+        }
+        settle(&mut shard);
+        let policy = SnapshotPolicy {
+            every: 20,
+            trailing: 10,
+        };
+        assert_eq!(
+            shard.snapshots_due(&policy),
+            vec![0],
+            "group 1 has only its no-op"
+        );
+        let index = shard
+            .make_snapshot(0, Bytes::from_static(b"state"), Some(policy.trailing))
+            .unwrap();
+        let log = shard.group(0).unwrap().log();
+        assert_eq!(log.last_snapshot().get_metadata().index, index);
+        assert_eq!(
+            log.before().0,
+            index - 10,
+            "ten entries kept behind the snapshot"
+        );
+        assert!(shard.snapshots_due(&policy).is_empty());
+        // The records go with the next write and replay to the same log.
+        let write = shard.ready().write.expect("the snapshot's records");
+        let (groups, _) = log_file::replay(&write.records).unwrap();
+        assert_eq!(groups[&0].before, (index - 10, groups[&0].before.1));
     }
 
     #[test]

@@ -283,13 +283,19 @@ impl Cluster {
 
     /// Snapshots `group` on `node` at what it applied and compacts its log up to there.
     pub fn compact(&mut self, node: u64, group: u32) {
+        self.compact_keeping(node, group, 0);
+    }
+
+    /// Snapshots `group` on `node` at what it applied, keeping the last `keep` entries it
+    /// covers in the log (`trailing_logs`).
+    pub fn compact_keeping(&mut self, node: u64, group: u32, keep: u64) {
         let Some(n) = self.nodes.get_mut(&node) else {
             return;
         };
         // The harness applies every committed entry in the turn that hands it out, so the
         // state machine is exactly the log up to `applied`.
         let data = encode_state(&n.applied[group as usize]);
-        let _ = n.groups.make_snapshot(group, data, true);
+        let _ = n.groups.make_snapshot(group, data, Some(keep));
     }
 
     pub fn voters(&self, node: u64, group: u32) -> Vec<u64> {
@@ -396,7 +402,7 @@ impl Cluster {
             let node = self.nodes.get_mut(&id).expect("listed");
             for g in node.groups.snapshots_wanted() {
                 let data = encode_state(&node.applied[g as usize]);
-                let _ = node.groups.make_snapshot(g, data, false);
+                let _ = node.groups.make_snapshot(g, data, None);
             }
             let turn = node.groups.ready();
             if turn.is_empty() {
