@@ -77,6 +77,8 @@ pub enum GroupError {
     Log { group: u32, source: LogError },
     #[error("raft group {group}: {source}")]
     Wire { group: u32, source: wire::WireError },
+    #[error("raft group {0}: no such group on this shard")]
+    NoSuchGroup(u32),
     #[error(
         "raft group {group}: applied index {applied} is past the committed, written log ({limit})"
     )]
@@ -122,19 +124,6 @@ pub struct GroupReady {
     pub outcomes: Vec<Outcome>,
     /// The role changed in this ready (the new role).
     pub role_changed: Option<StateRole>,
-}
-
-impl GroupReady {
-    pub fn is_empty(&self) -> bool {
-        self.send_now.is_empty()
-            && self.send_after_write.is_empty()
-            && self.entries.is_empty()
-            && self.hard_state.is_none()
-            && self.snapshot.is_none()
-            && self.committed.is_empty()
-            && self.outcomes.is_empty()
-            && self.role_changed.is_none()
-    }
 }
 
 struct Pending {

@@ -324,13 +324,7 @@ impl Storage for GroupLog {
 mod tests {
     use super::*;
 
-    fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = Bytes::from(format!("{index}/{term}"));
-        e
-    }
+    use crate::raft::test_entry as entry;
 
     fn ctx() -> GetEntriesContext {
         GetEntriesContext::empty(false)

@@ -47,7 +47,7 @@ pub fn encode_ready(out: &mut Vec<u8>, group: u32, records: &Records<'_>) {
         pb::RaftLogRecord {
             group,
             received_snapshot: records.received_snapshot.map(wire::snapshot_to_pb),
-            entries: records.entries.iter().map(wire::entry_into_pb).collect(),
+            entries: records.entries.iter().map(wire::entry_to_pb).collect(),
             hard_state: records.hard_state.map(hard_state_to_pb),
             ..Default::default()
         },
@@ -78,7 +78,7 @@ pub fn encode_whole(out: &mut Vec<u8>, group: u32, log: &GroupLog) {
             group,
             base_index: before.0,
             base_term: before.1,
-            entries: log.entries_from(0).map(wire::entry_into_pb).collect(),
+            entries: log.entries_from(0).map(wire::entry_to_pb).collect(),
             hard_state: Some(hard_state_to_pb(log.hard_state())),
             made_snapshot: Some(wire::snapshot_to_pb(log.last_snapshot())),
             ..Default::default()
@@ -281,13 +281,7 @@ mod tests {
     use bytes::Bytes;
     use raft::prelude::ConfState;
 
-    fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = Bytes::from(format!("{index}/{term}"));
-        e
-    }
+    use crate::raft::test_entry as entry;
 
     fn hs(term: u64, vote: u64, commit: u64) -> HardState {
         let mut h = HardState::default();

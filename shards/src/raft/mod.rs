@@ -26,3 +26,13 @@ pub use log::{GroupLog, LogError};
 pub use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, Message};
 pub use raft::StateRole;
 pub use shard_groups::{PendingWrite, ReceiveError, ShardGroups, SnapshotPolicy, Turn};
+
+/// A normal entry whose data names its index and term (the unit tests' log content).
+#[cfg(test)]
+pub(crate) fn test_entry(index: u64, term: u64) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.data = bytes::Bytes::from(format!("{index}/{term}"));
+    e
+}

@@ -164,13 +164,7 @@ impl ShardGroups {
 
     /// Proposes `data` on `group`; `token` comes back in an outcome.
     pub fn propose(&mut self, group: u32, data: Bytes, token: u64) -> Result<(), GroupError> {
-        match self.groups.get_mut(&group) {
-            Some(g) => g.propose(data, token),
-            None => Err(GroupError::Raft {
-                group,
-                source: raft::Error::ProposalDropped,
-            }),
-        }
+        serving(&mut self.groups, group)?.propose(data, token)
     }
 
     /// Groups raft-rs needs a snapshot of (for a follower too far behind, or a new member):
@@ -206,12 +200,7 @@ impl ShardGroups {
         data: Bytes,
         keep: Option<u64>,
     ) -> Result<u64, GroupError> {
-        let Some(g) = self.groups.get_mut(&group) else {
-            return Err(GroupError::Raft {
-                group,
-                source: raft::Error::ProposalDropped,
-            });
-        };
+        let g = serving(&mut self.groups, group)?;
         let index = g.make_snapshot(data)?;
         let base = match keep {
             Some(keep) => {
@@ -302,6 +291,11 @@ impl ShardGroups {
             .map(|(to, messages)| (to, wire::encode_batch(self.node_id, to, &messages)))
             .collect()
     }
+}
+
+/// A group this shard drives (not one it never had or took out of service).
+fn serving(groups: &mut BTreeMap<u32, Group>, group: u32) -> Result<&mut Group, GroupError> {
+    groups.get_mut(&group).ok_or(GroupError::NoSuchGroup(group))
 }
 
 #[cfg(test)]

@@ -254,7 +254,8 @@ fn message_from_pb(p: pb::RaftMessage) -> Result<Message, WireError> {
     Ok(m)
 }
 
-fn entry_to_pb(e: &Entry) -> pb::RaftEntry {
+/// The prost form of an entry (on the wire and in the log file).
+pub fn entry_to_pb(e: &Entry) -> pb::RaftEntry {
     pb::RaftEntry {
         entry_type: e.get_entry_type() as u32,
         term: e.term,
@@ -273,11 +274,6 @@ pub fn entry_from_pb(p: pb::RaftEntry) -> Result<Entry, WireError> {
     e.data = p.data;
     e.context = p.context;
     Ok(e)
-}
-
-/// The prost form of an entry (for the log file).
-pub fn entry_into_pb(e: &Entry) -> pb::RaftEntry {
-    entry_to_pb(e)
 }
 
 fn conf_state_to_pb(c: &ConfState) -> pb::RaftConfState {
