@@ -4,6 +4,7 @@
 //! ends with the two safety checks (agreement, nothing acknowledged lost).
 
 mod cluster;
+mod common;
 
 use bytes::Bytes;
 use cluster::{Cluster, ELECTION_TICKS};

@@ -45,6 +45,14 @@ async fn settle(shard: &mut ShardGroups, file: &AppendFile) -> (Vec<(u32, Bytes)
     (committed, outcomes)
 }
 
+/// Per group: term, commit index and last index.
+fn positions(shard: &ShardGroups) -> Vec<(u64, u64, u64)> {
+    shard
+        .groups()
+        .map(|g| (g.term(), g.commit_index(), g.log().last()))
+        .collect()
+}
+
 fn groups_from(
     recovered: &mut std::collections::BTreeMap<u32, log_file::RecoveredGroup>,
 ) -> ShardGroups {
@@ -97,10 +105,7 @@ fn groups_come_back_from_their_log_file_after_a_crash() {
         }
         let (_, outcomes) = settle(&mut shard, &file).await;
         assert!(outcomes.iter().all(|o| matches!(o, Outcome::Committed(_))));
-        let before: Vec<(u64, u64, u64)> = shard
-            .groups()
-            .map(|g| (g.term(), g.commit_index(), g.log().last()))
-            .collect();
+        let before = positions(&shard);
         // Snapshot and compact group 1 halfway, as `trailing_logs` would, then crash: the file
         // is dropped without a close.
         shard
@@ -112,10 +117,7 @@ fn groups_come_back_from_their_log_file_after_a_crash() {
 
         let (mut recovered, file) = log_file::open(&path, true).await.expect("reopen");
         let mut shard = groups_from(&mut recovered);
-        let after: Vec<(u64, u64, u64)> = shard
-            .groups()
-            .map(|g| (g.term(), g.commit_index(), g.log().last()))
-            .collect();
+        let after = positions(&shard);
         assert_eq!(after, before, "term, commit and last index per group");
         assert_eq!(
             shard.group(1).expect("group 1").log().last_snapshot().data,

@@ -2,6 +2,7 @@
 //! deterministic multi-shard simulation (`sim/`): every scenario runs under many seeds, each
 //! one interleaving of the links between cores, and checks what a client could observe.
 
+mod common;
 mod sim;
 
 use bytes::Bytes;

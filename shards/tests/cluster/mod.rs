@@ -63,7 +63,7 @@ pub struct Cluster {
     /// Rounds a write takes to land.
     pub write_delay: u64,
     pub step: u64,
-    rng: u64,
+    rng: crate::common::SeededRng,
     /// Every token a proposer was told committed, per group, with its data.
     pub acknowledged: Vec<Vec<Bytes>>,
     /// Every token a proposer was told was lost.
@@ -104,7 +104,7 @@ impl Cluster {
             loss_per_mille: 0,
             write_delay: 1,
             step: 0,
-            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            rng: crate::common::SeededRng::new(seed),
             acknowledged: vec![Vec::new(); groups as usize],
             lost: 0,
             next_token: 1,
@@ -159,12 +159,7 @@ impl Cluster {
     }
 
     fn random(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.rng.next()
     }
 
     pub fn cut(&mut self, a: u64, b: u64) {

@@ -120,7 +120,7 @@ pub struct Sim {
     answers_due: Vec<u64>,
     /// Registry changes in flight: job -> shards still to answer.
     pending_jobs: HashMap<u64, usize>,
-    rng: u64,
+    rng: crate::common::SeededRng,
     guid: u64,
 }
 
@@ -173,7 +173,7 @@ impl Sim {
             answering: HashSet::new(),
             answers_due: Vec::new(),
             pending_jobs: HashMap::new(),
-            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            rng: crate::common::SeededRng::new(seed),
             guid: 0,
         }
     }
@@ -183,13 +183,7 @@ impl Sim {
     }
 
     fn next_random(&mut self) -> u64 {
-        // xorshift64*
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.rng.next()
     }
 
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
