@@ -265,7 +265,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         }
     }
     let ft = opts.streaming.ft_group.is_some();
-    let role = Arc::new(Role::new(ft, crate::util::nuid::nuid()));
+    let server_nuid = crate::util::nuid::nuid();
     // FT servers share the directory: the one holding its lock is active (stan::ft). Any
     // other server owns its directory alone.
     let store_dir = match (&opts.streaming.store, &opts.streaming.dir) {
@@ -273,17 +273,59 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
         _ => None,
     };
     let store_lock = match &store_dir {
-        Some(dir) if !ft => Some(lock_store_directory(dir, &role.server_id)?),
+        Some(dir) if !ft => Some(lock_store_directory(dir, &server_nuid)?),
         _ => None,
     };
-    let kept_ack_key = match &store_dir {
+    let cluster = opts.streaming.cluster.as_ref();
+    // Clustered: the node's name is drawn (a NUID, as the reference's) unless configured; the
+    // one kept in server.dat wins.
+    let wanted_node = cluster.map(|c| c.node_id.clone().unwrap_or_else(crate::util::nuid::nuid));
+    let server_file = match &store_dir {
         Some(dir) if !ft => Some(
-            shards::store::file::check_server_file(dir, &opts.streaming.cluster_id)
-                .map_err(|msg| ServerError::Core { core: 0, msg })?,
+            shards::store::file::open_server_file(
+                dir,
+                &opts.streaming.cluster_id,
+                wanted_node.as_deref(),
+            )
+            .map_err(|msg| ServerError::Core { core: 0, msg })?,
         ),
         _ => None,
     };
-    let ack_key = match kept_ack_key {
+    let role = match (cluster, &server_file) {
+        (Some(c), Some(file)) => {
+            let mut warnings = Vec::new();
+            let setup = crate::stan::cluster::setup::prepare(
+                &opts.streaming.cluster_id,
+                c,
+                file,
+                ncores,
+                &mut warnings,
+            )
+            .map_err(|e| ServerError::Core {
+                core: 0,
+                msg: e.to_string(),
+            })?;
+            for w in warnings {
+                log::warn!("STAN: {w}");
+            }
+            log::warn!(
+                "STAN: cluster node {:?} (raft ID {}): this build's clustering is a preview ({}={}): the raft groups elect and replicate, but no streaming request is answered",
+                setup.node_name,
+                setup.node_id,
+                crate::stan::cluster::CLUSTER_PREVIEW_ENV,
+                crate::stan::cluster::CLUSTER_PREVIEW_VALUE
+            );
+            Arc::new(Role::clustered(server_nuid, setup))
+        }
+        (Some(_), None) => {
+            return Err(ServerError::Core {
+                core: 0,
+                msg: "stan: clustering mode needs a FILE store with a directory".into(),
+            })
+        }
+        (None, _) => Arc::new(Role::new(ft, server_nuid)),
+    };
+    let ack_key = match server_file.map(|f| f.ack_key) {
         Some(material) => AckKey::new(&material),
         None => AckKey::random().map_err(|_| ServerError::Core {
             core: 0,
@@ -487,6 +529,7 @@ async fn run_core(
     core.set_tls(tls.clone());
     // Registered before the mesh is read, so no streaming message from a peer finds it absent.
     let ft = role.is_ft();
+    let clustered = role.cluster.is_some();
     let streaming = Streaming::start(core.clone(), &opts, directory, ack_key, role);
     streaming.stop_answering_when(lifecycle.streaming_stopped.clone());
     // An FT standby opens the store only once it holds the lock.
@@ -498,8 +541,9 @@ async fn run_core(
     }
     if id == 0 && opts.streaming.nats_server.is_none() {
         crate::nats::route::start(&core).map_err(|msg| ServerError::Core { core: id, msg })?;
-        // FT servers share a cluster ID by design; the lock decides among them.
-        if !ft {
+        // FT servers share a cluster ID by design (the lock decides among them), and so do
+        // the nodes of a raft cluster.
+        if !ft && !clustered {
             streaming
                 .refuse_if_served_elsewhere()
                 .await
@@ -569,6 +613,10 @@ async fn run_core(
             })?,
         )
     };
+    streaming
+        .start_raft()
+        .await
+        .map_err(|msg| ServerError::Core { core: id, msg })?;
     let _ = ready.send(Ok(id));
     if let (Some(ft), Some(dir)) = (streaming.ft.clone(), opts.streaming.dir.clone()) {
         core.tasks

@@ -430,6 +430,9 @@ pub struct ClusterOptions {
     pub bolt_free_list_sync: bool,
     pub bolt_free_list_map: bool,
     pub nodes_connections: bool,
+    /// stanza's own key: how many partitions (raft groups of channels) the cluster has, fixed
+    /// when it is bootstrapped.
+    pub partitions: u32,
 }
 
 impl Default for ClusterOptions {
@@ -453,6 +456,7 @@ impl Default for ClusterOptions {
             bolt_free_list_sync: false,
             bolt_free_list_map: false,
             nodes_connections: false,
+            partitions: shards::raft::partitions::DEFAULT_PARTITIONS,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! I/O shim, one dispatch table of endpoints, and the reference's response conventions
 //! (pretty JSON, `Access-Control-Allow-Origin: *`, JSONP with `?callback=`).
 
-use super::{nats_endpoints, streaming_endpoints, Monitor};
+use super::{clusterz, nats_endpoints, streaming_endpoints, Monitor};
 use crate::nats::transport::Transport;
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -174,6 +174,7 @@ async fn handle(monitor: &Monitor, req: Request<Incoming>) -> Response<Full<Byte
         "/streaming/storez" => streaming_endpoints::storez(monitor).await,
         "/streaming/clientsz" => streaming_endpoints::clientsz(monitor, &query).await,
         "/streaming/channelsz" => streaming_endpoints::channelsz(monitor, &query).await,
+        "/streaming/clusterz" => clusterz::clusterz(monitor).await,
         "/streaming/isFTActive" => {
             // 200 only on the FT active server (standalone and standby: 204, as the reference).
             let active = is_ft_active(monitor);
@@ -243,6 +244,7 @@ const STREAMING_INDEX: &str = r#"<html lang="en">
 <a href="streaming/storez">store</a><br/>
 <a href="streaming/clientsz">clients</a><br/>
 <a href="streaming/channelsz">channels</a><br/>
+<a href="streaming/clusterz">cluster</a><br/>
 </body>
 </html>
 "#;

@@ -2,6 +2,7 @@
 //! streaming ones (`/streaming/*`) with the reference's JSON field names, served from core 0
 //! with figures gathered from every core.
 
+pub mod clusterz;
 pub mod format;
 pub mod http;
 pub mod nats_endpoints;

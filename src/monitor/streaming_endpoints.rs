@@ -88,6 +88,12 @@ pub async fn serverz(m: &Monitor) -> Reply {
         "out_bytes": sum(|r| r.stan_out_bytes),
     });
     if let Some(obj) = v.as_object_mut() {
+        if let Some(setup) = &m.node.role.cluster {
+            if let Some(role) = super::clusterz::node_role(m) {
+                obj.insert("role".into(), json!(role));
+            }
+            obj.insert("node_id".into(), json!(setup.node_name));
+        }
         if let Some(n) = open_fds {
             obj.insert("open_fds".into(), json!(n));
         }
@@ -132,7 +138,10 @@ pub async fn storez(m: &Monitor) -> Reply {
         "cluster_id": m.opts.streaming.cluster_id,
         "server_id": m.node.role.server_id,
         "now": now(),
-        "type": m.opts.streaming.store.name(),
+        "type": match &m.node.role.cluster {
+            Some(_) => format!("RAFT_{}", m.opts.streaming.store.name()),
+            None => m.opts.streaming.store.name().to_string(),
+        },
         "limits": limits,
         "total_msgs": chans.iter().map(|c| c.msgs).sum::<u64>(),
         "total_bytes": chans.iter().map(|c| c.bytes).sum::<u64>(),

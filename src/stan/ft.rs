@@ -64,7 +64,7 @@ impl Ft {
         match node.role.state() {
             State::Standby => self.heard.notify(),
             State::Activating | State::Active => self.check_other_active(node, payload),
-            State::Standalone | State::Failed => {}
+            State::Standalone | State::Failed | State::Clustered => {}
         }
     }
 

@@ -93,6 +93,10 @@ pub enum ControlMsg {
     FtMessage {
         payload: Bytes,
     },
+    /// Clustering: a raft batch received on another core, for the core owning its group.
+    Raft {
+        payload: Bytes,
+    },
     /// Monitoring: report this core's figures to the asking core.
     Snapshot {
         token: u64,

@@ -9,6 +9,7 @@
 //! `Shard::publish` decodes, stores, queues the PubAck and deliveries; `Streaming::flush` publishes
 //! them through core NATS, which routes each to the core of the connection it is for.
 
+pub mod cluster;
 pub mod control;
 pub mod directory;
 pub mod driver;

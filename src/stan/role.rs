@@ -1,9 +1,10 @@
 //! Whether this process's streaming server answers requests, one value shared by every core.
 //! A standalone server answers from start-up. In FT mode it stands by (serving NATS and
 //! monitoring only) until core 0 holds the store lock and every core has opened its part of
-//! the store (`ft.rs`).
+//! the store (`ft.rs`). A clustered node (`cluster/`) reports CLUSTERED; this build's
+//! clustering is a consensus-only preview, which answers no streaming request.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -16,6 +17,8 @@ pub enum State {
     Active,
     /// FT mode, the take-over failed (the process is exiting).
     Failed,
+    /// Raft clustering (the preview: groups elect and replicate, nothing is served).
+    Clustered,
 }
 
 impl State {
@@ -26,6 +29,7 @@ impl State {
             State::Standby => "FT_STANDBY",
             State::Activating | State::Active => "FT_ACTIVE",
             State::Failed => "FAILED",
+            State::Clustered => "CLUSTERED",
         }
     }
 
@@ -35,6 +39,7 @@ impl State {
             1 => State::Standby,
             2 => State::Activating,
             3 => State::Active,
+            5 => State::Clustered,
             _ => State::Failed,
         }
     }
@@ -46,6 +51,7 @@ impl State {
             State::Activating => 2,
             State::Active => 3,
             State::Failed => 4,
+            State::Clustered => 5,
         }
     }
 }
@@ -55,6 +61,10 @@ pub struct Role {
     /// The streaming server's ID: a NUID made at each start, as the reference's (monitoring
     /// reports it; FT heartbeats carry it).
     pub server_id: String,
+    /// Clustered: this node's name, log and timers, decided at start-up.
+    pub cluster: Option<crate::stan::cluster::setup::ClusterSetup>,
+    /// Clustered: the metadata group's leader as core 0 last saw it (raft ID, 0: none).
+    pub metadata_leader: AtomicU64,
 }
 
 impl Role {
@@ -67,6 +77,18 @@ impl Role {
         Role {
             state: AtomicU8::new(state.to_u8()),
             server_id,
+            cluster: None,
+            metadata_leader: AtomicU64::new(0),
+        }
+    }
+
+    /// A clustered node's role.
+    pub fn clustered(server_id: String, setup: crate::stan::cluster::setup::ClusterSetup) -> Role {
+        Role {
+            state: AtomicU8::new(State::Clustered.to_u8()),
+            server_id,
+            cluster: Some(setup),
+            metadata_leader: AtomicU64::new(0),
         }
     }
 
@@ -79,7 +101,7 @@ impl Role {
     }
 
     pub fn is_ft(&self) -> bool {
-        self.state() != State::Standalone
+        !matches!(self.state(), State::Standalone | State::Clustered)
     }
 
     /// Whether streaming requests are answered.

@@ -329,6 +329,7 @@ impl Streaming {
                     ft.core_reported(result);
                 }
             }
+            ControlMsg::Raft { payload } => self.raft_receive(&payload),
             ControlMsg::Snapshot { token } => {
                 let snapshot = Box::new(snapshot::take(self));
                 self.send_control(from, ControlMsg::SnapshotReply { token, snapshot });
@@ -359,6 +360,18 @@ impl InternalHandler for Streaming {
                 None => {}
             }
             return Handled::No;
+        }
+        match kind {
+            Kind::Raft { node, group } if self.role.cluster.is_some() => {
+                self.on_raft(node, group, msg.share(msg.payload));
+                return Handled::Yes;
+            }
+            Kind::RaftBootstrap => {
+                self.on_raft_bootstrap(msg.payload);
+                return Handled::No;
+            }
+            Kind::Raft { .. } => return Handled::No,
+            _ => {}
         }
         if self.is_stopped() {
             return Handled::No;
@@ -457,7 +470,7 @@ impl InternalHandler for Streaming {
             Kind::Discover => self.send_control(0, ControlMsg::Connect { payload, reply }),
             Kind::Close => self.send_control(0, ControlMsg::Close { payload, reply }),
             Kind::Ping => self.ping(&payload, reply.as_ref()),
-            Kind::Ft | Kind::Partitions => {}
+            Kind::Ft | Kind::Partitions | Kind::Raft { .. } | Kind::RaftBootstrap => {}
         }
         Handled::Yes
     }

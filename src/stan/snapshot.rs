@@ -68,6 +68,8 @@ pub struct CoreSnapshot {
     pub channels: Vec<ChannelSnapshot>,
     /// Registered clients (id, heartbeat inbox): core 0 only, where the registry lives.
     pub clients: Vec<(String, String)>,
+    /// Clustered: this core's raft groups.
+    pub raft: Vec<crate::stan::cluster::host::GroupStatus>,
 }
 
 /// This core's report.
@@ -109,6 +111,9 @@ pub fn take(node: &Streaming) -> CoreSnapshot {
             version: opts.version.clone(),
             user: opts.user.clone().unwrap_or_default(),
         });
+    }
+    if let Some(host) = node.raft.borrow().as_ref() {
+        snap.raft = host.status();
     }
     let shard = node.shard.borrow();
     snap.stan_in_msgs = shard.stats.in_msgs;

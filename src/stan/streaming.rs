@@ -101,6 +101,8 @@ pub struct Streaming {
     pub(super) remote_batches: RefCell<Vec<Vec<DataMsg>>>,
     pub(super) remote_scheduled: Cell<bool>,
     pub(super) me: RefCell<Weak<Streaming>>,
+    /// Clustered: this core's raft groups (`cluster/host.rs`), once opened.
+    pub raft: RefCell<Option<Rc<super::cluster::host::RaftHost>>>,
 }
 
 impl Streaming {
@@ -171,6 +173,7 @@ impl Streaming {
             last_now: Cell::new(time::now()),
             gathers: Gathering::default(),
             me: RefCell::new(Weak::new()),
+            raft: RefCell::new(None),
         });
         *node.me.borrow_mut() = Rc::downgrade(&node);
         if core.id == 0 && s.nats_server.is_none() {
@@ -206,7 +209,10 @@ impl Streaming {
     /// The subjects the streaming server listens on now: the FT subject in FT mode, and the
     /// request and inbox subjects unless it stands by.
     pub fn served_subjects(&self) -> Vec<String> {
-        let standing_by = matches!(self.role.state(), State::Standby | State::Failed);
+        let standing_by = matches!(
+            self.role.state(),
+            State::Standby | State::Failed | State::Clustered
+        );
         self.streaming_subjects(!standing_by)
     }
 
@@ -218,6 +224,7 @@ impl Streaming {
             Vec::new()
         };
         subjects.extend(self.subjects.ft.clone());
+        subjects.extend(self.cluster_subjects());
         subjects
     }
 

@@ -23,6 +23,9 @@ pub struct Subjects {
     pub ft: Option<String>,
     /// Partitioning: `_STAN.part.<cid>`, where servers sharing the cluster ID send their lists.
     pub partitions: String,
+    /// Clustering: `_STAN.raft.<cid>.`, followed by `<node raft ID>.<group>` (a raft batch for
+    /// that node's group) or `bootstrap` (a bootstrapped node's announcement).
+    pub raft_root: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +50,13 @@ pub enum Kind<'a> {
     Ft,
     /// Another partitioned server's channel list.
     Partitions,
+    /// Clustering: a raft batch for a node's group.
+    Raft {
+        node: u64,
+        group: u32,
+    },
+    /// Clustering: a node started with `bootstrap` says so.
+    RaftBootstrap,
 }
 
 impl Subjects {
@@ -66,6 +76,7 @@ impl Subjects {
             reply_root: format!("_STAN.reply.{cluster_id}."),
             ft: ft_group.map(|g| format!("_STAN.ft.{cluster_id}.{g}")),
             partitions: format!("_STAN.part.{cluster_id}"),
+            raft_root: format!("_STAN.raft.{cluster_id}."),
         }
     }
 
@@ -82,6 +93,16 @@ impl Subjects {
     /// The prefix of the server's reply inboxes of shard `shard` (`reply_inbox`).
     pub fn reply_prefix(&self, shard: usize) -> String {
         format!("{}{shard}.", self.reply_root)
+    }
+
+    /// Clustering: where bootstrapped nodes announce themselves.
+    pub fn raft_bootstrap(&self) -> String {
+        format!("{}bootstrap", self.raft_root)
+    }
+
+    /// Clustering: every raft batch for node `node` (announced to routes).
+    pub fn raft_for_node(&self, node: u64) -> String {
+        format!("{}{node}.>", self.raft_root)
     }
 
     /// The subjects of client requests. With partitioning (`channels`: this server's list)
@@ -151,6 +172,18 @@ impl Subjects {
         if self.partitions.as_bytes() == subject {
             return Some(Kind::Partitions);
         }
+        if let Some(rest) = subject.strip_prefix(self.raft_root.as_bytes()) {
+            if rest == b"bootstrap" {
+                return Some(Kind::RaftBootstrap);
+            }
+            let dot = rest.iter().position(|b| *b == b'.')?;
+            let node = leading_number(&rest[..dot])?;
+            let group = u32::try_from(leading_number(&rest[dot + 1..])?).ok()?;
+            if rest[dot + 1..].contains(&b'.') {
+                return None;
+            }
+            return Some(Kind::Raft { node, group });
+        }
         exact
             .into_iter()
             .find(|(s, _)| *s == subject)
@@ -215,6 +248,19 @@ mod tests {
             s.classify(b"_STAN.part.test-cluster"),
             Some(Kind::Partitions)
         );
+        assert_eq!(
+            s.classify(b"_STAN.raft.test-cluster.123.4"),
+            Some(Kind::Raft {
+                node: 123,
+                group: 4
+            })
+        );
+        assert_eq!(
+            s.classify(b"_STAN.raft.test-cluster.bootstrap"),
+            Some(Kind::RaftBootstrap)
+        );
+        assert_eq!(s.classify(b"_STAN.raft.test-cluster.123.4.5"), None);
+        assert_eq!(s.classify(b"_STAN.raft.test-cluster.x.4"), None);
         assert_eq!(s.classify(b"_STAN.discover.other"), None);
         assert_eq!(s.classify(b"_STAN.ack.test-cluster.x.1"), None);
         assert_eq!(s.classify(b"foo"), None);

@@ -202,6 +202,23 @@ impl Group {
         self.node.store()
     }
 
+    /// As leader: how far each member's log is known to match this one's (raft ID, index), in
+    /// member order; empty on other nodes, which do not track it.
+    pub fn matched(&self) -> Vec<(u64, u64)> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let mut out: Vec<(u64, u64)> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, pr)| (*id, pr.matched))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// The voting members, in order.
     pub fn voters(&self) -> Vec<u64> {
         let mut voters = self.node.store().conf_state().voters.clone();

@@ -25,7 +25,7 @@ pub use group::{Group, GroupConfig, GroupError, GroupReady, Outcome};
 pub use log::{GroupLog, LogError};
 pub use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, Message};
 pub use raft::StateRole;
-pub use shard_groups::{PendingWrite, ReceiveError, ShardGroups, SnapshotPolicy, Turn};
+pub use shard_groups::{Outgoing, PendingWrite, ReceiveError, ShardGroups, SnapshotPolicy, Turn};
 
 /// A normal entry whose data names its index and term (the unit tests' log content).
 #[cfg(test)]

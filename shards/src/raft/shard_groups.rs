@@ -36,11 +36,21 @@ pub struct PendingWrite {
     after: Vec<(u32, Message)>,
 }
 
+/// One group's messages for one node, encoded as a batch: they travel on a subject naming
+/// both, so the receiving node hands them to the core that owns the group without decoding
+/// (nodes may run different core counts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub to: u64,
+    pub group: u32,
+    pub bytes: Vec<u8>,
+}
+
 /// What one call of `ready` wants done.
 #[derive(Debug, Default)]
 pub struct Turn {
-    /// Encoded batches to send now, by destination node.
-    pub send_now: Vec<(u64, Vec<u8>)>,
+    /// Encoded batches to send now, by destination node and group.
+    pub send_now: Vec<Outgoing>,
     pub write: Option<PendingWrite>,
     /// Snapshots received from a leader: the group's state is replaced by each (before its
     /// committed entries below are applied).
@@ -271,7 +281,7 @@ impl ShardGroups {
 
     /// The write of a turn landed (writes land in the order their turns made them): the groups
     /// learn it, and the messages that waited for it go out.
-    pub fn written(&mut self, write: PendingWrite) -> Vec<(u64, Vec<u8>)> {
+    pub fn written(&mut self, write: PendingWrite) -> Vec<Outgoing> {
         for (id, number) in write.readies {
             if let Some(g) = self.groups.get_mut(&id) {
                 g.persisted(number);
@@ -280,15 +290,19 @@ impl ShardGroups {
         self.by_destination(write.after)
     }
 
-    /// One encoded batch per destination node.
-    fn by_destination(&self, messages: Vec<(u32, Message)>) -> Vec<(u64, Vec<u8>)> {
-        let mut by_node: BTreeMap<u64, Vec<(u32, Message)>> = BTreeMap::new();
+    /// One encoded batch per destination node and group.
+    fn by_destination(&self, messages: Vec<(u32, Message)>) -> Vec<Outgoing> {
+        let mut by_node: BTreeMap<(u64, u32), Vec<(u32, Message)>> = BTreeMap::new();
         for (group, m) in messages {
-            by_node.entry(m.to).or_default().push((group, m));
+            by_node.entry((m.to, group)).or_default().push((group, m));
         }
         by_node
             .into_iter()
-            .map(|(to, messages)| (to, wire::encode_batch(self.node_id, to, &messages)))
+            .map(|((to, group), messages)| Outgoing {
+                to,
+                group,
+                bytes: wire::encode_batch(self.node_id, to, &messages),
+            })
             .collect()
     }
 }

@@ -51,16 +51,44 @@ pub fn channel_name_from_dir(dir: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// What `server.dat` holds besides the cluster ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFile {
+    /// The ack key material (ack_key.rs).
+    pub ack_key: [u8; KEY_LEN],
+    /// Clustered: this node's name, stored at its first clustered start; it wins over the
+    /// configured one at every later start (the reference keeps it in `ServerInfo.NodeID`).
+    pub node_id: Option<String>,
+    /// The file was there: the store holds state from an earlier start.
+    pub recovered: bool,
+}
+
+/// The reference's refusal of a store written by a standalone server, started clustered.
+pub const NOT_PREVIOUSLY_CLUSTERED: &str =
+    "stan: cannot restart server in clustered mode if it was not previously clustered";
+
 /// Checks (or creates) `server.dat`: a directory written for another cluster ID is refused,
 /// with the reference's text. Returns the ack key material kept there (ack_key.rs), made and
 /// written on first use (a store from before it gets one, and its old ack inboxes stop
 /// acking: their messages are redelivered, as after any lost ack).
 pub fn check_server_file(root: &Path, cluster_id: &str) -> Result<[u8; KEY_LEN], String> {
+    open_server_file(root, cluster_id, None).map(|f| f.ack_key)
+}
+
+/// `check_server_file`, and for a clustered start (`node_id`: the configured or drawn name)
+/// the node's name: the stored one if there is one; else, on a new store, `node_id`, written
+/// down; a store with state from a standalone server is refused (the reference's text).
+pub fn open_server_file(
+    root: &Path,
+    cluster_id: &str,
+    node_id: Option<&str>,
+) -> Result<ServerFile, String> {
     std::fs::create_dir_all(root.join("channels"))
         .map_err(|e| format!("cannot create the store directory {}: {e}", root.display()))?;
     let path = root.join("server.dat");
     let mut key = None;
-    match std::fs::read_to_string(&path) {
+    let mut stored_node = None;
+    let recovered = match std::fs::read_to_string(&path) {
         Ok(text) => {
             let mut version = None;
             let mut stored = None;
@@ -68,6 +96,9 @@ pub fn check_server_file(root: &Path, cluster_id: &str) -> Result<[u8; KEY_LEN],
                 match line.split_once('=') {
                     Some(("format", v)) => version = v.trim().parse::<u32>().ok(),
                     Some(("cluster_id", v)) => stored = Some(v.trim().to_string()),
+                    Some(("node_id", v)) if !v.trim().is_empty() => {
+                        stored_node = Some(v.trim().to_string())
+                    }
                     Some(("ack_key", v)) => {
                         key = Some(parse_key(v.trim()).ok_or_else(|| {
                             format!("{}: ack_key is not {KEY_LEN} bytes of hex", path.display())
@@ -91,25 +122,45 @@ pub fn check_server_file(root: &Path, cluster_id: &str) -> Result<[u8; KEY_LEN],
                 }
                 _ => return Err(format!("{}: not a stanza store file", path.display())),
             }
+            true
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    if recovered && node_id.is_some() && stored_node.is_none() {
+        return Err(NOT_PREVIOUSLY_CLUSTERED.to_string());
     }
-    if let Some(key) = key {
-        return Ok(key);
+    let node = stored_node.or_else(|| node_id.map(str::to_string));
+    if let (Some(key), true) = (key, recovered) {
+        return Ok(ServerFile {
+            ack_key: key,
+            node_id: node,
+            recovered,
+        });
     }
-    let key = crate::ack_key::random_material()
-        .map_err(|_| "no random bytes from the operating system".to_string())?;
+    let key = match key {
+        Some(key) => key,
+        None => crate::ack_key::random_material()
+            .map_err(|_| "no random bytes from the operating system".to_string())?,
+    };
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let node_line = node
+        .as_deref()
+        .map(|n| format!("node_id={n}\n"))
+        .unwrap_or_default();
     let tmp = root.join("server.dat.tmp");
     std::fs::write(
         &tmp,
-        format!("format={FORMAT_VERSION}\ncluster_id={cluster_id}\nack_key={hex}\n"),
+        format!("format={FORMAT_VERSION}\ncluster_id={cluster_id}\nack_key={hex}\n{node_line}"),
     )
     .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
     .and_then(|_| std::fs::rename(&tmp, &path))
     .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(key)
+    Ok(ServerFile {
+        ack_key: key,
+        node_id: node,
+        recovered,
+    })
 }
 
 fn parse_key(hex: &str) -> Option<[u8; KEY_LEN]> {
@@ -1072,6 +1123,26 @@ mod tests {
         assert_eq!(
             check_server_file(&root, "two").unwrap_err(),
             "cluster ID \"two\" does not match recovered value of \"one\""
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn server_file_keeps_the_first_node_id_and_refuses_standalone_state() {
+        let root = std::env::temp_dir().join(format!("stanza-srvnode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let first = open_server_file(&root, "c", Some("a")).unwrap();
+        assert_eq!(first.node_id.as_deref(), Some("a"));
+        assert!(!first.recovered);
+        let again = open_server_file(&root, "c", Some("b")).unwrap();
+        assert_eq!(again.node_id.as_deref(), Some("a"), "the stored name wins");
+        assert!(again.recovered);
+        assert_eq!(again.ack_key, first.ack_key);
+        let _ = std::fs::remove_dir_all(&root);
+        check_server_file(&root, "c").unwrap();
+        assert_eq!(
+            open_server_file(&root, "c", Some("a")).unwrap_err(),
+            NOT_PREVIOUSLY_CLUSTERED
         );
         let _ = std::fs::remove_dir_all(&root);
     }

@@ -18,8 +18,8 @@
 use bytes::Bytes;
 use shards::raft::{log_file, wire};
 use shards::raft::{
-    ConfChangeV2, Entry, Group, GroupConfig, GroupLog, Outcome, PendingWrite, ShardGroups,
-    StateRole,
+    ConfChangeV2, Entry, Group, GroupConfig, GroupLog, Outcome, Outgoing, PendingWrite,
+    ShardGroups, StateRole,
 };
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -365,8 +365,8 @@ impl Cluster {
         }
     }
 
-    fn send(&mut self, from: u64, batches: Vec<(u64, Vec<u8>)>) {
-        for (to, bytes) in batches {
+    fn send(&mut self, from: u64, batches: Vec<Outgoing>) {
+        for Outgoing { to, bytes, .. } in batches {
             if let Some(recorded) = &mut self.recorded {
                 recorded.push(bytes.clone());
             }

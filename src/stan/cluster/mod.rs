@@ -1,0 +1,144 @@
+//! Raft clustering in the server (issue 18): the start-up decisions (`setup.rs`), one core's
+//! groups with their log file and loop (`host.rs`), and here how raft traffic reaches them.
+//! Batches travel as NATS messages on `_STAN.raft.<cid>.<node raft ID>.<group>`, over routes
+//! or an external NATS server (`-ns`) alike: core 0 announces `_STAN.raft.<cid>.<own ID>.>` to
+//! routes and passes each batch to the core owning its group (named by the subject, so it is
+//! not decoded on the way); with `-ns` every core subscribes its own groups' subjects.
+//!
+//! This build runs the groups (elections, log replication, the log on disk, snapshots by
+//! `trailing_logs`) but puts no streaming state through them yet: a clustered node answers no
+//! streaming request, and it starts only when `STANZA_CLUSTER_PREVIEW=consensus` says that is
+//! wanted (else the configuration is refused as not built).
+
+pub mod host;
+pub mod setup;
+
+use super::messages::ControlMsg;
+use super::streaming::Streaming;
+use bytes::Bytes;
+use host::RaftHost;
+use shards::raft::partitions::shard_of_group;
+use std::rc::Rc;
+use std::time::Duration;
+
+pub use crate::config::banner::{
+    cluster_preview_enabled, CLUSTER_PREVIEW_ENV, CLUSTER_PREVIEW_VALUE,
+};
+
+/// How often a bootstrapped node announces itself (the reference's 1 s).
+const BOOTSTRAP_ANNOUNCE: Duration = Duration::from_secs(1);
+/// How long a node ending for a second bootstrapped node lets its last announcement travel.
+const BOOTSTRAP_GUARD_LINGER: Duration = Duration::from_millis(300);
+
+impl Streaming {
+    /// Clustered: the subjects core 0 announces to routes for raft traffic.
+    pub(super) fn cluster_subjects(&self) -> Vec<String> {
+        match &self.role.cluster {
+            Some(setup) => vec![
+                self.subjects.raft_for_node(setup.node_id),
+                self.subjects.raft_bootstrap(),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// Clustered: opens this core's groups and starts driving them (with `-ns`, after
+    /// subscribing their subjects); core 0 of a bootstrapped node starts announcing it.
+    pub async fn start_raft(self: &Rc<Self>) -> Result<(), String> {
+        let Some(setup) = &self.role.cluster else {
+            return Ok(());
+        };
+        let host = RaftHost::open(
+            setup,
+            &self.subjects.cluster_id,
+            self.core.id,
+            self.core.ncores,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let host = Rc::new(host);
+        *self.raft.borrow_mut() = Some(host.clone());
+        let external = self.external.borrow().clone();
+        if let Some(ext) = external {
+            for subject in host.own_subjects() {
+                ext.subscribe(&subject);
+            }
+            if self.core.id == 0 {
+                ext.subscribe(&self.subjects.raft_bootstrap());
+            }
+        }
+        let me = self.clone();
+        self.core.tasks.spawn("raft groups", None, async move {
+            let role = me.role.clone();
+            host.run(
+                |subject, bytes| {
+                    me.publish(subject.as_bytes(), None, &bytes);
+                },
+                &role.metadata_leader,
+            )
+            .await
+        });
+        if self.core.id == 0 && setup.announces_bootstrap {
+            let me = self.clone();
+            let name = Bytes::from(setup.node_name.clone());
+            self.core.tasks.spawn("raft bootstrap", None, async move {
+                let subject = me.subjects.raft_bootstrap();
+                loop {
+                    me.publish(subject.as_bytes(), None, &name);
+                    glommio::timer::sleep(BOOTSTRAP_ANNOUNCE).await;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// A raft batch for `node`'s `group`: to the core that owns the group.
+    pub(super) fn on_raft(&self, node: u64, group: u32, payload: Bytes) {
+        let Some(setup) = &self.role.cluster else {
+            return;
+        };
+        if node != setup.node_id {
+            return;
+        }
+        let owner = shard_of_group(group, self.core.ncores);
+        if owner == self.core.id {
+            self.raft_receive(&payload);
+        } else {
+            self.send_control(owner, ControlMsg::Raft { payload });
+        }
+    }
+
+    pub(super) fn raft_receive(&self, payload: &[u8]) {
+        // Before this core's groups are open a batch is dropped: raft sends again.
+        let host = self.raft.borrow().clone();
+        if let Some(host) = host {
+            host.receive(payload);
+        }
+    }
+
+    /// A bootstrapped node's announcement: two nodes that both bootstrapped would each lead a
+    /// cluster of their own, so a bootstrapped node that hears another ends (the reference's
+    /// split-brain guard, with its text).
+    pub(super) fn on_raft_bootstrap(&self, payload: &[u8]) {
+        let Some(setup) = &self.role.cluster else {
+            return;
+        };
+        if !setup.announces_bootstrap || payload == setup.node_name.as_bytes() {
+            return;
+        }
+        log::error!(
+            "STAN: Server {:?} was also started with -cluster_bootstrap",
+            String::from_utf8_lossy(payload)
+        );
+        // Announce once more before ending, so that the other node (which may have started
+        // after our last announcement) ends too, instead of leading a cluster of its own.
+        let name = Bytes::from(setup.node_name.clone());
+        self.publish(self.subjects.raft_bootstrap().as_bytes(), None, &name);
+        glommio::spawn_local(async {
+            glommio::timer::sleep(BOOTSTRAP_GUARD_LINGER).await;
+            log::logger().flush();
+            std::process::exit(1);
+        })
+        .detach();
+    }
+}

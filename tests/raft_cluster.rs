@@ -1,0 +1,386 @@
+//! Raft clustering (issue 18) with real processes on loopback, in the consensus-only preview
+//! this build starts with `STANZA_CLUSTER_PREVIEW=consensus`: three nodes in the clustering
+//! post's shape (`node_id`, `peers`, routes listing every node), on different core counts,
+//! elect one leader for the metadata group and every partition group and put them all on one
+//! node; after a kill -9 of that node the others elect a new one, within a bound, and all
+//! groups follow it; the killed node restarts from its log (its stored name winning over a
+//! changed configuration) and catches up. Nodes on an external nats-server (`-ns`) take part
+//! the same way. And the reference's start-up refusals, with its texts.
+
+mod common;
+
+use common::{Server, TempDir};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Far above what the nodes need (elections after 0.5-1 s of silence); a miss is a failure
+/// to converge, not slowness.
+const CONVERGE: Duration = Duration::from_secs(20);
+
+fn preview_on() {
+    // Every test here runs clustered nodes; the variable is inherited by them.
+    std::env::set_var("STANZA_CLUSTER_PREVIEW", "consensus");
+}
+
+struct Node {
+    name: String,
+    server: Option<Server>,
+    client: u16,
+    monitor: u16,
+    cores: usize,
+    config: String,
+    /// Where the store and the raft log live: kept across restarts.
+    dir: TempDir,
+}
+
+impl Node {
+    fn start(&mut self) {
+        let m = self.monitor.to_string();
+        let cores = self.cores.to_string();
+        self.server = Some(Server::start_on(
+            self.client,
+            Some(&self.config),
+            &["--cores", &cores, "-m", &m],
+        ));
+    }
+
+    fn kill(&mut self) {
+        if let Some(s) = self.server.as_ref() {
+            s.signal(libc::SIGKILL);
+        }
+        if let Some(mut s) = self.server.take() {
+            let _ = s.wait_exit(Duration::from_secs(5));
+        }
+    }
+
+    fn clusterz(&self) -> Option<Value> {
+        self.server.as_ref()?;
+        let body = common::http_get(
+            &format!("127.0.0.1:{}", self.monitor),
+            "/streaming/clusterz",
+        );
+        serde_json::from_str(&body).ok()
+    }
+
+    fn serverz(&self) -> Value {
+        let body = common::http_get(&format!("127.0.0.1:{}", self.monitor), "/streaming/serverz");
+        serde_json::from_str(&body).unwrap_or_default()
+    }
+}
+
+fn cluster_config(name: &str, peers: &[&str], route: u16, routes: &[u16], dir: &TempDir) -> String {
+    let list: Vec<String> = routes
+        .iter()
+        .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+        .collect();
+    let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "cluster {{\n  name: raft-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{}]\n  connect_retries: 30\n}}\nstreaming {{\n  cluster_id: raft-test\n  store: file\n  dir: \"{d}/store\"\n  cluster {{\n    node_id: \"{name}\"\n    peers: [{}]\n    log_path: \"{d}/raft\"\n  }}\n}}\n",
+        list.join(", "),
+        peers.join(", "),
+        d = dir.0.display()
+    )
+}
+
+/// Three nodes a, b, c (on 2, 1 and 2 cores), routes to every node, themselves included.
+fn three_nodes() -> Vec<Node> {
+    let routes: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    ["a", "b", "c"]
+        .iter()
+        .zip([2, 1, 2])
+        .zip(&routes)
+        .map(|((name, cores), route)| {
+            let dir = TempDir::new(&format!("raft-{name}"));
+            Node {
+                name: name.to_string(),
+                server: None,
+                client: common::free_port(),
+                monitor: common::free_port(),
+                cores,
+                config: cluster_config(name, &["a", "b", "c"], *route, &routes, &dir),
+                dir,
+            }
+        })
+        .collect()
+}
+
+/// Per running node: group -> (leader name, term, commit index).
+type View = BTreeMap<String, BTreeMap<u64, (String, u64, u64)>>;
+
+fn view(nodes: &[Node]) -> View {
+    let mut out = View::new();
+    for n in nodes {
+        let Some(z) = n.clusterz() else { continue };
+        let groups = z["groups"].as_array().cloned().unwrap_or_default();
+        let per: BTreeMap<u64, (String, u64, u64)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g["group"].as_u64().unwrap_or(u64::MAX),
+                    (
+                        g["leader"].as_str().unwrap_or("").to_string(),
+                        g["term"].as_u64().unwrap_or(0),
+                        g["commit_index"].as_u64().unwrap_or(0),
+                    ),
+                )
+            })
+            .collect();
+        out.insert(n.name.clone(), per);
+    }
+    out
+}
+
+/// The node every running node names as the leader of all 17 groups, once they agree.
+fn agreed_leader(nodes: &[Node]) -> Option<String> {
+    let v = view(nodes);
+    let running = nodes.iter().filter(|n| n.server.is_some()).count();
+    if v.len() != running {
+        return None;
+    }
+    let mut leader = None;
+    for groups in v.values() {
+        if groups.len() != 17 {
+            return None;
+        }
+        for (name, _, _) in groups.values() {
+            if name.is_empty() || leader.get_or_insert(name.clone()) != name {
+                return None;
+            }
+        }
+    }
+    leader
+}
+
+fn wait_agreed_leader(nodes: &[Node], not: Option<&str>) -> (String, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(l) = agreed_leader(nodes) {
+            if Some(l.as_str()) != not {
+                return (l, start.elapsed());
+            }
+        }
+        assert!(
+            start.elapsed() < CONVERGE,
+            "no agreed leader after {CONVERGE:?}: {:#?}",
+            view(nodes)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Exactly one node says `role: Leader` in serverz, and it is `leader`.
+fn check_roles(nodes: &[Node], leader: &str) {
+    for n in nodes.iter().filter(|n| n.server.is_some()) {
+        let z = n.serverz();
+        assert_eq!(z["state"], "CLUSTERED", "{z}");
+        assert_eq!(z["node_id"], n.name.as_str(), "{z}");
+        let want = if n.name == leader {
+            "Leader"
+        } else {
+            "Follower"
+        };
+        assert_eq!(z["role"], want, "node {}: {z}", n.name);
+    }
+}
+
+#[test]
+fn three_nodes_put_every_group_on_one_leader_and_fail_over_after_kill_nine() {
+    preview_on();
+    let mut nodes = three_nodes();
+    for n in &mut nodes {
+        n.start();
+    }
+    let (first, took) = wait_agreed_leader(&nodes, None);
+    eprintln!("first leader {first} of all 17 groups after {took:?}");
+    check_roles(&nodes, &first);
+    let storez = common::http_get(
+        &format!("127.0.0.1:{}", nodes[0].monitor),
+        "/streaming/storez",
+    );
+    assert!(storez.contains("\"RAFT_FILE\""), "{storez}");
+    // A follower's clusterz names the leader; the leader's lists how far each member is.
+    let leader_at = nodes.iter().position(|n| n.name == first).expect("a node");
+    let z = nodes[leader_at].clusterz().expect("clusterz");
+    let meta = &z["groups"][0];
+    assert_eq!(meta["kind"], "metadata");
+    assert_eq!(meta["role"], "Leader");
+    assert_eq!(meta["peers"].as_array().map(Vec::len), Some(3), "{z}");
+
+    let mut leader = first;
+    for round in 0..3 {
+        let at = nodes
+            .iter()
+            .position(|n| n.name == leader)
+            .expect("the leader is a node");
+        nodes[at].kill();
+        let (next, took) = wait_agreed_leader(&nodes, Some(&leader));
+        eprintln!("round {round}: {leader} killed; {next} leads all groups after {took:?}");
+        assert_ne!(next, leader);
+        check_roles(&nodes, &next);
+        // The old leader restarts from its log as a follower and catches up.
+        nodes[at].start();
+        let (again, _) = wait_agreed_leader(&nodes, None);
+        assert_eq!(
+            again, next,
+            "a restarted node does not take leadership back"
+        );
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let v = view(&nodes);
+            let metas: Vec<(u64, u64)> = v
+                .values()
+                .filter_map(|g| g.get(&0).map(|(_, t, c)| (*t, *c)))
+                .collect();
+            if metas.len() == 3 && metas.windows(2).all(|w| w[0] == w[1]) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no catch-up: {v:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        check_roles(&nodes, &next);
+        leader = next;
+    }
+    // Restarted with another name configured: the stored one wins.
+    let at = nodes
+        .iter()
+        .position(|n| n.name != leader)
+        .expect("a follower");
+    nodes[at].kill();
+    nodes[at].config = nodes[at].config.replace(
+        &format!("node_id: \"{}\"", nodes[at].name),
+        "node_id: \"renamed\"",
+    );
+    nodes[at].start();
+    let log = nodes[at].server.as_ref().expect("running").log_text();
+    assert!(log.contains("using the stored one"), "{log}");
+    assert_eq!(nodes[at].serverz()["node_id"], nodes[at].name.as_str());
+    wait_agreed_leader(&nodes, None);
+}
+
+/// Three nodes on one external nats-server (`-ns`): their raft traffic goes through it.
+#[test]
+fn nodes_on_an_external_nats_server_elect_and_fail_over() {
+    preview_on();
+    let Some((_nats, port)) = common::plain_nats_server() else {
+        return;
+    };
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let dir = TempDir::new(&format!("raft-ns-{name}"));
+            let config = format!(
+                "streaming {{\n  cluster_id: raft-ns\n  nats_server_url: \"{url}\"\n  store: file\n  dir: \"{d}/store\"\n  cluster {{\n    node_id: \"{name}\"\n    peers: [\"a\", \"b\", \"c\"]\n    log_path: \"{d}/raft\"\n  }}\n}}\n",
+                d = dir.0.display()
+            );
+            Node {
+                name: name.to_string(),
+                server: None,
+                client: 0,
+                monitor: common::free_port(),
+                cores: 2,
+                config,
+                dir,
+            }
+        })
+        .collect();
+    for n in &mut nodes {
+        let path = n.dir.0.join("node.conf");
+        std::fs::write(&path, &n.config).expect("config");
+        let m = n.monitor.to_string();
+        n.server = Some(Server::start_external(&[
+            "-c",
+            path.to_str().expect("utf-8"),
+            "--cores",
+            "2",
+            "-m",
+            &m,
+        ]));
+    }
+    let (first, _) = wait_agreed_leader(&nodes, None);
+    check_roles(&nodes, &first);
+    let at = nodes.iter().position(|n| n.name == first).expect("a node");
+    nodes[at].kill();
+    let (next, took) = wait_agreed_leader(&nodes, Some(&first));
+    eprintln!("-ns: {first} killed; {next} leads all groups after {took:?}");
+    check_roles(&nodes, &next);
+}
+
+fn refused_with(config: &str) -> String {
+    preview_on();
+    common::refused_config(config)
+}
+
+#[test]
+fn the_references_start_up_refusals() {
+    let dir = TempDir::new("raft-refusals");
+    let d = dir.0.display();
+    let clustered = |extra: &str| {
+        format!(
+            "streaming {{\n  cluster_id: refusals\n  store: file\n  dir: \"{d}/store\"\n  cluster {{\n    node_id: a\n    log_path: \"{d}/raft\"\n    {extra}\n  }}\n}}\n"
+        )
+    };
+    // A store written by a standalone server.
+    let standalone =
+        format!("streaming {{\n  cluster_id: refusals\n  store: file\n  dir: \"{d}/store\"\n}}\n");
+    preview_on();
+    drop(Server::start_with_config(Some(&standalone), &[]));
+    let err = refused_with(&clustered("peers: [a, b]"));
+    assert!(
+        err.contains(
+            "stan: cannot restart server in clustered mode if it was not previously clustered"
+        ),
+        "{err}"
+    );
+    // A clustered store whose raft log was removed (the Docker pitfall).
+    std::fs::remove_dir_all(dir.0.join("store")).expect("clean");
+    let first = Server::start_with_config(Some(&clustered("peers: [a, b]")), &[]);
+    drop(first);
+    std::fs::remove_dir_all(dir.0.join("raft")).expect("remove the log");
+    let err = refused_with(&clustered("peers: [a, b]"));
+    assert!(
+        err.contains(&format!(
+            "streaming state was recovered but cluster log path \"{d}/raft\" is empty"
+        )),
+        "{err}"
+    );
+    // Nothing to bootstrap with and no way to join yet.
+    std::fs::remove_dir_all(dir.0.join("store")).expect("clean");
+    let err = refused_with(&clustered(""));
+    assert!(err.contains("joining a running cluster"), "{err}");
+    // The MEMORY store.
+    let err = refused_with(
+        "streaming {\n  cluster_id: refusals\n  store: memory\n  cluster { node_id: a, peers: [a, b] }\n}\n",
+    );
+    assert!(
+        err.contains("stan: clustering mode not supported with MEMORY store type"),
+        "{err}"
+    );
+}
+
+/// Two nodes both started with `bootstrap` would each make a cluster: the reference's guard
+/// ends them, naming the other.
+#[test]
+fn two_bootstrapped_nodes_refuse_each_other() {
+    preview_on();
+    let routes: Vec<u16> = (0..2).map(|_| common::free_port()).collect();
+    let mut servers = Vec::new();
+    for (i, name) in ["x", "y"].iter().enumerate() {
+        let dir = TempDir::new(&format!("raft-boot-{name}"));
+        let config = cluster_config(name, &[], routes[i], &routes, &dir)
+            .replace("peers: []", "bootstrap: true");
+        servers.push((Server::start_with_config(Some(&config), &[]), dir));
+    }
+    for ((server, _), other) in servers.iter_mut().zip(["y", "x"]) {
+        let code = server.wait_exit(Duration::from_secs(15));
+        assert_eq!(code, Some(1), "{}", server.log_text());
+        assert!(
+            server.log_text().contains(&format!(
+                "Server \"{other}\" was also started with -cluster_bootstrap"
+            )),
+            "{}",
+            server.log_text()
+        );
+    }
+}
