@@ -309,13 +309,13 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
                 log::warn!("STAN: {w}");
             }
             log::warn!(
-                "STAN: cluster node {:?} (raft ID {}): this build's clustering is a preview ({}={}): the raft groups elect and replicate, but no streaming request is answered",
+                "STAN: cluster node {:?} (raft ID {}): this build's clustering is a preview ({}={}): catching up from a snapshot, joining a running cluster and adding or removing nodes are not built",
                 setup.node_name,
                 setup.node_id,
                 crate::stan::cluster::CLUSTER_PREVIEW_ENV,
                 crate::stan::cluster::CLUSTER_PREVIEW_VALUE
             );
-            Arc::new(Role::clustered(server_nuid, setup))
+            Arc::new(Role::clustered(server_nuid, setup, ncores))
         }
         (Some(_), None) => {
             return Err(ServerError::Core {
@@ -532,8 +532,9 @@ async fn run_core(
     let clustered = role.cluster.is_some();
     let streaming = Streaming::start(core.clone(), &opts, directory, ack_key, role);
     streaming.stop_answering_when(lifecycle.streaming_stopped.clone());
-    // An FT standby opens the store only once it holds the lock.
-    if opts.streaming.store == crate::config::streaming::StoreType::File && !ft {
+    // An FT standby opens the store only once it holds the lock; a cluster node opens it
+    // for applying the log (`start_raft`), and as the serving node only when it leads.
+    if opts.streaming.store == crate::config::streaming::StoreType::File && !ft && !clustered {
         streaming
             .open_store()
             .await

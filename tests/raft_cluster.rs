@@ -258,6 +258,67 @@ fn three_nodes_put_every_group_on_one_leader_and_fail_over_after_kill_nine() {
     wait_agreed_leader(&nodes, None);
 }
 
+/// stan.go clients on the three nodes' URLs publish asynchronously (PubAck waited for) and
+/// receive on a durable and a queue group while the serving leader is killed with SIGKILL
+/// again and again (each time restarted from its store and log): every acknowledged message
+/// is in the channel exactly once and in publish order, and reached both subscriptions.
+/// Longer: `STANZA_RAFT_KILLS=50 cargo test --release --test raft_cluster kill_nine`.
+#[test]
+fn kill_nine_of_the_leader_under_load() {
+    preview_on();
+    let Some(bin) = common::go_program("stan-go") else {
+        return;
+    };
+    let mut nodes = three_nodes();
+    for n in &mut nodes {
+        n.start();
+    }
+    wait_agreed_leader(&nodes, None);
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("nats://127.0.0.1:{}", n.client))
+        .collect();
+    let stop = nodes[0].dir.0.join("stop-publishing");
+    let kills: u32 = std::env::var("STANZA_RAFT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let case_timeout = Duration::from_secs(60 + 4 * u64::from(kills));
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["ft_failover_load", &urls.join(","), "raft-test"])
+        .env("STANZA_STOP_FILE", &stop)
+        .env("STANZA_CASE_TIMEOUT", case_timeout.as_secs().to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let client = cmd.spawn().expect("stan.go case");
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut fail_overs = Vec::new();
+    for _ in 0..kills {
+        let (leader, _) = wait_agreed_leader(&nodes, None);
+        let at = nodes.iter().position(|n| n.name == leader).expect("a node");
+        nodes[at].kill();
+        let (_, took) = wait_agreed_leader(&nodes, Some(&leader));
+        fail_overs.push(took);
+        nodes[at].start();
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    std::fs::write(&stop, b"").expect("stop file");
+    eprintln!("fail-overs (kill -9 to every group led by one other node): {fail_overs:?}");
+    let out = common::finish_bounded(client, case_timeout);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "stan.go case failed:\n{stdout}\n{stderr}\nlogs:\n{}",
+        nodes
+            .iter()
+            .filter_map(|n| n.server.as_ref().map(|s| s.log_text()))
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    );
+    eprintln!("{stdout}");
+}
+
 /// Three nodes on one external nats-server (`-ns`): their raft traffic goes through it.
 #[test]
 fn nodes_on_an_external_nats_server_elect_and_fail_over() {

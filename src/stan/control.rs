@@ -71,6 +71,16 @@ impl ControlPlane {
         }
     }
 
+    /// Forgets every client and pending change (a clustered node that stops serving: the
+    /// next leader has them).
+    pub fn reset(&self, s: &StreamingOptions) {
+        let fresh = ControlPlane::new(s);
+        *self.registry.borrow_mut() = fresh.registry.into_inner();
+        self.asks.borrow_mut().clear();
+        self.tokens.borrow_mut().clear();
+        self.log_queue.borrow_mut().clear();
+    }
+
     /// (client ID, heartbeat inbox) of every registered client.
     pub fn clients_list(&self) -> Vec<(String, String)> {
         self.registry
@@ -318,7 +328,22 @@ impl Streaming {
             let Some(log) = log else {
                 continue;
             };
+            let clustered = self.role.cluster.is_some();
             match change {
+                // Clustered, the change goes through the metadata group, and every node (this
+                // one too) writes it to its client log once committed.
+                LogChange::Add { job, client } if clustered => {
+                    let op = shards::raft::meta_entry::MetaOp::ClientAdded(client);
+                    let result = self.replicate_meta(&op).await;
+                    cp.registry.borrow_mut().stored(mono_now(), job, result);
+                    self.run_control();
+                }
+                LogChange::Remove { client_id } if clustered => {
+                    let op = shards::raft::meta_entry::MetaOp::ClientRemoved(client_id.clone());
+                    if let Err(e) = self.replicate_meta(&op).await {
+                        log::error!("STAN: [Client:{client_id}] cannot replicate the removal: {e}");
+                    }
+                }
                 LogChange::Add { job, client } => {
                     let result = log.add(&client).await.map_err(|e| e.to_string());
                     cp.registry.borrow_mut().stored(mono_now(), job, result);

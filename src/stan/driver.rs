@@ -221,6 +221,11 @@ impl Streaming {
         }
         let store = self.store.borrow().clone();
         loop {
+            if self.role.cluster.is_some() && !self.role.serving() {
+                // A clustered node that stopped serving writes nothing more (its shard is
+                // about to be emptied; the next leader has what was committed).
+                break;
+            }
             let commit = self.shard.borrow_mut().take_commit();
             if let Some(commit) = commit {
                 self.write_commit(store.as_deref(), commit).await;
@@ -240,9 +245,12 @@ impl Streaming {
             mut batches,
             held,
         } = commit;
+        let clustered = self.role.cluster.is_some();
         if let Some(s) = store {
-            for channel in &deleted {
-                s.delete_channel(channel).await;
+            if !clustered {
+                for channel in &deleted {
+                    s.delete_channel(channel).await;
+                }
             }
             for batch in &mut batches {
                 batch.slice_limits = self.auto_slice_limits(s, &batch.channel);
@@ -254,7 +262,10 @@ impl Streaming {
             .filter(|b| b.sub_records > 0)
             .map(|b| b.channel.clone())
             .collect();
+        // Clustered, the batches go through the channels' raft groups, and every node (this
+        // one too) writes them once committed: the PubAcks then mean a quorum has them.
         let outcome = match store {
+            Some(_) if clustered => self.replicate_commit(&deleted, batches).await,
             Some(s) => s.write(batches).await,
             None => WriteOutcome::default(),
         };
@@ -311,7 +322,9 @@ impl Streaming {
                 }
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
-            if !self.committing.get() {
+            // Clustered, the raft groups have stopped by now: what the journal holds is not
+            // replicated (the next leader redelivers what it does not know was acknowledged).
+            if !self.committing.get() && self.role.cluster.is_none() {
                 self.shard.borrow_mut().write_journal_soon();
                 if self.shard.borrow().wants_write() {
                     self.committing.set(true);

@@ -64,7 +64,11 @@ impl Ft {
         match node.role.state() {
             State::Standby => self.heard.notify(),
             State::Activating | State::Active => self.check_other_active(node, payload),
-            State::Standalone | State::Failed | State::Clustered => {}
+            State::Standalone
+            | State::Failed
+            | State::Clustered
+            | State::ClusterActivating
+            | State::ClusterLeader => {}
         }
     }
 

@@ -97,6 +97,20 @@ pub enum ControlMsg {
     Raft {
         payload: Bytes,
     },
+    /// Clustering, from core 0 to every core: this node serves now (open the store as the
+    /// serving node, with the cluster's ack key) or stops serving; answered with
+    /// `ClusterReport`.
+    ClusterServe {
+        token: u64,
+        ack_key: shards::ack_key::AckKey,
+    },
+    ClusterStandDown {
+        token: u64,
+    },
+    ClusterReport {
+        token: u64,
+        result: Result<(), String>,
+    },
     /// Monitoring: report this core's figures to the asking core.
     Snapshot {
         token: u64,

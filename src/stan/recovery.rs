@@ -27,6 +27,34 @@ pub(super) fn compact_policy(file: &crate::config::streaming::FileOptions) -> Co
 }
 
 impl Streaming {
+    /// Opens this shard's file store in `dir` with the configured file options (nothing
+    /// recovered yet).
+    pub(super) async fn open_file_store(&self, dir: &std::path::Path) -> Result<FileStore, String> {
+        let s = &self.opts.streaming;
+        // The largest single DMA write. Commits are usually far smaller; a cap keeps one DMA
+        // buffer from being as large as Go's 2 MiB write buffer (buffer_size bounds it too).
+        let buffer = usize::try_from(s.file.buffer_size)
+            .unwrap_or(DMA_BUFFER_CAP)
+            .clamp(4096, DMA_BUFFER_CAP);
+        let slice_limits = SliceLimits {
+            max_bytes: u64::try_from(s.file.slice_max_bytes).unwrap_or(0),
+            max_msgs: u64::try_from(s.file.slice_max_msgs).unwrap_or(0),
+            max_age: s.file.slice_max_age,
+            archive_script: s.file.slice_archive_script.clone(),
+        };
+        let compact = compact_policy(&s.file);
+        let mut store = FileStore::open(dir, buffer, slice_limits, compact, s.file.sync)
+            .await
+            .map_err(|e| format!("cannot open the file store in {}: {e}", dir.display()))?;
+        store.set_zero_ahead(s.file.zero_ahead);
+        if s.file.file_descriptors_limit > 0 {
+            // The limit is the process's: each shard keeps its share of slices open for reading.
+            let share = s.file.file_descriptors_limit as usize / self.core.ncores.max(1);
+            store.set_max_readers(share);
+        }
+        Ok(store)
+    }
+
     /// FT take-over on this core: opens its part of the store with the store's ack key, then
     /// listens on the streaming subjects (they answer once every core has done this).
     pub async fn activate(self: &Rc<Self>, ack_key: shards::ack_key::AckKey) -> Result<(), String> {
@@ -48,27 +76,8 @@ impl Streaming {
         let Some(dir) = s.dir.clone() else {
             return Ok(());
         };
-        // The largest single DMA write. Commits are usually far smaller; a cap keeps one DMA
-        // buffer from being as large as Go's 2 MiB write buffer (buffer_size bounds it too).
-        let buffer = usize::try_from(s.file.buffer_size)
-            .unwrap_or(DMA_BUFFER_CAP)
-            .clamp(4096, DMA_BUFFER_CAP);
-        let slice_limits = SliceLimits {
-            max_bytes: u64::try_from(s.file.slice_max_bytes).unwrap_or(0),
-            max_msgs: u64::try_from(s.file.slice_max_msgs).unwrap_or(0),
-            max_age: s.file.slice_max_age,
-            archive_script: s.file.slice_archive_script.clone(),
-        };
         let compact = compact_policy(&s.file);
-        let mut store = FileStore::open(&dir, buffer, slice_limits, compact, s.file.sync)
-            .await
-            .map_err(|e| format!("cannot open the file store in {}: {e}", dir.display()))?;
-        store.set_zero_ahead(s.file.zero_ahead);
-        if s.file.file_descriptors_limit > 0 {
-            // The limit is the process's: each shard keeps its share of slices open for reading.
-            let share = s.file.file_descriptors_limit as usize / self.core.ncores.max(1);
-            store.set_max_readers(share);
-        }
+        let store = self.open_file_store(&dir).await?;
         let queue = glommio::executor().create_task_queue(
             glommio::Shares::Static(REPLAY_SHARES),
             glommio::Latency::NotImportant,
@@ -78,10 +87,9 @@ impl Streaming {
         // Channels created from here on keep their messages on disk.
         self.shard.borrow_mut().persist_messages();
         let me = self.core.id;
-        let ncores = self.core.ncores;
         let recovered = store
             .recover(
-                |name| shards::shard_for(name, ncores) == me,
+                |name| self.core_of_channel(name.as_bytes()) == me,
                 s.file.truncate_bad_eof,
             )
             .await?;

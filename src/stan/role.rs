@@ -1,10 +1,10 @@
 //! Whether this process's streaming server answers requests, one value shared by every core.
 //! A standalone server answers from start-up. In FT mode it stands by (serving NATS and
 //! monitoring only) until core 0 holds the store lock and every core has opened its part of
-//! the store (`ft.rs`). A clustered node (`cluster/`) reports CLUSTERED; this build's
-//! clustering is a consensus-only preview, which answers no streaming request.
+//! the store (`ft.rs`). A clustered node (`cluster/`) reports CLUSTERED and answers only
+//! while it leads the cluster and has opened its store as the serving node.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -17,8 +17,12 @@ pub enum State {
     Active,
     /// FT mode, the take-over failed (the process is exiting).
     Failed,
-    /// Raft clustering (the preview: groups elect and replicate, nothing is served).
+    /// Raft clustering, not serving (a follower, or a leader not ready yet).
     Clustered,
+    /// Raft clustering: this node leads, its cores are opening their stores to serve.
+    ClusterActivating,
+    /// Raft clustering: this node leads and serves.
+    ClusterLeader,
 }
 
 impl State {
@@ -29,7 +33,7 @@ impl State {
             State::Standby => "FT_STANDBY",
             State::Activating | State::Active => "FT_ACTIVE",
             State::Failed => "FAILED",
-            State::Clustered => "CLUSTERED",
+            State::Clustered | State::ClusterActivating | State::ClusterLeader => "CLUSTERED",
         }
     }
 
@@ -40,6 +44,8 @@ impl State {
             2 => State::Activating,
             3 => State::Active,
             5 => State::Clustered,
+            6 => State::ClusterActivating,
+            7 => State::ClusterLeader,
             _ => State::Failed,
         }
     }
@@ -52,6 +58,8 @@ impl State {
             State::Active => 3,
             State::Failed => 4,
             State::Clustered => 5,
+            State::ClusterActivating => 6,
+            State::ClusterLeader => 7,
         }
     }
 }
@@ -65,6 +73,11 @@ pub struct Role {
     pub cluster: Option<crate::stan::cluster::setup::ClusterSetup>,
     /// Clustered: the metadata group's leader as core 0 last saw it (raft ID, 0: none).
     pub metadata_leader: AtomicU64,
+    /// Clustered: per core, whether this node leads all of the core's groups with everything
+    /// applied (the node serves once all say so).
+    pub cores_leading: Box<[AtomicBool]>,
+    /// Clustered: the cluster's ack key was applied since this process started.
+    pub ack_key_agreed: AtomicBool,
 }
 
 impl Role {
@@ -79,16 +92,24 @@ impl Role {
             server_id,
             cluster: None,
             metadata_leader: AtomicU64::new(0),
+            cores_leading: Box::new([]),
+            ack_key_agreed: AtomicBool::new(false),
         }
     }
 
     /// A clustered node's role.
-    pub fn clustered(server_id: String, setup: crate::stan::cluster::setup::ClusterSetup) -> Role {
+    pub fn clustered(
+        server_id: String,
+        setup: crate::stan::cluster::setup::ClusterSetup,
+        cores: usize,
+    ) -> Role {
         Role {
             state: AtomicU8::new(State::Clustered.to_u8()),
             server_id,
             cluster: Some(setup),
             metadata_leader: AtomicU64::new(0),
+            cores_leading: (0..cores).map(|_| AtomicBool::new(false)).collect(),
+            ack_key_agreed: AtomicBool::new(false),
         }
     }
 
@@ -101,12 +122,18 @@ impl Role {
     }
 
     pub fn is_ft(&self) -> bool {
-        !matches!(self.state(), State::Standalone | State::Clustered)
+        matches!(
+            self.state(),
+            State::Standby | State::Activating | State::Active | State::Failed
+        )
     }
 
     /// Whether streaming requests are answered.
     pub fn serving(&self) -> bool {
-        matches!(self.state(), State::Standalone | State::Active)
+        matches!(
+            self.state(),
+            State::Standalone | State::Active | State::ClusterLeader
+        )
     }
 }
 

@@ -27,7 +27,7 @@ impl Streaming {
         let Ok(ack) = shards::wire::AckView::parse(&payload) else {
             return;
         };
-        let owner = shards::shard_for_bytes(ack.subject, self.core.ncores);
+        let owner = self.core_of_channel(ack.subject);
         if owner != self.core.id || here_too {
             self.send_data(owner, DataMsg::Ack { subject, payload });
         }
@@ -330,6 +330,13 @@ impl Streaming {
                 }
             }
             ControlMsg::Raft { payload } => self.raft_receive(&payload),
+            ControlMsg::ClusterServe { token, ack_key } => {
+                self.request_transition(from, token, Some(ack_key))
+            }
+            ControlMsg::ClusterStandDown { token } => self.request_transition(from, token, None),
+            ControlMsg::ClusterReport { token, result } => {
+                self.cluster_gathers.answer(token, result)
+            }
             ControlMsg::Snapshot { token } => {
                 let snapshot = Box::new(snapshot::take(self));
                 self.send_control(from, ControlMsg::SnapshotReply { token, snapshot });
@@ -398,7 +405,7 @@ impl InternalHandler for Streaming {
             if !self.serves_channel(channel) {
                 return Handled::No;
             }
-            let shard = shards::shard_for_bytes(channel, ncores);
+            let shard = self.core_of_channel(channel);
             let Some(frame) = PublishFrame::new(msg.backing, channel, msg.reply, msg.payload)
             else {
                 log::warn!("STAN: publish of 4 GiB or more on {channel:?} dropped");
@@ -421,7 +428,7 @@ impl InternalHandler for Streaming {
             Kind::Subscribe => match requests::check_subscription(&payload) {
                 Ok(req) if !self.serves_channel(req.subject.as_bytes()) => return Handled::No,
                 Ok(req) => {
-                    let shard = shards::shard_for(&req.subject, ncores);
+                    let shard = self.core_of_channel(req.subject.as_bytes());
                     self.send_data(
                         shard,
                         DataMsg::Subscribe {
@@ -442,7 +449,7 @@ impl InternalHandler for Streaming {
                 match requests::decode_unsubscribe(&payload) {
                     Ok(req) if !self.serves_channel(req.subject.as_bytes()) => return Handled::No,
                     Ok(req) => {
-                        let shard = shards::shard_for(&req.subject, ncores);
+                        let shard = self.core_of_channel(req.subject.as_bytes());
                         self.send_data(
                             shard,
                             DataMsg::Unsubscribe {

@@ -103,6 +103,10 @@ pub struct Streaming {
     pub(super) me: RefCell<Weak<Streaming>>,
     /// Clustered: this core's raft groups (`cluster/host.rs`), once opened.
     pub raft: RefCell<Option<Rc<super::cluster::host::RaftHost>>>,
+    /// What the shard was made with (a clustered node that stops leading starts a new one).
+    pub(super) shard_config: ShardConfig,
+    /// Clustered, core 0: every core's report of a role change (serving, standing down).
+    pub(super) cluster_gathers: Gathering<Result<(), String>>,
 }
 
 impl Streaming {
@@ -137,13 +141,14 @@ impl Streaming {
                 limits.entries.iter().map(|e| e.name.clone()).collect(),
             ))
         });
-        let shard = Shard::new(ShardConfig {
+        let shard_config = ShardConfig {
             shard: core.id,
             ack_prefix: subjects.ack_prefix(core.id),
             ack_key,
             limits,
             replace_durable: s.replace_durable,
-        });
+        };
+        let shard = Shard::new(shard_config.clone());
         let node = Rc::new(Streaming {
             stopped: std::cell::OnceCell::new(),
             control: (core.id == 0).then(|| ControlPlane::new(s)),
@@ -174,6 +179,8 @@ impl Streaming {
             gathers: Gathering::default(),
             me: RefCell::new(Weak::new()),
             raft: RefCell::new(None),
+            shard_config,
+            cluster_gathers: Gathering::default(),
         });
         *node.me.borrow_mut() = Rc::downgrade(&node);
         if core.id == 0 && s.nats_server.is_none() {
@@ -211,7 +218,7 @@ impl Streaming {
     pub fn served_subjects(&self) -> Vec<String> {
         let standing_by = matches!(
             self.role.state(),
-            State::Standby | State::Failed | State::Clustered
+            State::Standby | State::Failed | State::Clustered | State::ClusterActivating
         );
         self.streaming_subjects(!standing_by)
     }

@@ -248,8 +248,8 @@ impl Group {
     }
 
     /// Proposes `data` as one entry; `token` comes back in an `Outcome`. Refused at once on a
-    /// node that does not lead (the caller answers `NOT_LEADER`).
-    pub fn propose(&mut self, data: Bytes, token: u64) -> Result<(), GroupError> {
+    /// node that does not lead (the caller answers `NOT_LEADER`). Returns the entry's index.
+    pub fn propose(&mut self, data: Bytes, token: u64) -> Result<u64, GroupError> {
         if !self.is_leader() {
             return Err(GroupError::Raft {
                 group: self.id,
@@ -275,7 +275,16 @@ impl Group {
             term: self.node.raft.term,
             token,
         });
-        Ok(())
+        Ok(index)
+    }
+
+    /// Whether this node leads and has applied everything up to an entry of its own term:
+    /// its state then holds every entry any earlier leader had acknowledged.
+    pub fn leads_with_everything_applied(&self) -> bool {
+        let raft = &self.node.raft;
+        self.is_leader()
+            && raft.raft_log.term(raft.raft_log.committed).ok() == Some(raft.term)
+            && raft.raft_log.applied >= raft.raft_log.committed
     }
 
     /// Proposes a membership change (adding or removing a node).

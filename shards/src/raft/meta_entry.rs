@@ -13,8 +13,13 @@ use prost::Message as _;
 pub enum MetaOp {
     ClientAdded(StoredClient),
     ClientRemoved(String),
-    NodeAdded { node: u64, cores: u32 },
+    NodeAdded {
+        node: u64,
+        cores: u32,
+    },
     NodeRemoved(u64),
+    /// The cluster's ack key material.
+    AckKey([u8; crate::ack_key::KEY_LEN]),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,6 +47,7 @@ pub fn encode(op: &MetaOp) -> Bytes {
             e.node_cores = *cores;
         }
         MetaOp::NodeRemoved(node) => e.node_removed = *node,
+        MetaOp::AckKey(key) => e.ack_key = Bytes::copy_from_slice(key),
     }
     Bytes::from(e.encode_to_vec())
 }
@@ -53,6 +59,7 @@ pub fn decode(bytes: &[u8]) -> Result<MetaOp, MetaError> {
         !e.client_removed.is_empty(),
         e.node_added != 0,
         e.node_removed != 0,
+        !e.ack_key.is_empty(),
     ];
     if set.iter().filter(|s| **s).count() != 1 {
         return Err(MetaError::Invalid("not exactly one operation"));
@@ -79,6 +86,11 @@ pub fn decode(bytes: &[u8]) -> Result<MetaOp, MetaError> {
             cores: e.node_cores,
         });
     }
+    if !e.ack_key.is_empty() {
+        let key = <[u8; crate::ack_key::KEY_LEN]>::try_from(e.ack_key.as_ref())
+            .map_err(|_| MetaError::Invalid("ack key length"))?;
+        return Ok(MetaOp::AckKey(key));
+    }
     Ok(MetaOp::NodeRemoved(e.node_removed))
 }
 
@@ -97,6 +109,7 @@ mod tests {
             MetaOp::ClientRemoved("me".into()),
             MetaOp::NodeAdded { node: 3, cores: 4 },
             MetaOp::NodeRemoved(3),
+            MetaOp::AckKey([9; crate::ack_key::KEY_LEN]),
         ];
         for op in ops {
             assert_eq!(decode(&encode(&op)).unwrap(), op);

@@ -23,7 +23,9 @@ pub mod wire;
 
 pub use group::{Group, GroupConfig, GroupError, GroupReady, Outcome};
 pub use log::{GroupLog, LogError};
-pub use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, Message};
+pub use raft::prelude::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message,
+};
 pub use raft::StateRole;
 pub use shard_groups::{Outgoing, PendingWrite, ReceiveError, ShardGroups, SnapshotPolicy, Turn};
 

@@ -45,6 +45,33 @@ fn is_channel_name(name: &str) -> bool {
             .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
 }
 
+/// `batch` without the message records a store already holds (sequences up to
+/// `last_stored`): a restarted node applies again the committed entries after its last
+/// snapshot, some of which its store took before it stopped. Subscription records are kept
+/// (applied again in order they set the state they set before). The records were checked at
+/// decoding.
+pub fn without_stored(mut batch: ChannelBatch, last_stored: u64) -> ChannelBatch {
+    if batch.msgs == 0 || batch.first_seq > last_stored {
+        return batch;
+    }
+    let mut at = 0;
+    let mut skipped = 0;
+    while let Some(h) = record::header_at(&batch.records, at) {
+        if h.seq > last_stored {
+            break;
+        }
+        at += record::HEADER_LEN + h.body_len as usize;
+        skipped += 1;
+    }
+    batch.records.drain(..at.min(batch.records.len()));
+    batch.msgs = batch.msgs.saturating_sub(skipped);
+    batch.first_seq += skipped;
+    if batch.msgs == 0 {
+        batch.records.clear();
+    }
+    batch
+}
+
 /// The entry for one channel's batch.
 pub fn encode_batch(batch: &ChannelBatch) -> Bytes {
     let entry = pb::PartitionEntry {
@@ -186,5 +213,30 @@ mod tests {
         let mut b = batch();
         b.sub_records = 1;
         assert!(decode(&encode_batch(&b)).is_err());
+    }
+
+    #[test]
+    fn records_a_store_holds_are_left_out() {
+        let mut records = Vec::new();
+        for seq in 5..=8 {
+            record::encode(&mut records, seq, seq as i64, b"body");
+        }
+        let batch = ChannelBatch {
+            channel: "c".into(),
+            records: records.clone(),
+            first_seq: 5,
+            msgs: 4,
+            ..ChannelBatch::default()
+        };
+        assert_eq!(
+            without_stored(batch.clone(), 4),
+            batch,
+            "nothing stored yet"
+        );
+        let rest = without_stored(batch.clone(), 6);
+        assert_eq!((rest.first_seq, rest.msgs), (7, 2));
+        assert_eq!(record::header_at(&rest.records, 0).map(|h| h.seq), Some(7));
+        let none = without_stored(batch, 8);
+        assert_eq!((none.msgs, none.records.len()), (0, 0));
     }
 }

@@ -15,10 +15,20 @@ pub const METADATA_GROUP: u32 = 0;
 /// channels each), so its value is mixed (MurmurHash3's 64-bit finaliser) before the modulo.
 /// Every node of a cluster must compute the same partition: this function never changes.
 pub fn partition_of(channel: &str, partitions: u32) -> u32 {
+    partition_of_bytes(channel.as_bytes(), partitions)
+}
+
+/// `partition_of` on a subject's raw bytes (before any UTF-8 check, as requests are routed).
+pub fn partition_of_bytes(channel: &[u8], partitions: u32) -> u32 {
     if partitions <= 1 {
         return 0;
     }
-    (stable_hash(channel.as_bytes()) % u64::from(partitions)) as u32
+    (stable_hash(channel) % u64::from(partitions)) as u32
+}
+
+/// The raft group of a channel.
+pub fn group_of_channel(channel: &[u8], partitions: u32) -> u32 {
+    group_of_partition(partition_of_bytes(channel, partitions))
 }
 
 /// fxhash mixed by MurmurHash3's 64-bit finaliser: every bit depends on every input byte.

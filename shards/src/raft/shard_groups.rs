@@ -172,8 +172,8 @@ impl ShardGroups {
         }
     }
 
-    /// Proposes `data` on `group`; `token` comes back in an outcome.
-    pub fn propose(&mut self, group: u32, data: Bytes, token: u64) -> Result<(), GroupError> {
+    /// Proposes `data` on `group`; `token` comes back in an outcome. Returns the entry's index.
+    pub fn propose(&mut self, group: u32, data: Bytes, token: u64) -> Result<u64, GroupError> {
         serving(&mut self.groups, group)?.propose(data, token)
     }
 

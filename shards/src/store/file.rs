@@ -143,9 +143,25 @@ pub fn open_server_file(
         None => crate::ack_key::random_material()
             .map_err(|_| "no random bytes from the operating system".to_string())?,
     };
+    write_server_file(root, cluster_id, &key, node.as_deref())?;
+    Ok(ServerFile {
+        ack_key: key,
+        node_id: node,
+        recovered,
+    })
+}
+
+/// Writes `server.dat` whole (a new file synced, then renamed over the old one). A cluster
+/// rewrites it when its replicated ack key arrives.
+pub fn write_server_file(
+    root: &Path,
+    cluster_id: &str,
+    key: &[u8; KEY_LEN],
+    node_id: Option<&str>,
+) -> Result<(), String> {
+    let path = root.join("server.dat");
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let node_line = node
-        .as_deref()
+    let node_line = node_id
         .map(|n| format!("node_id={n}\n"))
         .unwrap_or_default();
     let tmp = root.join("server.dat.tmp");
@@ -155,12 +171,7 @@ pub fn open_server_file(
     )
     .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
     .and_then(|_| std::fs::rename(&tmp, &path))
-    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(ServerFile {
-        ack_key: key,
-        node_id: node,
-        recovered,
-    })
+    .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn parse_key(hex: &str) -> Option<[u8; KEY_LEN]> {

@@ -1,21 +1,25 @@
 //! One core's raft groups in a running server: the groups this core owns (the metadata group
 //! on core 0, partition group g on core `(g - 1) % cores`), their log file
-//! (`<log_dir>/raft-core-<core>.log`), and the loop that drives them: a tick every 50 ms, and
-//! after a tick or a received batch one `ShardGroups::ready` at a time: batches out at once,
-//! the turn's records appended to the log file, then what waited for the append.
-//! How bytes travel is the caller's (`Streaming::run_raft`); this owns the groups and the file.
+//! (`<log_dir>/raft-core-<core>.log`), the proposals waiting for their fate, and the steps
+//! the core's raft loop (`driver.rs`) takes with them: tick, ready, append, propose, compact.
+//! How bytes travel and what entries do is the loop's; this owns the groups and the file.
 
-use super::setup::{ClusterSetup, TICK};
+use super::driver::Transition;
+use super::proposals::{Proposals, Waiter};
+use super::setup::ClusterSetup;
 use crate::util::notify::Notify;
 use bytes::Bytes;
+use fxhash::FxHashMap;
+use shards::raft::group::NOT_LEADER;
 use shards::raft::partitions::shard_of_group;
 use shards::raft::{
-    log_file, Group, GroupConfig, GroupLog, Outgoing, ShardGroups, SnapshotPolicy, StateRole, Turn,
+    log_file, Group, GroupConfig, GroupError, GroupLog, Outgoing, PendingWrite, ShardGroups,
+    SnapshotPolicy, StateRole, Turn,
 };
 use shards::store::journal::AppendFile;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::rc::Rc;
 use std::time::Instant;
 
 /// A received batch that does not decode is logged at most this often per core (a peer of
@@ -53,6 +57,13 @@ pub struct RaftHost {
     last_report: Cell<Option<Instant>>,
     /// The role of each group, as last reported.
     roles: RefCell<BTreeMap<u32, StateRole>>,
+    /// This core's proposals waiting for their fate.
+    pub proposals: Proposals,
+    /// A role change core 0 asked for, carried out between turns.
+    pub transition: RefCell<Option<Transition>>,
+    /// The last message sequence this node's store holds per channel of this core: entries
+    /// applied again after a restart skip what it has.
+    pub last_stored: RefCell<FxHashMap<String, u64>>,
 }
 
 /// Why a core's groups did not start.
@@ -150,6 +161,9 @@ impl RaftHost {
             refused: Cell::new(0),
             last_report: Cell::new(None),
             roles: RefCell::new(BTreeMap::new()),
+            proposals: Proposals::default(),
+            transition: RefCell::new(None),
+            last_stored: RefCell::new(FxHashMap::default()),
         })
     }
 
@@ -213,92 +227,118 @@ impl RaftHost {
         self.groups.borrow().group(group).map(Group::role)
     }
 
-    /// Drives the groups for the life of the core. `send` publishes a batch on a subject.
-    /// `metadata_leader` is the process-wide record of the metadata group's leader (raft ID,
-    /// 0: none known): core 0 keeps it, and every core hands the groups it leads to that node,
-    /// so that one node leads them all and serves (the reference's single serving leader).
-    /// A failed append to the log ends the process: the groups cannot go on without what
-    /// they were told is written (the reference stops a node that cannot store its log).
-    pub async fn run(&self, send: impl Fn(&str, Bytes), metadata_leader: &AtomicU64) {
-        let mut next_tick = Instant::now() + TICK;
-        loop {
-            let now = Instant::now();
-            if now < next_tick {
-                futures_lite::future::or(self.wake.notified(), async {
-                    glommio::timer::sleep(next_tick - now).await;
-                })
-                .await;
-            }
-            if Instant::now() >= next_tick {
-                self.groups.borrow_mut().tick();
-                self.follow_metadata_leader(metadata_leader.load(Ordering::Acquire));
-                next_tick += TICK;
-                if next_tick < Instant::now() {
-                    // A stalled core does not tick in a burst afterwards.
-                    next_tick = Instant::now() + TICK;
-                }
-            }
-            self.snapshot_when_due();
-            // Turns until the groups want nothing more (a landed write makes more ready).
-            loop {
-                let turn = self.groups.borrow_mut().ready();
-                if turn.is_empty() {
-                    break;
-                }
-                self.carry_out(turn, &send).await;
-            }
-            if let Some(meta) = self.groups.borrow().group(0) {
-                metadata_leader.store(meta.leader(), Ordering::Release);
-            }
+    /// Waits for a received batch or `until`, whichever comes first.
+    pub async fn wait(&self, until: Instant) {
+        let now = Instant::now();
+        if now < until {
+            futures_lite::future::or(self.wake.notified(), async {
+                glommio::timer::sleep(until - now).await;
+            })
+            .await;
         }
     }
 
-    /// Partition groups this node leads while another node leads the metadata group go to
-    /// that node (raft-rs first brings its log up to date, then has it elect itself at once).
-    fn follow_metadata_leader(&self, meta: u64) {
-        if meta == 0 || meta == self.node_id {
+    /// Wakes the loop (a proposal was made).
+    pub fn wake(&self) {
+        self.wake.notify();
+    }
+
+    /// One tick of every group; groups this node leads while another node leads the metadata
+    /// group (`metadata_leader`, raft ID, 0: none known) go to that node, so that one node
+    /// leads them all and serves (the reference's single serving leader; raft-rs first brings
+    /// the target's log up to date, then has it elect itself at once).
+    pub fn tick(&self, metadata_leader: u64) {
+        let mut groups = self.groups.borrow_mut();
+        groups.tick();
+        if metadata_leader == 0 || metadata_leader == self.node_id {
             return;
         }
-        let mut groups = self.groups.borrow_mut();
         let led: Vec<u32> = groups
             .groups()
-            .filter(|g| g.id() != 0 && g.is_leader() && g.voters().contains(&meta))
+            .filter(|g| g.id() != 0 && g.is_leader() && g.voters().contains(&metadata_leader))
             .map(|g| g.id())
             .collect();
         for id in led {
             if let Some(g) = groups.group_mut(id) {
-                g.transfer_leader(meta);
+                g.transfer_leader(metadata_leader);
             }
         }
     }
 
-    /// With no state machine behind the groups yet, a snapshot holds nothing but its
-    /// position: it lets the log be compacted by `trailing_logs`, and a follower far behind
-    /// start from it.
-    fn snapshot_when_due(&self) {
+    /// The metadata group's leader as this core sees it (core 0 has the group).
+    pub fn metadata_leader(&self) -> Option<u64> {
+        self.groups.borrow().group(0).map(Group::leader)
+    }
+
+    /// Whether this node leads every group of this core with everything applied (ready to
+    /// serve them).
+    pub fn leads_everything(&self) -> bool {
+        self.groups
+            .borrow()
+            .groups()
+            .all(Group::leads_with_everything_applied)
+    }
+
+    pub fn ready(&self) -> Turn {
+        self.groups.borrow_mut().ready()
+    }
+
+    /// Appends a turn's records to the log; what waited for them is returned to be sent.
+    /// A failed append ends the process: the groups cannot go on without what they were told
+    /// is written (the reference stops a node that cannot store its log).
+    pub async fn append(&self, mut write: PendingWrite) -> Vec<Outgoing> {
+        let records = std::mem::take(&mut write.records);
+        if let Err(e) = self.file.append_with(records, write.must_sync).await {
+            log::error!("STAN: raft: cannot append to the log: {e}; stopping");
+            log::logger().flush();
+            std::process::exit(1);
+        }
+        self.groups.borrow_mut().written(write)
+    }
+
+    /// Proposes `data` on `group`; the waiter answers once it committed and was applied here,
+    /// or was lost.
+    pub fn propose(&self, group: u32, data: Bytes) -> Result<Rc<Waiter>, String> {
+        let token = self.proposals.token();
+        let index = self
+            .groups
+            .borrow_mut()
+            .propose(group, data, token)
+            .map_err(|e| match e {
+                GroupError::Raft { .. } => NOT_LEADER.to_string(),
+                other => other.to_string(),
+            })?;
+        self.wake();
+        Ok(self.proposals.register(group, index, token))
+    }
+
+    /// Keeps the log in bounds: once `SnapshotPolicy.every` entries were applied since the
+    /// last snapshot, a snapshot marks how far this node's store holds the log, and the log
+    /// before it is dropped but for `trailing_logs` entries, and, on a leader, but for what
+    /// some member still lacks (a member behind the log would need the store's state sent,
+    /// which this build does not do: it is kept catching up from entries instead).
+    pub fn compact_when_due(&self) {
         let mut groups = self.groups.borrow_mut();
-        let mut due = groups.snapshots_due(&self.policy);
-        due.extend(groups.snapshots_wanted());
-        due.sort_unstable();
-        due.dedup();
-        for g in due {
-            if let Err(e) = groups.make_snapshot(g, Bytes::new(), Some(self.policy.trailing)) {
+        for g in groups.snapshots_due(&self.policy) {
+            let Some(group) = groups.group(g) else {
+                continue;
+            };
+            let applied = group.applied();
+            let lacking = group
+                .matched()
+                .iter()
+                .map(|(_, m)| *m)
+                .min()
+                .map_or(0, |m| applied.saturating_sub(m));
+            let keep = self.policy.trailing.max(lacking);
+            if let Err(e) = groups.make_snapshot(g, Bytes::new(), Some(keep)) {
                 log::error!("STAN: raft: snapshot of group {g}: {e}");
             }
         }
     }
 
-    async fn carry_out(&self, turn: Turn, send: &impl Fn(&str, Bytes)) {
-        let Turn {
-            send_now,
-            write,
-            snapshots: _,
-            committed: _,
-            outcomes: _,
-            roles,
-            errors,
-        } = turn;
-        self.send_all(send_now, send);
+    /// Notes role changes (the metadata group's at info level).
+    pub fn note_roles(&self, roles: Vec<(u32, StateRole)>) {
         for (group, role) in roles {
             self.roles.borrow_mut().insert(group, role);
             match (group, role) {
@@ -308,22 +348,9 @@ impl RaftHost {
                 _ => log::debug!("STAN: raft: group {group}: this node is now {role:?}"),
             }
         }
-        for e in errors {
-            log::error!("STAN: raft: {e}; the group is out of service on this node");
-        }
-        if let Some(mut write) = write {
-            let records = std::mem::take(&mut write.records);
-            if let Err(e) = self.file.append_with(records, write.must_sync).await {
-                log::error!("STAN: raft: cannot append to the log: {e}; stopping");
-                log::logger().flush();
-                std::process::exit(1);
-            }
-            let after = self.groups.borrow_mut().written(write);
-            self.send_all(after, send);
-        }
     }
 
-    fn send_all(&self, batches: Vec<Outgoing>, send: &impl Fn(&str, Bytes)) {
+    pub fn send_all(&self, batches: Vec<Outgoing>, send: &impl Fn(&str, Bytes)) {
         for Outgoing { to, group, bytes } in batches {
             send(&self.subject(to, group), Bytes::from(bytes));
         }

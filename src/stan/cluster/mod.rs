@@ -5,12 +5,17 @@
 //! routes and passes each batch to the core owning its group (named by the subject, so it is
 //! not decoded on the way); with `-ns` every core subscribes its own groups' subjects.
 //!
-//! This build runs the groups (elections, log replication, the log on disk, snapshots by
-//! `trailing_logs`) but puts no streaming state through them yet: a clustered node answers no
-//! streaming request, and it starts only when `STANZA_CLUSTER_PREVIEW=consensus` says that is
-//! wanted (else the configuration is refused as not built).
+//! The streaming state goes through the groups (`driver.rs`: a leader's commits and client
+//! registrations proposed, every node applying committed entries to its store) and the
+//! metadata group's leader serves (`serving.rs`). Catching up from a snapshot, joining a
+//! running cluster and adding or removing nodes are not built, so a clustered configuration
+//! starts only when `STANZA_CLUSTER_PREVIEW=consensus` says a preview is wanted (else it is
+//! refused as not built).
 
+pub mod driver;
 pub mod host;
+pub mod proposals;
+pub mod serving;
 pub mod setup;
 
 use super::messages::ControlMsg;
@@ -67,17 +72,17 @@ impl Streaming {
                 ext.subscribe(&self.subjects.raft_bootstrap());
             }
         }
+        self.open_store_for_applying(&host).await?;
         let me = self.clone();
-        self.core.tasks.spawn("raft groups", None, async move {
-            let role = me.role.clone();
-            host.run(
-                |subject, bytes| {
-                    me.publish(subject.as_bytes(), None, &bytes);
-                },
-                &role.metadata_leader,
-            )
-            .await
-        });
+        self.core
+            .tasks
+            .spawn("raft groups", None, me.drive_raft(host));
+        if self.core.id == 0 {
+            let me = self.clone();
+            self.core
+                .tasks
+                .spawn("cluster leadership", None, me.watch_leadership());
+        }
         if self.core.id == 0 && setup.announces_bootstrap {
             let me = self.clone();
             let name = Bytes::from(setup.node_name.clone());
@@ -90,6 +95,18 @@ impl Streaming {
             });
         }
         Ok(())
+    }
+
+    /// The core that owns a channel: on a clustered node its partition's core (so a core's
+    /// commit only holds channels of the groups it drives), else `shard_for`.
+    pub fn core_of_channel(&self, channel: &[u8]) -> usize {
+        match &self.role.cluster {
+            Some(setup) => shard_of_group(
+                shards::raft::partitions::group_of_channel(channel, setup.partitions),
+                self.core.ncores,
+            ),
+            None => shards::shard_for_bytes(channel, self.core.ncores),
+        }
     }
 
     /// A raft batch for `node`'s `group`: to the core that owns the group.
