@@ -317,6 +317,35 @@ fn kill_nine_of_the_leader_under_load() {
             .join("\n----\n")
     );
     eprintln!("{stdout}");
+    // Every node, the restarted ones included, caught up: the same messages in its store.
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let views: Vec<(u64, u64, u64)> =
+            nodes.iter().map(|n| channel_range(n, "ftload")).collect();
+        if views[0].1 > 0 && views.windows(2).all(|w| w[0] == w[1]) {
+            eprintln!(
+                "every node holds ftload (first, last, msgs) = {:?}",
+                views[0]
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "stores differ: {views:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// (first_seq, last_seq, msgs) of `channel` in a node's `/streaming/channelsz`.
+fn channel_range(n: &Node, channel: &str) -> (u64, u64, u64) {
+    let body = common::http_get(
+        &format!("127.0.0.1:{}", n.monitor),
+        &format!("/streaming/channelsz?channel={channel}"),
+    );
+    let v: Value = serde_json::from_str(&body).unwrap_or_default();
+    (
+        v["first_seq"].as_u64().unwrap_or(0),
+        v["last_seq"].as_u64().unwrap_or(0),
+        v["msgs"].as_u64().unwrap_or(0),
+    )
 }
 
 /// Three nodes on one external nats-server (`-ns`): their raft traffic goes through it.

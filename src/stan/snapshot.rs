@@ -114,6 +114,20 @@ pub fn take(node: &Streaming) -> CoreSnapshot {
     }
     if let Some(host) = node.raft.borrow().as_ref() {
         snap.raft = host.status();
+        if !node.role.serving() {
+            // A follower has no shard state: its store's channels, as applied.
+            for (name, r) in host.stored.borrow().iter() {
+                snap.channels.push(ChannelSnapshot {
+                    name: name.clone(),
+                    msgs: r.msgs,
+                    bytes: r.bytes,
+                    first_seq: r.first_seq,
+                    last_seq: r.last_seq,
+                    subs: Vec::new(),
+                });
+            }
+            return snap;
+        }
     }
     let shard = node.shard.borrow();
     snap.stan_in_msgs = shard.stats.in_msgs;

@@ -173,29 +173,32 @@ impl Streaming {
         match op {
             PartitionOp::Batch(batch) => {
                 let last = host
-                    .last_stored
+                    .stored
                     .borrow()
                     .get(&batch.channel)
-                    .copied()
-                    .unwrap_or(0);
+                    .map_or(0, |r| r.last_seq);
                 let batch = partition_entry::without_stored(batch, last);
                 if batch.msgs == 0 && batch.sub_records == 0 {
                     return WriteOutcome::default();
                 }
                 let channel = batch.channel.clone();
+                let body_bytes = (batch.records.len() as u64)
+                    .saturating_sub(batch.msgs * shards::store::record::HEADER_LEN as u64);
                 let out = store.write(vec![batch]).await;
                 if let Some((name, e)) = out.failed.first().or(out.subs_failed.first()) {
                     cannot_apply(&format!("cannot store channel {name:?}: {e}"));
                 }
+                let mut stored = host.stored.borrow_mut();
+                let range = stored.entry(channel).or_default();
                 for (_, landed) in &out.landed {
-                    let last = landed.first_seq + landed.msgs.saturating_sub(1);
-                    host.last_stored.borrow_mut().insert(channel.clone(), last);
+                    range.took(landed.first_seq, landed.msgs, body_bytes);
                 }
+                drop(stored);
                 out
             }
             PartitionOp::Delete(channel) => {
                 store.delete_channel(&channel).await;
-                host.last_stored.borrow_mut().remove(&channel);
+                host.stored.borrow_mut().remove(&channel);
                 WriteOutcome::default()
             }
         }
@@ -264,10 +267,16 @@ impl Streaming {
         }
         self.client_log.borrow_mut().take();
         self.activate(key).await?;
-        let mut last = host.last_stored.borrow_mut();
-        last.clear();
+        let mut stored = host.stored.borrow_mut();
+        stored.clear();
         for c in self.shard.borrow().channels() {
-            last.insert(c.name.clone(), c.log.last_seq());
+            let range = super::host::StoredRange {
+                first_seq: c.log.first_seq(),
+                last_seq: c.log.last_seq(),
+                msgs: c.log.count(),
+                bytes: c.log.bytes(),
+            };
+            stored.insert(c.name.clone(), range);
         }
         Ok(())
     }
@@ -322,8 +331,12 @@ impl Streaming {
             .await?;
         let mut last = fxhash::FxHashMap::default();
         for r in recovered {
-            let seq = r.slices.last().map_or(0, |s| s.last_seq());
-            last.insert(r.name.clone(), seq);
+            let mut range = super::host::StoredRange::default();
+            for slice in r.slices.iter().filter(|s| !s.is_empty()) {
+                let msgs = slice.last_seq() + 1 - slice.first_seq;
+                range.took(slice.first_seq, msgs, slice.body_bytes());
+            }
+            last.insert(r.name.clone(), range);
             store
                 .open_subs(&r.name, r.subs_log, None)
                 .await
@@ -334,7 +347,7 @@ impl Streaming {
                     )
                 })?;
         }
-        *host.last_stored.borrow_mut() = last;
+        *host.stored.borrow_mut() = last;
         *self.store.borrow_mut() = Some(Rc::new(store));
         if me == 0 {
             let (log, _) = ClientLog::open(&dir, s.file.sync, true)

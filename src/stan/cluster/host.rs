@@ -26,6 +26,32 @@ use std::time::Instant;
 /// another version, or garbage on the subject, would otherwise flood the log).
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The messages a node's store holds for one channel (limits are applied by the serving node
+/// only: a follower's store keeps what it applied until it serves).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredRange {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub msgs: u64,
+    /// Message body bytes.
+    pub bytes: u64,
+}
+
+impl StoredRange {
+    /// Records from `first_seq` on, `msgs` of them with `bytes` of bodies, were stored.
+    pub fn took(&mut self, first_seq: u64, msgs: u64, bytes: u64) {
+        if msgs == 0 {
+            return;
+        }
+        if self.msgs == 0 {
+            self.first_seq = first_seq;
+        }
+        self.last_seq = first_seq + msgs - 1;
+        self.msgs += msgs;
+        self.bytes += bytes;
+    }
+}
+
 /// One group's figures for monitoring (`/streaming/clusterz`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupStatus {
@@ -61,9 +87,9 @@ pub struct RaftHost {
     pub proposals: Proposals,
     /// A role change core 0 asked for, carried out between turns.
     pub transition: RefCell<Option<Transition>>,
-    /// The last message sequence this node's store holds per channel of this core: entries
-    /// applied again after a restart skip what it has.
-    pub last_stored: RefCell<FxHashMap<String, u64>>,
+    /// What this node's store holds per channel of this core: entries applied again after a
+    /// restart skip what it has, and a follower's monitoring reports it.
+    pub stored: RefCell<FxHashMap<String, StoredRange>>,
 }
 
 /// Why a core's groups did not start.
@@ -163,7 +189,7 @@ impl RaftHost {
             roles: RefCell::new(BTreeMap::new()),
             proposals: Proposals::default(),
             transition: RefCell::new(None),
-            last_stored: RefCell::new(FxHashMap::default()),
+            stored: RefCell::new(FxHashMap::default()),
         })
     }
 
