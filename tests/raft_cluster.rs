@@ -12,6 +12,10 @@ mod common;
 use common::{Server, TempDir};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Far above what the nodes need (elections after 0.5-1 s of silence); a miss is a failure
@@ -133,8 +137,17 @@ fn view(nodes: &[Node]) -> View {
 
 /// The node every running node names as the leader of all 17 groups, once they agree.
 fn agreed_leader(nodes: &[Node]) -> Option<String> {
-    let v = view(nodes);
-    let running = nodes.iter().filter(|n| n.server.is_some()).count();
+    agreed_leader_among(nodes, &[])
+}
+
+/// `agreed_leader` of the running nodes but those named in `apart`.
+fn agreed_leader_among(nodes: &[Node], apart: &[&str]) -> Option<String> {
+    let mut v = view(nodes);
+    v.retain(|name, _| !apart.contains(&name.as_str()));
+    let running = nodes
+        .iter()
+        .filter(|n| n.server.is_some() && !apart.contains(&n.name.as_str()))
+        .count();
     if v.len() != running {
         return None;
     }
@@ -395,6 +408,203 @@ fn nodes_on_an_external_nats_server_elect_and_fail_over() {
     let (next, took) = wait_agreed_leader(&nodes, Some(&first));
     eprintln!("-ns: {first} killed; {next} leads all groups after {took:?}");
     check_roles(&nodes, &next);
+}
+
+/// A TCP proxy on loopback to `upstream` that the test can cut (every connection through it
+/// closed, new ones refused) and heal. Its threads end when it is dropped.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn new(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy listener");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("address").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c, s, o) = (cut.clone(), stop.clone(), open.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Acquire) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                if c.load(Ordering::Acquire) {
+                    continue; // dropped: refused while cut
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+                        continue;
+                    };
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+                let mut list = o.lock().unwrap_or_else(|p| p.into_inner());
+                list.push(client);
+                list.push(server);
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            stop,
+            open,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::Release);
+        let mut list = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        for s in list.drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.cut();
+    }
+}
+
+/// Three nodes on one nats-server (`-ns`), each through a proxy of its own, so that cutting
+/// its proxy cuts the node off from everyone. stan.go publishes and subscribes on the
+/// nats-server while the serving leader is cut off twice: it stops serving within a few
+/// election timeouts, the other two elect a leader and serve, and after healing the cut
+/// node follows and catches up; every acknowledged message is in the channel once, in order,
+/// and on every node.
+#[test]
+fn a_leader_cut_off_stops_serving_and_the_majority_goes_on() {
+    preview_on();
+    let Some(bin) = common::go_program("stan-go") else {
+        return;
+    };
+    let Some((_nats, port)) = common::plain_nats_server() else {
+        return;
+    };
+    let proxies: Vec<Proxy> = (0..3).map(|_| Proxy::new(port)).collect();
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .zip(&proxies)
+        .map(|(name, proxy)| {
+            let dir = TempDir::new(&format!("raft-cut-{name}"));
+            let config = format!(
+                "streaming {{\n  cluster_id: raft-cut\n  nats_server_url: \"nats://127.0.0.1:{}\"\n  store: file\n  dir: \"{d}/store\"\n  cluster {{\n    node_id: \"{name}\"\n    peers: [\"a\", \"b\", \"c\"]\n    log_path: \"{d}/raft\"\n  }}\n}}\n",
+                proxy.port,
+                d = dir.0.display()
+            );
+            Node {
+                name: name.to_string(),
+                server: None,
+                client: 0,
+                monitor: common::free_port(),
+                cores: 2,
+                config,
+                dir,
+            }
+        })
+        .collect();
+    for n in &mut nodes {
+        let path = n.dir.0.join("node.conf");
+        std::fs::write(&path, &n.config).expect("config");
+        let m = n.monitor.to_string();
+        n.server = Some(Server::start_external(&[
+            "-c",
+            path.to_str().expect("utf-8"),
+            "--cores",
+            "2",
+            "-m",
+            &m,
+        ]));
+    }
+    wait_agreed_leader(&nodes, None);
+    let stop = nodes[0].dir.0.join("stop-publishing");
+    let case_timeout = Duration::from_secs(90);
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args([
+        "ft_failover_load",
+        &format!("nats://127.0.0.1:{port}"),
+        "raft-cut",
+    ])
+    .env("STANZA_STOP_FILE", &stop)
+    .env("STANZA_CASE_TIMEOUT", case_timeout.as_secs().to_string())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let client = cmd.spawn().expect("stan.go case");
+    std::thread::sleep(Duration::from_millis(1500));
+    for round in 0..2 {
+        let (leader, _) = wait_agreed_leader(&nodes, None);
+        let at = nodes.iter().position(|n| n.name == leader).expect("a node");
+        proxies[at].cut();
+        let start = Instant::now();
+        let (next, took) = loop {
+            if let Some(l) = agreed_leader_among(&nodes, &[&leader]) {
+                if l != leader {
+                    break (l, start.elapsed());
+                }
+            }
+            assert!(start.elapsed() < CONVERGE, "the majority elected no leader");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The cut-off node stopped leading: no PubAck can come from it.
+        let deadline = Instant::now() + CONVERGE;
+        while nodes[at].serverz()["role"] == "Leader" {
+            assert!(Instant::now() < deadline, "the cut-off leader still leads");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("round {round}: {leader} cut off; {next} leads the others after {took:?}");
+        std::thread::sleep(Duration::from_millis(1500));
+        proxies[at].heal();
+        let (again, _) = wait_agreed_leader(&nodes, None);
+        assert_eq!(again, next, "the healed node follows");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    std::fs::write(&stop, b"").expect("stop file");
+    let out = common::finish_bounded(client, case_timeout);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "stan.go case failed:\n{stdout}\n{stderr}\nlogs:\n{}",
+        nodes
+            .iter()
+            .filter_map(|n| n.server.as_ref().map(|s| s.log_text()))
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    );
+    eprintln!("{stdout}");
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let views: Vec<(u64, u64, u64)> =
+            nodes.iter().map(|n| channel_range(n, "ftload")).collect();
+        if views[0].1 > 0 && views.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stores differ: {views:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn refused_with(config: &str) -> String {
