@@ -95,6 +95,7 @@ impl Streaming {
                 self.carry_out_transition(&host, t).await;
             }
             host.compact_when_due();
+            host.rewrite_when_mostly_dead().await;
             loop {
                 let turn = host.ready();
                 if turn.is_empty() {

@@ -52,6 +52,9 @@ impl StoredRange {
     }
 }
 
+/// A log file smaller than this is never rewritten.
+const REWRITE_MIN: u64 = 64 << 20;
+
 /// One group's figures for monitoring (`/streaming/clusterz`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupStatus {
@@ -71,11 +74,18 @@ pub struct GroupStatus {
 
 pub struct RaftHost {
     groups: RefCell<ShardGroups>,
-    file: AppendFile,
+    /// The log file (replaced by a rewrite, `rewrite_when_mostly_dead`).
+    file: RefCell<Rc<AppendFile>>,
+    path: std::path::PathBuf,
+    sync: bool,
+    /// The file's length after it was opened or last rewritten.
+    rewritten_at: Cell<u64>,
+    /// A file smaller than this is never rewritten (`REWRITE_MIN`; tests lower it).
+    rewrite_min: Cell<u64>,
     /// `_STAN.raft.<cid>.`: followed by `<node raft ID>.<group>`.
     prefix: String,
     node_id: u64,
-    policy: SnapshotPolicy,
+    policy: Cell<SnapshotPolicy>,
     wake: Notify,
     /// Received batches refused (not decodable, or for another node), and when one was last
     /// logged.
@@ -174,15 +184,20 @@ impl RaftHost {
                 path: name.clone(),
                 source,
             })?;
+        let length = file.len();
         Ok(RaftHost {
             groups: RefCell::new(groups),
-            file,
+            file: RefCell::new(Rc::new(file)),
+            path,
+            sync: setup.sync,
+            rewritten_at: Cell::new(length),
+            rewrite_min: Cell::new(REWRITE_MIN),
             prefix: format!("_STAN.raft.{cluster_id}."),
             node_id: setup.node_id,
-            policy: SnapshotPolicy {
+            policy: Cell::new(SnapshotPolicy {
                 trailing: setup.trailing_logs,
                 ..SnapshotPolicy::default()
-            },
+            }),
             wake: Notify::new(),
             refused: Cell::new(0),
             last_report: Cell::new(None),
@@ -314,7 +329,8 @@ impl RaftHost {
     /// is written (the reference stops a node that cannot store its log).
     pub async fn append(&self, mut write: PendingWrite) -> Vec<Outgoing> {
         let records = std::mem::take(&mut write.records);
-        if let Err(e) = self.file.append_with(records, write.must_sync).await {
+        let file = self.file.borrow().clone();
+        if let Err(e) = file.append_with(records, write.must_sync).await {
             log::error!("STAN: raft: cannot append to the log: {e}; stopping");
             log::logger().flush();
             std::process::exit(1);
@@ -345,7 +361,8 @@ impl RaftHost {
     /// which this build does not do: it is kept catching up from entries instead).
     pub fn compact_when_due(&self) {
         let mut groups = self.groups.borrow_mut();
-        for g in groups.snapshots_due(&self.policy) {
+        let policy = self.policy.get();
+        for g in groups.snapshots_due(&policy) {
             let Some(group) = groups.group(g) else {
                 continue;
             };
@@ -356,11 +373,53 @@ impl RaftHost {
                 .map(|(_, m)| *m)
                 .min()
                 .map_or(0, |m| applied.saturating_sub(m));
-            let keep = self.policy.trailing.max(lacking);
+            let keep = policy.trailing.max(lacking);
             if let Err(e) = groups.make_snapshot(g, Bytes::new(), Some(keep)) {
                 log::error!("STAN: raft: snapshot of group {g}: {e}");
             }
         }
+    }
+
+    /// Rewrites the log file with every group's live log once it is at least `rewrite_min`
+    /// and has doubled since it was last written whole, if at least half of it is dead
+    /// (entries compacted away): the file would otherwise grow with all traffic ever.
+    pub async fn rewrite_when_mostly_dead(&self) {
+        let length = self.file.borrow().len();
+        if length < self.rewrite_min.get().max(2 * self.rewritten_at.get()) {
+            return;
+        }
+        let mut contents = Vec::new();
+        for g in self.groups.borrow().groups() {
+            log_file::encode_whole(&mut contents, g.id(), g.log());
+        }
+        if contents.len() as u64 * 2 > length {
+            self.rewritten_at.set(length);
+            return;
+        }
+        match AppendFile::rewrite(&self.path, &contents, self.sync).await {
+            Ok(file) => {
+                log::debug!(
+                    "STAN: raft: {} rewritten: {length} -> {} bytes",
+                    self.path.display(),
+                    contents.len()
+                );
+                self.rewritten_at.set(file.len());
+                *self.file.borrow_mut() = Rc::new(file);
+            }
+            Err(e) => {
+                // The old file is intact (the new one replaces it only once written): go on
+                // appending to it, and try again when it has doubled.
+                log::error!("STAN: raft: cannot rewrite {}: {e}", self.path.display());
+                self.rewritten_at.set(length);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn policy_every_for_tests(&self, every: u64) {
+        let mut p = self.policy.get();
+        p.every = every;
+        self.policy.set(p);
     }
 
     /// Notes role changes (the metadata group's at info level).
@@ -380,5 +439,92 @@ impl RaftHost {
         for Outgoing { to, group, bytes } in batches {
             send(&self.subject(to, group), Bytes::from(bytes));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glommio::LocalExecutorBuilder;
+
+    fn setup(dir: &std::path::Path) -> ClusterSetup {
+        ClusterSetup {
+            node_name: "solo".into(),
+            node_id: 7,
+            names: BTreeMap::new(),
+            log_dir: dir.to_path_buf(),
+            partitions: 2,
+            bootstrap_voters: Some(vec![7]),
+            announces_bootstrap: false,
+            election_ticks: 3,
+            heartbeat_ticks: 1,
+            sync: false,
+            trailing_logs: 10,
+        }
+    }
+
+    /// Turns until the groups want nothing, writes appended.
+    async fn settle(host: &RaftHost) {
+        for _ in 0..64 {
+            let turn = host.ready();
+            if turn.is_empty() {
+                return;
+            }
+            if let Some(w) = turn.write {
+                host.append(w).await;
+            }
+        }
+    }
+
+    /// A lone voter's groups write many entries, compact, and the file is rewritten with only
+    /// the live logs; reopened, the groups are where they were.
+    #[test]
+    fn a_mostly_dead_log_file_is_rewritten_and_replays_the_same_groups() {
+        let dir = std::env::temp_dir().join(format!("stanza-host-rewrite-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ran = LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let s = setup(&dir);
+                let host = RaftHost::open(&s, "c", 0, 1).await.expect("open");
+                for _ in 0..20 {
+                    host.tick(0);
+                    settle(&host).await;
+                }
+                assert!(host.leads_everything(), "a lone voter leads");
+                for n in 0..3000u32 {
+                    for g in 0..=2 {
+                        host.propose(g, Bytes::from(vec![n as u8; 200]))
+                            .expect("leader");
+                    }
+                    if n % 100 == 99 {
+                        settle(&host).await;
+                    }
+                }
+                settle(&host).await;
+                host.policy_every_for_tests(1000);
+                host.compact_when_due();
+                settle(&host).await;
+                let before = host.status();
+                let length = host.file.borrow().len();
+                host.rewrite_min.set(1);
+                host.rewritten_at.set(0);
+                host.rewrite_when_mostly_dead().await;
+                let after = host.file.borrow().len();
+                assert!(after * 4 < length, "rewritten: {length} -> {after}");
+                drop(host);
+                let again = RaftHost::open(&s, "c", 0, 1).await.expect("reopen");
+                let status = again.status();
+                let key = |v: &[GroupStatus]| -> Vec<(u32, u64, u64, u64)> {
+                    v.iter()
+                        .map(|g| (g.group, g.term, g.commit, g.last_index))
+                        .collect()
+                };
+                assert_eq!(key(&status), key(&before));
+                let _ = std::fs::remove_dir_all(&dir);
+                true
+            })
+            .and_then(|h| h.join());
+        assert!(matches!(ran, Ok(true)), "executor: {:?}", ran.err());
     }
 }
