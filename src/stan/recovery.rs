@@ -27,6 +27,16 @@ pub(super) fn compact_policy(file: &crate::config::streaming::FileOptions) -> Co
 }
 
 impl Streaming {
+    /// Whether the store syncs its writes: `file_sync`, or clustered `cluster.sync` (the
+    /// reference overrides the one with the other: durability then comes from the quorum).
+    pub(super) fn store_syncs(&self) -> bool {
+        let s = &self.opts.streaming;
+        match &s.cluster {
+            Some(c) if self.role.cluster.is_some() => c.sync,
+            _ => s.file.sync,
+        }
+    }
+
     /// Opens this shard's file store in `dir` with the configured file options (nothing
     /// recovered yet).
     pub(super) async fn open_file_store(&self, dir: &std::path::Path) -> Result<FileStore, String> {
@@ -43,7 +53,7 @@ impl Streaming {
             archive_script: s.file.slice_archive_script.clone(),
         };
         let compact = compact_policy(&s.file);
-        let mut store = FileStore::open(dir, buffer, slice_limits, compact, s.file.sync)
+        let mut store = FileStore::open(dir, buffer, slice_limits, compact, self.store_syncs())
             .await
             .map_err(|e| format!("cannot open the file store in {}: {e}", dir.display()))?;
         store.set_zero_ahead(s.file.zero_ahead);
@@ -118,7 +128,7 @@ impl Streaming {
         // Every shard reads the registered clients itself (no mesh is running yet); shard 0
         // also compacts the log, keeps it open and resumes their heartbeats.
         let clients = if me == 0 {
-            let (log, clients) = ClientLog::open(&dir, s.file.sync, s.file.truncate_bad_eof)
+            let (log, clients) = ClientLog::open(&dir, self.store_syncs(), s.file.truncate_bad_eof)
                 .await
                 .map_err(|e| {
                     format!(

@@ -351,7 +351,7 @@ impl Streaming {
         *host.stored.borrow_mut() = last;
         *self.store.borrow_mut() = Some(Rc::new(store));
         if me == 0 {
-            let (log, _) = ClientLog::open(&dir, s.file.sync, true)
+            let (log, _) = ClientLog::open(&dir, self.store_syncs(), true)
                 .await
                 .map_err(|e| {
                     format!(
