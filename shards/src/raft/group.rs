@@ -33,6 +33,30 @@ pub struct GroupConfig {
     /// Entries per append message (the reference's MaxAppendEntries is 64).
     pub max_inflight: usize,
     pub max_size_per_msg: u64,
+    /// raft-rs's own log lines go to the process log (`cluster.raft_logging`); else they are
+    /// dropped (stanza logs the decisions it acts on).
+    pub raft_logging: bool,
+}
+
+/// raft-rs's log lines (slog) as the process's log lines, at debug level but for its
+/// warnings and errors, tagged with the group.
+struct LogDrain {
+    group: u32,
+}
+
+impl slog::Drain for LogDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        let level = match record.level() {
+            slog::Level::Critical | slog::Level::Error => log::Level::Error,
+            slog::Level::Warning => log::Level::Warn,
+            _ => log::Level::Debug,
+        };
+        log::log!(level, "STAN: raft: group {}: {}", self.group, record.msg());
+        Ok(())
+    }
 }
 
 impl GroupConfig {
@@ -45,6 +69,7 @@ impl GroupConfig {
             fixed_election_timeout: None,
             max_inflight: 256,
             max_size_per_msg: 1024 * 1024,
+            raft_logging: false,
         }
     }
 
@@ -157,7 +182,16 @@ impl Group {
                 limit,
             });
         }
-        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let logger = if config.raft_logging {
+            slog::Logger::root(
+                LogDrain {
+                    group: config.group,
+                },
+                slog::o!(),
+            )
+        } else {
+            slog::Logger::root(slog::Discard, slog::o!())
+        };
         let node = RawNode::new(&config.raft_config(applied), log, &logger).map_err(|source| {
             GroupError::Raft {
                 group: config.group,

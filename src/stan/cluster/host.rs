@@ -149,6 +149,7 @@ impl RaftHost {
             let mut config = GroupConfig::new(g, setup.node_id);
             config.election_ticks = setup.election_ticks;
             config.heartbeat_ticks = setup.heartbeat_ticks;
+            config.raft_logging = setup.raft_logging;
             let bad = |why: String| HostError::Group {
                 path: name.clone(),
                 group: g,
@@ -460,6 +461,7 @@ mod tests {
             heartbeat_ticks: 1,
             sync: false,
             trailing_logs: 10,
+            raft_logging: false,
         }
     }
 

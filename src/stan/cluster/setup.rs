@@ -39,6 +39,8 @@ pub struct ClusterSetup {
     /// Sync the raft log's appends (`cluster.sync`).
     pub sync: bool,
     pub trailing_logs: u64,
+    /// raft-rs's own log lines in the process log (`raft_logging`).
+    pub raft_logging: bool,
 }
 
 impl ClusterSetup {
@@ -65,6 +67,8 @@ pub enum SetupError {
     },
     #[error("cluster.partitions must be between 1 and {max} (got {got})")]
     Partitions { got: u32, max: u32 },
+    #[error("cluster.allow_add_remove_node: adding and removing nodes of a running cluster is not built yet; remove it to start without it")]
+    AddRemoveNotBuilt,
     #[error("this node has no raft state, no bootstrap and no peers: joining a running cluster (the reference's join request) is not built yet; start it with cluster.peers naming every node, or cluster.bootstrap")]
     JoinNotBuilt,
 }
@@ -98,6 +102,10 @@ pub fn prepare(
             max: MAX_PARTITIONS,
         });
     }
+    if options.allow_add_remove_node {
+        return Err(SetupError::AddRemoveNotBuilt);
+    }
+    warnings.extend(without_effect(options));
     let log_path = options
         .log_path
         .clone()
@@ -149,6 +157,7 @@ pub fn prepare(
         heartbeat_ticks,
         sync: options.sync,
         trailing_logs: u64::try_from(options.trailing_logs).unwrap_or(0),
+        raft_logging: options.raft_logging,
     })
 }
 
@@ -170,6 +179,48 @@ fn timers(options: &ClusterOptions) -> (usize, usize) {
         DEFAULT_ELECTION_TICKS
     };
     (election, (election / 5).max(1))
+}
+
+/// Keys that tune the reference's raft and log libraries (hashicorp raft, bbolt), which stanza
+/// does not use: accepted, said to have no effect when set to anything but their default.
+fn without_effect(options: &ClusterOptions) -> Vec<String> {
+    let d = ClusterOptions::default();
+    let set = [
+        ("log_cache_size", options.log_cache_size != d.log_cache_size),
+        ("log_snapshots", options.log_snapshots != d.log_snapshots),
+        (
+            "raft_lease_timeout",
+            options.raft_lease_timeout != d.raft_lease_timeout,
+        ),
+        (
+            "raft_commit_timeout",
+            options.raft_commit_timeout != d.raft_commit_timeout,
+        ),
+        (
+            "bolt_free_list_sync",
+            options.bolt_free_list_sync != d.bolt_free_list_sync,
+        ),
+        (
+            "bolt_free_list_map",
+            options.bolt_free_list_map != d.bolt_free_list_map,
+        ),
+        (
+            "nodes_connections",
+            options.nodes_connections != d.nodes_connections,
+        ),
+        (
+            "proceed_on_restore_failure",
+            options.proceed_on_restore_failure != d.proceed_on_restore_failure,
+        ),
+    ];
+    set.iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(key, _)| {
+            format!(
+                "cluster.{key} tunes the reference's raft or bbolt libraries, which stanza does not use: it has no effect"
+            )
+        })
+        .collect()
 }
 
 struct Layout {
@@ -291,6 +342,25 @@ mod tests {
         let s = prepare("cid", &stored, &server("a", false), 1, &mut w).unwrap();
         assert_eq!(s.node_name, "a", "the stored name wins");
         assert!(w.iter().any(|m| m.contains("using the stored one")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn add_remove_is_refused_and_library_knobs_are_said_to_do_nothing() {
+        let dir = scratch("knobs");
+        let mut w = Vec::new();
+        let mut o = options(&dir, &["b"]);
+        o.allow_add_remove_node = true;
+        assert_eq!(
+            prepare("cid", &o, &server("a", false), 1, &mut w).unwrap_err(),
+            SetupError::AddRemoveNotBuilt
+        );
+        o.allow_add_remove_node = false;
+        o.log_cache_size = 1;
+        o.nodes_connections = true;
+        prepare("cid", &o, &server("a", false), 1, &mut w).unwrap();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("cluster.log_cache_size") && w[0].contains("no effect"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
