@@ -361,6 +361,86 @@ fn channel_range(n: &Node, channel: &str) -> (u64, u64, u64) {
     )
 }
 
+/// Conformance 65 and 63: a durable created for new messages only, with two messages
+/// delivered and acked, resumes after every node was killed and restarted at the next
+/// message, neither skipping nor repeating; then with two nodes of three killed no publish
+/// succeeds.
+#[test]
+fn a_durable_survives_a_full_restart_and_no_quorum_acknowledges_nothing() {
+    preview_on();
+    let Some(bin) = common::go_program("stan-go") else {
+        return;
+    };
+    let mut nodes = three_nodes();
+    for n in &mut nodes {
+        n.start();
+    }
+    wait_agreed_leader(&nodes, None);
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("nats://127.0.0.1:{}", n.client))
+        .collect();
+    let mut child = std::process::Command::new(&bin)
+        .args([
+            "cluster_restart_and_no_quorum",
+            &urls.join(","),
+            "raft-test",
+        ])
+        .env("STANZA_CASE_TIMEOUT", "120")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("stan.go case");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let expect_ready = |lines: &mut std::io::BufReader<std::process::ChildStdout>| {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let _ = lines.read_line(&mut line);
+        assert_eq!(line.trim(), "ready", "the case said {line:?}");
+    };
+    expect_ready(&mut lines);
+    for n in &mut nodes {
+        n.kill();
+    }
+    for n in &mut nodes {
+        n.start();
+    }
+    wait_agreed_leader(&nodes, None);
+    writeln!(stdin, "restarted").expect("tell the case");
+    expect_ready(&mut lines);
+    let (leader, _) = wait_agreed_leader(&nodes, None);
+    // Two of three gone, the leader among them when it is not the last.
+    let mut killed = 0;
+    for n in nodes.iter_mut().filter(|n| n.name == leader) {
+        n.kill();
+        killed += 1;
+    }
+    for n in nodes.iter_mut() {
+        if killed < 2 && n.server.is_some() {
+            n.kill();
+            killed += 1;
+        }
+    }
+    writeln!(stdin, "two gone").expect("tell the case");
+    drop(stdin);
+    let mut rest = String::new();
+    let _ = lines.read_to_string(&mut rest);
+    let out = common::finish_bounded(child, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "stan.go case failed:\n{rest}\n{stderr}\nlogs:\n{}",
+        nodes
+            .iter()
+            .filter_map(|n| n.server.as_ref().map(|s| s.log_text()))
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    );
+    assert!(rest.contains("done"), "{rest}");
+}
+
 /// Three nodes on one external nats-server (`-ns`): their raft traffic goes through it.
 #[test]
 fn nodes_on_an_external_nats_server_elect_and_fail_over() {
