@@ -78,6 +78,8 @@ pub struct Role {
     pub cores_leading: Box<[AtomicBool]>,
     /// Clustered: the cluster's ack key was applied since this process started.
     pub ack_key_agreed: AtomicBool,
+    /// Clustered: a partition group stopped being led here while this node served.
+    pub partition_lost: AtomicBool,
 }
 
 impl Role {
@@ -94,6 +96,7 @@ impl Role {
             metadata_leader: AtomicU64::new(0),
             cores_leading: Box::new([]),
             ack_key_agreed: AtomicBool::new(false),
+            partition_lost: AtomicBool::new(false),
         }
     }
 
@@ -110,6 +113,7 @@ impl Role {
             metadata_leader: AtomicU64::new(0),
             cores_leading: (0..cores).map(|_| AtomicBool::new(false)).collect(),
             ack_key_agreed: AtomicBool::new(false),
+            partition_lost: AtomicBool::new(false),
         }
     }
 

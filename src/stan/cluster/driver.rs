@@ -10,6 +10,7 @@ use super::host::RaftHost;
 use super::proposals::Settled;
 use super::setup::TICK;
 use crate::stan::messages::ControlMsg;
+use crate::stan::role::State;
 use crate::stan::streaming::Streaming;
 use bytes::Bytes;
 use shards::ack_key::AckKey;
@@ -123,7 +124,17 @@ impl Streaming {
             errors,
         } = turn;
         host.send_all(send_now, send);
-        host.note_roles(roles);
+        let built_shard = matches!(
+            self.role.state(),
+            State::ClusterActivating | State::ClusterLeader
+        );
+        if host.note_roles(roles) && built_shard {
+            // A partition's entries may now commit under another leader, after this node's
+            // shard took their sequences back: the shard no longer matches the log, so the
+            // node stops serving and, once it leads again, rebuilds it from the store.
+            log::warn!("STAN: raft: this node lost the leadership of a partition while serving");
+            self.role.partition_lost.store(true, Ordering::Release);
+        }
         if let Some(e) = errors.first() {
             cannot_apply(&e.to_string());
         }

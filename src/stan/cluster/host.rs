@@ -424,9 +424,14 @@ impl RaftHost {
     }
 
     /// Notes role changes (the metadata group's at info level).
-    pub fn note_roles(&self, roles: Vec<(u32, StateRole)>) {
+    /// Returns whether a partition group this node led stopped being led here.
+    pub fn note_roles(&self, roles: Vec<(u32, StateRole)>) -> bool {
+        let mut partition_lost = false;
         for (group, role) in roles {
-            self.roles.borrow_mut().insert(group, role);
+            let before = self.roles.borrow_mut().insert(group, role);
+            if group != 0 && before == Some(StateRole::Leader) && role != StateRole::Leader {
+                partition_lost = true;
+            }
             match (group, role) {
                 (0, StateRole::Leader | StateRole::Follower) => {
                     log::info!("STAN: raft: this node is now the metadata group's {role:?}")
@@ -434,6 +439,7 @@ impl RaftHost {
                 _ => log::debug!("STAN: raft: group {group}: this node is now {role:?}"),
             }
         }
+        partition_lost
     }
 
     pub fn send_all(&self, batches: Vec<Outgoing>, send: &impl Fn(&str, Bytes)) {

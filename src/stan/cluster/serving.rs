@@ -3,7 +3,9 @@
 //! earlier leader acknowledged). Serving starts with the cluster's ack key agreed (the first
 //! leader proposes its own, so that ack inboxes handed out by one leader work on the next),
 //! then every core opens its store as the serving node; it stops the moment another node
-//! leads the metadata group, and every core stands down.
+//! leads the metadata group, or a partition group stops being led here (its shard may then
+//! hold sequences another leader commits too), and every core stands down; it serves again,
+//! rebuilt from the store, once it leads everything again.
 
 use super::super::messages::{ControlMsg, StanMsg};
 use super::super::role::State;
@@ -39,9 +41,10 @@ impl Streaming {
                 .cores_leading
                 .iter()
                 .all(|c| c.load(Ordering::Acquire));
+            let lost = self.role.partition_lost.load(Ordering::Acquire);
             match self.role.state() {
                 State::Clustered if leader == me && all_led => self.start_serving(me).await,
-                State::ClusterActivating | State::ClusterLeader if leader != me => {
+                State::ClusterActivating | State::ClusterLeader if leader != me || lost => {
                     self.stop_serving().await
                 }
                 _ => {}
@@ -96,6 +99,7 @@ impl Streaming {
             .wait(token, Some(TRANSITION_LIMIT))
             .await;
         self.check_reports(&reports, "standing down");
+        self.role.partition_lost.store(false, Ordering::Release);
     }
 
     fn check_reports(&self, reports: &[Result<(), String>], what: &str) {
