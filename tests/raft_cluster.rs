@@ -74,13 +74,24 @@ impl Node {
 }
 
 fn cluster_config(name: &str, peers: &[&str], route: u16, routes: &[u16], dir: &TempDir) -> String {
+    cluster_config_for("raft-test", name, peers, route, routes, dir)
+}
+
+fn cluster_config_for(
+    cluster_id: &str,
+    name: &str,
+    peers: &[&str],
+    route: u16,
+    routes: &[u16],
+    dir: &TempDir,
+) -> String {
     let list: Vec<String> = routes
         .iter()
         .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
         .collect();
     let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
     format!(
-        "cluster {{\n  name: raft-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{}]\n  connect_retries: 30\n}}\nstreaming {{\n  cluster_id: raft-test\n  store: file\n  dir: \"{d}/store\"\n  cluster {{\n    node_id: \"{name}\"\n    peers: [{}]\n    log_path: \"{d}/raft\"\n  }}\n}}\n",
+        "cluster {{\n  name: raft-test\n  listen: \"127.0.0.1:{route}\"\n  routes: [{}]\n  connect_retries: 30\n}}\nstreaming {{\n  cluster_id: {cluster_id}\n  store: file\n  dir: \"{d}/store\"\n  cluster {{\n    node_id: \"{name}\"\n    peers: [{}]\n    log_path: \"{d}/raft\"\n  }}\n}}\n",
         list.join(", "),
         peers.join(", "),
         d = dir.0.display()
@@ -89,6 +100,10 @@ fn cluster_config(name: &str, peers: &[&str], route: u16, routes: &[u16], dir: &
 
 /// Three nodes a, b, c (on 2, 1 and 2 cores), routes to every node, themselves included.
 fn three_nodes() -> Vec<Node> {
+    three_nodes_for("raft-test")
+}
+
+fn three_nodes_for(cluster_id: &str) -> Vec<Node> {
     let routes: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
     ["a", "b", "c"]
         .iter()
@@ -102,7 +117,14 @@ fn three_nodes() -> Vec<Node> {
                 client: common::free_port(),
                 monitor: common::free_port(),
                 cores,
-                config: cluster_config(name, &["a", "b", "c"], *route, &routes, &dir),
+                config: cluster_config_for(
+                    cluster_id,
+                    name,
+                    &["a", "b", "c"],
+                    *route,
+                    &routes,
+                    &dir,
+                ),
                 dir,
             }
         })
@@ -359,6 +381,41 @@ fn channel_range(n: &Node, channel: &str) -> (u64, u64, u64) {
         v["last_seq"].as_u64().unwrap_or(0),
         v["msgs"].as_u64().unwrap_or(0),
     )
+}
+
+/// node-nats-streaming through the followers: its smoke case (connect, publish, subscribe,
+/// durable, queue) on one, 50 messages published on another, the leader killed, and the 50
+/// read back through the third node.
+#[test]
+fn node_nats_streaming_through_every_node_across_a_fail_over() {
+    preview_on();
+    if !common::available("node", "node", &["--version"]) {
+        return;
+    }
+    // node-nats-streaming's cases use the default cluster ID.
+    let mut nodes = three_nodes_for("test-cluster");
+    for n in &mut nodes {
+        n.start();
+    }
+    let (leader, _) = wait_agreed_leader(&nodes, None);
+    let followers: Vec<usize> = (0..3).filter(|i| nodes[*i].name != leader).collect();
+    let urls: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("nats://127.0.0.1:{}", n.client))
+        .collect();
+    let url = |i: usize| urls[i].clone();
+    let node = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("node");
+        cmd.arg(common::repo_path("tests/clients/node/stan_smoke.mjs"))
+            .args(args);
+        common::run_client(cmd, Duration::from_secs(60));
+    };
+    node(&["smoke", &url(followers[0])]);
+    node(&["publish", &url(followers[1]), "raft.node", "50"]);
+    let at = nodes.iter().position(|n| n.name == leader).expect("a node");
+    nodes[at].kill();
+    wait_agreed_leader(&nodes, Some(&leader));
+    node(&["consume", &url(followers[0]), "raft.node", "50"]);
 }
 
 /// Conformance 65 and 63: a durable created for new messages only, with two messages
