@@ -194,6 +194,10 @@ pub fn push_sub(out: &mut Vec<u8>, subject: &str, sid: u64) {
     out.extend_from_slice(format!("SUB {subject} {sid}\r\n").as_bytes());
 }
 
+pub fn push_unsub(out: &mut Vec<u8>, sid: u64) {
+    out.extend_from_slice(format!("UNSUB {sid}\r\n").as_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,14 +107,36 @@ impl External {
         self.wake.notify();
     }
 
+    /// Subscribes `subject` (once: a subject already subscribed is left as it is, so a
+    /// cluster node that serves again does not get each request twice).
     pub fn subscribe(&self, subject: &str) {
         let sid = {
             let mut subjects = self.subjects.borrow_mut();
+            if subjects.iter().any(|s| s == subject) {
+                return;
+            }
             subjects.push(subject.to_string());
             subjects.len() as u64
         };
         if self.connected.get() {
             client_proto::push_sub(&mut self.out.borrow_mut(), subject, sid);
+            self.wake.notify();
+        }
+    }
+
+    /// Unsubscribes `subject` (a cluster node that stops serving). Its slot stays, empty, so
+    /// the other subscriptions keep their IDs.
+    pub fn unsubscribe(&self, subject: &str) {
+        let sid = {
+            let mut subjects = self.subjects.borrow_mut();
+            let Some(i) = subjects.iter().position(|s| s == subject) else {
+                return;
+            };
+            subjects[i].clear();
+            i as u64 + 1
+        };
+        if self.connected.get() {
+            client_proto::push_unsub(&mut self.out.borrow_mut(), sid);
             self.wake.notify();
         }
     }
@@ -204,7 +226,9 @@ impl External {
             }
             let mut hello = self.connect_line(url).into_bytes();
             for (i, subject) in self.subjects.borrow().iter().enumerate() {
-                client_proto::push_sub(&mut hello, subject, i as u64 + 1);
+                if !subject.is_empty() {
+                    client_proto::push_sub(&mut hello, subject, i as u64 + 1);
+                }
             }
             hello.extend_from_slice(b"PING\r\n");
             stream.write_all(&hello).await.map_err(|e| e.to_string())?;

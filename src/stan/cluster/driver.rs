@@ -322,8 +322,20 @@ impl Streaming {
             s.close().await;
         }
         self.client_log.borrow_mut().take();
-        if self.core.id == 0 && self.external.borrow().is_none() {
-            self.core.routes.set_internal(self.served_subjects());
+        let external = self.external.borrow().clone();
+        match external {
+            // With -ns: the requests and this core's inboxes are left to the next leader.
+            Some(ext) => {
+                ext.unsubscribe(&format!("{}>", self.subjects.ack_prefix(self.core.id)));
+                ext.unsubscribe(&format!("{}>", self.subjects.reply_prefix(self.core.id)));
+                if self.core.id == 0 {
+                    for subject in self.subjects.request_subjects(self.partition_channels()) {
+                        ext.unsubscribe(&subject);
+                    }
+                }
+            }
+            None if self.core.id == 0 => self.core.routes.set_internal(self.served_subjects()),
+            None => {}
         }
         self.open_store_for_applying(host).await
     }
