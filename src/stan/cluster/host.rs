@@ -52,6 +52,9 @@ impl StoredRange {
     }
 }
 
+/// A leader keeps what a lagging member lacks up to this many times `trailing_logs` entries.
+const KEEP_FOR_LAGGING_MEMBERS: u64 = 8;
+
 /// A log file smaller than this is never rewritten.
 const REWRITE_MIN: u64 = 64 << 20;
 
@@ -358,8 +361,9 @@ impl RaftHost {
     /// Keeps the log in bounds: once `SnapshotPolicy.every` entries were applied since the
     /// last snapshot, a snapshot marks how far this node's store holds the log, and the log
     /// before it is dropped but for `trailing_logs` entries, and, on a leader, but for what
-    /// some member still lacks (a member behind the log would need the store's state sent,
-    /// which this build does not do: it is kept catching up from entries instead).
+    /// some member still lacks, up to `KEEP_FOR_LAGGING_MEMBERS` times `trailing_logs` (a
+    /// member behind the log would need the store's state sent, which this build does not do:
+    /// it catches up from entries instead, unless it was down too long).
     pub fn compact_when_due(&self) {
         let mut groups = self.groups.borrow_mut();
         let policy = self.policy.get();
@@ -374,7 +378,15 @@ impl RaftHost {
                 .map(|(_, m)| *m)
                 .min()
                 .map_or(0, |m| applied.saturating_sub(m));
-            let keep = policy.trailing.max(lacking);
+            // What a member lacks is kept, but not without bound: a member down for long
+            // must not exhaust the others' memory.
+            let bound = policy.trailing.saturating_mul(KEEP_FOR_LAGGING_MEMBERS);
+            let keep = policy.trailing.max(lacking.min(bound));
+            if lacking > keep {
+                log::warn!(
+                    "STAN: raft: group {g}: a member lacks {lacking} entries, more than the {keep} kept: it will need a snapshot to catch up, which this build cannot send"
+                );
+            }
             if let Err(e) = groups.make_snapshot(g, Bytes::new(), Some(keep)) {
                 log::error!("STAN: raft: snapshot of group {g}: {e}");
             }
