@@ -2,7 +2,10 @@
 seconds from /proc, waiting for a server to listen."""
 
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import statistics
 import sys
 import time
@@ -64,3 +67,22 @@ def interleaved_medians(name, kinds, repeat, run):
     print(f"done: {name}: {results}", file=sys.stderr)
     return {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
             for k, v in results.items()}
+
+
+def go_binary(name, module):
+    """A Go program on PATH or in GOPATH/bin, installed with `go install module` if absent."""
+    gopath = subprocess.run(["go", "env", "GOPATH"], capture_output=True, text=True).stdout.strip()
+    path = shutil.which(name) or os.path.join(gopath, "bin", name)
+    if not os.path.exists(path):
+        subprocess.run(["go", "install", module], check=True)
+    return path
+
+
+def build_release_and_probe(root):
+    """Builds stanza (release) and the stan.go fail-over probe (benches/ft-probe); returns the
+    probe's path."""
+    subprocess.run(["cargo", "build", "--release", "-q"], cwd=root, check=True)
+    probe_bin = os.path.join(tempfile.gettempdir(), "stanza-ft-probe")
+    subprocess.run(["go", "build", "-o", probe_bin, "."], cwd=os.path.join(root, "benches", "ft-probe"),
+                   check=True)
+    return probe_bin

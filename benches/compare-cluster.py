@@ -29,21 +29,13 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import cpu_seconds, free_port, wait_port  # noqa: E402
+from benchlib import build_release_and_probe, cpu_seconds, free_port, go_binary, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANZA = os.path.join(ROOT, "target", "release", "stanza")
 GO_SERVER_MODULE = "github.com/nats-io/nats-streaming-server@v0.25.6"
 STAN_BENCH_MODULE = "github.com/nats-io/stan.go/examples/stan-bench@v0.10.4"
 NODES = ["a", "b", "c"]
-
-
-def go_binary(name, module):
-    gopath = subprocess.run(["go", "env", "GOPATH"], capture_output=True, text=True).stdout.strip()
-    path = shutil.which(name) or os.path.join(gopath, "bin", name)
-    if not os.path.exists(path):
-        subprocess.run(["go", "install", module], check=True)
-    return path
 
 
 def serverz(monitor):
@@ -165,10 +157,7 @@ def main():
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--failovers", type=int, default=3)
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    probe_bin = os.path.join(tempfile.gettempdir(), "stanza-ft-probe")
-    subprocess.run(["go", "build", "-o", probe_bin, "."], cwd=os.path.join(ROOT, "benches", "ft-probe"),
-                   check=True)
+    probe_bin = build_release_and_probe(ROOT)
     go_bin = go_binary("nats-streaming-server", GO_SERVER_MODULE)
     bench_bin = go_binary("stan-bench", STAN_BENCH_MODULE)
     results = {"stanza": [], "go": []}

@@ -28,19 +28,11 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import free_port, wait_port  # noqa: E402
+from benchlib import build_release_and_probe, free_port, go_binary, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANZA = os.path.join(ROOT, "target", "release", "stanza")
 GO_SERVER_MODULE = "github.com/nats-io/nats-streaming-server@v0.25.6"
-
-
-def go_server():
-    gopath = subprocess.run(["go", "env", "GOPATH"], capture_output=True, text=True).stdout.strip()
-    path = shutil.which("nats-streaming-server") or os.path.join(gopath, "bin", "nats-streaming-server")
-    if not os.path.exists(path):
-        subprocess.run(["go", "install", GO_SERVER_MODULE], check=True)
-    return path
 
 
 def ft_active(monitor):
@@ -109,11 +101,8 @@ def main():
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--prefill", type=int, default=0)
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    probe_bin = os.path.join(tempfile.gettempdir(), "stanza-ft-probe")
-    subprocess.run(["go", "build", "-o", probe_bin, "."], cwd=os.path.join(ROOT, "benches", "ft-probe"),
-                   check=True)
-    go_bin = go_server()
+    probe_bin = build_release_and_probe(ROOT)
+    go_bin = go_binary("nats-streaming-server", GO_SERVER_MODULE)
     times = {"stanza": [], "go": []}
     for _ in range(args.runs):
         for kind in times:

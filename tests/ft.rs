@@ -159,13 +159,7 @@ fn kill_nine_of_the_active_under_load_ten_times() {
         .unwrap_or(10);
     // About 2 s per kill, then the checks.
     let case_timeout = Duration::from_secs(60 + 3 * u64::from(kills));
-    let mut cmd = Command::new(&bin);
-    cmd.args(["ft_failover_load", &urls.join(","), "ft-load"])
-        .env("STANZA_STOP_FILE", &stop)
-        .env("STANZA_CASE_TIMEOUT", case_timeout.as_secs().to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let client = cmd.spawn().expect("stan.go case");
+    let client = common::start_failover_load(&bin, &urls.join(","), "ft-load", &stop, case_timeout);
     std::thread::sleep(Duration::from_millis(1500));
     let mut take_overs = Vec::new();
     for _ in 0..kills {
@@ -184,18 +178,11 @@ fn kill_nine_of_the_active_under_load_ten_times() {
     }
     std::fs::write(&stop, b"").expect("stop file");
     eprintln!("take-overs (kill -9 to isFTActive 200 elsewhere): {take_overs:?}");
-    let out = common::finish_bounded(client, case_timeout);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "stan.go case failed:\n{stdout}\n{stderr}\nlogs:\n{}",
-        nodes
-            .iter()
-            .filter_map(|n| n.server.as_ref().map(|s| s.log_text()))
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    );
+    let logs: Vec<String> = nodes
+        .iter()
+        .filter_map(|n| n.server.as_ref().map(|s| s.log_text()))
+        .collect();
+    let stdout = common::expect_case_success(client, case_timeout, &logs);
     eprintln!("{stdout}");
     actives(&nodes);
 }

@@ -103,6 +103,20 @@ fn three_nodes() -> Vec<Node> {
     three_nodes_for("raft-test")
 }
 
+/// `three_nodes`, started, with an agreed leader; and their client URLs.
+fn three_running_nodes() -> (Vec<Node>, Vec<String>) {
+    let mut nodes = three_nodes();
+    for n in &mut nodes {
+        n.start();
+    }
+    wait_agreed_leader(&nodes, None);
+    let urls = nodes
+        .iter()
+        .map(|n| format!("nats://127.0.0.1:{}", n.client))
+        .collect();
+    (nodes, urls)
+}
+
 fn three_nodes_for(cluster_id: &str) -> Vec<Node> {
     let routes: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
     ["a", "b", "c"]
@@ -304,28 +318,15 @@ fn kill_nine_of_the_leader_under_load() {
     let Some(bin) = common::go_program("stan-go") else {
         return;
     };
-    let mut nodes = three_nodes();
-    for n in &mut nodes {
-        n.start();
-    }
-    wait_agreed_leader(&nodes, None);
-    let urls: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("nats://127.0.0.1:{}", n.client))
-        .collect();
+    let (mut nodes, urls) = three_running_nodes();
     let stop = nodes[0].dir.0.join("stop-publishing");
     let kills: u32 = std::env::var("STANZA_RAFT_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let case_timeout = Duration::from_secs(60 + 4 * u64::from(kills));
-    let mut cmd = std::process::Command::new(&bin);
-    cmd.args(["ft_failover_load", &urls.join(","), "raft-test"])
-        .env("STANZA_STOP_FILE", &stop)
-        .env("STANZA_CASE_TIMEOUT", case_timeout.as_secs().to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let client = cmd.spawn().expect("stan.go case");
+    let client =
+        common::start_failover_load(&bin, &urls.join(","), "raft-test", &stop, case_timeout);
     std::thread::sleep(Duration::from_millis(1500));
     let mut fail_overs = Vec::new();
     for _ in 0..kills {
@@ -339,30 +340,29 @@ fn kill_nine_of_the_leader_under_load() {
     }
     std::fs::write(&stop, b"").expect("stop file");
     eprintln!("fail-overs (kill -9 to every group led by one other node): {fail_overs:?}");
-    let out = common::finish_bounded(client, case_timeout);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "stan.go case failed:\n{stdout}\n{stderr}\nlogs:\n{}",
-        nodes
-            .iter()
-            .filter_map(|n| n.server.as_ref().map(|s| s.log_text()))
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    );
+    let stdout = common::expect_case_success(client, case_timeout, &logs_of(&nodes));
     eprintln!("{stdout}");
     // Every node, the restarted ones included, caught up: the same messages in its store.
+    let held = wait_same_channel_everywhere(&nodes, "ftload");
+    eprintln!("every node holds ftload (first, last, msgs) = {held:?}");
+}
+
+/// The logs of the running nodes (shown when a client case fails).
+fn logs_of(nodes: &[Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .filter_map(|n| n.server.as_ref().map(|s| s.log_text()))
+        .collect()
+}
+
+/// Waits (bounded) until every node reports the same non-empty (first, last, msgs) for
+/// `channel`, and returns it.
+fn wait_same_channel_everywhere(nodes: &[Node], channel: &str) -> (u64, u64, u64) {
     let deadline = Instant::now() + CONVERGE;
     loop {
-        let views: Vec<(u64, u64, u64)> =
-            nodes.iter().map(|n| channel_range(n, "ftload")).collect();
+        let views: Vec<(u64, u64, u64)> = nodes.iter().map(|n| channel_range(n, channel)).collect();
         if views[0].1 > 0 && views.windows(2).all(|w| w[0] == w[1]) {
-            eprintln!(
-                "every node holds ftload (first, last, msgs) = {:?}",
-                views[0]
-            );
-            break;
+            return views[0];
         }
         assert!(Instant::now() < deadline, "stores differ: {views:?}");
         std::thread::sleep(Duration::from_millis(100));
@@ -428,15 +428,7 @@ fn a_durable_survives_a_full_restart_and_no_quorum_acknowledges_nothing() {
     let Some(bin) = common::go_program("stan-go") else {
         return;
     };
-    let mut nodes = three_nodes();
-    for n in &mut nodes {
-        n.start();
-    }
-    wait_agreed_leader(&nodes, None);
-    let urls: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("nats://127.0.0.1:{}", n.client))
-        .collect();
+    let (mut nodes, urls) = three_running_nodes();
     let mut child = std::process::Command::new(&bin)
         .args([
             "cluster_restart_and_no_quorum",
@@ -484,34 +476,20 @@ fn a_durable_survives_a_full_restart_and_no_quorum_acknowledges_nothing() {
     drop(stdin);
     let mut rest = String::new();
     let _ = lines.read_to_string(&mut rest);
-    let out = common::finish_bounded(child, Duration::from_secs(60));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "stan.go case failed:\n{rest}\n{stderr}\nlogs:\n{}",
-        nodes
-            .iter()
-            .filter_map(|n| n.server.as_ref().map(|s| s.log_text()))
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    );
+    common::expect_case_success(child, Duration::from_secs(60), &logs_of(&nodes));
     assert!(rest.contains("done"), "{rest}");
 }
 
-/// Three nodes on one external nats-server (`-ns`): their raft traffic goes through it.
-#[test]
-fn nodes_on_an_external_nats_server_elect_and_fail_over() {
-    preview_on();
-    let Some((_nats, port)) = common::plain_nats_server() else {
-        return;
-    };
-    let url = format!("nats://127.0.0.1:{port}");
+/// Three nodes a, b, c on 2 cores each, started with `-ns`, node i on `url(i)`.
+fn ns_nodes(cluster_id: &str, url: impl Fn(usize) -> String) -> Vec<Node> {
     let mut nodes: Vec<Node> = ["a", "b", "c"]
         .iter()
-        .map(|name| {
-            let dir = TempDir::new(&format!("raft-ns-{name}"));
+        .enumerate()
+        .map(|(i, name)| {
+            let dir = TempDir::new(&format!("{cluster_id}-{name}"));
             let config = format!(
-                "streaming {{\n  cluster_id: raft-ns\n  nats_server_url: \"{url}\"\n  store: file\n  dir: \"{d}/store\"\n  cluster {{\n    node_id: \"{name}\"\n    peers: [\"a\", \"b\", \"c\"]\n    log_path: \"{d}/raft\"\n  }}\n}}\n",
+                "streaming {{\n  cluster_id: {cluster_id}\n  nats_server_url: \"{}\"\n  store: file\n  dir: \"{d}/store\"\n  cluster {{\n    node_id: \"{name}\"\n    peers: [\"a\", \"b\", \"c\"]\n    log_path: \"{d}/raft\"\n  }}\n}}\n",
+                url(i),
                 d = dir.0.display()
             );
             Node {
@@ -538,6 +516,18 @@ fn nodes_on_an_external_nats_server_elect_and_fail_over() {
             &m,
         ]));
     }
+    nodes
+}
+
+/// Three nodes on one external nats-server (`-ns`): their raft traffic goes through it.
+#[test]
+fn nodes_on_an_external_nats_server_elect_and_fail_over() {
+    preview_on();
+    let Some((_nats, port)) = common::plain_nats_server() else {
+        return;
+    };
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut nodes = ns_nodes("raft-ns", |_| url.clone());
     let (first, _) = wait_agreed_leader(&nodes, None);
     check_roles(&nodes, &first);
     let at = nodes.iter().position(|n| n.name == first).expect("a node");
@@ -642,54 +632,14 @@ fn a_leader_cut_off_stops_serving_and_the_majority_goes_on() {
         return;
     };
     let proxies: Vec<Proxy> = (0..3).map(|_| Proxy::new(port)).collect();
-    let mut nodes: Vec<Node> = ["a", "b", "c"]
-        .iter()
-        .zip(&proxies)
-        .map(|(name, proxy)| {
-            let dir = TempDir::new(&format!("raft-cut-{name}"));
-            let config = format!(
-                "streaming {{\n  cluster_id: raft-cut\n  nats_server_url: \"nats://127.0.0.1:{}\"\n  store: file\n  dir: \"{d}/store\"\n  cluster {{\n    node_id: \"{name}\"\n    peers: [\"a\", \"b\", \"c\"]\n    log_path: \"{d}/raft\"\n  }}\n}}\n",
-                proxy.port,
-                d = dir.0.display()
-            );
-            Node {
-                name: name.to_string(),
-                server: None,
-                client: 0,
-                monitor: common::free_port(),
-                cores: 2,
-                config,
-                dir,
-            }
-        })
-        .collect();
-    for n in &mut nodes {
-        let path = n.dir.0.join("node.conf");
-        std::fs::write(&path, &n.config).expect("config");
-        let m = n.monitor.to_string();
-        n.server = Some(Server::start_external(&[
-            "-c",
-            path.to_str().expect("utf-8"),
-            "--cores",
-            "2",
-            "-m",
-            &m,
-        ]));
-    }
+    let nodes = ns_nodes("raft-cut", |i| {
+        format!("nats://127.0.0.1:{}", proxies[i].port)
+    });
     wait_agreed_leader(&nodes, None);
     let stop = nodes[0].dir.0.join("stop-publishing");
     let case_timeout = Duration::from_secs(90);
-    let mut cmd = std::process::Command::new(&bin);
-    cmd.args([
-        "ft_failover_load",
-        &format!("nats://127.0.0.1:{port}"),
-        "raft-cut",
-    ])
-    .env("STANZA_STOP_FILE", &stop)
-    .env("STANZA_CASE_TIMEOUT", case_timeout.as_secs().to_string())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
-    let client = cmd.spawn().expect("stan.go case");
+    let url = format!("nats://127.0.0.1:{port}");
+    let client = common::start_failover_load(&bin, &url, "raft-cut", &stop, case_timeout);
     std::thread::sleep(Duration::from_millis(1500));
     for round in 0..2 {
         let (leader, _) = wait_agreed_leader(&nodes, None);
@@ -719,29 +669,9 @@ fn a_leader_cut_off_stops_serving_and_the_majority_goes_on() {
         std::thread::sleep(Duration::from_millis(700));
     }
     std::fs::write(&stop, b"").expect("stop file");
-    let out = common::finish_bounded(client, case_timeout);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "stan.go case failed:\n{stdout}\n{stderr}\nlogs:\n{}",
-        nodes
-            .iter()
-            .filter_map(|n| n.server.as_ref().map(|s| s.log_text()))
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    );
+    let stdout = common::expect_case_success(client, case_timeout, &logs_of(&nodes));
     eprintln!("{stdout}");
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let views: Vec<(u64, u64, u64)> =
-            nodes.iter().map(|n| channel_range(n, "ftload")).collect();
-        if views[0].1 > 0 && views.windows(2).all(|w| w[0] == w[1]) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "stores differ: {views:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_same_channel_everywhere(&nodes, "ftload");
 }
 
 fn refused_with(config: &str) -> String {

@@ -127,12 +127,7 @@ impl Streaming {
         if n.is_multiple_of(SLICE_SWEEP_TICKS) {
             let store = self.store.borrow().clone();
             if let Some(store) = store {
-                let names: Vec<String> = self
-                    .shard
-                    .borrow()
-                    .channels()
-                    .map(|c| c.name.clone())
-                    .collect();
+                let names = self.shard.borrow().channel_names();
                 for name in names {
                     self.drop_emptied_slices(&store, &name);
                 }
@@ -316,12 +311,7 @@ impl Streaming {
     /// disk before the files close.
     pub async fn close_store(&self) {
         if let Some(me) = self.rc() {
-            for _ in 0..200 {
-                if !self.committing.get() {
-                    break;
-                }
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
+            self.commit_settled().await;
             // Clustered, the raft groups have stopped by now: what the journal holds is not
             // replicated (the next leader redelivers what it does not know was acknowledged).
             if !self.committing.get() && self.role.cluster.is_none() {
@@ -335,6 +325,16 @@ impl Streaming {
         let store = self.store.borrow().clone();
         if let Some(s) = store {
             s.close().await;
+        }
+    }
+
+    /// Waits (at most 2 s) for the commit in progress, if any, to end.
+    pub(super) async fn commit_settled(&self) {
+        for _ in 0..200 {
+            if !self.committing.get() {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
         }
     }
 

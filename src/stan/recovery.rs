@@ -37,6 +37,23 @@ impl Streaming {
         }
     }
 
+    /// Opens the client log (`clients.dat`) in `dir` for appending; returns it with the
+    /// clients it holds.
+    pub(super) async fn open_client_log(
+        &self,
+        dir: &std::path::Path,
+        truncate_bad_eof: bool,
+    ) -> Result<(ClientLog, Vec<clients::StoredClient>), String> {
+        ClientLog::open(dir, self.store_syncs(), truncate_bad_eof)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot open {}: {e}",
+                    dir.join(clients::FILE_NAME).display()
+                )
+            })
+    }
+
     /// Opens this shard's file store in `dir` with the configured file options (nothing
     /// recovered yet).
     pub(super) async fn open_file_store(&self, dir: &std::path::Path) -> Result<FileStore, String> {
@@ -128,14 +145,7 @@ impl Streaming {
         // Every shard reads the registered clients itself (no mesh is running yet); shard 0
         // also compacts the log, keeps it open and resumes their heartbeats.
         let clients = if me == 0 {
-            let (log, clients) = ClientLog::open(&dir, self.store_syncs(), s.file.truncate_bad_eof)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "cannot open {}: {e}",
-                        dir.join(clients::FILE_NAME).display()
-                    )
-                })?;
+            let (log, clients) = self.open_client_log(&dir, s.file.truncate_bad_eof).await?;
             *self.client_log.borrow_mut() = Some(Rc::new(log));
             clients
         } else {

@@ -614,3 +614,39 @@ pub fn http_get(addr: &str, path: &str) -> String {
         .map(|(_, b)| b.to_string())
         .unwrap_or(text)
 }
+
+/// Starts the stan.go program's `ft_failover_load` case (tests/clients/stan-go/ft_cases.go) on
+/// `urls` for cluster `cluster_id`: it publishes and subscribes until `stop` exists, then
+/// checks every acknowledged message. Finish it with `expect_case_success`.
+#[allow(dead_code)]
+pub fn start_failover_load(
+    bin: &Path,
+    urls: &str,
+    cluster_id: &str,
+    stop: &Path,
+    timeout: Duration,
+) -> Child {
+    Command::new(bin)
+        .args(["ft_failover_load", urls, cluster_id])
+        .env("STANZA_STOP_FILE", stop)
+        .env("STANZA_CASE_TIMEOUT", timeout.as_secs().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("stan.go case")
+}
+
+/// Waits (bounded) for a client case started with piped output; fails with its output and the
+/// servers' `logs` unless it succeeded. Returns its standard output.
+#[allow(dead_code)]
+pub fn expect_case_success(child: Child, timeout: Duration, logs: &[String]) -> String {
+    let out = finish_bounded(child, timeout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "client case failed:\n{stdout}\n{stderr}\nlogs:\n{}",
+        logs.join("\n----\n")
+    );
+    stdout
+}

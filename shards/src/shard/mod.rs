@@ -434,6 +434,11 @@ impl Shard {
         self.channels.values()
     }
 
+    /// The names of the channels (owned, to act on each while the shard changes).
+    pub fn channel_names(&self) -> Vec<String> {
+        self.channels.values().map(|c| c.name.clone()).collect()
+    }
+
     pub fn subscription(&self, id: u64) -> Option<&Subscription> {
         self.subs.get(&id)
     }

@@ -19,7 +19,6 @@ use shards::raft::meta_entry::{self, MetaOp};
 use shards::raft::partition_entry::{self, PartitionOp};
 use shards::raft::{Entry, EntryType, Turn};
 use shards::shard::{ChannelDirectory, Shard};
-use shards::store::clients::{self, ClientLog};
 use shards::store::file::{ChannelBatch, WriteOutcome};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -298,18 +297,8 @@ impl Streaming {
     /// applying only.
     async fn stand_down(self: &Rc<Self>, host: &RaftHost) -> Result<(), String> {
         host.proposals.fail_all(LEADERSHIP_LOST);
-        for _ in 0..200 {
-            if !self.committing.get() {
-                break;
-            }
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-        }
-        let names: Vec<String> = self
-            .shard
-            .borrow()
-            .channels()
-            .map(|c| c.name.clone())
-            .collect();
+        self.commit_settled().await;
+        let names = self.shard.borrow().channel_names();
         for name in &names {
             self.dir.unregister(name);
         }
@@ -374,14 +363,7 @@ impl Streaming {
         *host.stored.borrow_mut() = last;
         *self.store.borrow_mut() = Some(Rc::new(store));
         if me == 0 {
-            let (log, _) = ClientLog::open(&dir, self.store_syncs(), true)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "cannot open {}: {e}",
-                        dir.join(clients::FILE_NAME).display()
-                    )
-                })?;
+            let (log, _) = self.open_client_log(&dir, true).await?;
             *self.client_log.borrow_mut() = Some(Rc::new(log));
         }
         Ok(())
