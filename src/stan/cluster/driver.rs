@@ -137,17 +137,18 @@ impl Streaming {
         if let Some(e) = errors.first() {
             cannot_apply(&e.to_string());
         }
-        if let Some(write) = write {
-            let after = host.append(write).await;
-            host.send_all(after, send);
-        }
         if let Some((group, _)) = snapshots.first() {
-            // The leader compacts only what every member holds, so this comes from a leader
-            // that lost entries a member needs: catching up from a snapshot with the store's
-            // state (message transfer) is not built, and taking it would skip entries.
+            // A leader keeps what members lack (up to a bound), so this node was behind by
+            // more than that: catching up from a snapshot with the store's state (message
+            // transfer) is not built, and taking it would skip entries. Stopped before the
+            // turn's records are written, so the log on disk never holds the snapshot.
             cannot_apply(&format!(
                 "group {group}: a snapshot arrived from the leader; catching up from a snapshot is not built yet"
             ));
+        }
+        if let Some(write) = write {
+            let after = host.append(write).await;
+            host.send_all(after, send);
         }
         for (group, entry) in committed {
             self.apply_entry(host, group, entry).await;
@@ -340,7 +341,10 @@ impl Streaming {
         let store = self.open_file_store(&dir).await?;
         let me = self.core.id;
         let recovered = store
-            .recover(|name| self.core_of_channel(name.as_bytes()) == me, true)
+            .recover(
+                |name| self.core_of_channel(name.as_bytes()) == me,
+                s.file.truncate_bad_eof,
+            )
             .await?;
         let mut last = fxhash::FxHashMap::default();
         for r in recovered {
@@ -363,7 +367,7 @@ impl Streaming {
         *host.stored.borrow_mut() = last;
         *self.store.borrow_mut() = Some(Rc::new(store));
         if me == 0 {
-            let (log, _) = self.open_client_log(&dir, true).await?;
+            let (log, _) = self.open_client_log(&dir, s.file.truncate_bad_eof).await?;
             *self.client_log.borrow_mut() = Some(Rc::new(log));
         }
         Ok(())
