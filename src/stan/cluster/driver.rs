@@ -346,14 +346,24 @@ impl Streaming {
                 s.file.truncate_bad_eof,
             )
             .await?;
-        let mut last = fxhash::FxHashMap::default();
+        let mut stored = fxhash::FxHashMap::default();
         for r in recovered {
+            for d in &r.truncated {
+                log::warn!(
+                    "STAN: {}: dropped {} message(s) at offset {} ({} bytes): {}",
+                    d.path.display(),
+                    d.messages,
+                    d.offset,
+                    d.bytes,
+                    d.why
+                );
+            }
             let mut range = super::host::StoredRange::default();
             for slice in r.slices.iter().filter(|s| !s.is_empty()) {
                 let msgs = slice.last_seq() + 1 - slice.first_seq;
                 range.took(slice.first_seq, msgs, slice.body_bytes());
             }
-            last.insert(r.name.clone(), range);
+            stored.insert(r.name.clone(), range);
             store
                 .open_subs(&r.name, r.subs_log, None)
                 .await
@@ -364,7 +374,7 @@ impl Streaming {
                     )
                 })?;
         }
-        *host.stored.borrow_mut() = last;
+        *host.stored.borrow_mut() = stored;
         *self.store.borrow_mut() = Some(Rc::new(store));
         if me == 0 {
             let (log, _) = self.open_client_log(&dir, s.file.truncate_bad_eof).await?;
