@@ -418,6 +418,51 @@ fn node_nats_streaming_through_every_node_across_a_fail_over() {
     node(&["consume", &url(followers[0]), "raft.node", "50"]);
 }
 
+/// A node down while the others' logs were compacted past it (`trailing_logs: 10`) catches
+/// up from a snapshot when it comes back: the channels it lacks, their messages fetched from
+/// the leader, and their subscriptions; every node then holds the same messages, and it
+/// serves them when it leads.
+#[test]
+fn a_node_behind_the_compacted_log_catches_up_from_a_snapshot() {
+    preview_on();
+    let Some(bin) = common::go_program("stan-go") else {
+        return;
+    };
+    let mut nodes = three_nodes();
+    for n in &mut nodes {
+        n.config = n
+            .config
+            .replace("    log_path:", "    trailing_logs: 10\n    log_path:");
+        n.start();
+    }
+    let (leader, _) = wait_agreed_leader(&nodes, None);
+    let behind = nodes
+        .iter()
+        .position(|n| n.name != leader)
+        .expect("a follower");
+    let url = format!("nats://127.0.0.1:{}", nodes[(behind + 1) % 3].client);
+    let publish = |channel: &str, count: &str, durable: &str| {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["publish_sync", &url, "raft-test"])
+            .env("STANZA_CHANNEL", channel)
+            .env("STANZA_COUNT", count)
+            .env("STANZA_DURABLE", durable);
+        common::run_client(cmd, Duration::from_secs(60));
+    };
+    publish("early", "50", "");
+    nodes[behind].kill();
+    // Each synchronous publish is an entry of its own: far more than the 80 a leader keeps
+    // for a member behind.
+    publish("early", "400", "");
+    publish("later", "300", "dur");
+    nodes[behind].start();
+    wait_same_channel_everywhere(&nodes, "early");
+    let later = wait_same_channel_everywhere(&nodes, "later");
+    assert_eq!(later, (1, 300, 300));
+    let log = nodes[behind].server.as_ref().expect("running").log_text();
+    assert!(log.contains("caught up from a snapshot"), "{log}");
+}
+
 /// Conformance 65 and 63: a durable created for new messages only, with two messages
 /// delivered and acked, resumes after every node was killed and restarted at the next
 /// message, neither skipping nor repeating; then with two nodes of three killed no publish

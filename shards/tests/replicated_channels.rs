@@ -272,6 +272,29 @@ fn pub_acks_follow_a_quorum_and_every_store_holds_the_same_messages() {
             for node in 1..=3 {
                 assert_eq!(w.stored(node).await, on_leader, "seed {seed}: node {node}");
             }
+            // What a catching-up node fetches: whole records from a sequence on, bounded.
+            let store = &w.replicas[&leader].store;
+            let got = store.read_records(CHANNEL, 40, 500).expect("read");
+            assert_eq!(got.first_seq, 40);
+            assert!(got.msgs >= 1 && got.msgs < 61, "{}", got.msgs);
+            let mut at = 0;
+            for n in 0..got.msgs {
+                let h = record::header_at(&got.records, at).expect("a whole record");
+                assert_eq!(h.seq, 40 + n);
+                assert_eq!(on_leader[(h.seq - 1) as usize].0, h.seq);
+                at += record::HEADER_LEN + h.body_len as usize;
+            }
+            assert_eq!(at, got.records.len());
+            let rest = store.read_records(CHANNEL, 95, 1 << 20).expect("read");
+            assert_eq!((rest.first_seq, rest.msgs), (95, 6));
+            assert_eq!(
+                store
+                    .read_records(CHANNEL, 101, 1 << 20)
+                    .expect("read")
+                    .msgs,
+                0
+            );
+            assert_eq!(store.read_records("none", 1, 100).expect("read").msgs, 0);
             if seed == 0 {
                 write_fuzz_seeds(&w.cluster);
             }

@@ -97,6 +97,11 @@ pub enum ControlMsg {
     Raft {
         payload: Bytes,
     },
+    /// Clustering: a catching-up node's fetch of a channel's messages, for the channel's core.
+    RaftFetch {
+        payload: Bytes,
+        reply: Option<Bytes>,
+    },
     /// Clustering, from core 0 to every core: this node serves now (open the store as the
     /// serving node, with the cluster's ack key) or stops serving; answered with
     /// `ClusterReport`.

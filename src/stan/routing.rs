@@ -330,6 +330,7 @@ impl Streaming {
                 }
             }
             ControlMsg::Raft { payload } => self.raft_receive(&payload),
+            ControlMsg::RaftFetch { payload, reply } => self.answer_fetch(&payload, reply),
             ControlMsg::ClusterServe { token, ack_key } => {
                 self.request_transition(from, token, Some(ack_key))
             }
@@ -377,7 +378,26 @@ impl InternalHandler for Streaming {
                 self.on_raft_bootstrap(msg.payload);
                 return Handled::No;
             }
-            Kind::Raft { .. } => return Handled::No,
+            Kind::RaftFetch { node } if self.role.cluster.is_some() => {
+                let reply = msg.reply.map(|r| msg.share(r));
+                self.on_raft_fetch(node, msg.share(msg.payload), reply);
+                return Handled::Yes;
+            }
+            Kind::RaftFetched { node, core, token } if self.role.cluster.is_some() => {
+                if self
+                    .role
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.node_id == node)
+                {
+                    let payload = msg.share(msg.payload);
+                    self.send_control(core, ControlMsg::Reply { token, payload });
+                }
+                return Handled::Yes;
+            }
+            Kind::Raft { .. } | Kind::RaftFetch { .. } | Kind::RaftFetched { .. } => {
+                return Handled::No
+            }
             _ => {}
         }
         if self.is_stopped() {
@@ -477,7 +497,12 @@ impl InternalHandler for Streaming {
             Kind::Discover => self.send_control(0, ControlMsg::Connect { payload, reply }),
             Kind::Close => self.send_control(0, ControlMsg::Close { payload, reply }),
             Kind::Ping => self.ping(&payload, reply.as_ref()),
-            Kind::Ft | Kind::Partitions | Kind::Raft { .. } | Kind::RaftBootstrap => {}
+            Kind::Ft
+            | Kind::Partitions
+            | Kind::Raft { .. }
+            | Kind::RaftBootstrap
+            | Kind::RaftFetch { .. }
+            | Kind::RaftFetched { .. } => {}
         }
         Handled::Yes
     }

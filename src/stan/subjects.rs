@@ -57,6 +57,16 @@ pub enum Kind<'a> {
     },
     /// Clustering: a node started with `bootstrap` says so.
     RaftBootstrap,
+    /// Clustering: a node installing a snapshot asks `node` for a channel's messages.
+    RaftFetch {
+        node: u64,
+    },
+    /// Clustering: the answer to a fetch, for the waiter `token` of core `core` of `node`.
+    RaftFetched {
+        node: u64,
+        core: usize,
+        token: u64,
+    },
 }
 
 impl Subjects {
@@ -103,6 +113,17 @@ impl Subjects {
     /// Clustering: every raft batch for node `node` (announced to routes).
     pub fn raft_for_node(&self, node: u64) -> String {
         format!("{}{node}.>", self.raft_root)
+    }
+
+    /// Clustering: where node `node` answers fetches of messages.
+    pub fn raft_fetch(&self, node: u64) -> String {
+        format!("{}{node}.fetch", self.raft_root)
+    }
+
+    /// Clustering: the inbox of fetch answers of core `core` of node `node` (followed by the
+    /// waiter's token).
+    pub fn raft_fetched_prefix(&self, node: u64, core: usize) -> String {
+        format!("{}{node}.fetched.{core}.", self.raft_root)
     }
 
     /// The subjects of client requests. With partitioning (`channels`: this server's list)
@@ -178,8 +199,21 @@ impl Subjects {
             }
             let dot = rest.iter().position(|b| *b == b'.')?;
             let node = leading_number(&rest[..dot])?;
-            let group = u32::try_from(leading_number(&rest[dot + 1..])?).ok()?;
-            if rest[dot + 1..].contains(&b'.') {
+            let tail = &rest[dot + 1..];
+            if tail == b"fetch" {
+                return Some(Kind::RaftFetch { node });
+            }
+            if let Some(inbox) = tail.strip_prefix(b"fetched.") {
+                let dot = inbox.iter().position(|b| *b == b'.')?;
+                let core = usize::try_from(leading_number(&inbox[..dot])?).ok()?;
+                let token = leading_number(&inbox[dot + 1..])?;
+                if inbox[dot + 1..].contains(&b'.') {
+                    return None;
+                }
+                return Some(Kind::RaftFetched { node, core, token });
+            }
+            let group = u32::try_from(leading_number(tail)?).ok()?;
+            if tail.contains(&b'.') {
                 return None;
             }
             return Some(Kind::Raft { node, group });
@@ -260,6 +294,23 @@ mod tests {
             Some(Kind::RaftBootstrap)
         );
         assert_eq!(s.classify(b"_STAN.raft.test-cluster.123.4.5"), None);
+        assert_eq!(
+            s.classify(s.raft_fetch(9).as_bytes()),
+            Some(Kind::RaftFetch { node: 9 })
+        );
+        let fetched = format!("{}77", s.raft_fetched_prefix(9, 1));
+        assert_eq!(
+            s.classify(fetched.as_bytes()),
+            Some(Kind::RaftFetched {
+                node: 9,
+                core: 1,
+                token: 77
+            })
+        );
+        assert_eq!(
+            s.classify(b"_STAN.raft.test-cluster.9.fetched.1.77.8"),
+            None
+        );
         assert_eq!(s.classify(b"_STAN.raft.test-cluster.x.4"), None);
         assert_eq!(s.classify(b"_STAN.discover.other"), None);
         assert_eq!(s.classify(b"_STAN.ack.test-cluster.x.1"), None);

@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+mod transfer;
+pub use transfer::StoredRecords;
+
 pub const FORMAT_VERSION: u32 = 1;
 
 /// A channel name as a directory name: bytes outside `[A-Za-z0-9._-]` as `%XX`.

@@ -94,7 +94,12 @@ impl Streaming {
             if let Some(t) = transition {
                 self.carry_out_transition(&host, t).await;
             }
-            host.compact_when_due();
+            for (group, keep) in host.snapshots_due() {
+                match self.snapshot_data(&host, group) {
+                    Ok(data) => host.make_snapshot(group, data, keep),
+                    Err(e) => log::error!("STAN: raft: snapshot of group {group}: {e}"),
+                }
+            }
             host.rewrite_when_mostly_dead().await;
             loop {
                 let turn = host.ready();
@@ -137,14 +142,17 @@ impl Streaming {
         if let Some(e) = errors.first() {
             cannot_apply(&e.to_string());
         }
-        if let Some((group, _)) = snapshots.first() {
-            // A leader keeps what members lack (up to a bound), so this node was behind by
-            // more than that: catching up from a snapshot with the store's state (message
-            // transfer) is not built, and taking it would skip entries. Stopped before the
-            // turn's records are written, so the log on disk never holds the snapshot.
-            cannot_apply(&format!(
-                "group {group}: a snapshot arrived from the leader; catching up from a snapshot is not built yet"
-            ));
+        // A received snapshot is installed (the messages it says this node lacks fetched from
+        // the leader) before the turn's records are written: a node that fails to stops
+        // without the snapshot in its log, and tries again when restarted.
+        for (group, snapshot) in &snapshots {
+            let leader = host.leader_of(*group);
+            if let Err(e) = self
+                .install_snapshot(host, *group, leader, &snapshot.data)
+                .await
+            {
+                cannot_apply(&format!("group {group}: installing a snapshot: {e}"));
+            }
         }
         if let Some(write) = write {
             let after = host.append(write).await;

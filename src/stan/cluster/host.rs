@@ -198,9 +198,13 @@ impl RaftHost {
             rewrite_min: Cell::new(REWRITE_MIN),
             prefix: format!("_STAN.raft.{cluster_id}."),
             node_id: setup.node_id,
+            // A snapshot once as many entries as `trailing_logs` were applied since the last
+            // one (the reference's 8,192 at most, 64 at least).
             policy: Cell::new(SnapshotPolicy {
                 trailing: setup.trailing_logs,
-                ..SnapshotPolicy::default()
+                every: setup
+                    .trailing_logs
+                    .clamp(64, SnapshotPolicy::default().every),
             }),
             wake: Notify::new(),
             refused: Cell::new(0),
@@ -358,39 +362,49 @@ impl RaftHost {
         Ok(self.proposals.register(group, index, token))
     }
 
-    /// Keeps the log in bounds: once `SnapshotPolicy.every` entries were applied since the
-    /// last snapshot, a snapshot marks how far this node's store holds the log, and the log
-    /// before it is dropped but for `trailing_logs` entries, and, on a leader, but for what
-    /// some member still lacks, up to `KEEP_FOR_LAGGING_MEMBERS` times `trailing_logs` (a
-    /// member behind the log would need the store's state sent, which this build does not do:
-    /// it catches up from entries instead, unless it was down too long).
-    pub fn compact_when_due(&self) {
-        let mut groups = self.groups.borrow_mut();
+    /// Keeps the log in bounds: the groups whose log grew `SnapshotPolicy.every` entries
+    /// since their last snapshot, or that raft-rs needs a snapshot of (to send to a member
+    /// behind its log), with how many entries to keep behind the snapshot: `trailing_logs`,
+    /// and on a leader what some member still lacks, up to `KEEP_FOR_LAGGING_MEMBERS` times
+    /// `trailing_logs` (beyond that the member catches up from the snapshot).
+    pub fn snapshots_due(&self) -> Vec<(u32, u64)> {
+        let groups = self.groups.borrow();
         let policy = self.policy.get();
-        for g in groups.snapshots_due(&policy) {
-            let Some(group) = groups.group(g) else {
-                continue;
-            };
-            let applied = group.applied();
-            let lacking = group
-                .matched()
-                .iter()
-                .map(|(_, m)| *m)
-                .min()
-                .map_or(0, |m| applied.saturating_sub(m));
-            // What a member lacks is kept, but not without bound: a member down for long
-            // must not exhaust the others' memory.
-            let bound = policy.trailing.saturating_mul(KEEP_FOR_LAGGING_MEMBERS);
-            let keep = policy.trailing.max(lacking.min(bound));
-            if lacking > keep {
-                log::warn!(
-                    "STAN: raft: group {g}: a member lacks {lacking} entries, more than the {keep} kept: it will need a snapshot to catch up, which this build cannot send"
-                );
-            }
-            if let Err(e) = groups.make_snapshot(g, Bytes::new(), Some(keep)) {
-                log::error!("STAN: raft: snapshot of group {g}: {e}");
-            }
+        let mut due = groups.snapshots_due(&policy);
+        due.extend(groups.snapshots_wanted());
+        due.sort_unstable();
+        due.dedup();
+        due.into_iter()
+            .filter_map(|g| {
+                let group = groups.group(g)?;
+                let applied = group.applied();
+                let lacking = group
+                    .matched()
+                    .iter()
+                    .map(|(_, m)| *m)
+                    .min()
+                    .map_or(0, |m| applied.saturating_sub(m));
+                let bound = policy.trailing.saturating_mul(KEEP_FOR_LAGGING_MEMBERS);
+                Some((g, policy.trailing.max(lacking.min(bound))))
+            })
+            .collect()
+    }
+
+    /// Records `data` (this node's state of `group`, everything applied) as its snapshot and
+    /// compacts the log but for `keep` entries.
+    pub fn make_snapshot(&self, group: u32, data: Bytes, keep: u64) {
+        if let Err(e) = self
+            .groups
+            .borrow_mut()
+            .make_snapshot(group, data, Some(keep))
+        {
+            log::error!("STAN: raft: snapshot of group {group}: {e}");
         }
+    }
+
+    /// The leader of `group` this node knows of (raft ID, 0: none).
+    pub fn leader_of(&self, group: u32) -> u64 {
+        self.groups.borrow().group(group).map_or(0, Group::leader)
     }
 
     /// Rewrites the log file with every group's live log once it is at least `rewrite_min`
@@ -425,6 +439,13 @@ impl RaftHost {
                 log::error!("STAN: raft: cannot rewrite {}: {e}", self.path.display());
                 self.rewritten_at.set(length);
             }
+        }
+    }
+
+    #[cfg(test)]
+    fn compact_for_tests(&self) {
+        for (g, keep) in self.snapshots_due() {
+            self.make_snapshot(g, Bytes::new(), keep);
         }
     }
 
@@ -523,7 +544,7 @@ mod tests {
                 }
                 settle(&host).await;
                 host.policy_every_for_tests(1000);
-                host.compact_when_due();
+                host.compact_for_tests();
                 settle(&host).await;
                 let before = host.status();
                 let length = host.file.borrow().len();

@@ -17,6 +17,7 @@ pub mod host;
 pub mod proposals;
 pub mod serving;
 pub mod setup;
+pub mod transfer;
 
 use super::messages::ControlMsg;
 use super::streaming::Streaming;
@@ -68,8 +69,14 @@ impl Streaming {
             for subject in host.own_subjects() {
                 ext.subscribe(&subject);
             }
+            ext.subscribe(&format!(
+                "{}>",
+                self.subjects
+                    .raft_fetched_prefix(setup.node_id, self.core.id)
+            ));
             if self.core.id == 0 {
                 ext.subscribe(&self.subjects.raft_bootstrap());
+                ext.subscribe(&self.subjects.raft_fetch(setup.node_id));
             }
         }
         self.open_store_for_applying(&host).await?;

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -100,5 +101,39 @@ func init() {
 			}
 		}
 		fmt.Println("done")
+	}
+}
+
+// Publishes $STANZA_COUNT messages synchronously (each its own raft entry) on
+// $STANZA_CHANNEL; with $STANZA_DURABLE set, a durable of that name receives and acks them
+// all first, then closes (it stays, with its position, in the subscription log).
+func init() {
+	cases["publish_sync"] = func() {
+		channel := os.Getenv("STANZA_CHANNEL")
+		count, err := strconv.Atoi(os.Getenv("STANZA_COUNT"))
+		must(err, "STANZA_COUNT")
+		sc := connect("sync-publisher")
+		got := make(chan *stan.Msg, count)
+		var dur stan.Subscription
+		if name := os.Getenv("STANZA_DURABLE"); name != "" {
+			dur, err = sc.Subscribe(channel, func(m *stan.Msg) { got <- m; _ = m.Ack() },
+				stan.DurableName(name), stan.SetManualAckMode(), stan.MaxInflight(count))
+			must(err, "durable subscribe")
+		}
+		for i := 0; i < count; i++ {
+			must(sc.Publish(channel, []byte(fmt.Sprint(i))), "publish")
+		}
+		if dur != nil {
+			for i := 0; i < count; i++ {
+				select {
+				case <-got:
+				case <-time.After(3 * wait):
+					fail("durable: %d of %d received", i, count)
+				}
+			}
+			time.Sleep(300 * time.Millisecond)
+			must(dur.Close(), "close the durable")
+		}
+		must(sc.Close(), "close")
 	}
 }
