@@ -309,7 +309,7 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
                 log::warn!("STAN: {w}");
             }
             log::warn!(
-                "STAN: cluster node {:?} (raft ID {}): this build's clustering is a preview ({}={}): catching up from a snapshot, joining a running cluster and adding or removing nodes are not built",
+                "STAN: cluster node {:?} (raft ID {}): this build's clustering is a preview ({}={}): joining a running cluster and adding or removing nodes are not built",
                 setup.node_name,
                 setup.node_id,
                 crate::stan::cluster::CLUSTER_PREVIEW_ENV,

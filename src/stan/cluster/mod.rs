@@ -7,10 +7,11 @@
 //!
 //! The streaming state goes through the groups (`driver.rs`: a leader's commits and client
 //! registrations proposed, every node applying committed entries to its store) and the
-//! metadata group's leader serves (`serving.rs`). Catching up from a snapshot, joining a
-//! running cluster and adding or removing nodes are not built, so a clustered configuration
-//! starts only when `STANZA_CLUSTER_PREVIEW=consensus` says a preview is wanted (else it is
-//! refused as not built).
+//! metadata group's leader serves (`serving.rs`); snapshots hold the state and a node behind
+//! catches up from one (`transfer.rs`). Joining a running cluster and adding or removing
+//! nodes are not built, so a clustered configuration starts only when
+//! `STANZA_CLUSTER_PREVIEW=consensus` says a preview is wanted (else it is refused as not
+//! built).
 
 pub mod driver;
 pub mod host;
