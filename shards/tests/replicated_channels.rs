@@ -296,6 +296,9 @@ fn pub_acks_follow_a_quorum_and_every_store_holds_the_same_messages() {
             );
             assert_eq!(store.read_records("none", 1, 100).expect("read").msgs, 0);
             if seed == 0 {
+                write_snapshot_seeds(store, got);
+            }
+            if seed == 0 {
                 write_fuzz_seeds(&w.cluster);
             }
             w.close().await;
@@ -378,4 +381,39 @@ fn write_fuzz_seeds(cluster: &Cluster) {
     for (k, op) in ops.iter().enumerate() {
         std::fs::write(meta.join(format!("op-{k}")), meta_entry::encode(op)).expect("write seed");
     }
+}
+
+/// Seeds for the `raft_snapshot_data` fuzz target: a partition snapshot and a metadata
+/// snapshot as a node makes them, and a fetch answer read from a store.
+fn write_snapshot_seeds(store: &FileStore, fetched: shards::store::file::StoredRecords) {
+    use shards::raft::snapshot_data::{self, ChannelState, MetaState};
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("fuzz-seeds")
+        .join("raft_snapshot_data");
+    std::fs::create_dir_all(&dir).expect("seed dir");
+    let subs_log = store.subs_log_bytes(CHANNEL).expect("subs log");
+    let partition = snapshot_data::encode_partition(&[ChannelState {
+        name: CHANNEL.into(),
+        first_seq: 1,
+        last_seq: 100,
+        subs_log: Bytes::from(subs_log),
+    }]);
+    std::fs::write(dir.join("partition"), partition).expect("write seed");
+    let mut clients_log = Vec::new();
+    shards::store::clients::encode_add(
+        &mut clients_log,
+        &StoredClient {
+            id: "me".into(),
+            hb_inbox: "_INBOX.hb".into(),
+            conn_id: Bytes::from_static(b"conn1"),
+        },
+    );
+    let meta = snapshot_data::encode_meta(&MetaState {
+        clients_log: Bytes::from(clients_log),
+        ack_key: [7; shards::ack_key::KEY_LEN],
+    });
+    std::fs::write(dir.join("meta"), meta).expect("write seed");
+    let answer =
+        snapshot_data::encode_fetched(fetched.first_seq, fetched.msgs, fetched.records, "");
+    std::fs::write(dir.join("fetched"), answer).expect("write seed");
 }

@@ -19,6 +19,7 @@ pub mod node_ids;
 pub mod partition_entry;
 pub mod partitions;
 pub mod shard_groups;
+pub mod snapshot_data;
 pub mod wire;
 
 pub use group::{Group, GroupConfig, GroupError, GroupReady, Outcome};

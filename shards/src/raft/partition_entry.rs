@@ -34,7 +34,7 @@ const MAX_CHANNEL_NAME: usize = 4096;
 
 /// A literal subject: dot-separated non-empty tokens, no wildcards, no blanks (so also never
 /// `.` or `..` as a directory name).
-fn is_channel_name(name: &str) -> bool {
+pub(crate) fn is_channel_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_CHANNEL_NAME
         && name

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use prost::Message as _;
 use shards::cluster as pb;
 use shards::raft::partitions::group_of_channel;
+use shards::raft::snapshot_data::{self, ChannelState, MetaState};
 use shards::store::clients;
-use shards::store::file::ChannelBatch;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -40,17 +40,15 @@ impl Streaming {
                 Err(e) => return Err(format!("reading the client log: {e}")),
             };
             let key = shards::store::file::check_server_file(&dir, &self.subjects.cluster_id)?;
-            let snap = pb::MetaSnapshot {
+            return Ok(snapshot_data::encode_meta(&MetaState {
                 clients_log: Bytes::from(clients_log),
-                ack_key: Bytes::copy_from_slice(&key),
-            };
-            return Ok(Bytes::from(snap.encode_to_vec()));
+                ack_key: key,
+            }));
         }
         let Some(store) = store else {
             return Err("no store open".into());
         };
         let partitions = self.partitions();
-        let mut snap = pb::PartitionSnapshot::default();
         let stored: Vec<(String, StoredRange)> = host
             .stored
             .borrow()
@@ -58,18 +56,19 @@ impl Streaming {
             .filter(|(name, _)| group_of_channel(name.as_bytes(), partitions) == group)
             .map(|(n, r)| (n.clone(), *r))
             .collect();
+        let mut channels = Vec::with_capacity(stored.len());
         for (name, range) in stored {
             let subs_log = store
                 .subs_log_bytes(&name)
                 .map_err(|e| format!("reading the subscriptions of {name:?}: {e}"))?;
-            snap.channels.push(pb::SnapshotChannel {
+            channels.push(ChannelState {
                 name,
                 first_seq: range.first_seq,
                 last_seq: range.last_seq,
                 subs_log: Bytes::from(subs_log),
             });
         }
-        Ok(Bytes::from(snap.encode_to_vec()))
+        Ok(snapshot_data::encode_partition(&channels))
     }
 
     fn partitions(&self) -> u32 {
@@ -88,8 +87,8 @@ impl Streaming {
         if group == 0 {
             return self.install_meta_snapshot(data).await;
         }
-        let snap = pb::PartitionSnapshot::decode(data)
-            .map_err(|e| format!("group {group}: undecodable snapshot: {e}"))?;
+        let channels = snapshot_data::decode_partition(data)
+            .map_err(|e| format!("group {group}: snapshot: {e}"))?;
         let store = self.store.borrow().clone();
         let Some(store) = store else {
             return Err("no store open".into());
@@ -103,12 +102,12 @@ impl Streaming {
             .cloned()
             .collect();
         for name in mine {
-            if !snap.channels.iter().any(|c| c.name == name) {
+            if !channels.iter().any(|c| c.name == name) {
                 store.delete_channel(&name).await;
                 host.stored.borrow_mut().remove(&name);
             }
         }
-        for channel in snap.channels {
+        for channel in channels {
             let local = host
                 .stored
                 .borrow()
@@ -142,15 +141,11 @@ impl Streaming {
     }
 
     async fn install_meta_snapshot(&self, data: &[u8]) -> Result<(), String> {
-        let snap = pb::MetaSnapshot::decode(data)
-            .map_err(|e| format!("metadata group: undecodable snapshot: {e}"))?;
+        let snap = snapshot_data::decode_meta(data)
+            .map_err(|e| format!("metadata group: snapshot: {e}"))?;
         let (Some(dir), Some(setup)) = (&self.opts.streaming.dir, &self.role.cluster) else {
             return Err("no store directory".into());
         };
-        let key = <[u8; shards::ack_key::KEY_LEN]>::try_from(snap.ack_key.as_ref())
-            .map_err(|_| "metadata snapshot: bad ack key".to_string())?;
-        clients::replay(&snap.clients_log)
-            .map_err(|e| format!("metadata snapshot: bad client log: {e}"))?;
         // The client log is replaced whole (written aside, then renamed), then opened again.
         self.client_log.borrow_mut().take();
         let path = dir.join(clients::FILE_NAME);
@@ -164,7 +159,7 @@ impl Streaming {
         shards::store::file::write_server_file(
             dir,
             &self.subjects.cluster_id,
-            &key,
+            &snap.ack_key,
             Some(&setup.node_name),
         )?;
         self.role.ack_key_agreed.store(true, Ordering::Release);
@@ -199,33 +194,21 @@ impl Streaming {
                 .ok_or_else(|| {
                     format!("fetching {channel:?} from node {leader}: no answer after {FETCH_ATTEMPTS} attempts")
                 })?;
-            let got = pb::FetchResponse::decode(answer)
-                .map_err(|e| format!("fetching {channel:?}: undecodable answer: {e}"))?;
-            if !got.error.is_empty() {
+            let batch = match snapshot_data::decode_fetched(&answer, channel) {
+                Ok(Ok(Some(batch))) => batch,
+                // The leader holds nothing more (expired since the snapshot).
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(format!("fetching {channel:?} from node {leader}: {e}")),
+                Err(e) => return Err(format!("fetching {channel:?} from node {leader}: {e}")),
+            };
+            let got = (batch.first_seq, batch.msgs);
+            if got.0 < from {
                 return Err(format!(
-                    "fetching {channel:?} from node {leader}: {}",
-                    got.error
+                    "fetching {channel:?} from node {leader}: answered from {} when asked from {from}",
+                    got.0
                 ));
             }
-            if got.msgs == 0 {
-                // The leader holds nothing more (expired since the snapshot).
-                break;
-            }
-            let batch = ChannelBatch {
-                channel: channel.to_string(),
-                records: got.records.to_vec(),
-                first_seq: got.first_seq,
-                msgs: got.msgs,
-                ..ChannelBatch::default()
-            };
-            let checked = shards::raft::partition_entry::decode(
-                &shards::raft::partition_entry::encode_batch(&batch),
-            )
-            .map_err(|e| format!("fetching {channel:?}: {e}"))?;
-            let shards::raft::partition_entry::PartitionOp::Batch(batch) = checked else {
-                return Err(format!("fetching {channel:?}: not a batch"));
-            };
-            if got.first_seq > from && host.stored.borrow().contains_key(channel) {
+            if got.0 > from && host.stored.borrow().contains_key(channel) {
                 // Older messages are gone on the leader: the channel restarts where it has
                 // them.
                 store.delete_channel(channel).await;
@@ -239,8 +222,8 @@ impl Streaming {
             }
             let mut stored = host.stored.borrow_mut();
             let range = stored.entry(channel.to_string()).or_default();
-            range.took(got.first_seq, got.msgs, body_bytes);
-            from = got.first_seq + got.msgs;
+            range.took(got.0, got.1, body_bytes);
+            from = got.0 + got.1;
         }
         Ok(())
     }
@@ -295,29 +278,23 @@ impl Streaming {
         };
         let store = self.store.borrow().clone();
         let answer = match store {
-            None => pb::FetchResponse {
-                error: "no store open".into(),
-                ..Default::default()
-            },
+            None => snapshot_data::encode_fetched(0, 0, Vec::new(), "no store open"),
             Some(store) => {
                 let max = request.max_bytes.clamp(1, FETCH_BYTES) as usize;
                 match store.read_records(&request.channel, request.from_seq, max) {
                     Ok(found) => {
                         let found = found.up_to(request.to_seq);
-                        pb::FetchResponse {
-                            first_seq: found.first_seq,
-                            msgs: found.msgs,
-                            records: Bytes::from(found.records),
-                            error: String::new(),
-                        }
+                        snapshot_data::encode_fetched(
+                            found.first_seq,
+                            found.msgs,
+                            found.records,
+                            "",
+                        )
                     }
-                    Err(e) => pb::FetchResponse {
-                        error: e.to_string(),
-                        ..Default::default()
-                    },
+                    Err(e) => snapshot_data::encode_fetched(0, 0, Vec::new(), &e.to_string()),
                 }
             }
         };
-        self.publish(&reply, None, &Bytes::from(answer.encode_to_vec()));
+        self.publish(&reply, None, &answer);
     }
 }
