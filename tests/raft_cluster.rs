@@ -771,6 +771,32 @@ fn the_references_start_up_refusals() {
     );
 }
 
+/// Nodes created with different partition counts would put a channel's entries in different
+/// groups: they end, naming each other's counts.
+#[test]
+fn nodes_with_different_partition_counts_refuse_each_other() {
+    preview_on();
+    let routes: Vec<u16> = (0..2).map(|_| common::free_port()).collect();
+    let mut servers = Vec::new();
+    for (i, (name, partitions)) in [("p", 16), ("q", 8)].iter().enumerate() {
+        let dir = TempDir::new(&format!("raft-parts-{name}"));
+        let config = cluster_config(name, &["p", "q"], routes[i], &routes, &dir).replace(
+            "    log_path:",
+            &format!("    partitions: {partitions}\n    log_path:"),
+        );
+        servers.push((Server::start_with_config(Some(&config), &[]), dir));
+    }
+    for (server, _) in servers.iter_mut() {
+        let code = server.wait_exit(Duration::from_secs(15));
+        assert_eq!(code, Some(1), "{}", server.log_text());
+        assert!(
+            server.log_text().contains("partitions and this node"),
+            "{}",
+            server.log_text()
+        );
+    }
+}
+
 /// Two nodes both started with `bootstrap` would each make a cluster: the reference's guard
 /// ends them, naming the other.
 #[test]

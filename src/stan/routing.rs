@@ -378,6 +378,10 @@ impl InternalHandler for Streaming {
                 self.on_raft_bootstrap(msg.payload);
                 return Handled::No;
             }
+            Kind::RaftHello => {
+                self.on_raft_hello(msg.payload);
+                return Handled::No;
+            }
             Kind::RaftFetch { node } if self.role.cluster.is_some() => {
                 let reply = msg.reply.map(|r| msg.share(r));
                 self.on_raft_fetch(node, msg.share(msg.payload), reply);
@@ -501,6 +505,7 @@ impl InternalHandler for Streaming {
             | Kind::Partitions
             | Kind::Raft { .. }
             | Kind::RaftBootstrap
+            | Kind::RaftHello
             | Kind::RaftFetch { .. }
             | Kind::RaftFetched { .. } => {}
         }

@@ -57,6 +57,8 @@ pub enum Kind<'a> {
     },
     /// Clustering: a node started with `bootstrap` says so.
     RaftBootstrap,
+    /// Clustering: a node says its name and partition count.
+    RaftHello,
     /// Clustering: a node installing a snapshot asks `node` for a channel's messages.
     RaftFetch {
         node: u64,
@@ -108,6 +110,11 @@ impl Subjects {
     /// Clustering: where bootstrapped nodes announce themselves.
     pub fn raft_bootstrap(&self) -> String {
         format!("{}bootstrap", self.raft_root)
+    }
+
+    /// Clustering: where every node says its name and partition count.
+    pub fn raft_hello(&self) -> String {
+        format!("{}hello", self.raft_root)
     }
 
     /// Clustering: every raft batch for node `node` (announced to routes).
@@ -196,6 +203,9 @@ impl Subjects {
         if let Some(rest) = subject.strip_prefix(self.raft_root.as_bytes()) {
             if rest == b"bootstrap" {
                 return Some(Kind::RaftBootstrap);
+            }
+            if rest == b"hello" {
+                return Some(Kind::RaftHello);
             }
             let dot = rest.iter().position(|b| *b == b'.')?;
             let node = leading_number(&rest[..dot])?;
@@ -294,6 +304,7 @@ mod tests {
             Some(Kind::RaftBootstrap)
         );
         assert_eq!(s.classify(b"_STAN.raft.test-cluster.123.4.5"), None);
+        assert_eq!(s.classify(s.raft_hello().as_bytes()), Some(Kind::RaftHello));
         assert_eq!(
             s.classify(s.raft_fetch(9).as_bytes()),
             Some(Kind::RaftFetch { node: 9 })

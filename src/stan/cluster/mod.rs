@@ -34,8 +34,10 @@ pub use crate::config::banner::{
 
 /// How often a bootstrapped node announces itself (the reference's 1 s).
 const BOOTSTRAP_ANNOUNCE: Duration = Duration::from_secs(1);
-/// How long a node ending for a second bootstrapped node lets its last announcement travel.
-const BOOTSTRAP_GUARD_LINGER: Duration = Duration::from_millis(300);
+/// How often every node says its name and partition count.
+const HELLO_EVERY: Duration = Duration::from_secs(2);
+/// How long a node ending for a conflict with another lets its last word travel.
+const END_LINGER: Duration = Duration::from_millis(300);
 
 impl Streaming {
     /// Clustered: the subjects core 0 announces to routes for raft traffic.
@@ -44,6 +46,7 @@ impl Streaming {
             Some(setup) => vec![
                 self.subjects.raft_for_node(setup.node_id),
                 self.subjects.raft_bootstrap(),
+                self.subjects.raft_hello(),
             ],
             None => Vec::new(),
         }
@@ -77,6 +80,7 @@ impl Streaming {
             ));
             if self.core.id == 0 {
                 ext.subscribe(&self.subjects.raft_bootstrap());
+                ext.subscribe(&self.subjects.raft_hello());
                 ext.subscribe(&self.subjects.raft_fetch(setup.node_id));
             }
         }
@@ -90,6 +94,17 @@ impl Streaming {
             self.core
                 .tasks
                 .spawn("cluster leadership", None, me.watch_leadership());
+        }
+        if self.core.id == 0 {
+            let me = self.clone();
+            let hello = Bytes::from(format!("{} {}", setup.partitions, setup.node_name));
+            self.core.tasks.spawn("raft hello", None, async move {
+                let subject = me.subjects.raft_hello();
+                loop {
+                    me.publish(subject.as_bytes(), None, &hello);
+                    glommio::timer::sleep(HELLO_EVERY).await;
+                }
+            });
         }
         if self.core.id == 0 && setup.announces_bootstrap {
             let me = self.clone();
@@ -141,6 +156,44 @@ impl Streaming {
         }
     }
 
+    /// Another node's name and partition count: nodes that map channels to partitions
+    /// differently would put a channel's entries in different groups, so a count that
+    /// differs from this node's ends it (the other node ends as well when it hears this one).
+    pub(super) fn on_raft_hello(&self, payload: &[u8]) {
+        let Some(setup) = &self.role.cluster else {
+            return;
+        };
+        let text = String::from_utf8_lossy(payload);
+        let Some((count, name)) = text.split_once(' ') else {
+            return;
+        };
+        let Ok(count) = count.parse::<u32>() else {
+            return;
+        };
+        if name == setup.node_name || count == setup.partitions {
+            return;
+        }
+        log::error!(
+            "STAN: cluster node {name:?} has {count} partitions and this node {} (the count is fixed when a node's raft log is created): clear the raft log of the node that is wrong",
+            setup.partitions
+        );
+        let hello = Bytes::from(format!("{} {}", setup.partitions, setup.node_name));
+        self.end_after_saying(&self.subjects.raft_hello(), hello);
+    }
+
+    /// Says `payload` on `subject` once more, then ends the process a moment later: the other
+    /// node of a conflict (which may have started after this one last spoke) ends too, instead
+    /// of going on alone.
+    fn end_after_saying(&self, subject: &str, payload: Bytes) {
+        self.publish(subject.as_bytes(), None, &payload);
+        glommio::spawn_local(async {
+            glommio::timer::sleep(END_LINGER).await;
+            log::logger().flush();
+            std::process::exit(1);
+        })
+        .detach();
+    }
+
     /// A bootstrapped node's announcement: two nodes that both bootstrapped would each lead a
     /// cluster of their own, so a bootstrapped node that hears another ends (the reference's
     /// split-brain guard, with its text).
@@ -155,15 +208,7 @@ impl Streaming {
             "STAN: Server {:?} was also started with -cluster_bootstrap",
             String::from_utf8_lossy(payload)
         );
-        // Announce once more before ending, so that the other node (which may have started
-        // after our last announcement) ends too, instead of leading a cluster of its own.
         let name = Bytes::from(setup.node_name.clone());
-        self.publish(self.subjects.raft_bootstrap().as_bytes(), None, &name);
-        glommio::spawn_local(async {
-            glommio::timer::sleep(BOOTSTRAP_GUARD_LINGER).await;
-            log::logger().flush();
-            std::process::exit(1);
-        })
-        .detach();
+        self.end_after_saying(&self.subjects.raft_bootstrap(), name);
     }
 }
