@@ -419,9 +419,9 @@ fn node_nats_streaming_through_every_node_across_a_fail_over() {
 }
 
 /// A node down while the others' logs were compacted past it (`trailing_logs: 10`) catches
-/// up from a snapshot when it comes back: the channels it lacks, their messages fetched from
-/// the leader, and their subscriptions; every node then holds the same messages, and it
-/// serves them when it leads.
+/// up from snapshots when it comes back: the channels it lacks, their messages fetched from
+/// the leader, and their subscriptions, and the client registry; every node then holds the
+/// same messages.
 #[test]
 fn a_node_behind_the_compacted_log_catches_up_from_a_snapshot() {
     preview_on();
@@ -452,15 +452,28 @@ fn a_node_behind_the_compacted_log_catches_up_from_a_snapshot() {
     publish("early", "50", "");
     nodes[behind].kill();
     // Each synchronous publish is an entry of its own: far more than the 80 a leader keeps
-    // for a member behind.
+    // for a member behind; so are 100 clients' registrations and removals.
     publish("early", "400", "");
     publish("later", "300", "dur");
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["connect_many", &url, "raft-test"])
+        .env("STANZA_COUNT", "100");
+    common::run_client(cmd, Duration::from_secs(60));
     nodes[behind].start();
     wait_same_channel_everywhere(&nodes, "early");
     let later = wait_same_channel_everywhere(&nodes, "later");
     assert_eq!(later, (1, 300, 300));
-    let log = nodes[behind].server.as_ref().expect("running").log_text();
-    assert!(log.contains("caught up from a snapshot"), "{log}");
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let log = nodes[behind].server.as_ref().expect("running").log_text();
+        let partition = log.contains("caught up from a snapshot of node");
+        let metadata = log.contains("metadata group: caught up from a snapshot");
+        if partition && metadata {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Conformance 65 and 63: a durable created for new messages only, with two messages

@@ -137,3 +137,16 @@ func init() {
 		must(sc.Close(), "close")
 	}
 }
+
+// Connects and closes $STANZA_COUNT clients one after another (each a registration and a
+// removal in the metadata group), then leaves one more connected.
+func init() {
+	cases["connect_many"] = func() {
+		count, err := strconv.Atoi(os.Getenv("STANZA_COUNT"))
+		must(err, "STANZA_COUNT")
+		for i := 0; i < count; i++ {
+			sc := connect(fmt.Sprintf("many-%d", i))
+			must(sc.Close(), "close")
+		}
+	}
+}
