@@ -53,6 +53,17 @@ fn positions(shard: &ShardGroups) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
+/// Every group campaigns (a lone voter leads at once).
+fn campaign_all(shard: &mut ShardGroups) {
+    for g in 0..GROUPS {
+        shard
+            .group_mut(g)
+            .expect("group")
+            .campaign()
+            .expect("campaign");
+    }
+}
+
 fn groups_from(
     recovered: &mut std::collections::BTreeMap<u32, log_file::RecoveredGroup>,
 ) -> ShardGroups {
@@ -83,13 +94,7 @@ fn groups_come_back_from_their_log_file_after_a_crash() {
             shard.insert(group);
         }
         file.append_with(boot, true).await.expect("append");
-        for g in 0..GROUPS {
-            shard
-                .group_mut(g)
-                .expect("group")
-                .campaign()
-                .expect("campaign");
-        }
+        campaign_all(&mut shard);
         settle(&mut shard, &file).await;
         let mut token = 0;
         for n in 0..100 {
@@ -124,13 +129,7 @@ fn groups_come_back_from_their_log_file_after_a_crash() {
             Bytes::from_static(b"state of group 1")
         );
         // Committed entries are handed out again (after the snapshot for group 1), in order.
-        for g in 0..GROUPS {
-            shard
-                .group_mut(g)
-                .expect("group")
-                .campaign()
-                .expect("campaign");
-        }
+        campaign_all(&mut shard);
         let (replayed, _) = settle(&mut shard, &file).await;
         for g in [0, 2] {
             let data: Vec<&Bytes> = replayed

@@ -54,6 +54,32 @@ impl Streaming {
             })
     }
 
+    /// Reads back the channels of the store that this core owns, logging everything recovery
+    /// dropped (torn or damaged records) with its file, offset and count.
+    pub(super) async fn recover_own_channels(
+        &self,
+        store: &FileStore,
+    ) -> Result<Vec<shards::store::file::Recovered>, String> {
+        let me = self.core.id;
+        let recovered = store
+            .recover(
+                |name| self.core_of_channel(name.as_bytes()) == me,
+                self.opts.streaming.file.truncate_bad_eof,
+            )
+            .await?;
+        for d in recovered.iter().flat_map(|r| &r.truncated) {
+            log::warn!(
+                "STAN: {}: dropped {} message(s) at offset {} ({} bytes): {}",
+                d.path.display(),
+                d.messages,
+                d.offset,
+                d.bytes,
+                d.why
+            );
+        }
+        Ok(recovered)
+    }
+
     /// Opens this shard's file store in `dir` with the configured file options (nothing
     /// recovered yet).
     pub(super) async fn open_file_store(&self, dir: &std::path::Path) -> Result<FileStore, String> {
@@ -114,25 +140,10 @@ impl Streaming {
         // Channels created from here on keep their messages on disk.
         self.shard.borrow_mut().persist_messages();
         let me = self.core.id;
-        let recovered = store
-            .recover(
-                |name| self.core_of_channel(name.as_bytes()) == me,
-                s.file.truncate_bad_eof,
-            )
-            .await?;
+        let recovered = self.recover_own_channels(&store).await?;
         let now = time::now();
         let mut sub_logs = Vec::new();
         for r in recovered {
-            for d in &r.truncated {
-                log::warn!(
-                    "STAN: {}: dropped {} message(s) at offset {} ({} bytes): {}",
-                    d.path.display(),
-                    d.messages,
-                    d.offset,
-                    d.bytes,
-                    d.why
-                );
-            }
             let n = self
                 .shard
                 .borrow_mut()

@@ -48,6 +48,27 @@ fn cannot_apply(what: &str) -> ! {
     std::process::exit(1);
 }
 
+/// Writes a channel batch (a committed entry's, or messages fetched from the leader) to this
+/// node's store and records what landed in `host.stored`.
+pub(super) async fn store_batch(
+    host: &RaftHost,
+    store: &shards::store::file::FileStore,
+    batch: ChannelBatch,
+) -> WriteOutcome {
+    let channel = batch.channel.clone();
+    let body_bytes = (batch.records.len() as u64)
+        .saturating_sub(batch.msgs * shards::store::record::HEADER_LEN as u64);
+    let out = store.write(vec![batch]).await;
+    // Known from here on even without messages (a channel of subscriptions only).
+    let mut stored = host.stored.borrow_mut();
+    let range = stored.entry(channel).or_default();
+    for (_, landed) in &out.landed {
+        range.took(landed.first_seq, landed.msgs, body_bytes);
+    }
+    drop(stored);
+    out
+}
+
 impl Streaming {
     /// Core 0 asked for a role change: it happens between turns of the raft loop.
     pub(in crate::stan) fn request_transition(
@@ -161,8 +182,8 @@ impl Streaming {
         for (group, entry) in committed {
             self.apply_entry(host, group, entry).await;
         }
-        for (group, outcome) in outcomes {
-            host.proposals.outcome(group, outcome);
+        for (_, outcome) in outcomes {
+            host.proposals.outcome(outcome);
         }
     }
 
@@ -201,19 +222,10 @@ impl Streaming {
                 if batch.msgs == 0 && batch.sub_records == 0 {
                     return WriteOutcome::default();
                 }
-                let channel = batch.channel.clone();
-                let body_bytes = (batch.records.len() as u64)
-                    .saturating_sub(batch.msgs * shards::store::record::HEADER_LEN as u64);
-                let out = store.write(vec![batch]).await;
+                let out = store_batch(host, &store, batch).await;
                 if let Some((name, e)) = out.failed.first().or(out.subs_failed.first()) {
                     cannot_apply(&format!("cannot store channel {name:?}: {e}"));
                 }
-                let mut stored = host.stored.borrow_mut();
-                let range = stored.entry(channel).or_default();
-                for (_, landed) in &out.landed {
-                    range.took(landed.first_seq, landed.msgs, body_bytes);
-                }
-                drop(stored);
                 out
             }
             PartitionOp::Delete(channel) => {
@@ -348,24 +360,9 @@ impl Streaming {
         };
         let store = self.open_file_store(&dir).await?;
         let me = self.core.id;
-        let recovered = store
-            .recover(
-                |name| self.core_of_channel(name.as_bytes()) == me,
-                s.file.truncate_bad_eof,
-            )
-            .await?;
+        let recovered = self.recover_own_channels(&store).await?;
         let mut stored = fxhash::FxHashMap::default();
         for r in recovered {
-            for d in &r.truncated {
-                log::warn!(
-                    "STAN: {}: dropped {} message(s) at offset {} ({} bytes): {}",
-                    d.path.display(),
-                    d.messages,
-                    d.offset,
-                    d.bytes,
-                    d.why
-                );
-            }
             let mut range = super::host::StoredRange::default();
             for slice in r.slices.iter().filter(|s| !s.is_empty()) {
                 let msgs = slice.last_seq() + 1 - slice.first_seq;

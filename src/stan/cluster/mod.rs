@@ -39,6 +39,11 @@ const HELLO_EVERY: Duration = Duration::from_secs(2);
 /// How long a node ending for a conflict with another lets its last word travel.
 const END_LINGER: Duration = Duration::from_millis(300);
 
+/// What a node says on the hello subject: its partition count and name.
+fn hello(setup: &setup::ClusterSetup) -> Bytes {
+    Bytes::from(format!("{} {}", setup.partitions, setup.node_name))
+}
+
 impl Streaming {
     /// Clustered: the subjects core 0 announces to routes for raft traffic.
     pub(super) fn cluster_subjects(&self) -> Vec<String> {
@@ -96,28 +101,36 @@ impl Streaming {
                 .spawn("cluster leadership", None, me.watch_leadership());
         }
         if self.core.id == 0 {
-            let me = self.clone();
-            let hello = Bytes::from(format!("{} {}", setup.partitions, setup.node_name));
-            self.core.tasks.spawn("raft hello", None, async move {
-                let subject = me.subjects.raft_hello();
-                loop {
-                    me.publish(subject.as_bytes(), None, &hello);
-                    glommio::timer::sleep(HELLO_EVERY).await;
-                }
-            });
+            self.say_every(
+                "raft hello",
+                self.subjects.raft_hello(),
+                hello(setup),
+                HELLO_EVERY,
+            );
         }
         if self.core.id == 0 && setup.announces_bootstrap {
-            let me = self.clone();
             let name = Bytes::from(setup.node_name.clone());
-            self.core.tasks.spawn("raft bootstrap", None, async move {
-                let subject = me.subjects.raft_bootstrap();
-                loop {
-                    me.publish(subject.as_bytes(), None, &name);
-                    glommio::timer::sleep(BOOTSTRAP_ANNOUNCE).await;
-                }
-            });
+            let subject = self.subjects.raft_bootstrap();
+            self.say_every("raft bootstrap", subject, name, BOOTSTRAP_ANNOUNCE);
         }
         Ok(())
+    }
+
+    /// Publishes `payload` on `subject` now and every `every`, for the life of the core.
+    fn say_every(
+        self: &Rc<Self>,
+        task: &'static str,
+        subject: String,
+        payload: Bytes,
+        every: Duration,
+    ) {
+        let me = self.clone();
+        self.core.tasks.spawn(task, None, async move {
+            loop {
+                me.publish(subject.as_bytes(), None, &payload);
+                glommio::timer::sleep(every).await;
+            }
+        });
     }
 
     /// The core that owns a channel: on a clustered node its partition's core (so a core's
@@ -177,8 +190,7 @@ impl Streaming {
             "STAN: cluster node {name:?} has {count} partitions and this node {} (the count is fixed when a node's raft log is created): clear the raft log of the node that is wrong",
             setup.partitions
         );
-        let hello = Bytes::from(format!("{} {}", setup.partitions, setup.node_name));
-        self.end_after_saying(&self.subjects.raft_hello(), hello);
+        self.end_after_saying(&self.subjects.raft_hello(), hello(setup));
     }
 
     /// Says `payload` on `subject` once more, then ends the process a moment later: the other

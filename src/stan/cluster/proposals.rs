@@ -44,12 +44,16 @@ impl Waiter {
     }
 }
 
+/// Group and index of an entry.
+type LogPosition = (u32, u64);
+
 #[derive(Default)]
 pub struct Proposals {
     next_token: Cell<u64>,
-    by_token: RefCell<FxHashMap<u64, Rc<Waiter>>>,
-    /// (group, index) of a waiting proposal -> its token.
-    by_index: RefCell<FxHashMap<(u32, u64), u64>>,
+    /// A waiting proposal's token -> its waiter and where it went.
+    by_token: RefCell<FxHashMap<u64, (Rc<Waiter>, LogPosition)>>,
+    /// Where a waiting proposal went -> its token.
+    by_index: RefCell<FxHashMap<LogPosition, u64>>,
 }
 
 impl Proposals {
@@ -63,7 +67,9 @@ impl Proposals {
     /// The proposal `token` went in at `index` of `group`.
     pub fn register(&self, group: u32, index: u64, token: u64) -> Rc<Waiter> {
         let w = Rc::new(Waiter::default());
-        self.by_token.borrow_mut().insert(token, w.clone());
+        self.by_token
+            .borrow_mut()
+            .insert(token, (w.clone(), (group, index)));
         self.by_index.borrow_mut().insert((group, index), token);
         w
     }
@@ -74,23 +80,22 @@ impl Proposals {
         let Some(token) = self.by_index.borrow_mut().remove(&(group, index)) else {
             return;
         };
-        if let Some(w) = self.by_token.borrow().get(&token) {
+        if let Some((w, _)) = self.by_token.borrow().get(&token) {
             *w.applied.borrow_mut() = Some(outcome);
         }
     }
 
     /// Raft's answer for a proposal of this node.
-    pub fn outcome(&self, group: u32, outcome: Outcome) {
+    pub fn outcome(&self, outcome: Outcome) {
         let (token, lost) = match outcome {
             Outcome::Committed(t) => (t, None),
             Outcome::Lost(t, why) => (t, Some(why)),
         };
-        let Some(w) = self.by_token.borrow_mut().remove(&token) else {
+        let Some((w, at)) = self.by_token.borrow_mut().remove(&token) else {
             return;
         };
-        self.by_index
-            .borrow_mut()
-            .retain(|(g, _), t| *g != group || *t != token);
+        // Still there when the entry was not applied here (lost).
+        self.by_index.borrow_mut().remove(&at);
         match lost {
             Some(why) => w.settle(Settled::Lost(why.to_string())),
             None => {
@@ -102,7 +107,12 @@ impl Proposals {
 
     /// Every waiting proposal fails with `why` (this node stops serving).
     pub fn fail_all(&self, why: &str) {
-        let waiting: Vec<Rc<Waiter>> = self.by_token.borrow_mut().drain().map(|(_, w)| w).collect();
+        let waiting: Vec<Rc<Waiter>> = self
+            .by_token
+            .borrow_mut()
+            .drain()
+            .map(|(_, (w, _))| w)
+            .collect();
         self.by_index.borrow_mut().clear();
         for w in waiting {
             w.settle(Settled::Lost(why.to_string()));
@@ -124,8 +134,8 @@ mod tests {
         out.failed
             .push(("c".into(), std::io::Error::other("disk full")));
         p.applied(1, 10, out);
-        p.outcome(1, Outcome::Committed(a));
-        p.outcome(1, Outcome::Lost(b, "leadership lost while committing log"));
+        p.outcome(Outcome::Committed(a));
+        p.outcome(Outcome::Lost(b, "leadership lost while committing log"));
         match wa.settled.borrow_mut().take() {
             Some(Settled::Applied(o)) => assert_eq!(o.failed.len(), 1),
             other => panic!("{other:?}"),

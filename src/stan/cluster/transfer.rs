@@ -116,8 +116,8 @@ impl Streaming {
                 .unwrap_or_default();
             // Messages this store holds past the snapshot, or a gap before its first: the
             // channel is taken again whole from the leader.
-            let joins = local.msgs == 0 || local.last_seq + 1 >= channel.first_seq;
-            if local.msgs > 0 && (!joins || local.last_seq > channel.last_seq) {
+            let gap = local.last_seq + 1 < channel.first_seq;
+            if local.msgs > 0 && (gap || local.last_seq > channel.last_seq) {
                 store.delete_channel(&channel.name).await;
                 host.stored.borrow_mut().remove(&channel.name);
             }
@@ -214,15 +214,10 @@ impl Streaming {
                 store.delete_channel(channel).await;
                 host.stored.borrow_mut().remove(channel);
             }
-            let body_bytes = (batch.records.len() as u64)
-                .saturating_sub(batch.msgs * shards::store::record::HEADER_LEN as u64);
-            let out = store.write(vec![batch]).await;
+            let out = super::driver::store_batch(host, &store, batch).await;
             if let Some((_, e)) = out.failed.first() {
                 return Err(format!("storing fetched messages of {channel:?}: {e}"));
             }
-            let mut stored = host.stored.borrow_mut();
-            let range = stored.entry(channel.to_string()).or_default();
-            range.took(got.0, got.1, body_bytes);
             from = got.0 + got.1;
         }
         Ok(())
