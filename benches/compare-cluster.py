@@ -6,7 +6,7 @@
 Each run, per server kind (interleaved: stanza, Go, stanza, Go, ...): one Debian nats-server
 on loopback and three streaming nodes of that kind clustered through it (`-ns`; node IDs a, b,
 c as peers; FILE store; the Go nodes with the reference's flags, stanza with the same
-configuration and STANZA_CLUSTER_PREVIEW=consensus). Once a leader serves, stan-bench runs on
+configuration). Once a leader serves, stan-bench runs on
 the nats-server: async publish (1 publisher, 128 B) and 1 publisher + 1 subscriber. Reported:
 msgs/s (stan-bench's publish rate) and CPU per message summed over the three streaming
 processes (the nats-server's CPU is not counted: it is the same program for both). Then, with
@@ -72,7 +72,6 @@ class Cluster:
                         f' cluster {{ node_id: "{name}", peers: ["a", "b", "c"], '
                         f'log_path: "{store}/raft" }}\n}}\n')
             cmd = [STANZA, "-c", conf, "-ns", self.url, "--cores", str(self.cores), "-m", str(monitor)]
-            env["STANZA_CLUSTER_PREVIEW"] = "consensus"
         else:
             cmd = [self.go_bin, "-ns", self.url, "-cid", "bench", "-st", "file", "--dir", f"{store}/store",
                    "-clustered", "-cluster_node_id", name, "-cluster_peers", "a,b,c",

@@ -308,13 +308,17 @@ pub fn start(opts: Options) -> Result<Running, ServerError> {
             for w in warnings {
                 log::warn!("STAN: {w}");
             }
-            log::warn!(
-                "STAN: cluster node {:?} (raft ID {}): this build's clustering is a preview ({}={}): joining a running cluster and adding or removing nodes are not built",
+            log::info!(
+                "STAN: Cluster Node ID : {} (raft ID {})",
                 setup.node_name,
-                setup.node_id,
-                crate::stan::cluster::CLUSTER_PREVIEW_ENV,
-                crate::stan::cluster::CLUSTER_PREVIEW_VALUE
+                setup.node_id
             );
+            log::info!("STAN: Cluster Log Path: {}", setup.log_dir.display());
+            log::info!("STAN: Cluster known peers:");
+            let peers = setup.names.values().filter(|n| **n != setup.node_name);
+            for (n, peer) in peers.enumerate() {
+                log::info!("STAN:   peer {}: {peer:?}", n + 1);
+            }
             Arc::new(Role::clustered(server_nuid, setup, ncores))
         }
         (Some(_), None) => {

@@ -8,6 +8,7 @@ mod common;
 
 use bytes::Bytes;
 use cluster::{Cluster, ELECTION_TICKS};
+use shards::raft::group::membership_change;
 use shards::raft::{ConfChangeSingle, ConfChangeType, ConfChangeV2, StateRole};
 
 /// Seeds per scenario; `RAFT_SIM_SEEDS=1000` for a longer soak.
@@ -232,6 +233,34 @@ fn a_new_node_joins_and_catches_up_from_a_snapshot() {
             c.log_before(4, 0).0 > 40,
             "seed {seed}: node 4 started from a snapshot, not from entry 1"
         );
+        c.check_agreement();
+        c.check_acknowledged();
+    }
+}
+
+/// The server's removal of its own leader: the leader proposes its removal, and once it
+/// applied it, it stops (crash here); the two others elect a leader among themselves, with a
+/// quorum of two, and commit.
+#[test]
+fn a_leader_that_removed_itself_is_replaced_by_the_remaining_members() {
+    for seed in 0..seeds() / 2 {
+        let mut c = Cluster::new(seed, 3, 1);
+        c.run_until(ELECTION_BOUND, |c| c.leader(0).is_some())
+            .expect("a leader");
+        propose_all_one(&mut c, "before", 10);
+        let leader = c.leader(0).expect("a leader");
+        assert!(c.propose_membership(leader, 0, membership_change(leader, false)));
+        c.run_until(300, |c| !c.voters(leader, 0).contains(&leader))
+            .unwrap_or_else(|| panic!("seed {seed}: the removal did not apply"));
+        c.crash(leader);
+        c.run_until(ELECTION_BOUND * 2, |c| {
+            c.leader(0).is_some_and(|l| l != leader)
+        })
+        .unwrap_or_else(|| panic!("seed {seed}: no leader among the others"));
+        let next = c.leader(0).expect("a leader");
+        assert_eq!(c.voters(next, 0).len(), 2);
+        assert!(c.propose_on(next, 0, data("after", 0)));
+        c.run(50);
         c.check_agreement();
         c.check_acknowledged();
     }

@@ -42,16 +42,6 @@ pub struct Unbuilt {
     pub what: &'static str,
 }
 
-/// The environment variable that starts a clustered configuration in this build (a preview:
-/// consensus without streaming state, `stan/cluster/`), and the value it must have.
-pub const CLUSTER_PREVIEW_ENV: &str = "STANZA_CLUSTER_PREVIEW";
-pub const CLUSTER_PREVIEW_VALUE: &str = "consensus";
-
-/// Whether the environment asks for the clustering preview.
-pub fn cluster_preview_enabled() -> bool {
-    std::env::var(CLUSTER_PREVIEW_ENV).is_ok_and(|v| v == CLUSTER_PREVIEW_VALUE)
-}
-
 /// Configured features that this build does not serve: the server refuses to start with them
 /// rather than run without them (an FT config on a shared directory would otherwise give
 /// several writers on one store).
@@ -76,12 +66,6 @@ pub fn unbuilt_features(o: &Options) -> Vec<Unbuilt> {
         &["streaming.store", "store"],
         "-st / --store",
         "the SQL store",
-    );
-    note(
-        s.cluster.is_some() && !cluster_preview_enabled(),
-        &["streaming.cluster", "streaming.clustering"],
-        "--clustered / --cluster_node_id / --cluster_peers / --cluster_bootstrap",
-        "streaming (raft) clustering",
     );
     note(
         s.encrypt,

@@ -31,10 +31,17 @@ pub async fn clusterz(m: &Monitor) -> Reply {
         return Reply::NotFound("not clustered\n".into());
     };
     let reports = m.gather().await;
+    let heard = m
+        .node
+        .raft
+        .borrow()
+        .as_ref()
+        .map(|h| h.heard_names.borrow().clone())
+        .unwrap_or_default();
     let mut groups: Vec<&GroupStatus> = reports.iter().flat_map(|r| r.raft.iter()).collect();
     groups.sort_by_key(|g| g.group);
     let name = |id: u64| -> Value {
-        match setup.names.get(&id) {
+        match setup.names.get(&id).or_else(|| heard.get(&id)) {
             Some(n) => json!(n),
             None if id == 0 => Value::Null,
             None => json!(id.to_string()),

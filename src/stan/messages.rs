@@ -112,6 +112,19 @@ pub enum ControlMsg {
     ClusterStandDown {
         token: u64,
     },
+    /// Clustering: a request for the metadata group's core (core 0).
+    RaftCore0 {
+        request: crate::stan::cluster::membership::Core0Request,
+        payload: Bytes,
+        reply: Option<Bytes>,
+    },
+    /// Clustering, from core 0 to every core: add `node` to (`add`) or remove it from every
+    /// partition group this core leads; answered with `ClusterReport`.
+    ClusterMembership {
+        token: u64,
+        node: u64,
+        add: bool,
+    },
     ClusterReport {
         token: u64,
         result: Result<(), String>,

@@ -4,6 +4,7 @@
 //! turn. On the receiving core, `handle` takes each plane's messages: publishes and acks of a
 //! turn together, then subscriptions, registry changes and control messages.
 
+use super::cluster::membership::Core0Request;
 use super::messages::{ControlMsg, DataMsg, PublishFrame, RegistryEvent, StanMsg};
 use super::requests;
 use super::streaming::Streaming;
@@ -335,6 +336,14 @@ impl Streaming {
                 self.request_transition(from, token, Some(ack_key))
             }
             ControlMsg::ClusterStandDown { token } => self.request_transition(from, token, None),
+            ControlMsg::RaftCore0 {
+                request,
+                payload,
+                reply,
+            } => self.on_core0_request(request, payload, reply),
+            ControlMsg::ClusterMembership { token, node, add } => {
+                self.change_partition_membership(from, token, node, add)
+            }
             ControlMsg::ClusterReport { token, result } => {
                 self.cluster_gathers.answer(token, result)
             }
@@ -378,8 +387,16 @@ impl InternalHandler for Streaming {
                 self.on_raft_bootstrap(msg.payload);
                 return Handled::No;
             }
-            Kind::RaftHello => {
-                self.on_raft_hello(msg.payload);
+            Kind::RaftHello | Kind::RaftJoin | Kind::RaftNodeAdmin { .. }
+                if self.role.cluster.is_some() =>
+            {
+                let request = match kind {
+                    Kind::RaftJoin => Core0Request::Join,
+                    Kind::RaftNodeAdmin { add } => Core0Request::NodeAdmin { add },
+                    _ => Core0Request::Hello,
+                };
+                let reply = msg.reply.map(|r| msg.share(r));
+                self.on_core0_request(request, msg.share(msg.payload), reply);
                 return Handled::No;
             }
             Kind::RaftFetch { node } if self.role.cluster.is_some() => {
@@ -399,9 +416,12 @@ impl InternalHandler for Streaming {
                 }
                 return Handled::Yes;
             }
-            Kind::Raft { .. } | Kind::RaftFetch { .. } | Kind::RaftFetched { .. } => {
-                return Handled::No
-            }
+            Kind::Raft { .. }
+            | Kind::RaftFetch { .. }
+            | Kind::RaftFetched { .. }
+            | Kind::RaftHello
+            | Kind::RaftJoin
+            | Kind::RaftNodeAdmin { .. } => return Handled::No,
             _ => {}
         }
         if self.is_stopped() {
@@ -506,6 +526,8 @@ impl InternalHandler for Streaming {
             | Kind::Raft { .. }
             | Kind::RaftBootstrap
             | Kind::RaftHello
+            | Kind::RaftJoin
+            | Kind::RaftNodeAdmin { .. }
             | Kind::RaftFetch { .. }
             | Kind::RaftFetched { .. } => {}
         }

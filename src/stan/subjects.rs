@@ -59,6 +59,12 @@ pub enum Kind<'a> {
     RaftBootstrap,
     /// Clustering: a node says its name and partition count.
     RaftHello,
+    /// Clustering: a new node asks to join (`RaftJoinRequest`).
+    RaftJoin,
+    /// Clustering: an operator asks the leader to add (`true`) or remove a node.
+    RaftNodeAdmin {
+        add: bool,
+    },
     /// Clustering: a node installing a snapshot asks `node` for a channel's messages.
     RaftFetch {
         node: u64,
@@ -115,6 +121,18 @@ impl Subjects {
     /// Clustering: where every node says its name and partition count.
     pub fn raft_hello(&self) -> String {
         format!("{}hello", self.raft_root)
+    }
+
+    /// Clustering: where a new node asks the leader to join.
+    pub fn raft_join(&self) -> String {
+        format!("{}join", self.raft_root)
+    }
+
+    /// Clustering: where an operator asks the leader to add (`node.add`) or remove
+    /// (`node.remove`) a node, with `allow_add_remove_node`.
+    pub fn raft_node_admin(&self, add: bool) -> String {
+        let what = if add { "add" } else { "remove" };
+        format!("{}node.{what}", self.raft_root)
     }
 
     /// Clustering: every raft batch for node `node` (announced to routes).
@@ -206,6 +224,14 @@ impl Subjects {
             }
             if rest == b"hello" {
                 return Some(Kind::RaftHello);
+            }
+            if rest == b"join" {
+                return Some(Kind::RaftJoin);
+            }
+            if rest == b"node.add" || rest == b"node.remove" {
+                return Some(Kind::RaftNodeAdmin {
+                    add: rest == b"node.add",
+                });
             }
             let dot = rest.iter().position(|b| *b == b'.')?;
             let node = leading_number(&rest[..dot])?;
@@ -305,6 +331,15 @@ mod tests {
         );
         assert_eq!(s.classify(b"_STAN.raft.test-cluster.123.4.5"), None);
         assert_eq!(s.classify(s.raft_hello().as_bytes()), Some(Kind::RaftHello));
+        assert_eq!(s.classify(s.raft_join().as_bytes()), Some(Kind::RaftJoin));
+        assert_eq!(
+            s.classify(s.raft_node_admin(false).as_bytes()),
+            Some(Kind::RaftNodeAdmin { add: false })
+        );
+        assert_eq!(
+            s.classify(s.raft_node_admin(true).as_bytes()),
+            Some(Kind::RaftNodeAdmin { add: true })
+        );
         assert_eq!(
             s.classify(s.raft_fetch(9).as_bytes()),
             Some(Kind::RaftFetch { node: 9 })

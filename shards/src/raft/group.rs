@@ -18,6 +18,20 @@ pub const LEADERSHIP_LOST: &str = "leadership lost while committing log";
 /// A proposal made on a node that does not lead.
 pub const NOT_LEADER: &str = "node is not the leader";
 
+/// The membership change that adds `node` as a voter (`add`) or removes it.
+pub fn membership_change(node: u64, add: bool) -> ConfChangeV2 {
+    let mut single = raft::prelude::ConfChangeSingle::default();
+    single.set_change_type(if add {
+        raft::prelude::ConfChangeType::AddNode
+    } else {
+        raft::prelude::ConfChangeType::RemoveNode
+    });
+    single.node_id = node;
+    let mut change = ConfChangeV2::default();
+    change.set_changes(vec![single].into());
+    change
+}
+
 /// How one group runs: who this node is in it, and its timers in ticks.
 #[derive(Debug, Clone)]
 pub struct GroupConfig {
@@ -323,12 +337,24 @@ impl Group {
 
     /// Proposes a membership change (adding or removing a node).
     pub fn propose_membership(&mut self, change: ConfChangeV2) -> Result<(), GroupError> {
+        if !self.is_leader() {
+            return Err(GroupError::Raft {
+                group: self.id,
+                source: raft::Error::ProposalDropped,
+            });
+        }
         self.node
             .propose_conf_change(Vec::new(), change)
             .map_err(|source| GroupError::Raft {
                 group: self.id,
                 source,
             })
+    }
+
+    /// A membership change was proposed and is not applied yet (raft-rs takes one at a time:
+    /// another proposed meanwhile would be dropped).
+    pub fn has_pending_conf(&self) -> bool {
+        self.node.raft.has_pending_conf()
     }
 
     /// Hands leadership to `node` (leader placement: every group led where clients are served).

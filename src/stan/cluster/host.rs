@@ -103,6 +103,15 @@ pub struct RaftHost {
     /// What this node's store holds per channel of this core: entries applied again after a
     /// restart skip what it has, and a follower's monitoring reports it.
     pub stored: RefCell<FxHashMap<String, StoredRange>>,
+    /// Groups a membership change wants snapshotted (and their log compacted) in the next
+    /// turn, so that a new member starts from a snapshot carrying the membership.
+    forced_snapshots: RefCell<Vec<u32>>,
+    /// Core 0 of a node joining: a member with this node's partition count was heard.
+    pub member_heard: Cell<bool>,
+    /// Core 0 of the leader: the nodes whose membership is being changed now.
+    changing: RefCell<Vec<u64>>,
+    /// Core 0: node names heard in hellos, by raft ID (monitoring names nodes that joined).
+    pub heard_names: RefCell<BTreeMap<u64, String>>,
 }
 
 /// Why a core's groups did not start.
@@ -120,6 +129,8 @@ pub enum HostError {
         group: u32,
         why: String,
     },
+    #[error("{path}: this node was removed from the cluster; to take part again, clear its raft log and store and start it to join")]
+    Removed { path: String },
     #[error("{path}: writing the bootstrap configuration: {source}")]
     Bootstrap {
         path: String,
@@ -182,6 +193,12 @@ impl RaftHost {
         if let Some(&group) = recovered.keys().next() {
             return Err(HostError::StrayGroup { path: name, group });
         }
+        if let Some(meta) = groups.group(0) {
+            let voters = meta.voters();
+            if !voters.is_empty() && !voters.contains(&setup.node_id) {
+                return Err(HostError::Removed { path: name });
+            }
+        }
         file.append_with(boot, true)
             .await
             .map_err(|source| HostError::Bootstrap {
@@ -213,6 +230,10 @@ impl RaftHost {
             proposals: Proposals::default(),
             transition: RefCell::new(None),
             stored: RefCell::new(FxHashMap::default()),
+            forced_snapshots: RefCell::new(Vec::new()),
+            member_heard: Cell::new(false),
+            changing: RefCell::new(Vec::new()),
+            heard_names: RefCell::new(BTreeMap::new()),
         })
     }
 
@@ -372,8 +393,16 @@ impl RaftHost {
         let policy = self.policy.get();
         let mut due = groups.snapshots_due(&policy);
         due.extend(groups.snapshots_wanted());
+        let forced = std::mem::take(&mut *self.forced_snapshots.borrow_mut());
+        due.retain(|g| !forced.contains(g));
         due.sort_unstable();
         due.dedup();
+        // A forced snapshot leaves no entry 1 in the log: a new member must get a snapshot
+        // (with the membership in it), never the log from its start.
+        let forced = forced.into_iter().filter_map(|g| {
+            let applied = groups.group(g)?.applied();
+            (applied > 0).then(|| (g, policy.trailing.min(applied - 1)))
+        });
         due.into_iter()
             .filter_map(|g| {
                 let group = groups.group(g)?;
@@ -387,7 +416,86 @@ impl RaftHost {
                 let bound = policy.trailing.saturating_mul(KEEP_FOR_LAGGING_MEMBERS);
                 Some((g, policy.trailing.max(lacking.min(bound))))
             })
+            .chain(forced)
             .collect()
+    }
+
+    /// The groups of this core.
+    pub fn group_ids(&self) -> Vec<u32> {
+        self.groups.borrow().groups().map(Group::id).collect()
+    }
+
+    /// Whether `node` votes in `group` (None: not a group of this core).
+    pub fn votes_in(&self, group: u32, node: u64) -> Option<bool> {
+        let groups = self.groups.borrow();
+        groups.group(group).map(|g| g.voters().contains(&node))
+    }
+
+    /// The voters of `group` (empty: not a group of this core, or no members yet).
+    pub fn voters_of(&self, group: u32) -> Vec<u64> {
+        self.groups
+            .borrow()
+            .group(group)
+            .map(Group::voters)
+            .unwrap_or_default()
+    }
+
+    /// Notes that `node`'s membership is being changed; false if it already is.
+    pub fn start_change(&self, node: u64) -> bool {
+        let mut changing = self.changing.borrow_mut();
+        if changing.contains(&node) {
+            return false;
+        }
+        changing.push(node);
+        true
+    }
+
+    pub fn end_change(&self, node: u64) {
+        self.changing.borrow_mut().retain(|n| *n != node);
+    }
+
+    /// Core 0: whether this node is a member of the cluster (votes in the metadata group).
+    pub fn is_member(&self) -> bool {
+        self.votes_in(0, self.node_id).unwrap_or(false)
+    }
+
+    /// Core 0: whether this node has no membership at all yet (a node joining).
+    pub fn joining(&self) -> bool {
+        self.groups
+            .borrow()
+            .group(0)
+            .is_some_and(|g| g.voters().is_empty())
+    }
+
+    /// One step of adding or removing `node` in `group`, as its leader: a group whose log
+    /// still starts at entry 1 is first snapshotted (a new member would otherwise replay the
+    /// log without the initial membership); then the change is proposed unless one is still
+    /// pending. Called again until `votes_in` says it is done.
+    pub fn step_membership(&self, group: u32, node: u64, add: bool) -> Result<(), String> {
+        let mut groups = self.groups.borrow_mut();
+        let Some(g) = groups.group_mut(group) else {
+            return Err(format!("raft group {group} is not on this core"));
+        };
+        if !g.is_leader() {
+            return Err(format!("this node no longer leads raft group {group}"));
+        }
+        if add && g.log().first() <= 1 {
+            let mut forced = self.forced_snapshots.borrow_mut();
+            if !forced.contains(&group) {
+                forced.push(group);
+            }
+            drop(groups);
+            self.wake();
+            return Ok(());
+        }
+        if g.has_pending_conf() {
+            return Ok(());
+        }
+        let change = shards::raft::group::membership_change(node, add);
+        let proposed = g.propose_membership(change).map_err(|e| e.to_string());
+        drop(groups);
+        self.wake();
+        proposed
     }
 
     /// Records `data` (this node's state of `group`, everything applied) as its snapshot and
@@ -495,6 +603,7 @@ mod tests {
             log_dir: dir.to_path_buf(),
             partitions: 2,
             bootstrap_voters: Some(vec![7]),
+            allow_add_remove_node: false,
             announces_bootstrap: false,
             election_ticks: 3,
             heartbeat_ticks: 1,

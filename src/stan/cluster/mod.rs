@@ -8,13 +8,12 @@
 //! The streaming state goes through the groups (`driver.rs`: a leader's commits and client
 //! registrations proposed, every node applying committed entries to its store) and the
 //! metadata group's leader serves (`serving.rs`); snapshots hold the state and a node behind
-//! catches up from one (`transfer.rs`). Joining a running cluster and adding or removing
-//! nodes are not built, so a clustered configuration starts only when
-//! `STANZA_CLUSTER_PREVIEW=consensus` says a preview is wanted (else it is refused as not
-//! built).
+//! catches up from one (`transfer.rs`); nodes join, and are added or removed, through the
+//! leader (`membership.rs`).
 
 pub mod driver;
 pub mod host;
+pub mod membership;
 pub mod proposals;
 pub mod serving;
 pub mod setup;
@@ -28,10 +27,6 @@ use shards::raft::partitions::shard_of_group;
 use std::rc::Rc;
 use std::time::Duration;
 
-pub use crate::config::banner::{
-    cluster_preview_enabled, CLUSTER_PREVIEW_ENV, CLUSTER_PREVIEW_VALUE,
-};
-
 /// How often a bootstrapped node announces itself (the reference's 1 s).
 const BOOTSTRAP_ANNOUNCE: Duration = Duration::from_secs(1);
 /// How often every node says its name and partition count.
@@ -39,20 +34,42 @@ const HELLO_EVERY: Duration = Duration::from_secs(2);
 /// How long a node ending for a conflict with another lets its last word travel.
 const END_LINGER: Duration = Duration::from_millis(300);
 
-/// What a node says on the hello subject: its partition count and name.
-fn hello(setup: &setup::ClusterSetup) -> Bytes {
-    Bytes::from(format!("{} {}", setup.partitions, setup.node_name))
+/// What a node says on the hello subject: its partition count, whether it is a member yet
+/// (`member` or `joining`), and its name.
+fn hello(setup: &setup::ClusterSetup, joining: bool) -> Bytes {
+    let state = if joining { "joining" } else { "member" };
+    Bytes::from(format!("{} {state} {}", setup.partitions, setup.node_name))
+}
+
+/// A hello's partition count, whether the node is joining, and its name.
+fn parse_hello(text: &str) -> Option<(u32, bool, &str)> {
+    let (count, rest) = text.split_once(' ')?;
+    let (state, name) = rest.split_once(' ')?;
+    let joining = match state {
+        "joining" => true,
+        "member" => false,
+        _ => return None,
+    };
+    Some((count.parse().ok()?, joining, name))
 }
 
 impl Streaming {
     /// Clustered: the subjects core 0 announces to routes for raft traffic.
     pub(super) fn cluster_subjects(&self) -> Vec<String> {
         match &self.role.cluster {
-            Some(setup) => vec![
-                self.subjects.raft_for_node(setup.node_id),
-                self.subjects.raft_bootstrap(),
-                self.subjects.raft_hello(),
-            ],
+            Some(setup) => {
+                let mut subjects = vec![
+                    self.subjects.raft_for_node(setup.node_id),
+                    self.subjects.raft_bootstrap(),
+                    self.subjects.raft_hello(),
+                    self.subjects.raft_join(),
+                ];
+                if setup.allow_add_remove_node {
+                    subjects.push(self.subjects.raft_node_admin(true));
+                    subjects.push(self.subjects.raft_node_admin(false));
+                }
+                subjects
+            }
             None => Vec::new(),
         }
     }
@@ -84,16 +101,17 @@ impl Streaming {
                     .raft_fetched_prefix(setup.node_id, self.core.id)
             ));
             if self.core.id == 0 {
-                ext.subscribe(&self.subjects.raft_bootstrap());
-                ext.subscribe(&self.subjects.raft_hello());
                 ext.subscribe(&self.subjects.raft_fetch(setup.node_id));
+                for subject in self.cluster_subjects().into_iter().skip(1) {
+                    ext.subscribe(&subject);
+                }
             }
         }
         self.open_store_for_applying(&host).await?;
         let me = self.clone();
         self.core
             .tasks
-            .spawn("raft groups", None, me.drive_raft(host));
+            .spawn("raft groups", None, me.drive_raft(host.clone()));
         if self.core.id == 0 {
             let me = self.clone();
             self.core
@@ -101,33 +119,48 @@ impl Streaming {
                 .spawn("cluster leadership", None, me.watch_leadership());
         }
         if self.core.id == 0 {
+            let said = setup.clone();
+            let joining = host.clone();
             self.say_every(
                 "raft hello",
                 self.subjects.raft_hello(),
-                hello(setup),
                 HELLO_EVERY,
+                move || hello(&said, joining.joining()),
             );
+            if host.joining() {
+                log::info!(
+                    "STAN: raft: no raft state, peers or bootstrap: joining Raft group {}",
+                    self.subjects.cluster_id
+                );
+                let me = self.clone();
+                self.core
+                    .tasks
+                    .spawn("raft join", None, me.join_cluster(host.clone()));
+            }
         }
         if self.core.id == 0 && setup.announces_bootstrap {
             let name = Bytes::from(setup.node_name.clone());
             let subject = self.subjects.raft_bootstrap();
-            self.say_every("raft bootstrap", subject, name, BOOTSTRAP_ANNOUNCE);
+            self.say_every("raft bootstrap", subject, BOOTSTRAP_ANNOUNCE, move || {
+                name.clone()
+            });
         }
         Ok(())
     }
 
-    /// Publishes `payload` on `subject` now and every `every`, for the life of the core.
+    /// Publishes what `payload` gives on `subject` now and every `every`, for the life of the
+    /// core.
     fn say_every(
         self: &Rc<Self>,
         task: &'static str,
         subject: String,
-        payload: Bytes,
         every: Duration,
+        payload: impl Fn() -> Bytes + 'static,
     ) {
         let me = self.clone();
         self.core.tasks.spawn(task, None, async move {
             loop {
-                me.publish(subject.as_bytes(), None, &payload);
+                me.publish(subject.as_bytes(), None, &payload());
                 glommio::timer::sleep(every).await;
             }
         });
@@ -169,28 +202,54 @@ impl Streaming {
         }
     }
 
-    /// Another node's name and partition count: nodes that map channels to partitions
-    /// differently would put a channel's entries in different groups, so a count that
-    /// differs from this node's ends it (the other node ends as well when it hears this one).
+    /// Another node's hello (core 0). Nodes that map channels to partitions differently
+    /// would put a channel's entries in different groups: a joining node that hears a member
+    /// with another count ends itself; two members with different counts end each other (the
+    /// other ends as well when it hears this one); a member only warns of a joining node,
+    /// which ends itself.
     pub(super) fn on_raft_hello(&self, payload: &[u8]) {
         let Some(setup) = &self.role.cluster else {
             return;
         };
         let text = String::from_utf8_lossy(payload);
-        let Some((count, name)) = text.split_once(' ') else {
+        let Some((count, other_joining, name)) = parse_hello(&text) else {
             return;
         };
-        let Ok(count) = count.parse::<u32>() else {
+        let host = self.raft.borrow().clone();
+        let Some(host) = host else {
             return;
         };
-        if name == setup.node_name || count == setup.partitions {
+        if name == setup.node_name {
             return;
         }
-        log::error!(
-            "STAN: cluster node {name:?} has {count} partitions and this node {} (the count is fixed when a node's raft log is created): clear the raft log of the node that is wrong",
-            setup.partitions
-        );
-        self.end_after_saying(&self.subjects.raft_hello(), hello(setup));
+        host.heard_names
+            .borrow_mut()
+            .insert(shards::raft::node_ids::raft_id(name), name.to_string());
+        if count == setup.partitions {
+            if !other_joining {
+                host.member_heard.set(true);
+            }
+            return;
+        }
+        let mine = setup.partitions;
+        match (host.joining(), other_joining) {
+            (_, true) => log::warn!(
+                "STAN: raft: node {name:?} asks to join with {count} partitions, this cluster has {mine}: it will not be added"
+            ),
+            (true, false) => {
+                log::error!(
+                    "STAN: raft: this cluster's node {name:?} has {count} partitions and this joining node {mine}: set cluster.partitions to {count} and clear this node's raft log"
+                );
+                log::logger().flush();
+                std::process::exit(1);
+            }
+            (false, false) => {
+                log::error!(
+                    "STAN: cluster node {name:?} has {count} partitions and this node {mine} (the count is fixed when a node's raft log is created): clear the raft log of the node that is wrong"
+                );
+                self.end_after_saying(&self.subjects.raft_hello(), hello(setup, false));
+            }
+        }
     }
 
     /// Says `payload` on `subject` once more, then ends the process a moment later: the other
@@ -222,5 +281,19 @@ impl Streaming {
         );
         let name = Bytes::from(setup.node_name.clone());
         self.end_after_saying(&self.subjects.raft_bootstrap(), name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_hello;
+
+    #[test]
+    fn hellos_say_count_membership_and_name() {
+        assert_eq!(parse_hello("16 member a b"), Some((16, false, "a b")));
+        assert_eq!(parse_hello("8 joining d"), Some((8, true, "d")));
+        assert_eq!(parse_hello("8 d"), None, "an old form");
+        assert_eq!(parse_hello("x member d"), None);
+        assert_eq!(parse_hello("8 other d"), None);
     }
 }

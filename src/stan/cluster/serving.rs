@@ -33,8 +33,17 @@ impl Streaming {
         let Some(me) = self.role.cluster.as_ref().map(|c| c.node_id) else {
             return;
         };
+        let mut was_member = false;
         loop {
             glommio::timer::sleep(WATCH).await;
+            let host = self.raft.borrow().clone();
+            if let Some(host) = host {
+                let member = host.is_member();
+                if was_member && !member && !host.joining() {
+                    self.leave_when_removed().await;
+                }
+                was_member = member;
+            }
             let leader = self.role.metadata_leader.load(Ordering::Acquire);
             let all_led = self
                 .role
@@ -100,6 +109,26 @@ impl Streaming {
             .await;
         self.check_reports(&reports, "standing down");
         self.role.partition_lost.store(false, Ordering::Release);
+    }
+
+    /// This node is no longer in the metadata group's membership: it was removed (by the
+    /// leader, possibly itself): it stops, as the reference's removed node does, after a
+    /// moment for its last answers to leave.
+    async fn leave_when_removed(&self) {
+        log::warn!("STAN: raft: this node was removed from the cluster; shutting down");
+        if let Some(setup) = &self.role.cluster {
+            let marker = setup.log_dir.join(super::setup::REMOVED_FILE);
+            if let Err(e) = std::fs::write(
+                &marker,
+                "removed from the cluster by its leader
+",
+            ) {
+                log::error!("STAN: raft: cannot write {}: {e}", marker.display());
+            }
+        }
+        glommio::timer::sleep(super::END_LINGER).await;
+        log::logger().flush();
+        std::process::exit(0);
     }
 
     fn check_reports(&self, reports: &[Result<(), String>], what: &str) {

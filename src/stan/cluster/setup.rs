@@ -1,8 +1,8 @@
 //! What a clustered start decides before any core runs: this node's name (the one kept in
 //! `server.dat` wins), where its raft log lives, whether it bootstraps the groups and with
 //! which voters, the partition count, and the timers. The reference's start-up refusals live
-//! here, with its texts: a store recovered with an empty log path, a bootstrap with nothing
-//! to bootstrap with. A log written under another core count is refused too (each core keeps
+//! here, with its texts: a store recovered with an empty log path. A node with neither
+//! `peers` nor `bootstrap` and no log joins (its groups start with no members). A log written under another core count is refused too (each core keeps
 //! the log of the groups it owns).
 
 use crate::config::streaming::ClusterOptions;
@@ -19,6 +19,9 @@ pub const TICK: Duration = Duration::from_millis(50);
 const DEFAULT_ELECTION_TICKS: usize = 10;
 /// The file in the log directory that says how the logs are laid out.
 const LAYOUT_FILE: &str = "cluster.dat";
+/// The file a node removed from the cluster leaves in its log directory: it then refuses to
+/// start on that log (its groups would wait for a leader that no longer talks to it).
+pub const REMOVED_FILE: &str = "removed";
 
 /// Everything a core needs to host its raft groups.
 #[derive(Debug, Clone)]
@@ -30,8 +33,11 @@ pub struct ClusterSetup {
     /// `<log_path>/<cluster_id>`.
     pub log_dir: PathBuf,
     pub partitions: u32,
-    /// No log yet: every group starts with these voters (raft IDs), written before anything.
+    /// No log yet: every group starts with these voters (raft IDs), written before anything;
+    /// none for a node that joins.
     pub bootstrap_voters: Option<Vec<u64>>,
+    /// The leader answers `node.add` / `node.remove` (`allow_add_remove_node`).
+    pub allow_add_remove_node: bool,
     /// Started with `bootstrap`: the node announces it, and two such nodes refuse each other.
     pub announces_bootstrap: bool,
     pub election_ticks: usize,
@@ -65,12 +71,10 @@ pub enum SetupError {
         written: usize,
         now: usize,
     },
+    #[error("{0}: this node was removed from the cluster; to take part again, clear its raft log and store and start it to join")]
+    Removed(String),
     #[error("cluster.partitions must be between 1 and {max} (got {got})")]
     Partitions { got: u32, max: u32 },
-    #[error("cluster.allow_add_remove_node: adding and removing nodes of a running cluster is not built yet; remove it to start without it")]
-    AddRemoveNotBuilt,
-    #[error("this node has no raft state, no bootstrap and no peers: joining a running cluster (the reference's join request) is not built yet; start it with cluster.peers naming every node, or cluster.bootstrap")]
-    JoinNotBuilt,
 }
 
 pub const MAX_PARTITIONS: u32 = 1024;
@@ -102,9 +106,6 @@ pub fn prepare(
             max: MAX_PARTITIONS,
         });
     }
-    if options.allow_add_remove_node {
-        return Err(SetupError::AddRemoveNotBuilt);
-    }
     warnings.extend(without_effect(options));
     let log_path = options
         .log_path
@@ -115,6 +116,10 @@ pub fn prepare(
     warnings.extend(peer_warnings);
     let node_id = node_ids::raft_id(&node_name);
     let names = voters.iter().map(|(n, id)| (*id, n.clone())).collect();
+    let removed = log_dir.join(REMOVED_FILE);
+    if removed.exists() {
+        return Err(SetupError::Removed(removed.display().to_string()));
+    }
     let layout_path = log_dir.join(LAYOUT_FILE);
     let layout = read_layout(&layout_path)?;
     let (partitions, bootstrap_voters) = match layout {
@@ -142,7 +147,11 @@ pub fn prepare(
             write_layout(&log_dir, &layout_path, options.partitions, cores)?;
             (options.partitions, Some(ids))
         }
-        None => return Err(SetupError::JoinNotBuilt),
+        None => {
+            // Joins: every group starts with no members until the leader adds this node.
+            write_layout(&log_dir, &layout_path, options.partitions, cores)?;
+            (options.partitions, Some(Vec::new()))
+        }
     };
     let (election_ticks, heartbeat_ticks) = timers(options);
     Ok(ClusterSetup {
@@ -153,6 +162,7 @@ pub fn prepare(
         partitions,
         bootstrap_voters,
         announces_bootstrap: options.bootstrap,
+        allow_add_remove_node: options.allow_add_remove_node,
         election_ticks,
         heartbeat_ticks,
         sync: options.sync,
@@ -332,11 +342,6 @@ mod tests {
                 dir.display().to_string()
             )
         );
-        let alone = options(&dir, &[]);
-        assert_eq!(
-            prepare("cid", &alone, &server("a", false), 1, &mut w).unwrap_err(),
-            SetupError::JoinNotBuilt
-        );
         let mut stored = options(&dir, &["b"]);
         stored.node_id = Some("z".into());
         let s = prepare("cid", &stored, &server("a", false), 1, &mut w).unwrap();
@@ -346,16 +351,24 @@ mod tests {
     }
 
     #[test]
-    fn add_remove_is_refused_and_library_knobs_are_said_to_do_nothing() {
+    fn a_node_without_peers_or_bootstrap_joins_with_no_members() {
+        let dir = scratch("join");
+        let mut w = Vec::new();
+        let mut alone = options(&dir, &[]);
+        alone.allow_add_remove_node = true;
+        let s = prepare("cid", &alone, &server("a", false), 1, &mut w).unwrap();
+        assert_eq!(s.bootstrap_voters, Some(Vec::new()));
+        assert!(s.allow_add_remove_node);
+        let again = prepare("cid", &alone, &server("a", true), 1, &mut w).unwrap();
+        assert!(again.bootstrap_voters.is_none(), "the log has the groups");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn library_knobs_are_said_to_do_nothing() {
         let dir = scratch("knobs");
         let mut w = Vec::new();
         let mut o = options(&dir, &["b"]);
-        o.allow_add_remove_node = true;
-        assert_eq!(
-            prepare("cid", &o, &server("a", false), 1, &mut w).unwrap_err(),
-            SetupError::AddRemoveNotBuilt
-        );
-        o.allow_add_remove_node = false;
         o.log_cache_size = 1;
         o.nodes_connections = true;
         prepare("cid", &o, &server("a", false), 1, &mut w).unwrap();

@@ -227,18 +227,34 @@ impl Streaming {
     /// again after `FETCH_WAIT` without an answer, `FETCH_ATTEMPTS` times at most.
     async fn ask_node(&self, subject: &str, me: u64, payload: Bytes) -> Option<Bytes> {
         for _ in 0..FETCH_ATTEMPTS {
-            let waiter = Rc::new(Waiter::default());
-            let (_, token) = self.new_reply_inbox(|_| false);
-            self.waiters.borrow_mut().insert(token, waiter.clone());
-            let inbox = format!(
-                "{}{token}",
-                self.subjects.raft_fetched_prefix(me, self.core.id)
-            );
-            self.publish(subject.as_bytes(), Some(inbox.as_bytes()), &payload);
-            let answered = self.wait_answer(token, &waiter, FETCH_WAIT).await;
-            if answered {
-                return waiter.answers.borrow_mut().pop();
+            let answer = self
+                .ask_once(subject, me, payload.clone(), FETCH_WAIT)
+                .await;
+            if answer.is_some() {
+                return answer;
             }
+        }
+        None
+    }
+
+    /// One request on `subject`, answered on this core's inbox for raft answers within `wait`.
+    pub(super) async fn ask_once(
+        &self,
+        subject: &str,
+        me: u64,
+        payload: Bytes,
+        wait: Duration,
+    ) -> Option<Bytes> {
+        let waiter = Rc::new(Waiter::default());
+        let (_, token) = self.new_reply_inbox(|_| false);
+        self.waiters.borrow_mut().insert(token, waiter.clone());
+        let inbox = format!(
+            "{}{token}",
+            self.subjects.raft_fetched_prefix(me, self.core.id)
+        );
+        self.publish(subject.as_bytes(), Some(inbox.as_bytes()), &payload);
+        if self.wait_answer(token, &waiter, wait).await {
+            return waiter.answers.borrow_mut().pop();
         }
         None
     }
