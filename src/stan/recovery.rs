@@ -100,11 +100,19 @@ impl Streaming {
             .await
             .map_err(|e| format!("cannot open the file store in {}: {e}", dir.display()))?;
         store.set_zero_ahead(s.file.zero_ahead);
+        // The limit is the process's (file_descriptors_limit, else three quarters of the
+        // open-file limit, so that many channels never run the process out of descriptors):
+        // each shard keeps its share, a quarter for slices read back, the rest for the slices
+        // being written (two descriptors each: the slice and its index).
+        let limit = match usize::try_from(s.file.file_descriptors_limit) {
+            Ok(n) if n > 0 => n,
+            _ => open_file_limit().saturating_mul(3) / 4,
+        };
+        let share = limit / self.core.ncores.max(1);
         if s.file.file_descriptors_limit > 0 {
-            // The limit is the process's: each shard keeps its share of slices open for reading.
-            let share = s.file.file_descriptors_limit as usize / self.core.ncores.max(1);
-            store.set_max_readers(share);
+            store.set_max_readers(share / 4);
         }
+        store.set_max_writers(share * 3 / 4 / 2);
         Ok(store)
     }
 
@@ -206,4 +214,17 @@ impl Streaming {
         self.flush();
         Ok(())
     }
+}
+
+/// The process's open-file limit (soft), or a conservative 1,024 when it cannot be read.
+fn open_file_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
 }

@@ -341,6 +341,9 @@ struct OpenSlice {
     first_seq: u64,
     msgs: u64,
     opened: Instant,
+    /// When it was last written (`FileStore::writes` then): the least recently written is
+    /// closed first when too many are open.
+    last_write: u64,
 }
 
 /// Index entries hold 32-bit offsets: a slice is closed before it reaches 4 GiB, whatever
@@ -372,6 +375,12 @@ pub struct FileStore {
     readers: RefCell<FxHashMap<(String, u64), OpenReader>>,
     reads: std::cell::Cell<u64>,
     max_readers: usize,
+    /// At most this many channels keep their write slice (and its index) open: two file
+    /// descriptors each. Past it, the least recently written is closed as if full and that
+    /// channel's next records start a new slice (file_descriptors_limit).
+    max_writers: usize,
+    /// Writes so far (the clock of `OpenSlice::last_write`).
+    writes: std::cell::Cell<u64>,
     zero_ahead: std::cell::Cell<bool>,
 }
 
@@ -410,6 +419,8 @@ impl FileStore {
             readers: RefCell::new(FxHashMap::default()),
             reads: std::cell::Cell::new(0),
             max_readers: DEFAULT_MAX_READERS,
+            max_writers: usize::MAX,
+            writes: std::cell::Cell::new(0),
             zero_ahead: std::cell::Cell::new(true),
         })
     }
@@ -624,6 +635,36 @@ impl FileStore {
         self.max_readers = n.max(1);
     }
 
+    /// Bounds how many channels keep their write slice open (see `max_writers`).
+    pub fn set_max_writers(&mut self, n: usize) {
+        self.max_writers = n.max(1);
+    }
+
+    /// Closes the least recently written open slice when `max_writers` are open, before
+    /// another is opened.
+    async fn make_room_for_a_writer(&self) {
+        let victim = {
+            let writers = self.writers.borrow();
+            if writers.len() < self.max_writers {
+                return;
+            }
+            writers
+                .iter()
+                .min_by_key(|(_, o)| o.last_write)
+                .map(|(name, _)| name.clone())
+        };
+        let Some(name) = victim else {
+            return;
+        };
+        let open = self.writers.borrow_mut().remove(&name);
+        if let Some(o) = open {
+            let _ = o.index.close().await;
+            if let Err(e) = o.writer.close().await {
+                log::warn!("STAN: closing the slice of channel {name:?}: {e}");
+            }
+        }
+    }
+
     /// Reads the bytes of a planned read (`plan.start..plan.end` of the slice) with DMA reads
     /// issued together, none crossing a multiple of `read_size`: each then stays within the
     /// device's single-request limit once aligned (on Linux 6.1 a larger DMA read on glommio's
@@ -810,6 +851,7 @@ impl FileStore {
         let mut open = match open {
             Some(w) => w,
             None => {
+                self.make_room_for_a_writer().await;
                 let dir = self.channel_dir(channel);
                 std::fs::create_dir_all(&dir)?;
                 let path = dir.join(format!("slice.{first_seq}.dat"));
@@ -829,10 +871,13 @@ impl FileStore {
                     first_seq,
                     msgs: 0,
                     opened: Instant::now(),
+                    last_write: 0,
                 }
             }
         };
         let before = open.writer.len();
+        self.writes.set(self.writes.get() + 1);
+        open.last_write = self.writes.get();
         match open.writer.write(&batch.records).await {
             Ok(()) => {
                 open.msgs += batch.msgs;

@@ -16,7 +16,14 @@ use super::cached_slice::CachedSlice;
 const MAX_READ: usize = 128 << 10;
 
 fn to_io(e: glommio::GlommioError<()>) -> io::Error {
-    io::Error::other(e.to_string())
+    let text = e.to_string();
+    if text.contains(&format!("(os error {})", libc::EMFILE)) {
+        // Says what to do about it where it is seen (the log, a publisher's PubAck).
+        return io::Error::other(format!(
+            "{text}: raise the open-file limit (LimitNOFILE, ulimit -n): a FILE store keeps each channel's slice, index and subscription log open"
+        ));
+    }
+    io::Error::other(text)
 }
 
 /// glommio probes IOPOLL support with the first DMA file it opens on a device; on an empty new
