@@ -2,14 +2,17 @@
 """Raft clustering, stanza against the Go nats-streaming-server v0.25.6, side by side.
 
     benches/compare-cluster.py [--runs 3] [--msgs 100000] [--cores 2] [--failovers 3]
+                               [--plot chart.svg]
 
 Each run, per server kind (interleaved: stanza, Go, stanza, Go, ...): one Debian nats-server
 on loopback and three streaming nodes of that kind clustered through it (`-ns`; node IDs a, b,
 c as peers; FILE store; the Go nodes with the reference's flags, stanza with the same
 configuration). Once a leader serves, stan-bench runs on
-the nats-server: async publish (1 publisher, 128 B) and 1 publisher + 1 subscriber. Reported:
-msgs/s (stan-bench's publish rate) and CPU per message summed over the three streaming
-processes (the nats-server's CPU is not counted: it is the same program for both). Then, with
+the nats-server: async publish (1 publisher, 128 B) and 1 publisher + 1 subscriber; then
+replay (`stanza bench --replay`: the channel filled first, then a fresh deliver-all subscriber
+timed from subscribe to the last message). Reported: msgs/s and CPU per message summed over
+the three streaming processes, and beside it what the nats-server and the client used (the
+machine is shared: on 2 cores their CPU bounds what the servers can be given). Then, with
 --failovers F, F times: the stan.go probe (benches/ft-probe) publishes, the leader is killed
 with SIGKILL, and the time to the first PubAck of a publish sent after the kill is taken.
 
@@ -91,12 +94,21 @@ class Cluster:
     def cpu(self):
         return sum(cpu_seconds(p.pid) for p, _ in self.nodes.values() if p.poll() is None)
 
+    def nats_cpu(self):
+        return cpu_seconds(self.nats.pid)
+
     def close(self):
         for p in [self.nats] + [p for p, _ in self.nodes.values()]:
             if p.poll() is None:
                 p.kill()
                 p.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def child_cpu():
+    """CPU seconds used so far by this script's finished children (the load clients)."""
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 def stan_bench(bench_bin, url, msgs, subs, channel):
@@ -108,6 +120,23 @@ def stan_bench(bench_bin, url, msgs, subs, channel):
     raise RuntimeError(f"stan-bench: {out.stdout}\n{out.stderr}")
 
 
+def stanza_bench(url, args, which):
+    out = subprocess.run([STANZA, "bench", "-s", url, "-c", "bench", "--json", "--timeout", "300"] + args,
+                         capture_output=True, text=True, timeout=330)
+    if out.returncode != 0:
+        raise RuntimeError(f"stanza bench: {out.stdout}\n{out.stderr}")
+    return json.loads(out.stdout)[which]["msgs_per_sec"]
+
+
+def measured(c, run):
+    """Runs `run`, returning its rate and the CPU the streaming nodes, the nats-server and
+    the client used meanwhile."""
+    before = (c.cpu(), c.nats_cpu(), child_cpu())
+    rate = run()
+    after = (c.cpu(), c.nats_cpu(), child_cpu())
+    return rate, [a - b for a, b in zip(after, before)]
+
+
 def one_run(kind, go_bin, bench_bin, probe_bin, cores, msgs, failovers):
     c = Cluster(kind, go_bin, cores)
     try:
@@ -115,10 +144,14 @@ def one_run(kind, go_bin, bench_bin, probe_bin, cores, msgs, failovers):
         time.sleep(1.0)
         rows = {}
         for label, subs in (("async publish", 0), ("1 pub + 1 sub", 1)):
-            before = c.cpu()
-            rate = stan_bench(bench_bin, c.url, msgs, subs, f"bench-{subs}")
-            used = c.cpu() - before
-            rows[label] = (rate, used / msgs * 1e6)
+            rate, used = measured(c, lambda: stan_bench(bench_bin, c.url, msgs, subs, f"bench-{subs}"))
+            rows[label] = (rate, [u / msgs * 1e6 for u in used])
+        # Replay: filled first (outside the measurement), then one run that publishes one
+        # message and reads everything back.
+        stanza_bench(c.url, ["--np", "1", "-n", str(msgs), "--mpa", "4096", "replay"], "pub")
+        rate, used = measured(c, lambda: stanza_bench(
+            c.url, ["--np", "1", "-n", "1", "--replay", "--mpa", "4096", "replay"], "replay"))
+        rows["replay"] = (rate, [u / msgs * 1e6 for u in used])
         times = []
         for _ in range(failovers):
             leader = c.leader()
@@ -149,12 +182,47 @@ def one_run(kind, go_bin, bench_bin, probe_bin, cores, msgs, failovers):
         c.close()
 
 
+ROWS = ("async publish", "1 pub + 1 sub", "replay")
+
+
+def plot(path, medians, failover):
+    """Bars of stanza / Go: rate, and CPU per message (Go's over stanza's), per row; and the
+    fail-over time (Go's over stanza's)."""
+    bars = []
+    for label in ROWS:
+        (sr, sc), (gr, gc) = medians[label]["stanza"], medians[label]["go"]
+        bars.append((f"{label}: msgs/s", sr / gr))
+        bars.append((f"{label}: less CPU per msg", gc / sc))
+    if failover:
+        bars.append(("fail-over: faster first PubAck", failover["go"] / failover["stanza"]))
+    width, left, bar_h, gap = 860, 300, 18, 6
+    height = 40 + len(bars) * (bar_h + gap) + 30
+    top = max([b[1] for b in bars] + [1.0]) * 1.1
+    scale = (width - left - 60) / top
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+           '<rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">3-node raft cluster: stanza / nats-streaming-server (medians; higher is better)</text>']
+    for i, (label, ratio) in enumerate(bars):
+        y = 35 + i * (bar_h + gap)
+        colour = "#2b7bb9" if ratio >= 1 else "#c0392b"
+        out.append(f'<text x="{left - 8}" y="{y + 13}" text-anchor="end">{label}</text>')
+        out.append(f'<rect x="{left}" y="{y}" width="{ratio * scale:.1f}" height="{bar_h}" fill="{colour}"/>')
+        out.append(f'<text x="{left + ratio * scale + 4:.1f}" y="{y + 13}">{ratio:.2f}x</text>')
+    one = left + scale
+    out.append(f'<line x1="{one:.1f}" y1="30" x2="{one:.1f}" y2="{height - 25}" stroke="black" stroke-dasharray="4,3"/>')
+    out.append(f'<text x="{one:.1f}" y="{height - 10}" text-anchor="middle">1x</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--msgs", type=int, default=100000)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--failovers", type=int, default=3)
+    ap.add_argument("--plot", help="write an SVG chart of the ratios here")
     args = ap.parse_args()
     probe_bin = build_release_and_probe(ROOT)
     go_bin = go_binary("nats-streaming-server", GO_SERVER_MODULE)
@@ -164,23 +232,30 @@ def main():
         for kind in results:
             results[kind].append(one_run(kind, go_bin, bench_bin, probe_bin, args.cores, args.msgs,
                                          args.failovers))
-    print(f"3-node cluster on loopback (-ns, FILE store), stan-bench {args.msgs:,} msgs of 128 B, "
-          f"{args.runs} runs each, medians; CPU summed over the three streaming processes")
-    print(f"{'row':<16}{'server':<30}{'msgs/s':>12}{'us/msg':>10}")
-    for label in ("async publish", "1 pub + 1 sub"):
-        med = {}
+    print(f"3-node cluster on loopback (-ns, FILE store), {args.msgs:,} msgs of 128 B, "
+          f"{args.runs} runs each, medians; CPU in us per message: the three streaming processes "
+          f"summed, then the nats-server and the load client")
+    print(f"{'row':<16}{'server':<30}{'msgs/s':>12}{'nodes':>8}{'nats':>8}{'client':>8}")
+    medians = {}
+    for label in ROWS:
+        medians[label] = {}
         for kind, name in (("stanza", "stanza"), ("go", "nats-streaming-server 0.25.6")):
             rate = statistics.median(r[0][label][0] for r in results[kind])
-            cpu = statistics.median(r[0][label][1] for r in results[kind])
-            med[kind] = (rate, cpu)
-            print(f"{label:<16}{name:<30}{rate:>12,.0f}{cpu:>10.2f}")
-        print(f"{'':<16}{'ratio (stanza / Go)':<30}{med['stanza'][0] / med['go'][0]:>11.2f}x"
-              f"{med['go'][1] / med['stanza'][1]:>9.2f}x less CPU")
+            cpu = [statistics.median(r[0][label][1][i] for r in results[kind]) for i in range(3)]
+            medians[label][kind] = (rate, cpu[0])
+            print(f"{label:<16}{name:<30}{rate:>12,.0f}{cpu[0]:>8.2f}{cpu[1]:>8.2f}{cpu[2]:>8.2f}")
+        s, g = medians[label]["stanza"], medians[label]["go"]
+        print(f"{'':<16}{'ratio (stanza / Go)':<30}{s[0] / g[0]:>11.2f}x{g[1] / s[1]:>7.2f}x less CPU")
+    failover = {}
     if args.failovers:
         print("kill -9 of the leader to the first PubAck of a publish sent after it (ms)")
         for kind in results:
             t = [x for r in results[kind] for x in r[1]]
+            failover[kind] = statistics.median(t)
             print(f"  {kind:<8} median {statistics.median(t):.0f}  max {max(t):.0f}  all {sorted(t)}")
+    if args.plot:
+        plot(args.plot, medians, failover)
+        print(f"chart: {args.plot}")
 
 
 if __name__ == "__main__":

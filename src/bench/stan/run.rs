@@ -131,6 +131,24 @@ fn tls_config(args: &BenchArgs) -> Result<Option<Arc<rustls::ClientConfig>>, Ben
     .map_err(|e| BenchError::Usage(e.to_string()))
 }
 
+/// The channels publisher `i` of `publishers` publishes on, in turn: one (`i` modulo the
+/// channel count) when there are no more channels than publishers, else every
+/// `publishers`-th channel from `i` (10,000 channels and 1,000 publishers: 10 each).
+fn channels_of(i: usize, publishers: usize, channels: usize) -> Vec<usize> {
+    if channels <= publishers {
+        return vec![i % channels];
+    }
+    (i..channels).step_by(publishers.max(1)).collect()
+}
+
+/// How many of `count` messages, sent in turn on `mine`, go to each of them.
+fn spread(count: u64, mine: &[usize], expected: &mut [u64]) {
+    let n = mine.len() as u64;
+    for (k, channel) in mine.iter().enumerate() {
+        expected[*channel] += count / n + u64::from((k as u64) < count % n);
+    }
+}
+
 fn channel_names(subject: &str, channels: usize) -> Vec<String> {
     if channels <= 1 {
         return vec![subject.to_string()];
@@ -309,7 +327,10 @@ fn publish_all(
         .enumerate()
         .map(|(i, conn)| {
             let barrier = barrier.clone();
-            let subject = channels[i % channels.len()].clone();
+            let subjects: Vec<String> = channels_of(i, args.publishers, channels.len())
+                .into_iter()
+                .map(|c| channels[c].clone())
+                .collect();
             let count = counts[i];
             let size = args.msg_size;
             let progress = progress.clone();
@@ -318,11 +339,12 @@ fn publish_all(
                 let mut payload = vec![0u8; size];
                 let mut batch = Vec::with_capacity(128 * 1024);
                 let start = now_nanos();
-                for _ in 0..count {
+                for n in 0..count {
                     if size >= 8 {
                         payload[..8].copy_from_slice(&now_nanos().to_le_bytes());
                     }
-                    conn.publish(&subject, &payload, &mut batch)?;
+                    let subject = &subjects[(n % subjects.len() as u64) as usize];
+                    conn.publish(subject, &payload, &mut batch)?;
                     if sync {
                         conn.flush(&mut batch)?;
                         conn.wait_acks(timeout)?;
@@ -402,7 +424,11 @@ pub fn run(args: &BenchArgs) -> Result<Report, BenchError> {
     let counts = msgs_per_client(args.msgs, args.publishers);
     let mut expected = vec![0u64; channels.len()];
     for (i, c) in counts.iter().enumerate() {
-        expected[i % channels.len()] += c;
+        spread(
+            *c,
+            &channels_of(i, args.publishers, channels.len()),
+            &mut expected,
+        );
     }
     let progress = Arc::new(Progress::default());
     let subscribers_total = if replay {
@@ -646,6 +672,19 @@ mod tests {
                 .map(String::from),
         );
         BenchArgs::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn publishers_take_turns_on_their_share_of_the_channels() {
+        assert_eq!(channels_of(3, 4, 2), vec![1]);
+        assert_eq!(channels_of(3, 1000, 10_000).len(), 10);
+        assert_eq!(channels_of(3, 1000, 10_000)[..2], [3, 1003]);
+        let mut expected = vec![0u64; 10_000];
+        for i in 0..1000 {
+            spread(25, &channels_of(i, 1000, 10_000), &mut expected);
+        }
+        assert_eq!(expected.iter().sum::<u64>(), 25_000);
+        assert_eq!((expected[3], expected[9003]), (3, 2));
     }
 
     #[test]
