@@ -103,7 +103,7 @@ fn three_running_nodes() -> (Vec<Node>, Vec<String>) {
     for n in &mut nodes {
         n.start();
     }
-    wait_agreed_leader(&nodes, None);
+    serving_leader(&nodes);
     let urls = nodes
         .iter()
         .map(|n| format!("nats://127.0.0.1:{}", n.client))
@@ -388,7 +388,7 @@ fn node_nats_streaming_through_every_node_across_a_fail_over() {
     for n in &mut nodes {
         n.start();
     }
-    let (leader, _) = wait_agreed_leader(&nodes, None);
+    let leader = serving_leader(&nodes);
     let followers: Vec<usize> = (0..3).filter(|i| nodes[*i].name != leader).collect();
     let urls: Vec<String> = nodes
         .iter()
@@ -425,7 +425,7 @@ fn a_node_behind_the_compacted_log_catches_up_from_a_snapshot() {
             .replace("    log_path:", "    trailing_logs: 10\n    log_path:");
         n.start();
     }
-    let (leader, _) = wait_agreed_leader(&nodes, None);
+    let leader = serving_leader(&nodes);
     let behind = nodes
         .iter()
         .position(|n| n.name != leader)
@@ -819,6 +819,15 @@ fn two_bootstrapped_nodes_refuse_each_other() {
     }
 }
 
+/// The agreed leader of freshly started nodes, once it serves clients (a client connecting
+/// before that finds no one answering).
+fn serving_leader(nodes: &[Node]) -> String {
+    let (leader, _) = wait_agreed_leader(nodes, None);
+    let at = nodes.iter().position(|n| n.name == leader).expect("a node");
+    wait_serving(&nodes[at]);
+    leader
+}
+
 /// Waits until `n` serves clients (it leads every group and opened its store).
 fn wait_serving(n: &Node) {
     let server = n.server.as_ref().expect("running");
@@ -880,9 +889,8 @@ fn a_node_joins_and_the_leader_removes_itself() {
     for n in nodes.iter_mut().take(3) {
         n.start();
     }
-    let (leader, _) = wait_agreed_leader(&nodes[..3], None);
+    let leader = serving_leader(&nodes[..3]);
     let at = nodes.iter().position(|n| n.name == leader).expect("leader");
-    wait_serving(&nodes[at]);
     let publish = |n: &Node, count: &str| {
         let mut cmd = std::process::Command::new(&bin);
         cmd.args([
