@@ -32,7 +32,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import build_release_and_probe, cpu_seconds, free_port, go_binary, wait_port  # noqa: E402
+from benchlib import bar_chart, build_release_and_probe, cpu_seconds, free_port, go_binary, wait_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANZA = os.path.join(ROOT, "target", "release", "stanza")
@@ -195,25 +195,8 @@ def plot(path, medians, failover):
         bars.append((f"{label}: less CPU per msg", gc / sc))
     if failover:
         bars.append(("fail-over: faster first PubAck", failover["go"] / failover["stanza"]))
-    width, left, bar_h, gap = 860, 300, 18, 6
-    height = 40 + len(bars) * (bar_h + gap) + 30
-    top = max([b[1] for b in bars] + [1.0]) * 1.1
-    scale = (width - left - 60) / top
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-           '<rect width="100%" height="100%" fill="white"/>',
-           f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">3-node raft cluster: stanza / nats-streaming-server (medians; higher is better)</text>']
-    for i, (label, ratio) in enumerate(bars):
-        y = 35 + i * (bar_h + gap)
-        colour = "#2b7bb9" if ratio >= 1 else "#c0392b"
-        out.append(f'<text x="{left - 8}" y="{y + 13}" text-anchor="end">{label}</text>')
-        out.append(f'<rect x="{left}" y="{y}" width="{ratio * scale:.1f}" height="{bar_h}" fill="{colour}"/>')
-        out.append(f'<text x="{left + ratio * scale + 4:.1f}" y="{y + 13}">{ratio:.2f}x</text>')
-    one = left + scale
-    out.append(f'<line x1="{one:.1f}" y1="30" x2="{one:.1f}" y2="{height - 25}" stroke="black" stroke-dasharray="4,3"/>')
-    out.append(f'<text x="{one:.1f}" y="{height - 10}" text-anchor="middle">1x</text>')
-    out.append("</svg>")
-    with open(path, "w") as f:
-        f.write("\n".join(out) + "\n")
+    bar_chart(path, "3-node raft cluster: stanza / nats-streaming-server (medians; higher is better)",
+              bars, left=300, width=860)
 
 
 def main():
