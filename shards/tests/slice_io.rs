@@ -231,3 +231,84 @@ fn channels_beyond_the_open_writer_limit_take_turns_and_lose_nothing() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A clustered node compacts a channel's `subs.dat` from its own records: puts, sends, acks
+/// and a deletion written as committed batches replay to the same subscriptions after the
+/// rewrite, in fewer records, and the log stays open for appending.
+#[test]
+fn a_subscription_log_compacted_from_itself_keeps_its_state() {
+    use shards::store::file::{ChannelBatch, FileStore, SliceLimits};
+    use shards::store::journal::CompactPolicy;
+    use shards::store::subs::{self, SubJournal, SubRecord};
+    let dir = scratch("subs-from-log");
+    let d = dir.clone();
+    run(move || async move {
+        std::fs::create_dir_all(d.join("channels")).expect("mkdir");
+        let store = FileStore::open(
+            &d,
+            64 << 10,
+            SliceLimits::default(),
+            CompactPolicy::default(),
+            false,
+        )
+        .await
+        .expect("store");
+        let write = |journal: SubJournal| {
+            let (subs, sub_records) = journal.finish();
+            store.write(vec![ChannelBatch {
+                channel: "ch".into(),
+                records: Vec::new(),
+                first_seq: 1,
+                msgs: 0,
+                subs,
+                sub_records,
+                subs_sync: true,
+                slice_limits: None,
+            }])
+        };
+        let sub = |id| SubRecord {
+            id,
+            client_id: format!("c{id}"),
+            inbox: format!("_INBOX.{id}"),
+            max_in_flight: 10,
+            ..SubRecord::default()
+        };
+        for round in 0..20u64 {
+            let mut j = SubJournal::default();
+            j.put(&sub(1));
+            j.put(&sub(2));
+            j.sent(1, round * 2 + 1);
+            j.sent(1, round * 2 + 2);
+            j.acked(1, round * 2 + 1);
+            if round == 19 {
+                j.delete(2);
+            }
+            let out = write(j).await;
+            assert!(out.subs_failed.is_empty());
+        }
+        let before = subs::replay(&store.subs_log_bytes("ch").expect("read")).expect("replay");
+        store.compact_subs_from_log("ch").await;
+        let after = subs::replay(&store.subs_log_bytes("ch").expect("read")).expect("replay");
+        assert_eq!(
+            after.0, before.0,
+            "the same subscriptions and pending messages"
+        );
+        assert_eq!(after.0.len(), 1);
+        assert!(
+            after.2 < before.2 / 3,
+            "{} -> {} records",
+            before.2,
+            after.2
+        );
+        let mut j = SubJournal::default();
+        j.acked(1, 40);
+        assert!(
+            write(j).await.subs_failed.is_empty(),
+            "still open for appending"
+        );
+        let last = subs::replay(&store.subs_log_bytes("ch").expect("read")).expect("replay");
+        assert_eq!(last.0[&1].pending.within(0, u64::MAX).len(), 19);
+        store.close().await;
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -224,6 +224,9 @@ struct SubsLog {
     file: AppendFile,
     records: u64,
     compacted_at: Instant,
+    /// Records it held when opened or last rewritten: judged from the log alone, it is due
+    /// for compaction once it holds twice as many (`subs_log_compaction_due`).
+    records_at_compaction: u64,
 }
 
 fn slice_number(file_name: &str) -> Option<u64> {
@@ -758,6 +761,7 @@ impl FileStore {
                 file,
                 records,
                 compacted_at: Instant::now(),
+                records_at_compaction: records,
             },
         );
         Ok(())
@@ -780,6 +784,7 @@ impl FileStore {
                     file: AppendFile::open_at(&dir.join(subs::FILE_NAME), 0, self.sync).await?,
                     records: 0,
                     compacted_at: Instant::now(),
+                    records_at_compaction: 0,
                 }
             }
         };
@@ -798,6 +803,42 @@ impl FileStore {
             journal::needs_compaction(&self.compact, l.file.len(), l.records, live)
                 && l.compacted_at.elapsed() >= self.compact.interval
         })
+    }
+
+    /// Whether `channel`'s `subs.dat` is due for compaction judged from the log alone (a
+    /// clustered node, whose shard may hold changes not committed yet, or holds none): the
+    /// store's `compact*` options, with the log at twice the records it had when last
+    /// compacted counted as half dead.
+    pub fn subs_log_compaction_due(&self, channel: &str) -> bool {
+        self.sub_logs.borrow().get(channel).is_some_and(|l| {
+            let live = l.records_at_compaction.max(1);
+            l.records >= 2 * live
+                && journal::needs_compaction(&self.compact, l.file.len(), l.records, live)
+                && l.compacted_at.elapsed() >= self.compact.interval
+        })
+    }
+
+    /// Rewrites `channel`'s `subs.dat` from its own records, replayed and written compacted:
+    /// it then holds exactly the state its records did (nothing from outside the log).
+    pub async fn compact_subs_from_log(&self, channel: &str) {
+        let replayed = self
+            .subs_log_bytes(channel)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| subs::replay(&bytes).map_err(|e| format!("{e:?}")));
+        match replayed {
+            Ok((subs, _, _)) => {
+                let pending: Vec<(&subs::SubRecord, Vec<u64>)> = subs
+                    .values()
+                    .map(|s| (&s.record, s.pending.within(0, u64::MAX)))
+                    .collect();
+                let (contents, records) =
+                    subs::snapshot(pending.iter().map(|(r, p)| (*r, p.as_slice())));
+                self.rewrite_subs(channel, contents, records).await;
+            }
+            Err(e) => {
+                log::error!("STAN: cannot compact the subscriptions of channel {channel:?}: {e}")
+            }
+        }
     }
 
     /// Replaces `channel`'s `subs.dat` with its compacted form. The caller writes nothing else

@@ -222,9 +222,16 @@ impl Streaming {
                 if batch.msgs == 0 && batch.sub_records == 0 {
                     return WriteOutcome::default();
                 }
+                let channel = batch.channel.clone();
+                let with_subs = batch.sub_records > 0;
                 let out = store_batch(host, &store, batch).await;
                 if let Some((name, e)) = out.failed.first().or(out.subs_failed.first()) {
                     cannot_apply(&format!("cannot store channel {name:?}: {e}"));
+                }
+                // The subscription log holds exactly what was committed: compacted from
+                // itself, on the leader as on the followers.
+                if with_subs && store.subs_log_compaction_due(&channel) {
+                    store.compact_subs_from_log(&channel).await;
                 }
                 out
             }
