@@ -296,6 +296,14 @@ type OpenReader = (Rc<DmaFile>, u64);
 /// Slices kept open for reading per shard unless file_descriptors_limit says otherwise.
 pub const DEFAULT_MAX_READERS: usize = 256;
 
+/// The key of the entry `used` says was used longest ago (the files closed first when too
+/// many are open).
+fn least_recently_used<K: Clone, V>(open: &FxHashMap<K, V>, used: impl Fn(&V) -> u64) -> Option<K> {
+    open.iter()
+        .min_by_key(|(_, v)| used(v))
+        .map(|(k, _)| k.clone())
+}
+
 /// The first sequence a slice file is named after (0 for anything else).
 fn first_of(path: &Path) -> u64 {
     path.file_name()
@@ -651,10 +659,7 @@ impl FileStore {
             if writers.len() < self.max_writers {
                 return;
             }
-            writers
-                .iter()
-                .min_by_key(|(_, o)| o.last_write)
-                .map(|(name, _)| name.clone())
+            least_recently_used(&writers, |o| o.last_write)
         };
         let Some(name) = victim else {
             return;
@@ -721,11 +726,7 @@ impl FileStore {
         let file = Rc::new(file);
         let mut readers = self.readers.borrow_mut();
         while readers.len() >= self.max_readers {
-            let Some(oldest) = readers
-                .iter()
-                .min_by_key(|(_, (_, u))| *u)
-                .map(|(k, _)| k.clone())
-            else {
+            let Some(oldest) = least_recently_used(&readers, |(_, used)| *used) else {
                 break;
             };
             // Closed when the last read using it is done (glommio closes on drop).
@@ -799,9 +800,16 @@ impl FileStore {
     /// Whether `channel`'s `subs.dat` is due for compaction, given how many records its
     /// compacted form would hold (the compact* options).
     pub fn subs_compaction_due(&self, channel: &str, live: u64) -> bool {
+        self.subs_due(channel, |_| Some(live))
+    }
+
+    /// Whether `channel`'s `subs.dat` is due for compaction under the store's `compact*`
+    /// options, with `live` telling how many of its records still matter (None: not due).
+    fn subs_due(&self, channel: &str, live: impl Fn(&SubsLog) -> Option<u64>) -> bool {
         self.sub_logs.borrow().get(channel).is_some_and(|l| {
-            journal::needs_compaction(&self.compact, l.file.len(), l.records, live)
-                && l.compacted_at.elapsed() >= self.compact.interval
+            live(l).is_some_and(|live| {
+                journal::needs_compaction(&self.compact, l.file.len(), l.records, live)
+            }) && l.compacted_at.elapsed() >= self.compact.interval
         })
     }
 
@@ -810,11 +818,9 @@ impl FileStore {
     /// store's `compact*` options, with the log at twice the records it had when last
     /// compacted counted as half dead.
     pub fn subs_log_compaction_due(&self, channel: &str) -> bool {
-        self.sub_logs.borrow().get(channel).is_some_and(|l| {
+        self.subs_due(channel, |l| {
             let live = l.records_at_compaction.max(1);
-            l.records >= 2 * live
-                && journal::needs_compaction(&self.compact, l.file.len(), l.records, live)
-                && l.compacted_at.elapsed() >= self.compact.interval
+            (l.records >= 2 * live).then_some(live)
         })
     }
 

@@ -43,9 +43,9 @@ pub enum Transition {
 /// Ends the process after an entry this node cannot apply: going on would leave its store
 /// without a committed entry (the reference stops too); a restart applies it again.
 fn cannot_apply(what: &str) -> ! {
-    log::error!("STAN: raft: {what}; this node stops (a restart applies the log again)");
-    log::logger().flush();
-    std::process::exit(1);
+    super::stop(&format!(
+        "STAN: raft: {what}; this node stops (a restart applies the log again)"
+    ))
 }
 
 /// Writes a channel batch (a committed entry's, or messages fetched from the leader) to this

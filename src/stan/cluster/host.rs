@@ -129,7 +129,7 @@ pub enum HostError {
         group: u32,
         why: String,
     },
-    #[error("{path}: this node was removed from the cluster; to take part again, clear its raft log and store and start it to join")]
+    #[error("{path}: {}", super::setup::REMOVED_TEXT)]
     Removed { path: String },
     #[error("{path}: writing the bootstrap configuration: {source}")]
     Bootstrap {
@@ -360,9 +360,9 @@ impl RaftHost {
         let records = std::mem::take(&mut write.records);
         let file = self.file.borrow().clone();
         if let Err(e) = file.append_with(records, write.must_sync).await {
-            log::error!("STAN: raft: cannot append to the log: {e}; stopping");
-            log::logger().flush();
-            std::process::exit(1);
+            super::stop(&format!(
+                "STAN: raft: cannot append to the log: {e}; stopping"
+            ));
         }
         self.groups.borrow_mut().written(write)
     }

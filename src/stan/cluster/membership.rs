@@ -93,11 +93,9 @@ impl Streaming {
         if !host.member_heard.get() {
             // Members say hello every 2 s: nobody is there to join (the reference fails
             // the same way after its requests find no responders).
-            log::error!(
+            super::stop(&format!(
                 "STAN: failed to join Raft group {cid}: no member of the cluster was heard within {HELLO_WAIT:?}"
-            );
-            log::logger().flush();
-            std::process::exit(1);
+            ));
         }
         let request = pb::RaftJoinRequest {
             node_id: setup.node_name.clone(),
@@ -130,9 +128,7 @@ impl Streaming {
             }
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }
-        log::error!("STAN: failed to join Raft group {cid}");
-        log::logger().flush();
-        std::process::exit(1);
+        super::stop(&format!("STAN: failed to join Raft group {cid}"))
     }
 
     /// A join request: answered by the serving leader once the node votes in every group.

@@ -34,6 +34,14 @@ const HELLO_EVERY: Duration = Duration::from_secs(2);
 /// How long a node ending for a conflict with another lets its last word travel.
 const END_LINGER: Duration = Duration::from_millis(300);
 
+/// Ends the process at once, `message` logged first: what the node would do next could not
+/// be trusted (each caller says why in the message).
+pub(super) fn stop(message: &str) -> ! {
+    log::error!("{message}");
+    log::logger().flush();
+    std::process::exit(1);
+}
+
 /// What a node says on the hello subject: its partition count, whether it is a member yet
 /// (`member` or `joining`), and its name.
 fn hello(setup: &setup::ClusterSetup, joining: bool) -> Bytes {
@@ -236,13 +244,9 @@ impl Streaming {
             (_, true) => log::warn!(
                 "STAN: raft: node {name:?} asks to join with {count} partitions, this cluster has {mine}: it will not be added"
             ),
-            (true, false) => {
-                log::error!(
-                    "STAN: raft: this cluster's node {name:?} has {count} partitions and this joining node {mine}: set cluster.partitions to {count} and clear this node's raft log"
-                );
-                log::logger().flush();
-                std::process::exit(1);
-            }
+            (true, false) => stop(&format!(
+                "STAN: raft: this cluster's node {name:?} has {count} partitions and this joining node {mine}: set cluster.partitions to {count} and clear this node's raft log"
+            )),
             (false, false) => {
                 log::error!(
                     "STAN: cluster node {name:?} has {count} partitions and this node {mine} (the count is fixed when a node's raft log is created): clear the raft log of the node that is wrong"

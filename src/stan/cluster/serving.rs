@@ -22,9 +22,7 @@ const WATCH: Duration = Duration::from_millis(20);
 const TRANSITION_LIMIT: Duration = Duration::from_secs(120);
 
 fn fatal(why: &str) -> ! {
-    log::error!("STAN: raft: {why}; stopping");
-    log::logger().flush();
-    std::process::exit(1);
+    super::stop(&format!("STAN: raft: {why}; stopping"))
 }
 
 impl Streaming {

@@ -22,6 +22,8 @@ const LAYOUT_FILE: &str = "cluster.dat";
 /// The file a node removed from the cluster leaves in its log directory: it then refuses to
 /// start on that log (its groups would wait for a leader that no longer talks to it).
 pub const REMOVED_FILE: &str = "removed";
+/// What a removed node's refusal to start says to do.
+pub const REMOVED_TEXT: &str = "this node was removed from the cluster; to take part again, clear its raft log and store and start it to join";
 
 /// Everything a core needs to host its raft groups.
 #[derive(Debug, Clone)]
@@ -71,7 +73,7 @@ pub enum SetupError {
         written: usize,
         now: usize,
     },
-    #[error("{0}: this node was removed from the cluster; to take part again, clear its raft log and store and start it to join")]
+    #[error("{0}: {REMOVED_TEXT}")]
     Removed(String),
     #[error("cluster.partitions must be between 1 and {max} (got {got})")]
     Partitions { got: u32, max: u32 },
@@ -142,15 +144,17 @@ pub fn prepare(
         None if server.recovered => {
             return Err(SetupError::EmptyLogPath(log_path.display().to_string()))
         }
-        None if options.bootstrap || !options.peers.is_empty() => {
-            let ids: Vec<u64> = voters.values().copied().collect();
+        None => {
+            // A new log: every group starts with this node and its peers (`bootstrap` or
+            // `peers`), or with no members until the leader adds this node (a join).
+            let bootstraps = options.bootstrap || !options.peers.is_empty();
+            let ids: Vec<u64> = if bootstraps {
+                voters.values().copied().collect()
+            } else {
+                Vec::new()
+            };
             write_layout(&log_dir, &layout_path, options.partitions, cores)?;
             (options.partitions, Some(ids))
-        }
-        None => {
-            // Joins: every group starts with no members until the leader adds this node.
-            write_layout(&log_dir, &layout_path, options.partitions, cores)?;
-            (options.partitions, Some(Vec::new()))
         }
     };
     let (election_ticks, heartbeat_ticks) = timers(options);
