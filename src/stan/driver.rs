@@ -252,9 +252,12 @@ impl Streaming {
             }
         }
         let written: Vec<String> = batches.iter().map(|b| b.channel.clone()).collect();
+        // Clustered, every node (this one too) compacts subscription logs from its own
+        // records as it applies committed entries (`cluster/driver.rs`): the shard may hold
+        // sends and acks that are not committed yet.
         let with_subs: Vec<String> = batches
             .iter()
-            .filter(|b| b.sub_records > 0)
+            .filter(|b| b.sub_records > 0 && !clustered)
             .map(|b| b.channel.clone())
             .collect();
         // Clustered, the batches go through the channels' raft groups, and every node (this
@@ -298,12 +301,6 @@ impl Streaming {
     /// Compacts the subscription logs (of channels just written to) that the compact* options
     /// say are due. Runs in the commit task, the logs' only writer.
     async fn compact_subs(&self, store: &FileStore, channels: &[String]) {
-        if self.role.cluster.is_some() {
-            // Clustered, every node (this one too) compacts from its log as it applies
-            // committed entries (`cluster/driver.rs`): the shard may hold sends and acks
-            // that are not committed yet.
-            return;
-        }
         for channel in channels {
             let live = self.shard.borrow().sub_live_records(channel);
             if store.subs_compaction_due(channel, live) {
